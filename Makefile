@@ -1,0 +1,48 @@
+# mail-incident-operator: `make demo` shows it working, `make test` runs every test.
+# Both install what they need (Debian packages, a Kubernetes 1.20 control plane built
+# from Debian's source package into ~/.cache) on first use.
+
+CARGO ?= cargo
+OPERATOR := target/debug/mail-incident-operator
+
+.PHONY: all build crds fmt clippy unit e2e test demo cluster-up cluster-down clean
+
+all: build
+
+build:
+	$(CARGO) build --locked
+
+## Regenerate the committed CRD from the Rust types.
+crds: build
+	$(OPERATOR) crd > crds/mailincidents.mailops.dev.yaml
+
+fmt:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+## Unit tests: pure logic, API validation, CRD drift. No cluster.
+unit:
+	$(CARGO) test --locked --lib --bins
+
+## End-to-end tests against a real API server (local unless E2E_KUBECONFIG is set).
+e2e:
+	e2e/run-tests.sh
+
+## Everything CI runs.
+test: fmt clippy unit e2e
+
+## A local control plane, the operator, sample MTA workloads and an incident.
+demo:
+	e2e/demo.sh
+
+cluster-up:
+	e2e/cluster.sh up
+
+cluster-down:
+	e2e/cluster.sh down
+
+clean:
+	e2e/cluster.sh down
+	$(CARGO) clean

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# A real, local Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver (RBAC, token
+# file, service-account keys) and kube-controller-manager, with no kubelet.
+#
+#   e2e/cluster.sh up     start it (building the binaries once) and print the kubeconfig path
+#   e2e/cluster.sh down   stop it and delete its state
+#   e2e/cluster.sh env    print `export` lines for E2E_KUBECONFIG and E2E_KUBECTL
+#
+# State lives in $E2E_STATE (default /tmp/mail-incident-operator-e2e); ports come from
+# $E2E_PORT_BASE (default 46443: API server, +1 etcd client, +2 etcd peer).
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/lib.sh"
+
+state="${E2E_STATE:-/tmp/mail-incident-operator-e2e}"
+port_base="${E2E_PORT_BASE:-46443}"
+api_port="$port_base"
+etcd_port=$((port_base + 1))
+etcd_peer_port=$((port_base + 2))
+kubeconfig="$state/admin.kubeconfig"
+startup_timeout=60
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_daemon() { # name, command...
+  local name=$1; shift
+  "$@" >"$state/$name.log" 2>&1 &
+  echo $! >"$state/$name.pid"
+}
+
+wait_for() { # what, command...
+  local what=$1; shift
+  local deadline=$((SECONDS + startup_timeout))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      for f in "$state"/*.log; do echo "--- $f" >&2; tail -n 20 "$f" >&2; done
+      die "$what did not come up within ${startup_timeout}s"
+    fi
+    sleep 0.3
+  done
+}
+
+up() {
+  "$here/build-kubernetes.sh"
+  "$here/install-deps.sh"
+  command -v etcd >/dev/null || die "etcd not found: apt-get install etcd-server"
+  if [ -f "$state/kube-apiserver.pid" ] && kill -0 "$(cat "$state/kube-apiserver.pid")" 2>/dev/null; then
+    log "control plane already running ($kubeconfig)"
+    echo "$kubeconfig"
+    return
+  fi
+  for p in "$api_port" "$etcd_port" "$etcd_peer_port"; do
+    port_in_use "$p" && die "port $p on 127.0.0.1 is taken; set E2E_PORT_BASE to another base"
+  done
+  rm -rf "$state" && mkdir -p "$state/pki"
+  local pki="$state/pki"
+
+  # A CA, the API server's serving certificate signed by it (rustls refuses a self-signed
+  # CA certificate used as a server certificate), and the service-account key pair.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=e2e-ca" \
+    -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+    -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
+  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+    "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$pki/apiserver.ext"
+  openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -CAcreateserial -days 30 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  local token
+  token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  echo "$token,admin,admin-uid,system:masters" >"$state/tokens.csv"
+
+  log "starting etcd on 127.0.0.1:$etcd_port"
+  start_daemon etcd etcd --name e2e --data-dir "$state/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+    --initial-cluster "e2e=http://127.0.0.1:$etcd_peer_port" \
+    --unsafe-no-fsync
+  wait_for etcd curl -fsS "http://127.0.0.1:$etcd_port/health"
+
+  log "starting kube-apiserver on https://127.0.0.1:$api_port"
+  start_daemon kube-apiserver "$KUBE_BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --insecure-port 0 \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --authorization-mode RBAC --token-auth-file "$state/tokens.csv" \
+    --service-account-key-file "$pki/sa.pub" \
+    --service-account-signing-key-file "$pki/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc \
+    --api-audiences https://kubernetes.default.svc \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --enable-priority-and-fairness=false \
+    --profiling=false
+  cat >"$kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: https://127.0.0.1:$api_port
+    certificate-authority: $pki/ca.crt
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: e2e
+  context: {cluster: e2e, user: admin}
+current-context: e2e
+KUBECONFIG
+  wait_for kube-apiserver "$KUBE_BIN/kubectl" --kubeconfig "$kubeconfig" get --raw /readyz
+
+  log "starting kube-controller-manager"
+  start_daemon kube-controller-manager "$KUBE_BIN/kube-controller-manager" \
+    --kubeconfig "$kubeconfig" \
+    --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle' \
+    --service-account-private-key-file "$pki/sa.key" \
+    --root-ca-file "$pki/ca.crt" \
+    --leader-elect=false --port 0 --secure-port 0 \
+    --use-service-account-credentials=false \
+    --profiling=false
+  wait_for "the default service account" \
+    "$KUBE_BIN/kubectl" --kubeconfig "$kubeconfig" -n default get serviceaccount default
+  log "control plane ready: $kubeconfig"
+  echo "$kubeconfig"
+}
+
+down() {
+  for name in kube-controller-manager kube-apiserver etcd; do
+    local pidfile="$state/$name.pid"
+    [ -f "$pidfile" ] || continue
+    local pid
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  rm -rf "$state"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  env)
+    echo "export E2E_KUBECONFIG=$kubeconfig"
+    echo "export E2E_KUBECTL=$KUBE_BIN/kubectl"
+    ;;
+  *) die "usage: $0 up|down|env" ;;
+esac

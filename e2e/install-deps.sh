@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs, with apt, every Debian package the tests and the demo use, once.
+# Idempotent and quiet when everything is already there.
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/lib.sh"
+
+packages=(
+  etcd-server                           # the API server's store
+  golang-1.19-go rsync                  # to build kube-apiserver/kubectl from Debian's source
+  golang-github-modern-go-reflect2-dev  # reflect2 1.0.2, replaces the vendored 1.0.1 (Go >= 1.18 crash)
+  openssl                               # service-account key pair and serving certificate
+  curl ca-certificates
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing with apt: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -q >/dev/null
+  as_root apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi

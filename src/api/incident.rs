@@ -1,0 +1,357 @@
+//! The `MailIncident` custom resource: what an SRE declares, and what the controller reports.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Pattern every time span field shares; `TimeSpan` parses the same grammar.
+const TIME_SPAN_PATTERN: &str = "^[0-9]{1,7}[smhdw]$";
+
+/// The CEL expression turning a `TimeSpan` string into seconds, for range rules.
+macro_rules! time_span_seconds {
+    () => {
+        "int(self.substring(0, size(self) - 1)) * {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}[self.substring(size(self) - 1)]"
+    };
+}
+
+/// A declared mail incident: which MTA workloads it covers, which mode they must run in,
+/// and why.
+///
+/// Applying one moves every matched MTA into the mode; resolving or deleting it (or
+/// reaching `expiresAt`) moves them back.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+// Each printcolumn(...) repeats `type_ = "string"`; clippy reads that as a duplicate.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "mailops.dev",
+    version = "v1alpha1",
+    kind = "MailIncident",
+    namespaced,
+    status = "MailIncidentStatus",
+    shortname = "mailinc",
+    category = "mail",
+    cel,
+    doc = "A declared mail incident: the mode a set of MTA workloads must answer in, and why.",
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".status.effectiveMode",
+        description = "The mode this incident currently asks its targets for"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether every matched target answers in the mode"
+    ),
+    printcolumn(
+        name = "Applied",
+        type_ = "string",
+        json_path = ".status.targets.summary",
+        description = "Targets that apply the mode / targets matched"
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".status.expiresAt",
+        description = "When the incident ends by itself"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".spec.reason",
+        priority = "1",
+        description = "Why the incident was declared"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "self.mode != 'HardReject' || (has(self.hardReject) && self.hardReject.acknowledgeBounces)"
+).message("spec.hardReject.acknowledgeBounces must be true for mode HardReject: every 5xx answer makes the sender bounce the mail for good").field_path(".hardReject.acknowledgeBounces"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.smtpReply) || !has(self.smtpReply.code) || (self.mode == 'HardReject' ? self.smtpReply.code in [521, 550, 552, 553, 554, 556] : self.smtpReply.code in [421, 450, 451, 452])"
+).message("spec.smtpReply.code must be 421, 450, 451 or 452 for TempFail and AcceptAndQueue (its escalation reply), and 521, 550, 552, 553, 554 or 556 for HardReject").field_path(".smtpReply.code"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.smtpReply) || !has(self.smtpReply.enhancedCode) || self.smtpReply.enhancedCode.startsWith(self.mode == 'HardReject' ? '5.' : '4.')"
+).message("spec.smtpReply.enhancedCode must start with the class of the mode: 4. for TempFail and AcceptAndQueue, 5. for HardReject").field_path(".smtpReply.enhancedCode"))]
+#[x_kube(validation = Rule::new("!(has(self.expiresAt) && has(self.duration))")
+    .message("spec.expiresAt and spec.duration are alternatives: set at most one").field_path(".duration"))]
+#[serde(rename_all = "camelCase")]
+pub struct MailIncidentSpec {
+    /// The mode every matched MTA must answer in: AcceptAndQueue (take mail, hold it in the
+    /// queue until storage is back), TempFail (answer RCPT with a 4xx so senders retry),
+    /// or HardReject (answer RCPT with a 5xx so senders bounce; needs
+    /// hardReject.acknowledgeBounces).
+    pub mode: Mode,
+
+    /// Why the incident was declared: a ticket reference or a sentence. Shown in events,
+    /// in the status history and in `kubectl get mailinc -o wide`.
+    #[schemars(length(min = 1, max = 512))]
+    pub reason: String,
+
+    /// Which MTA workloads (Deployments and StatefulSets in this namespace) the incident
+    /// covers.
+    pub targets: Targets,
+
+    /// How long accepted mail may wait in the queue before it is returned to the sender.
+    #[serde(default)]
+    pub queue: QueueLifetimes,
+
+    /// The SMTP reply MTAs give at RCPT in TempFail and HardReject (and in AcceptAndQueue
+    /// once an escalation turns it into TempFail). Every field defaults by mode: TempFail
+    /// `452 4.3.1 Mailbox storage temporarily unavailable, try again later`, HardReject
+    /// `550 5.3.2 Mailbox storage unavailable, message not accepted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_reply: Option<SmtpReply>,
+
+    /// Safety catch for HardReject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard_reject: Option<HardRejectSettings>,
+
+    /// When the incident ends by itself (RFC 3339). Alternative to duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// How long after its creation the incident ends by itself (number and unit s, m, h,
+    /// d or w, e.g. 36h). Alternative to expiresAt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = TIME_SPAN_PATTERN))]
+    pub duration: Option<String>,
+
+    /// True ends the incident (targets go back to normal service) while keeping the object
+    /// as the record of what happened.
+    #[serde(default)]
+    pub resolved: bool,
+}
+
+/// The three incident modes.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Mode {
+    /// Accept every message and hold it in the queue (delivery to mailbox storage
+    /// deferred, queue lifetimes extended). Nothing bounces while the queue has room.
+    AcceptAndQueue,
+    /// Refuse at RCPT with a 4xx: the sender keeps the message in its own queue and retries.
+    TempFail,
+    /// Refuse at RCPT with a 5xx: the sender bounces the message for good.
+    HardReject,
+}
+
+/// The MTA software a target runs, when its workload does not say.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MtaKind {
+    /// Postfix, reconfigured with postconf and postfix reload.
+    Postfix,
+    /// Exim, reconfigured through flag files read by its ACLs.
+    Exim,
+    /// Any other MTA: the mode document is written to a file and a hook command runs.
+    Generic,
+}
+
+/// A label selector over the Deployments and StatefulSets in the incident's namespace.
+/// At least one of matchLabels and matchExpressions must be set, so that an incident
+/// never covers every workload by accident.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new(
+    "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)"
+).message("spec.targets needs matchLabels or matchExpressions: an empty selector would cover every workload in the namespace"))]
+#[serde(rename_all = "camelCase")]
+pub struct Targets {
+    /// Labels a workload must carry, all of them, to be a target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+
+    /// Label requirements a workload must meet, all of them, to be a target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub match_expressions: Vec<LabelRequirement>,
+
+    /// The MTA software the targets run, used when a workload has no
+    /// `mailops.dev/mta` annotation. Defaults to Postfix in the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mta: Option<MtaKind>,
+}
+
+/// One label requirement, as in a Kubernetes label selector.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new(
+    "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)"
+).message("values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist"))]
+#[serde(rename_all = "camelCase")]
+pub struct LabelRequirement {
+    /// The label key.
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    /// How the label's value is compared with values.
+    pub operator: LabelOperator,
+    /// The values for In and NotIn; empty for Exists and DoesNotExist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub values: Vec<String>,
+}
+
+/// Label selector operators.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum LabelOperator {
+    /// The label's value is one of values.
+    In,
+    /// The label is absent or its value is none of values.
+    NotIn,
+    /// The label is present.
+    Exists,
+    /// The label is absent.
+    DoesNotExist,
+}
+
+/// Queue lifetimes applied while the incident holds mail (Postfix
+/// `maximal_queue_lifetime` and `bounce_queue_lifetime`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueLifetimes {
+    /// How long a message may stay queued before it is returned to its sender. Number and
+    /// unit (s, m, h, d, w); default 5d, at most 100d.
+    #[serde(default = "default_lifetime")]
+    #[schemars(regex(pattern = TIME_SPAN_PATTERN))]
+    #[x_kube(validation = Rule::new(concat!(time_span_seconds!(), " <= 8640000")).message("spec.queue.lifetime must be at most 100d"))]
+    pub lifetime: String,
+
+    /// How long a bounce (a non-delivery notice) may stay queued. Number and unit (s, m,
+    /// h, d, w); default 5d, at most 100d.
+    #[serde(default = "default_lifetime")]
+    #[schemars(regex(pattern = TIME_SPAN_PATTERN))]
+    #[x_kube(validation = Rule::new(concat!(time_span_seconds!(), " <= 8640000")).message("spec.queue.bounceLifetime must be at most 100d"))]
+    pub bounce_lifetime: String,
+}
+
+fn default_lifetime() -> String {
+    "5d".to_string()
+}
+
+impl Default for QueueLifetimes {
+    fn default() -> Self {
+        Self {
+            lifetime: default_lifetime(),
+            bounce_lifetime: default_lifetime(),
+        }
+    }
+}
+
+/// An SMTP reply: basic code, RFC 3463 enhanced code and text.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SmtpReply {
+    /// The basic reply code: 421, 450, 451 or 452 for TempFail; 521, 550, 552, 553, 554
+    /// or 556 for HardReject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = [421, 450, 451, 452, 521, 550, 552, 553, 554, 556]))]
+    pub code: Option<u16>,
+
+    /// The enhanced status code (RFC 3463, class.subject.detail), in the class of the
+    /// mode. Addressing codes (x.1.y, such as 5.1.1 "no such user") are refused: the
+    /// mailbox exists, only its storage is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[45]\.[0-9]{1,3}\.[0-9]{1,3}$"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[45][.]1[.]')").message("spec.smtpReply.enhancedCode must not be an addressing code (x.1.y such as 5.1.1 'no such user'): the mailbox exists, its storage is unavailable"))]
+    pub enhanced_code: Option<String>,
+
+    /// The human-readable text after the codes: printable ASCII, at most 200 characters,
+    /// without { } $ or \ (the text is written into MTA configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[ -#%-\[\]-z|~]+$"))]
+    pub text: Option<String>,
+}
+
+/// Settings that only matter for HardReject.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HardRejectSettings {
+    /// Must be true for mode HardReject: a 5xx makes every sender bounce the message for
+    /// good, and that mail is lost to the recipient.
+    #[serde(default)]
+    pub acknowledge_bounces: bool,
+}
+
+/// What the controller observed and did, as of `observedGeneration`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MailIncidentStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, Reconciling and Stalled, in the Kubernetes convention (kstatus).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// The mode the incident asks its targets for now: its spec.mode while it is active,
+    /// Normal once it is resolved or expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_mode: Option<EffectiveMode>,
+
+    /// Target counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<TargetCounts>,
+
+    /// When the incident ends by itself, from spec.expiresAt or creation + spec.duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// The latest mode transitions, oldest first (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Transition>,
+}
+
+/// A mode as reported in status: one of the incident modes, or Normal service.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum EffectiveMode {
+    /// Normal mail service: the incident no longer asks anything of its targets.
+    Normal,
+    /// See Mode.AcceptAndQueue.
+    AcceptAndQueue,
+    /// See Mode.TempFail.
+    TempFail,
+    /// See Mode.HardReject.
+    HardReject,
+}
+
+impl From<Mode> for EffectiveMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::AcceptAndQueue => Self::AcceptAndQueue,
+            Mode::TempFail => Self::TempFail,
+            Mode::HardReject => Self::HardReject,
+        }
+    }
+}
+
+/// How many workloads the incident covers and how many answer in its mode.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetCounts {
+    /// Deployments and StatefulSets the selector matches.
+    pub matched: u32,
+    /// Matched targets whose every pod has applied the current mode.
+    pub applied: u32,
+    /// `applied/matched`, for `kubectl get`.
+    pub summary: String,
+}
+
+/// One change of the incident's effective mode.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    /// The mode before; absent for the first transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<EffectiveMode>,
+    /// The mode after.
+    pub to: EffectiveMode,
+    /// When the controller made the transition.
+    pub at: Time,
+    /// Why: the spec reason, resolution or expiry.
+    pub reason: String,
+}

@@ -1,0 +1,393 @@
+use super::{
+    MailIncident, Mode, crd_yaml,
+    validation::{Reply, validate},
+};
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+const COMMITTED_CRD: &str = include_str!("../../crds/mailincidents.mailops.dev.yaml");
+
+/// A MailIncident from the YAML of its spec, as a user would write it.
+fn incident(spec_yaml: &str) -> MailIncident {
+    let spec: serde_yaml::Value = serde_yaml::from_str(spec_yaml).expect("test YAML parses");
+    let object = serde_json::json!({
+        "apiVersion": "mailops.dev/v1alpha1",
+        "kind": "MailIncident",
+        "metadata": {"name": "test", "namespace": "mail"},
+        "spec": spec,
+    });
+    serde_json::from_value(object).expect("test spec deserializes")
+}
+
+const VALID_TEMP_FAIL: &str = "
+mode: TempFail
+reason: INC-1 storage down
+targets: {matchLabels: {app: postfix}}
+";
+
+#[test]
+fn committed_crd_matches_the_generated_one() {
+    assert!(
+        crd_yaml() == COMMITTED_CRD,
+        "crds/mailincidents.mailops.dev.yaml is stale: run `make crds` and commit the result"
+    );
+}
+
+#[test]
+fn defaults_fill_the_reply_and_lifetimes() {
+    let valid = validate(&incident(VALID_TEMP_FAIL).spec, None).expect("valid");
+    assert_eq!(
+        valid.reply.to_string(),
+        "452 4.3.1 Mailbox storage temporarily unavailable, try again later"
+    );
+    assert_eq!(valid.queue_lifetime.to_string(), "5d");
+    assert_eq!(valid.bounce_lifetime.to_string(), "5d");
+    assert_eq!(valid.selector.to_string(), "app=postfix");
+    let hard = Reply::default_for(Mode::HardReject);
+    assert_eq!((hard.code, hard.enhanced_code.as_str()), (550, "5.3.2"));
+}
+
+#[test]
+fn a_partial_reply_keeps_the_mode_defaults_for_the_rest() {
+    let spec = format!("{VALID_TEMP_FAIL}smtpReply: {{code: 421}}\n");
+    let valid = validate(&incident(&spec).spec, None).expect("valid");
+    assert_eq!(valid.reply.code, 421);
+    assert_eq!(valid.reply.enhanced_code, "4.3.1");
+}
+
+/// Specs the CEL rules and the controller must both refuse, with the field the controller
+/// names. (These pass the OpenAPI schema: only a cross-field or range rule catches them.)
+const CROSS_FIELD_CASES: &[(&str, &str, &str)] = &[
+    (
+        "HardReject without acknowledgement",
+        "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}",
+        "spec.hardReject.acknowledgeBounces",
+    ),
+    (
+        "HardReject acknowledgement false",
+        "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: false}",
+        "spec.hardReject.acknowledgeBounces",
+    ),
+    (
+        "TempFail with a 5xx code",
+        "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}\nsmtpReply: {code: 550}",
+        "spec.smtpReply.code",
+    ),
+    (
+        "AcceptAndQueue escalation reply with a 5xx code",
+        "mode: AcceptAndQueue\nreason: r\ntargets: {matchLabels: {app: mta}}\nsmtpReply: {code: 554}",
+        "spec.smtpReply.code",
+    ),
+    (
+        "HardReject with a 4xx code",
+        "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}\nsmtpReply: {code: 452}",
+        "spec.smtpReply.code",
+    ),
+    (
+        "TempFail with a 5.x.x enhanced code",
+        "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}\nsmtpReply: {enhancedCode: '5.3.2'}",
+        "spec.smtpReply.enhancedCode",
+    ),
+    (
+        "HardReject claiming the user does not exist",
+        "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}\nsmtpReply: {enhancedCode: '5.1.1'}",
+        "spec.smtpReply.enhancedCode",
+    ),
+    (
+        "both expiresAt and duration",
+        "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}\nexpiresAt: '2030-01-01T00:00:00Z'\nduration: 2h",
+        "spec.duration",
+    ),
+    (
+        "an empty selector",
+        "mode: TempFail\nreason: r\ntargets: {mta: Postfix}",
+        "spec.targets",
+    ),
+    (
+        "In without values",
+        "mode: TempFail\nreason: r\ntargets: {matchExpressions: [{key: app, operator: In}]}",
+        "spec.targets.matchExpressions",
+    ),
+    (
+        "Exists with values",
+        "mode: TempFail\nreason: r\ntargets: {matchExpressions: [{key: app, operator: Exists, values: [x]}]}",
+        "spec.targets.matchExpressions",
+    ),
+    (
+        "a queue lifetime over 100 days",
+        "mode: AcceptAndQueue\nreason: r\ntargets: {matchLabels: {app: mta}}\nqueue: {lifetime: 101d}",
+        "spec.queue.lifetime",
+    ),
+    (
+        "a bounce lifetime over 100 days in weeks",
+        "mode: AcceptAndQueue\nreason: r\ntargets: {matchLabels: {app: mta}}\nqueue: {bounceLifetime: 15w}",
+        "spec.queue.bounceLifetime",
+    ),
+];
+
+#[test]
+fn cel_rules_and_the_controller_refuse_the_same_cross_field_errors() {
+    for (case, spec, field) in CROSS_FIELD_CASES {
+        let object = incident(spec);
+        assert!(object.validate_cel().is_err(), "CEL accepted {case}");
+        let errors = validate(&object.spec, None).expect_err(case);
+        assert!(
+            errors.iter().any(|e| e.field == *field),
+            "{case}: expected an error on {field}, got {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn limits_are_inclusive() {
+    for spec in [
+        "mode: AcceptAndQueue\nreason: r\ntargets: {matchLabels: {app: mta}}\nqueue: {lifetime: 100d, bounceLifetime: 2400h}",
+        "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}\nsmtpReply: {code: 554, enhancedCode: '5.3.2'}",
+        "mode: TempFail\nreason: r\ntargets: {matchExpressions: [{key: app, operator: Exists}]}\nsmtpReply: {code: 421, enhancedCode: '4.4.5'}",
+    ] {
+        let object = incident(spec);
+        assert!(
+            object.validate_cel().is_ok(),
+            "CEL refused {spec}: {:?}",
+            object.validate_cel()
+        );
+        assert!(
+            validate(&object.spec, None).is_ok(),
+            "controller refused {spec}"
+        );
+    }
+}
+
+#[test]
+fn every_example_is_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).expect("examples/ exists") {
+        let path = entry.expect("readable entry").path();
+        let text = std::fs::read_to_string(&path).expect("readable example");
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(document).expect("example YAML parses");
+            if value.get("kind").and_then(|k| k.as_str()) != Some("MailIncident") {
+                continue;
+            }
+            let object: MailIncident = serde_yaml::from_value(value).expect("example deserializes");
+            assert!(
+                object.validate_cel().is_ok(),
+                "{}: {:?}",
+                path.display(),
+                object.validate_cel()
+            );
+            if let Err(errors) = validate(&object.spec, None) {
+                panic!("{}: {errors:?}", path.display());
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no MailIncident in examples/");
+}
+use serde::Deserialize;
+
+/// The OpenAPI schema of one spec property, from the generated CRD.
+fn schema_of(path: &[&str]) -> Value {
+    let crd = serde_json::to_value(MailIncident::crd()).expect("CRD serializes");
+    let mut node = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    for step in path {
+        node = &node["properties"][step];
+    }
+    node.clone()
+}
+
+fn pattern_of(path: &[&str]) -> regex::Regex {
+    let pattern = schema_of(path)["pattern"]
+        .as_str()
+        .expect("property has a pattern")
+        .to_string();
+    regex::Regex::new(&pattern).expect("schema pattern compiles")
+}
+
+#[test]
+fn schema_pattern_for_reply_text_agrees_with_the_controller() {
+    let pattern = pattern_of(&["smtpReply", "text"]);
+    let max = schema_of(&["smtpReply", "text"])["maxLength"]
+        .as_u64()
+        .expect("maxLength");
+    assert_eq!(max, 200);
+    let samples = [
+        (
+            "Mailbox storage temporarily unavailable, try again later",
+            true,
+        ),
+        (
+            "Try again (ticket #42) - 100% sure ~ maybe | 'quoted' \"too\" [x] ^_^ `ok`",
+            true,
+        ),
+        ("line one\r\nline two", false),
+        ("tab\there", false),
+        ("closes a map }", false),
+        ("opens a map {", false),
+        ("expands $myhostname", false),
+        ("escapes \\n", false),
+        ("non-ASCII caf\u{e9}", false),
+        ("", false),
+    ];
+    for (text, ok) in samples {
+        assert_eq!(pattern.is_match(text), ok, "schema pattern on {text:?}");
+        let spec = format!(
+            "{VALID_TEMP_FAIL}smtpReply: {{text: {}}}\n",
+            serde_json::to_string(text).unwrap()
+        );
+        let result = validate(&incident(&spec).spec, None);
+        assert_eq!(
+            result.is_ok(),
+            ok,
+            "controller on {text:?}: {:?}",
+            result.err()
+        );
+    }
+}
+
+#[test]
+fn schema_patterns_for_time_spans_agree_with_the_controller() {
+    let fields = [
+        vec!["queue", "lifetime"],
+        vec!["queue", "bounceLifetime"],
+        vec!["duration"],
+    ];
+    for field in &fields {
+        let pattern = pattern_of(field);
+        for text in [
+            "5d",
+            "36h",
+            "90m",
+            "3600s",
+            "2w",
+            "5",
+            "5 d",
+            "1.5d",
+            "d",
+            "5x",
+            "12345678s",
+            "1h30m",
+        ] {
+            assert_eq!(
+                pattern.is_match(text),
+                text.parse::<super::TimeSpan>().is_ok(),
+                "{field:?} on {text:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn schema_pattern_for_enhanced_codes_agrees_with_the_controller() {
+    let pattern = pattern_of(&["smtpReply", "enhancedCode"]);
+    for (code, mode) in [
+        ("4.3.1", "TempFail"),
+        ("4.4.5", "TempFail"),
+        ("4.3", "TempFail"),
+        ("4.3.1.1", "TempFail"),
+        ("4.3.1000", "TempFail"),
+        ("x.3.1", "TempFail"),
+        ("5.3.2", "HardReject"),
+        ("5.7.1", "HardReject"),
+        ("55.3.2", "HardReject"),
+    ] {
+        let spec = format!(
+            "mode: {mode}\nreason: r\ntargets: {{matchLabels: {{app: mta}}}}\nhardReject: {{acknowledgeBounces: true}}\nsmtpReply: {{enhancedCode: '{code}'}}\n"
+        );
+        assert_eq!(
+            pattern.is_match(code),
+            validate(&incident(&spec).spec, None).is_ok(),
+            "{code} for {mode}"
+        );
+    }
+}
+
+#[test]
+fn schema_enum_of_reply_codes_is_what_the_controller_allows() {
+    let allowed: Vec<u64> = schema_of(&["smtpReply", "code"])["enum"]
+        .as_array()
+        .expect("code enum")
+        .iter()
+        .map(|v| v.as_u64().expect("integer"))
+        .collect();
+    for code in 400..600u64 {
+        let controller_allows = ["TempFail", "HardReject"].iter().any(|mode| {
+            let spec = format!(
+                "mode: {mode}\nreason: r\ntargets: {{matchLabels: {{app: mta}}}}\nhardReject: {{acknowledgeBounces: true}}\nsmtpReply: {{code: {code}}}\n"
+            );
+            validate(&incident(&spec).spec, None).is_ok()
+        });
+        assert_eq!(allowed.contains(&code), controller_allows, "code {code}");
+    }
+}
+
+#[test]
+fn the_controller_reports_every_error_at_once() {
+    let spec = "mode: HardReject\nreason: ' '\ntargets: {matchLabels: {app: mta}}\nqueue: {lifetime: 200d}\nsmtpReply: {code: 452, text: 'a}b'}";
+    let fields: Vec<&str> = validate(&incident(spec).spec, None)
+        .expect_err("invalid")
+        .iter()
+        .map(|e| e.field)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.reason",
+            "spec.hardReject.acknowledgeBounces",
+            "spec.queue.lifetime",
+            "spec.smtpReply.code",
+            "spec.smtpReply.text"
+        ]
+    );
+}
+
+#[test]
+fn duration_counts_from_creation() {
+    let spec = format!("{VALID_TEMP_FAIL}duration: 36h\n");
+    let created: k8s_openapi::jiff::Timestamp = "2026-01-23T16:00:00Z".parse().unwrap();
+    let valid = validate(&incident(&spec).spec, Some(created)).expect("valid");
+    assert_eq!(
+        valid.expires_at.unwrap().to_string(),
+        "2026-01-25T04:00:00Z"
+    );
+}
+
+#[test]
+fn crd_names_printer_columns_and_status_subresource() {
+    let crd = MailIncident::crd();
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["mailinc".to_string()][..])
+    );
+    assert_eq!(
+        crd.spec.names.categories.as_deref(),
+        Some(&["mail".to_string()][..])
+    );
+    let version = &crd.spec.versions[0];
+    let columns: Vec<(&str, i32)> = version
+        .additional_printer_columns
+        .as_ref()
+        .expect("printer columns")
+        .iter()
+        .map(|c| (c.name.as_str(), c.priority.unwrap_or(0)))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("Mode", 0),
+            ("Ready", 0),
+            ("Applied", 0),
+            ("Expires", 0),
+            ("Age", 0),
+            ("Reason", 1)
+        ]
+    );
+    assert!(
+        version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some()
+    );
+}

@@ -1,0 +1,299 @@
+//! The controller's own check of a spec: the third validation layer, after the OpenAPI
+//! schema and the CEL rules. API servers older than 1.25 ignore CEL rules, so every rule
+//! is checked again here; a spec that passes becomes a [`ValidIncident`] that the rest of
+//! the controller works with, so no later step can act on an unchecked field.
+
+use super::{
+    incident::{LabelOperator, LabelRequirement, MailIncidentSpec, Mode, Targets},
+    time_span::TimeSpan,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::core::{Expression, Selector};
+use std::fmt;
+
+/// Longest queue lifetime accepted (Postfix accepts more, but past 100 days a message is
+/// better returned than kept).
+pub const MAX_QUEUE_LIFETIME: TimeSpan = TimeSpan::from_days(100);
+const MAX_REPLY_TEXT: usize = 200;
+const TEMP_FAIL_CODES: [u16; 4] = [421, 450, 451, 452];
+const HARD_REJECT_CODES: [u16; 6] = [521, 550, 552, 553, 554, 556];
+
+/// One problem with one field, named by its path from the object root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The SMTP reply an MTA gives at RCPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced_code: String,
+    pub text: String,
+}
+
+impl Reply {
+    /// The reply used for a mode when the spec leaves a field out.
+    pub fn default_for(mode: Mode) -> Self {
+        match mode {
+            Mode::AcceptAndQueue | Mode::TempFail => Self {
+                code: 452,
+                enhanced_code: "4.3.1".into(),
+                text: "Mailbox storage temporarily unavailable, try again later".into(),
+            },
+            Mode::HardReject => Self {
+                code: 550,
+                enhanced_code: "5.3.2".into(),
+                text: "Mailbox storage unavailable, message not accepted".into(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.code, self.enhanced_code, self.text)
+    }
+}
+
+/// A spec that passed every check, with its fields parsed.
+#[derive(Debug, Clone)]
+pub struct ValidIncident {
+    pub mode: Mode,
+    /// The reply for TempFail and HardReject; for AcceptAndQueue, the reply an escalation
+    /// to TempFail uses.
+    pub reply: Reply,
+    pub queue_lifetime: TimeSpan,
+    pub bounce_lifetime: TimeSpan,
+    pub selector: Selector,
+    /// When the incident ends by itself, if it does.
+    pub expires_at: Option<Timestamp>,
+    pub resolved: bool,
+}
+
+/// Checks a spec; `created` is the object's creation time, the start of `spec.duration`.
+/// Returns every problem found, not only the first, so one round trip fixes them all.
+pub fn validate(
+    spec: &MailIncidentSpec,
+    created: Option<Timestamp>,
+) -> Result<ValidIncident, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut fail =
+        |field: &'static str, message: String| errors.push(FieldError { field, message });
+
+    if spec.reason.trim().is_empty() {
+        fail(
+            "spec.reason",
+            "must say why the incident was declared".into(),
+        );
+    }
+    if spec.mode == Mode::HardReject
+        && !spec
+            .hard_reject
+            .as_ref()
+            .is_some_and(|h| h.acknowledge_bounces)
+    {
+        fail(
+            "spec.hardReject.acknowledgeBounces",
+            "must be true for mode HardReject: every 5xx answer makes the sender bounce the mail for good".into(),
+        );
+    }
+
+    let selector = match selector_of(&spec.targets) {
+        Ok(selector) => Some(selector),
+        Err(e) => {
+            fail(e.field, e.message);
+            None
+        }
+    };
+
+    let queue_lifetime = lifetime("spec.queue.lifetime", &spec.queue.lifetime, &mut fail);
+    let bounce_lifetime = lifetime(
+        "spec.queue.bounceLifetime",
+        &spec.queue.bounce_lifetime,
+        &mut fail,
+    );
+
+    let reply = reply_of(spec, &mut fail);
+
+    let expires_at = match (&spec.expires_at, &spec.duration) {
+        (Some(_), Some(_)) => {
+            fail(
+                "spec.duration",
+                "spec.expiresAt and spec.duration are alternatives: set at most one".into(),
+            );
+            None
+        }
+        (Some(at), None) => Some(at.0),
+        (None, Some(text)) => match text.parse::<TimeSpan>() {
+            Ok(span) => created.map(|c| c + span.as_duration()),
+            Err(e) => {
+                fail("spec.duration", e.to_string());
+                None
+            }
+        },
+        (None, None) => None,
+    };
+
+    match (selector, queue_lifetime, bounce_lifetime) {
+        (Some(selector), Some(queue_lifetime), Some(bounce_lifetime)) if errors.is_empty() => {
+            Ok(ValidIncident {
+                mode: spec.mode,
+                reply,
+                queue_lifetime,
+                bounce_lifetime,
+                selector,
+                expires_at,
+                resolved: spec.resolved,
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+fn lifetime(
+    field: &'static str,
+    text: &str,
+    fail: &mut impl FnMut(&'static str, String),
+) -> Option<TimeSpan> {
+    match text.parse::<TimeSpan>() {
+        Ok(span) if span <= MAX_QUEUE_LIFETIME => Some(span),
+        Ok(_) => {
+            fail(
+                field,
+                format!("{text} is longer than the maximum of {MAX_QUEUE_LIFETIME}"),
+            );
+            None
+        }
+        Err(e) => {
+            fail(field, e.to_string());
+            None
+        }
+    }
+}
+
+fn reply_of(spec: &MailIncidentSpec, fail: &mut impl FnMut(&'static str, String)) -> Reply {
+    let mut reply = Reply::default_for(spec.mode);
+    let Some(given) = &spec.smtp_reply else {
+        return reply;
+    };
+    let (class, codes): (char, &[u16]) = match spec.mode {
+        Mode::HardReject => ('5', &HARD_REJECT_CODES),
+        Mode::AcceptAndQueue | Mode::TempFail => ('4', &TEMP_FAIL_CODES),
+    };
+    if let Some(code) = given.code {
+        if codes.contains(&code) {
+            reply.code = code;
+        } else {
+            fail(
+                "spec.smtpReply.code",
+                format!(
+                    "{code} is not allowed for mode {:?}; use one of {codes:?}",
+                    spec.mode
+                ),
+            );
+        }
+    }
+    if let Some(enhanced) = &given.enhanced_code {
+        match enhanced_code_problem(enhanced, class) {
+            None => reply.enhanced_code = enhanced.clone(),
+            Some(problem) => fail("spec.smtpReply.enhancedCode", problem),
+        }
+    }
+    if let Some(text) = &given.text {
+        match reply_text_problem(text) {
+            None => reply.text = text.clone(),
+            Some(problem) => fail("spec.smtpReply.text", problem),
+        }
+    }
+    reply
+}
+
+fn enhanced_code_problem(code: &str, class: char) -> Option<String> {
+    let parts: Vec<&str> = code.split('.').collect();
+    let well_formed = parts.len() == 3
+        && parts[0].len() == 1
+        && parts[1..]
+            .iter()
+            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    if !well_formed {
+        return Some(format!(
+            "{code:?} is not an RFC 3463 code class.subject.detail"
+        ));
+    }
+    if !code.starts_with(class) {
+        return Some(format!("{code} must start with {class}. for this mode"));
+    }
+    if parts[1] == "1" {
+        return Some(format!(
+            "{code} is an addressing code (x.1.y, such as 5.1.1 'no such user'): the mailbox exists, its storage is unavailable"
+        ));
+    }
+    None
+}
+
+/// Printable ASCII, no CR/LF, and none of the characters MTA configuration gives meaning
+/// to (`{ }` close a Postfix static map, `$` expands, `\` escapes).
+fn reply_text_problem(text: &str) -> Option<String> {
+    if text.is_empty() || text.len() > MAX_REPLY_TEXT {
+        return Some(format!("must be 1 to {MAX_REPLY_TEXT} characters long"));
+    }
+    if let Some(bad) = text
+        .chars()
+        .find(|c| !(' '..='~').contains(c) || matches!(c, '{' | '}' | '$' | '\\'))
+    {
+        return Some(format!(
+            "contains {bad:?}: only printable ASCII without {{ }} $ or \\ may go on the wire and into MTA configuration"
+        ));
+    }
+    None
+}
+
+/// The selector as kube evaluates it; refuses a selector that would match everything.
+pub fn selector_of(targets: &Targets) -> Result<Selector, FieldError> {
+    if targets.match_labels.is_empty() && targets.match_expressions.is_empty() {
+        return Err(FieldError {
+            field: "spec.targets",
+            message: "needs matchLabels or matchExpressions: an empty selector would cover every workload in the namespace".into(),
+        });
+    }
+    let mut selector = Selector::default();
+    for (key, value) in &targets.match_labels {
+        selector.extend(Expression::Equal(key.clone(), value.clone()));
+    }
+    for requirement in &targets.match_expressions {
+        selector.extend(expression_of(requirement)?);
+    }
+    Ok(selector)
+}
+
+fn expression_of(requirement: &LabelRequirement) -> Result<Expression, FieldError> {
+    let LabelRequirement {
+        key,
+        operator,
+        values,
+    } = requirement;
+    let values_needed = matches!(operator, LabelOperator::In | LabelOperator::NotIn);
+    if values_needed == values.is_empty() {
+        return Err(FieldError {
+            field: "spec.targets.matchExpressions",
+            message: format!(
+                "{key} {operator:?}: values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist"
+            ),
+        });
+    }
+    let set = || values.iter().cloned().collect();
+    Ok(match operator {
+        LabelOperator::In => Expression::In(key.clone(), set()),
+        LabelOperator::NotIn => Expression::NotIn(key.clone(), set()),
+        LabelOperator::Exists => Expression::Exists(key.clone()),
+        LabelOperator::DoesNotExist => Expression::DoesNotExist(key.clone()),
+    })
+}

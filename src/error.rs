@@ -1,0 +1,39 @@
+//! The crate's error type. Every error has a stable category, used as a metric label and
+//! in logs, so dashboards can tell API trouble from bad input.
+
+/// Errors the controller can meet while reconciling or starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+
+    #[error("cannot connect to Kubernetes: {0}")]
+    Connect(#[source] kube::Error),
+
+    #[error("{kind} {name} has no namespace")]
+    NotNamespaced { kind: &'static str, name: String },
+
+    #[error("cannot serve HTTP on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+
+    #[error("the watch of {0} ended before its cache was filled")]
+    CacheNeverReady(&'static str),
+}
+
+impl Error {
+    /// A stable, low-cardinality name for the kind of failure.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube_api",
+            Self::Connect(_) => "connect",
+            Self::NotNamespaced { .. } => "invalid_object",
+            Self::Listen { .. } => "startup",
+            Self::CacheNeverReady(_) => "cache",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
