@@ -1,1 +1,4 @@
-//! placeholder
+//! End-to-end tests against a real Kubernetes API server. Run with `make e2e`.
+
+mod foundation;
+mod world;

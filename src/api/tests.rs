@@ -1,8 +1,7 @@
 use super::{
-    MailIncident, Mode, crd_yaml,
+    MailIncident, Mode, crd, crd_yaml,
     validation::{Reply, validate},
 };
-use kube::CustomResourceExt;
 use serde_json::Value;
 
 const COMMITTED_CRD: &str = include_str!("../../crds/mailincidents.mailops.dev.yaml");
@@ -189,7 +188,7 @@ use serde::Deserialize;
 
 /// The OpenAPI schema of one spec property, from the generated CRD.
 fn schema_of(path: &[&str]) -> Value {
-    let crd = serde_json::to_value(MailIncident::crd()).expect("CRD serializes");
+    let crd = serde_json::to_value(crd()).expect("CRD serializes");
     let mut node = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
     for step in path {
         node = &node["properties"][step];
@@ -355,7 +354,7 @@ fn duration_counts_from_creation() {
 
 #[test]
 fn crd_names_printer_columns_and_status_subresource() {
-    let crd = MailIncident::crd();
+    let crd = crd();
     assert_eq!(
         crd.spec.names.short_names.as_deref(),
         Some(&["mailinc".to_string()][..])

@@ -1,0 +1,683 @@
+//! The foundation: the CRD and `deploy/` install on a real API server, kubectl shows what
+//! an SRE needs, bad input is refused or stalled with the field named, and the status
+//! follows the workloads an incident selects.
+
+use crate::world::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Operator, TestNamespace, World};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use mail_incident_operator::api::{EffectiveMode, MailIncident, MailIncidentStatus};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls the incident until `done` holds; on timeout, panics showing what it last saw.
+async fn wait_for(
+    api: &Api<MailIncident>,
+    name: &str,
+    what: &str,
+    done: impl Fn(&MailIncident) -> bool,
+) -> MailIncident {
+    let deadline = Instant::now() + WAIT;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(incident) = api.get_opt(name).await.expect("get incident") {
+            if done(&incident) {
+                return incident;
+            }
+            last = Some(incident);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{name}: not {what} within {WAIT:?}; last status:\n{}",
+        serde_yaml::to_string(&last.and_then(|i| i.status)).unwrap()
+    );
+}
+
+fn status(incident: &MailIncident) -> &MailIncidentStatus {
+    incident.status.as_ref().expect("incident has a status")
+}
+
+fn condition<'a>(incident: &'a MailIncident, kind: &str) -> Option<(&'a str, &'a str, &'a str)> {
+    incident
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+}
+
+fn observed(incident: &MailIncident) -> bool {
+    incident.status.as_ref().and_then(|s| s.observed_generation) == incident.metadata.generation
+}
+
+fn summary(incident: &MailIncident) -> Option<&str> {
+    incident
+        .status
+        .as_ref()?
+        .targets
+        .as_ref()
+        .map(|t| t.summary.as_str())
+}
+
+fn apply_yaml(world: &World, namespace: &str, yaml: &str) {
+    let output = world.kubectl(
+        &["apply", "--validate=false", "-n", namespace, "-f", "-"],
+        Some(yaml),
+    );
+    assert!(
+        output.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn incident_yaml(name: &str, spec: &str) -> String {
+    let spec = spec.lines().map(|l| format!("  {l}\n")).collect::<String>();
+    format!(
+        "apiVersion: mailops.dev/v1alpha1\nkind: MailIncident\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+async fn create_deployment(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    labels: serde_json::Value,
+) {
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"workload": name}},
+            "template": {
+                "metadata": {"labels": {"workload": name}},
+                "spec": {"containers": [{"name": "mta", "image": "registry.invalid/postfix:3.7"}]},
+            },
+        },
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+}
+
+async fn create_statefulset(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    labels: serde_json::Value,
+) {
+    let statefulset: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "serviceName": name,
+            "replicas": 1,
+            "selector": {"matchLabels": {"workload": name}},
+            "template": {
+                "metadata": {"labels": {"workload": name}},
+                "spec": {"containers": [{"name": "mta", "image": "registry.invalid/exim:4.96"}]},
+            },
+        },
+    }))
+    .unwrap();
+    Api::<StatefulSet>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &statefulset)
+        .await
+        .expect("create statefulset");
+}
+
+#[tokio::test]
+async fn deploy_installs_a_hardened_operator_with_least_privilege_rbac() {
+    let world = World::get();
+    let crd = world.kubectl_ok(&[
+        "get",
+        "crd",
+        "mailincidents.mailops.dev",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+    ]);
+    assert_eq!(crd, "True");
+
+    let client = world.admin().await;
+    let deployment = Api::<Deployment>::namespaced(client, OPERATOR_NAMESPACE)
+        .get("mail-incident-operator")
+        .await
+        .expect("deploy/ created the operator Deployment");
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some(OPERATOR_ACCOUNT));
+    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    let container = &pod.containers[0];
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(
+        probe_path(&container.liveness_probe).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(&container.readiness_probe).as_deref(),
+        Some("/readyz")
+    );
+
+    let account = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}");
+    let can = |verb: &str, resource: &str| {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        let output = world.kubectl(
+            &[
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                "--subresource",
+                subresource,
+                "--all-namespaces",
+                "--as",
+                &account,
+            ],
+            None,
+        );
+        String::from_utf8_lossy(&output.stdout).trim() == "yes"
+    };
+    for (verb, resource) in [
+        ("watch", "mailincidents.mailops.dev"),
+        ("patch", "mailincidents.mailops.dev/status"),
+        ("list", "deployments.apps"),
+        ("watch", "statefulsets.apps"),
+        ("create", "events.events.k8s.io"),
+    ] {
+        assert!(can(verb, resource), "the operator needs {verb} {resource}");
+    }
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("patch", "mailincidents.mailops.dev"),
+        ("delete", "mailincidents.mailops.dev"),
+        ("patch", "deployments.apps"),
+        ("get", "deployments.apps"),
+        ("list", "pods"),
+        ("create", "events"),
+    ] {
+        assert!(
+            !can(verb, resource),
+            "the operator must not {verb} {resource}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kubectl_shows_columns_names_and_docs_for_an_applied_example() {
+    let world = World::get();
+    let ns = TestNamespace::new(world, "kubectl");
+    let client = world.admin().await;
+    let _operator = Operator::start(world, &ns.name).await;
+    create_deployment(
+        &client,
+        &ns.name,
+        "postfix-a",
+        json!({"app.kubernetes.io/component": "mta"}),
+    )
+    .await;
+    world.kubectl_ok(&[
+        "apply",
+        "-n",
+        &ns.name,
+        "-f",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/tempfail-incident.yaml"
+        ),
+    ]);
+    let api: Api<MailIncident> = Api::namespaced(client, &ns.name);
+    wait_for(&api, "storage-outage", "counting its target", |i| {
+        observed(i) && summary(i) == Some("0/1")
+    })
+    .await;
+
+    let table = world.kubectl_ok(&["get", "mailinc", "-n", &ns.name]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "MODE", "READY", "APPLIED", "EXPIRES", "AGE"]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[..4], ["storage-outage", "TempFail", "False", "0/1"]);
+    assert!(row[4].ends_with('Z'), "Expires shows a timestamp: {row:?}");
+
+    let wide = world.kubectl_ok(&[
+        "get",
+        "mailincidents.mailops.dev",
+        "-n",
+        &ns.name,
+        "-o",
+        "wide",
+    ]);
+    assert!(wide.lines().next().unwrap().ends_with("REASON"), "{wide}");
+    assert!(
+        wide.contains("INC-2041: mailbox storage cluster unreachable"),
+        "{wide}"
+    );
+
+    // The `mail` category lists incidents (the same table: the only kind in it).
+    let by_category = world.kubectl_ok(&["get", "mail", "-n", &ns.name]);
+    assert!(
+        by_category.starts_with("NAME") && by_category.contains("storage-outage"),
+        "{by_category}"
+    );
+
+    let explained = world.kubectl_ok(&["explain", "mailincident.spec.smtpReply.code"]);
+    assert!(
+        explained.contains("421, 450, 451 or 452 for TempFail"),
+        "{explained}"
+    );
+    let explained = world.kubectl_ok(&["explain", "mailinc.spec.hardReject"]);
+    assert!(explained.contains("acknowledgeBounces"), "{explained}");
+}
+
+#[tokio::test]
+async fn the_api_server_refuses_schema_violations_naming_the_field() {
+    let world = World::get();
+    let ns = TestNamespace::new(world, "schema");
+    let base = "reason: r\ntargets: {matchLabels: {app: mta}}";
+    for (spec, field) in [
+        (format!("mode: Panic\n{base}"), "spec.mode"),
+        (
+            "mode: TempFail\ntargets: {matchLabels: {app: mta}}".to_string(),
+            "spec.reason",
+        ),
+        (
+            format!("mode: TempFail\n{base}\nsmtpReply: {{code: 999}}"),
+            "spec.smtpReply.code",
+        ),
+        (
+            format!("mode: TempFail\n{base}\nsmtpReply: {{enhancedCode: '4.3'}}"),
+            "spec.smtpReply.enhancedCode",
+        ),
+        (
+            format!("mode: TempFail\n{base}\nsmtpReply: {{text: \"try\\r\\nRCPT TO:<x>\"}}"),
+            "spec.smtpReply.text",
+        ),
+        (
+            format!(
+                "mode: TempFail\n{base}\nsmtpReply: {{text: \"{}\"}}",
+                "x".repeat(201)
+            ),
+            "spec.smtpReply.text",
+        ),
+        (
+            format!("mode: TempFail\n{base}\nsmtpReply: {{text: \"closes the map }} early\"}}"),
+            "spec.smtpReply.text",
+        ),
+        (
+            format!("mode: AcceptAndQueue\n{base}\nqueue: {{lifetime: 5 days}}"),
+            "spec.queue.lifetime",
+        ),
+        (
+            format!("mode: TempFail\n{base}\nduration: 1.5d"),
+            "spec.duration",
+        ),
+        (
+            format!("mode: TempFail\n{base}\nexpiresAt: tomorrow"),
+            "spec.expiresAt",
+        ),
+        (
+            "mode: TempFail\nreason: r\ntargets: {matchExpressions: [{key: app, operator: Like}]}"
+                .to_string(),
+            "operator",
+        ),
+    ] {
+        let output = world.kubectl(
+            // The server is the judge: kubectl 1.20 would also refuse some of these itself.
+            &["apply", "--validate=false", "-n", &ns.name, "-f", "-"],
+            Some(&incident_yaml("bad", &spec)),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "the API server accepted:\n{spec}");
+        assert!(
+            stderr.contains(field),
+            "rejection of\n{spec}\ndoes not name {field}: {stderr}"
+        );
+    }
+    let listed = world.kubectl_ok(&["get", "mailinc", "-n", &ns.name, "-o", "name"]);
+    assert_eq!(listed, "", "nothing invalid was stored");
+}
+
+#[tokio::test]
+async fn the_controller_stalls_cross_field_errors_naming_the_field_then_recovers() {
+    let world = World::get();
+    let ns = TestNamespace::new(world, "stall");
+    let client = world.admin().await;
+    let _operator = Operator::start(world, &ns.name).await;
+    create_deployment(&client, &ns.name, "postfix", json!({"app": "mta"})).await;
+    let api: Api<MailIncident> = Api::namespaced(client, &ns.name);
+
+    // Each passes the 1.20 server's schema (it drops CEL rules); kube's client-side CEL
+    // evaluation refuses it, and so does the controller.
+    let base = "reason: INC-9 storage down\ntargets: {matchLabels: {app: mta}}";
+    for (name, spec, field) in [
+        (
+            "no-ack",
+            format!("mode: HardReject\n{base}"),
+            "spec.hardReject.acknowledgeBounces",
+        ),
+        (
+            "wrong-class",
+            format!("mode: TempFail\n{base}\nsmtpReply: {{code: 550}}"),
+            "spec.smtpReply.code",
+        ),
+        (
+            "no-such-user",
+            format!(
+                "mode: HardReject\n{base}\nhardReject: {{acknowledgeBounces: true}}\nsmtpReply: {{enhancedCode: '5.1.1'}}"
+            ),
+            "spec.smtpReply.enhancedCode",
+        ),
+        (
+            "too-long",
+            format!("mode: AcceptAndQueue\n{base}\nqueue: {{lifetime: 101d}}"),
+            "spec.queue.lifetime",
+        ),
+    ] {
+        let yaml = incident_yaml(name, &spec);
+        let object: MailIncident = serde_yaml::from_str(&yaml).unwrap();
+        assert!(
+            object.validate_cel().is_err(),
+            "client-side CEL accepted {name}"
+        );
+        apply_yaml(world, &ns.name, &yaml);
+        let stalled = wait_for(&api, name, "Stalled", |i| {
+            observed(i) && condition(i, "Stalled").is_some_and(|c| c.0 == "True")
+        })
+        .await;
+        let (_, reason, message) = condition(&stalled, "Stalled").unwrap();
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            message.contains(field),
+            "{name}: Stalled message does not name {field}: {message}"
+        );
+        assert_eq!(condition(&stalled, "Ready").unwrap().0, "False");
+        assert_eq!(
+            status(&stalled).effective_mode,
+            None,
+            "{name}: an invalid spec changed the mode"
+        );
+        let described = world.kubectl_ok(&["describe", "mailinc", name, "-n", &ns.name]);
+        assert!(
+            described.contains("Warning")
+                && described.contains("InvalidSpec")
+                && described.contains(field),
+            "{described}"
+        );
+    }
+
+    // Fixing the spec clears the stall.
+    apply_yaml(
+        world,
+        &ns.name,
+        &incident_yaml(
+            "no-ack",
+            &format!("mode: HardReject\n{base}\nhardReject: {{acknowledgeBounces: true}}"),
+        ),
+    );
+    let fixed = wait_for(&api, "no-ack", "recovered", |i| {
+        observed(i) && condition(i, "Stalled").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(fixed.metadata.generation, Some(2));
+    assert_eq!(
+        status(&fixed).effective_mode,
+        Some(EffectiveMode::HardReject)
+    );
+    assert_eq!(summary(&fixed), Some("0/1"));
+    let described = world.kubectl_ok(&["describe", "mailinc", "no-ack", "-n", &ns.name]);
+    assert!(
+        described.contains("Accepted") && described.contains("Generation 2 accepted: HardReject"),
+        "{described}"
+    );
+}
+
+#[tokio::test]
+async fn status_follows_workloads_as_they_come_go_and_change_labels() {
+    let world = World::get();
+    let ns = TestNamespace::new(world, "targets");
+    let client = world.admin().await;
+    let _operator = Operator::start(world, &ns.name).await;
+    let api: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
+
+    apply_yaml(
+        world,
+        &ns.name,
+        &incident_yaml(
+            "fleet",
+            "mode: AcceptAndQueue\nreason: INC-3 storage degraded\ntargets: {matchLabels: {app: mta}}",
+        ),
+    );
+    let none = wait_for(&api, "fleet", "without targets", |i| {
+        observed(i) && summary(i) == Some("0/0")
+    })
+    .await;
+    assert_eq!(
+        condition(&none, "Ready").map(|c| (c.0, c.1)),
+        Some(("False", "NoTargets"))
+    );
+
+    create_deployment(&client, &ns.name, "postfix-a", json!({"app": "mta"})).await;
+    create_deployment(&client, &ns.name, "postfix-b", json!({"app": "mta"})).await;
+    create_statefulset(&client, &ns.name, "exim", json!({"app": "mta"})).await;
+    create_deployment(&client, &ns.name, "webmail", json!({"app": "webmail"})).await;
+    let three = wait_for(&api, "fleet", "matching 3", |i| summary(i) == Some("0/3")).await;
+    assert_eq!(
+        condition(&three, "Ready").map(|c| (c.0, c.1)),
+        Some(("False", "AwaitingDelivery"))
+    );
+    assert_eq!(condition(&three, "Reconciling").map(|c| c.0), Some("True"));
+
+    Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .delete("postfix-b", &DeleteParams::default())
+        .await
+        .expect("delete deployment");
+    wait_for(&api, "fleet", "matching 2 after a delete", |i| {
+        summary(i) == Some("0/2")
+    })
+    .await;
+
+    let relabel = |labels: serde_json::Value| Patch::Merge(json!({"metadata": {"labels": labels}}));
+    Api::<StatefulSet>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "exim",
+            &PatchParams::default(),
+            &relabel(json!({"app": "retired"})),
+        )
+        .await
+        .expect("relabel statefulset");
+    wait_for(&api, "fleet", "matching 1 after a relabel out", |i| {
+        summary(i) == Some("0/1")
+    })
+    .await;
+    Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "webmail",
+            &PatchParams::default(),
+            &relabel(json!({"app": "mta"})),
+        )
+        .await
+        .expect("relabel deployment");
+    let last = wait_for(&api, "fleet", "matching 2 after a relabel in", |i| {
+        summary(i) == Some("0/2")
+    })
+    .await;
+    assert_eq!(status(&last).observed_generation, Some(1));
+    let described = world.kubectl_ok(&["describe", "mailinc", "fleet", "-n", &ns.name]);
+    assert!(described.contains("TargetsChanged"), "{described}");
+
+    let history = api.get("fleet").await.unwrap();
+    assert_eq!(
+        status(&history).history.len(),
+        1,
+        "target changes are not mode transitions"
+    );
+}
+
+#[tokio::test]
+async fn first_status_is_unknown_and_no_status_ever_claims_an_applied_target() {
+    let world = World::get();
+    let ns = TestNamespace::new(world, "unknown");
+    let client = world.admin().await;
+    let _operator = Operator::start(world, &ns.name).await;
+    create_deployment(&client, &ns.name, "postfix", json!({"app": "mta"})).await;
+    let api: Api<MailIncident> = Api::namespaced(client, &ns.name);
+
+    let (sender, mut statuses) = tokio::sync::mpsc::unbounded_channel();
+    let watch = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default()).applied_objects();
+            futures::pin_mut!(stream);
+            while let Some(Ok(incident)) = stream.next().await {
+                if let Some(status) = incident.status {
+                    sender.send(status).ok();
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    apply_yaml(
+        world,
+        &ns.name,
+        &incident_yaml(
+            "watched",
+            "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}",
+        ),
+    );
+    wait_for(&api, "watched", "settled", |i| {
+        observed(i) && summary(i) == Some("0/1")
+    })
+    .await;
+    watch.abort();
+
+    let mut seen = Vec::new();
+    while let Ok(status) = statuses.try_recv() {
+        seen.push(status);
+    }
+    let first = seen.first().expect("the watch saw a status");
+    assert_eq!(first.observed_generation, None);
+    assert_eq!(first.conditions.len(), 3);
+    assert!(
+        first.conditions.iter().all(|c| c.status == "Unknown"),
+        "{:?}",
+        first.conditions
+    );
+    for status in &seen {
+        assert_eq!(
+            status.targets.as_ref().map_or(0, |t| t.applied),
+            0,
+            "a status claimed an applied target"
+        );
+    }
+}
+
+#[tokio::test]
+async fn expiry_and_resolution_end_incidents_on_time() {
+    let world = World::get();
+    let ns = TestNamespace::new(world, "ending");
+    let client = world.admin().await;
+    let _operator = Operator::start(world, &ns.name).await;
+    create_deployment(&client, &ns.name, "postfix", json!({"app": "mta"})).await;
+    let api: Api<MailIncident> = Api::namespaced(client, &ns.name);
+
+    apply_yaml(
+        world,
+        &ns.name,
+        &incident_yaml(
+            "short",
+            "mode: TempFail\nreason: maintenance window\ntargets: {matchLabels: {app: mta}}\nduration: 5s",
+        ),
+    );
+    let active = wait_for(&api, "short", "active", |i| {
+        observed(i) && status(i).effective_mode == Some(EffectiveMode::TempFail)
+    })
+    .await;
+    let expires_at = status(&active)
+        .expires_at
+        .clone()
+        .expect("expiresAt in status")
+        .0;
+    assert_eq!(
+        expires_at,
+        active.metadata.creation_timestamp.clone().unwrap().0 + Duration::from_secs(5)
+    );
+
+    let ended = wait_for(&api, "short", "expired", |i| {
+        status(i).effective_mode == Some(EffectiveMode::Normal)
+    })
+    .await;
+    assert_eq!(
+        condition(&ended, "Ready").map(|c| (c.0, c.1)),
+        Some(("True", "Expired"))
+    );
+    let transition = status(&ended).history.last().unwrap();
+    assert_eq!(transition.from, Some(EffectiveMode::TempFail));
+    assert!(transition.at.0 >= expires_at, "ended before its expiry");
+    assert!(
+        transition.at.0 <= expires_at + Duration::from_secs(5),
+        "ended at {} for an expiry at {expires_at}: not timed on the expiry",
+        transition.at.0
+    );
+
+    apply_yaml(
+        world,
+        &ns.name,
+        &incident_yaml(
+            "manual",
+            "mode: AcceptAndQueue\nreason: INC-12\ntargets: {matchLabels: {app: mta}}",
+        ),
+    );
+    wait_for(&api, "manual", "active", |i| {
+        observed(i) && status(i).effective_mode == Some(EffectiveMode::AcceptAndQueue)
+    })
+    .await;
+    apply_yaml(
+        world,
+        &ns.name,
+        &incident_yaml(
+            "manual",
+            "mode: AcceptAndQueue\nreason: INC-12\ntargets: {matchLabels: {app: mta}}\nresolved: true",
+        ),
+    );
+    let resolved = wait_for(&api, "manual", "resolved", |i| {
+        observed(i) && status(i).effective_mode == Some(EffectiveMode::Normal)
+    })
+    .await;
+    assert_eq!(
+        condition(&resolved, "Ready").map(|c| (c.0, c.1)),
+        Some(("True", "Resolved"))
+    );
+    let modes: Vec<_> = status(&resolved).history.iter().map(|t| t.to).collect();
+    assert_eq!(
+        modes,
+        [EffectiveMode::AcceptAndQueue, EffectiveMode::Normal]
+    );
+    assert_eq!(
+        resolved.name_any(),
+        "manual",
+        "a resolved incident stays as a record"
+    );
+}
