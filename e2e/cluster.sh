@@ -129,7 +129,7 @@ KUBECONFIG
 }
 
 down() {
-  for name in kube-controller-manager kube-apiserver etcd; do
+  for name in operator kube-controller-manager kube-apiserver etcd; do
     local pidfile="$state/$name.pid"
     [ -f "$pidfile" ] || continue
     local pid
