@@ -2,7 +2,7 @@
 //! an SRE needs, bad input is refused or stalled with the field named, and the status
 //! follows the workloads an incident selects.
 
-use crate::world::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Operator, TestNamespace, World};
+use crate::world::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Scene, TestNamespace, World};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::{
@@ -86,53 +86,37 @@ fn incident_yaml(name: &str, spec: &str) -> String {
     )
 }
 
-async fn create_deployment(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    labels: serde_json::Value,
-) {
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"workload": name}},
-            "template": {
-                "metadata": {"labels": {"workload": name}},
-                "spec": {"containers": [{"name": "mta", "image": "registry.invalid/postfix:3.7"}]},
-            },
+/// Creates a Deployment or StatefulSet with one MTA container and the given labels.
+async fn create_workload<K>(client: &Client, namespace: &str, name: &str, labels: serde_json::Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let mut spec = json!({
+        "replicas": 1,
+        "selector": {"matchLabels": {"workload": name}},
+        "template": {
+            "metadata": {"labels": {"workload": name}},
+            "spec": {"containers": [{"name": "mta", "image": "registry.invalid/postfix:3.7"}]},
         },
-    }))
-    .unwrap();
-    Api::<Deployment>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &deployment)
-        .await
-        .expect("create deployment");
-}
-
-async fn create_statefulset(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    labels: serde_json::Value,
-) {
-    let statefulset: StatefulSet = serde_json::from_value(json!({
+    });
+    if K::kind(&()) == "StatefulSet" {
+        spec["serviceName"] = name.into();
+    }
+    let object: K = serde_json::from_value(json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "serviceName": name,
-            "replicas": 1,
-            "selector": {"matchLabels": {"workload": name}},
-            "template": {
-                "metadata": {"labels": {"workload": name}},
-                "spec": {"containers": [{"name": "mta", "image": "registry.invalid/exim:4.96"}]},
-            },
-        },
+        "spec": spec,
     }))
-    .unwrap();
-    Api::<StatefulSet>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &statefulset)
+    .expect("workload object");
+    Api::<K>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &object)
         .await
-        .expect("create statefulset");
+        .unwrap_or_else(|e| panic!("create {} {name}: {e}", K::kind(&())));
 }
 
 #[tokio::test]
@@ -224,12 +208,16 @@ async fn deploy_installs_a_hardened_operator_with_least_privilege_rbac() {
 
 #[tokio::test]
 async fn kubectl_shows_columns_names_and_docs_for_an_applied_example() {
-    let world = World::get();
-    let ns = TestNamespace::new(world, "kubectl");
-    let client = world.admin().await;
-    let _operator = Operator::start(world, &ns.name).await;
-    create_deployment(
-        &client,
+    let scene = Scene::start("kubectl").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents: api,
+        ..
+    } = &scene;
+    create_workload::<Deployment>(
+        client,
         &ns.name,
         "postfix-a",
         json!({"app.kubernetes.io/component": "mta"}),
@@ -245,8 +233,7 @@ async fn kubectl_shows_columns_names_and_docs_for_an_applied_example() {
             "/examples/tempfail-incident.yaml"
         ),
     ]);
-    let api: Api<MailIncident> = Api::namespaced(client, &ns.name);
-    wait_for(&api, "storage-outage", "counting its target", |i| {
+    wait_for(api, "storage-outage", "counting its target", |i| {
         observed(i) && summary(i) == Some("0/1")
     })
     .await;
@@ -362,12 +349,15 @@ async fn the_api_server_refuses_schema_violations_naming_the_field() {
 
 #[tokio::test]
 async fn the_controller_stalls_cross_field_errors_naming_the_field_then_recovers() {
-    let world = World::get();
-    let ns = TestNamespace::new(world, "stall");
-    let client = world.admin().await;
-    let _operator = Operator::start(world, &ns.name).await;
-    create_deployment(&client, &ns.name, "postfix", json!({"app": "mta"})).await;
-    let api: Api<MailIncident> = Api::namespaced(client, &ns.name);
+    let scene = Scene::start("stall").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents: api,
+        ..
+    } = &scene;
+    create_workload::<Deployment>(client, &ns.name, "postfix", json!({"app": "mta"})).await;
 
     // Each passes the 1.20 server's schema (it drops CEL rules); kube's client-side CEL
     // evaluation refuses it, and so does the controller.
@@ -403,7 +393,7 @@ async fn the_controller_stalls_cross_field_errors_naming_the_field_then_recovers
             "client-side CEL accepted {name}"
         );
         apply_yaml(world, &ns.name, &yaml);
-        let stalled = wait_for(&api, name, "Stalled", |i| {
+        let stalled = wait_for(api, name, "Stalled", |i| {
             observed(i) && condition(i, "Stalled").is_some_and(|c| c.0 == "True")
         })
         .await;
@@ -437,7 +427,7 @@ async fn the_controller_stalls_cross_field_errors_naming_the_field_then_recovers
             &format!("mode: HardReject\n{base}\nhardReject: {{acknowledgeBounces: true}}"),
         ),
     );
-    let fixed = wait_for(&api, "no-ack", "recovered", |i| {
+    let fixed = wait_for(api, "no-ack", "recovered", |i| {
         observed(i) && condition(i, "Stalled").is_some_and(|c| c.0 == "False")
     })
     .await;
@@ -456,11 +446,14 @@ async fn the_controller_stalls_cross_field_errors_naming_the_field_then_recovers
 
 #[tokio::test]
 async fn status_follows_workloads_as_they_come_go_and_change_labels() {
-    let world = World::get();
-    let ns = TestNamespace::new(world, "targets");
-    let client = world.admin().await;
-    let _operator = Operator::start(world, &ns.name).await;
-    let api: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
+    let scene = Scene::start("targets").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents: api,
+        ..
+    } = &scene;
 
     apply_yaml(
         world,
@@ -470,7 +463,7 @@ async fn status_follows_workloads_as_they_come_go_and_change_labels() {
             "mode: AcceptAndQueue\nreason: INC-3 storage degraded\ntargets: {matchLabels: {app: mta}}",
         ),
     );
-    let none = wait_for(&api, "fleet", "without targets", |i| {
+    let none = wait_for(api, "fleet", "without targets", |i| {
         observed(i) && summary(i) == Some("0/0")
     })
     .await;
@@ -479,11 +472,11 @@ async fn status_follows_workloads_as_they_come_go_and_change_labels() {
         Some(("False", "NoTargets"))
     );
 
-    create_deployment(&client, &ns.name, "postfix-a", json!({"app": "mta"})).await;
-    create_deployment(&client, &ns.name, "postfix-b", json!({"app": "mta"})).await;
-    create_statefulset(&client, &ns.name, "exim", json!({"app": "mta"})).await;
-    create_deployment(&client, &ns.name, "webmail", json!({"app": "webmail"})).await;
-    let three = wait_for(&api, "fleet", "matching 3", |i| summary(i) == Some("0/3")).await;
+    create_workload::<Deployment>(client, &ns.name, "postfix-a", json!({"app": "mta"})).await;
+    create_workload::<Deployment>(client, &ns.name, "postfix-b", json!({"app": "mta"})).await;
+    create_workload::<StatefulSet>(client, &ns.name, "exim", json!({"app": "mta"})).await;
+    create_workload::<Deployment>(client, &ns.name, "webmail", json!({"app": "webmail"})).await;
+    let three = wait_for(api, "fleet", "matching 3", |i| summary(i) == Some("0/3")).await;
     assert_eq!(
         condition(&three, "Ready").map(|c| (c.0, c.1)),
         Some(("False", "AwaitingDelivery"))
@@ -494,7 +487,7 @@ async fn status_follows_workloads_as_they_come_go_and_change_labels() {
         .delete("postfix-b", &DeleteParams::default())
         .await
         .expect("delete deployment");
-    wait_for(&api, "fleet", "matching 2 after a delete", |i| {
+    wait_for(api, "fleet", "matching 2 after a delete", |i| {
         summary(i) == Some("0/2")
     })
     .await;
@@ -508,7 +501,7 @@ async fn status_follows_workloads_as_they_come_go_and_change_labels() {
         )
         .await
         .expect("relabel statefulset");
-    wait_for(&api, "fleet", "matching 1 after a relabel out", |i| {
+    wait_for(api, "fleet", "matching 1 after a relabel out", |i| {
         summary(i) == Some("0/1")
     })
     .await;
@@ -520,7 +513,7 @@ async fn status_follows_workloads_as_they_come_go_and_change_labels() {
         )
         .await
         .expect("relabel deployment");
-    let last = wait_for(&api, "fleet", "matching 2 after a relabel in", |i| {
+    let last = wait_for(api, "fleet", "matching 2 after a relabel in", |i| {
         summary(i) == Some("0/2")
     })
     .await;
@@ -538,12 +531,15 @@ async fn status_follows_workloads_as_they_come_go_and_change_labels() {
 
 #[tokio::test]
 async fn first_status_is_unknown_and_no_status_ever_claims_an_applied_target() {
-    let world = World::get();
-    let ns = TestNamespace::new(world, "unknown");
-    let client = world.admin().await;
-    let _operator = Operator::start(world, &ns.name).await;
-    create_deployment(&client, &ns.name, "postfix", json!({"app": "mta"})).await;
-    let api: Api<MailIncident> = Api::namespaced(client, &ns.name);
+    let scene = Scene::start("unknown").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents: api,
+        ..
+    } = &scene;
+    create_workload::<Deployment>(client, &ns.name, "postfix", json!({"app": "mta"})).await;
 
     let (sender, mut statuses) = tokio::sync::mpsc::unbounded_channel();
     let watch = {
@@ -567,7 +563,7 @@ async fn first_status_is_unknown_and_no_status_ever_claims_an_applied_target() {
             "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}",
         ),
     );
-    wait_for(&api, "watched", "settled", |i| {
+    wait_for(api, "watched", "settled", |i| {
         observed(i) && summary(i) == Some("0/1")
     })
     .await;
@@ -596,12 +592,15 @@ async fn first_status_is_unknown_and_no_status_ever_claims_an_applied_target() {
 
 #[tokio::test]
 async fn expiry_and_resolution_end_incidents_on_time() {
-    let world = World::get();
-    let ns = TestNamespace::new(world, "ending");
-    let client = world.admin().await;
-    let _operator = Operator::start(world, &ns.name).await;
-    create_deployment(&client, &ns.name, "postfix", json!({"app": "mta"})).await;
-    let api: Api<MailIncident> = Api::namespaced(client, &ns.name);
+    let scene = Scene::start("ending").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents: api,
+        ..
+    } = &scene;
+    create_workload::<Deployment>(client, &ns.name, "postfix", json!({"app": "mta"})).await;
 
     apply_yaml(
         world,
@@ -611,7 +610,7 @@ async fn expiry_and_resolution_end_incidents_on_time() {
             "mode: TempFail\nreason: maintenance window\ntargets: {matchLabels: {app: mta}}\nduration: 5s",
         ),
     );
-    let active = wait_for(&api, "short", "active", |i| {
+    let active = wait_for(api, "short", "active", |i| {
         observed(i) && status(i).effective_mode == Some(EffectiveMode::TempFail)
     })
     .await;
@@ -625,7 +624,7 @@ async fn expiry_and_resolution_end_incidents_on_time() {
         active.metadata.creation_timestamp.clone().unwrap().0 + Duration::from_secs(5)
     );
 
-    let ended = wait_for(&api, "short", "expired", |i| {
+    let ended = wait_for(api, "short", "expired", |i| {
         status(i).effective_mode == Some(EffectiveMode::Normal)
     })
     .await;
@@ -650,7 +649,7 @@ async fn expiry_and_resolution_end_incidents_on_time() {
             "mode: AcceptAndQueue\nreason: INC-12\ntargets: {matchLabels: {app: mta}}",
         ),
     );
-    wait_for(&api, "manual", "active", |i| {
+    wait_for(api, "manual", "active", |i| {
         observed(i) && status(i).effective_mode == Some(EffectiveMode::AcceptAndQueue)
     })
     .await;
@@ -662,7 +661,7 @@ async fn expiry_and_resolution_end_incidents_on_time() {
             "mode: AcceptAndQueue\nreason: INC-12\ntargets: {matchLabels: {app: mta}}\nresolved: true",
         ),
     );
-    let resolved = wait_for(&api, "manual", "resolved", |i| {
+    let resolved = wait_for(api, "manual", "resolved", |i| {
         observed(i) && status(i).effective_mode == Some(EffectiveMode::Normal)
     })
     .await;

@@ -8,6 +8,7 @@ use kube::{
     api::PostParams,
     config::{KubeConfigOptions, Kubeconfig},
 };
+use mail_incident_operator::api::MailIncident;
 use std::{
     io::Write,
     path::{Path, PathBuf},
@@ -135,6 +136,33 @@ impl Drop for TestNamespace {
 fn rand_suffix() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     (RandomState::new().hash_one(Instant::now()) & 0xff_ffff) as u32
+}
+
+/// A namespace of its own with the operator watching it: where most tests start.
+pub struct Scene {
+    /// Declared first so that it is dropped first: the operator stops before its namespace goes.
+    _operator: Operator,
+    pub world: &'static World,
+    pub ns: TestNamespace,
+    pub client: Client,
+    pub incidents: Api<MailIncident>,
+}
+
+impl Scene {
+    pub async fn start(prefix: &str) -> Self {
+        let world = World::get();
+        let ns = TestNamespace::new(world, prefix);
+        let client = world.admin().await;
+        let operator = Operator::start(world, &ns.name).await;
+        let incidents = Api::namespaced(client.clone(), &ns.name);
+        Self {
+            _operator: operator,
+            world,
+            ns,
+            client,
+            incidents,
+        }
+    }
 }
 
 /// The operator binary, running as the ServiceAccount from `deploy/`, watching one

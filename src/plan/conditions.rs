@@ -30,8 +30,22 @@ impl ConditionType {
     }
 }
 
-/// Sets one condition; `status` None means Unknown.
-pub fn set_condition(
+/// One condition to set: its type, status (None means Unknown), reason and message.
+pub type ConditionUpdate<'a> = (ConditionType, Option<bool>, &'a str, &'a str);
+
+/// Sets each condition of `updates`, stamped with `generation`.
+pub fn set_conditions(
+    conditions: &mut Vec<Condition>,
+    updates: &[ConditionUpdate<'_>],
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    for &(kind, status, reason, message) in updates {
+        set_condition(conditions, kind, status, reason, message, generation, now);
+    }
+}
+
+fn set_condition(
     conditions: &mut Vec<Condition>,
     kind: ConditionType,
     status: Option<bool>,

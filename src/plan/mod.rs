@@ -4,7 +4,7 @@
 
 mod conditions;
 
-pub use conditions::{ConditionType, set_condition};
+pub use conditions::{ConditionType, set_conditions};
 
 use crate::api::{
     EffectiveMode, MailIncident, MailIncidentStatus, TargetCounts, Transition,
@@ -57,17 +57,9 @@ pub fn decide(incident: &MailIncident, workloads: &[Workload], now: Timestamp) -
     // kstatus and Argo CD read "in progress" rather than "no status".
     if previous.conditions.is_empty() {
         let mut status = previous;
-        for kind in ConditionType::ALL {
-            set_condition(
-                &mut status.conditions,
-                kind,
-                None,
-                "Initializing",
-                "The controller has seen this incident and is evaluating it",
-                generation,
-                now,
-            );
-        }
+        let message = "The controller has seen this incident and is evaluating it";
+        let updates = ConditionType::ALL.map(|kind| (kind, None, "Initializing", message));
+        set_conditions(&mut status.conditions, &updates, generation, now);
         return Decision {
             status,
             events: vec![],
@@ -98,30 +90,18 @@ fn decide_invalid(
     let mut status = previous;
     status.observed_generation = generation;
     let message = format!("Invalid spec, nothing was changed: {message}");
-    set_condition(
+    set_conditions(
         &mut status.conditions,
-        ConditionType::Stalled,
-        Some(true),
-        "InvalidSpec",
-        &message,
-        generation,
-        now,
-    );
-    set_condition(
-        &mut status.conditions,
-        ConditionType::Ready,
-        Some(false),
-        "InvalidSpec",
-        &message,
-        generation,
-        now,
-    );
-    set_condition(
-        &mut status.conditions,
-        ConditionType::Reconciling,
-        Some(false),
-        "InvalidSpec",
-        &message,
+        &[
+            (ConditionType::Stalled, Some(true), "InvalidSpec", &message),
+            (ConditionType::Ready, Some(false), "InvalidSpec", &message),
+            (
+                ConditionType::Reconciling,
+                Some(false),
+                "InvalidSpec",
+                &message,
+            ),
+        ],
         generation,
         now,
     );
@@ -252,30 +232,23 @@ fn decide_valid(
         ),
     };
     let reconciling = !ready && matched > 0;
-    set_condition(
+    set_conditions(
         &mut status.conditions,
-        ConditionType::Stalled,
-        Some(false),
-        "SpecValid",
-        "The spec is valid",
-        generation,
-        now,
-    );
-    set_condition(
-        &mut status.conditions,
-        ConditionType::Ready,
-        Some(ready),
-        reason,
-        &message,
-        generation,
-        now,
-    );
-    set_condition(
-        &mut status.conditions,
-        ConditionType::Reconciling,
-        Some(reconciling),
-        reason,
-        &message,
+        &[
+            (
+                ConditionType::Stalled,
+                Some(false),
+                "SpecValid",
+                "The spec is valid",
+            ),
+            (ConditionType::Ready, Some(ready), reason, &message),
+            (
+                ConditionType::Reconciling,
+                Some(reconciling),
+                reason,
+                &message,
+            ),
+        ],
         generation,
         now,
     );
