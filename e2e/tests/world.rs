@@ -57,6 +57,20 @@ impl World {
                 "--timeout=30s",
                 "crd/mailincidents.mailops.dev",
             ]);
+            // The API server publishes a new CRD's OpenAPI (what `kubectl explain` reads)
+            // a few seconds after it is Established.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !world
+                .kubectl(&["explain", "mailincident.spec"], None)
+                .status
+                .success()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "MailIncident OpenAPI not published within 30s"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
             world
         })
     }
