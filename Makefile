@@ -5,7 +5,7 @@
 CARGO ?= cargo
 OPERATOR := target/debug/mail-incident-operator
 
-.PHONY: all build crds fmt clippy unit e2e test demo cluster-up cluster-down clean
+.PHONY: all build crds fmt clippy unit e2e bench test demo cluster-up cluster-down clean
 
 all: build
 
@@ -29,6 +29,10 @@ unit:
 ## End-to-end tests against a real API server (local unless E2E_KUBECONFIG is set).
 e2e:
 	e2e/run-tests.sh
+
+## The fleet benchmark (10, 100, 1000 targets) against a local control plane.
+bench:
+	e2e/bench.sh
 
 ## Everything CI runs.
 test: fmt clippy unit e2e

@@ -121,6 +121,8 @@ KUBECONFIG
     --root-ca-file "$pki/ca.crt" \
     --leader-elect=false --port 0 --secure-port 0 \
     --use-service-account-credentials=false \
+    --kube-api-qps 200 --kube-api-burst 400 \
+    --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10 \
     --profiling=false
   wait_for "the default service account" \
     "$KUBE_BIN/kubectl" --kubeconfig "$kubeconfig" -n default get serviceaccount default

@@ -21,6 +21,9 @@ pub enum Error {
 
     #[error("the watch of {0} ended before its cache was filled")]
     CacheNeverReady(&'static str),
+
+    #[error("finalizer: {0}")]
+    Finalizer(String),
 }
 
 impl Error {
@@ -32,6 +35,7 @@ impl Error {
             Self::NotNamespaced { .. } => "invalid_object",
             Self::Listen { .. } => "startup",
             Self::CacheNeverReady(_) => "cache",
+            Self::Finalizer(_) => "finalizer",
         }
     }
 }

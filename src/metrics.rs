@@ -1,63 +1,139 @@
-//! Every metric the controller exports, defined once and registered in one registry.
+//! Every metric the operator exports, defined once and registered in one registry.
+//! Labels name incidents, never pods or targets, so cardinality follows the number of
+//! incidents, not the size of the fleet.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use crate::api::{EffectiveMode, MailIncidentStatus};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    core::Collector,
+};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
-/// The controller's metrics.
+const MODES: [EffectiveMode; 4] = [
+    EffectiveMode::Normal,
+    EffectiveMode::AcceptAndQueue,
+    EffectiveMode::TempFail,
+    EffectiveMode::HardReject,
+];
+
+/// The operator's metrics; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
-    pub registry: Registry,
+    registry: Registry,
     /// Finished reconciles by result (`ok`, `error`).
     pub reconciles: IntCounterVec,
     /// Failed reconciles by error category.
     pub reconcile_errors: IntCounterVec,
     /// Reconcile wall time.
     pub reconcile_duration: HistogramVec,
+    /// Mode transitions of incidents, by from and to.
+    pub transitions: IntCounterVec,
+    /// Time from an incident generation's first sight to every target applying it.
+    pub apply_duration: Histogram,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: IntGauge,
+    incidents_by_mode: IntGaugeVec,
+    targets: IntGaugeVec,
+    expiry: IntGaugeVec,
+    /// The effective mode of each incident, to count incidents by mode.
+    modes: Arc<Mutex<HashMap<(String, String), EffectiveMode>>>,
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are unique");
+    collector
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new();
-        let reconciles = IntCounterVec::new(
-            Opts::new(
+        // process_resident_memory_bytes, process_cpu_seconds_total and friends.
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics register once");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        Self {
+            reconciles: counter(
                 "mail_incident_reconciles_total",
                 "Finished MailIncident reconciles, by result.",
+                &["result"],
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let reconcile_errors = IntCounterVec::new(
-            Opts::new(
+            reconcile_errors: counter(
                 "mail_incident_reconcile_errors_total",
                 "Failed MailIncident reconciles, by error category.",
+                &["category"],
             ),
-            &["category"],
-        )
-        .expect("valid metric");
-        let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "mail_incident_reconcile_duration_seconds",
-                "Time taken by one MailIncident reconcile.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &[],
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(reconcile_errors.clone()),
-            Box::new(reconcile_duration.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
-        Self {
+            reconcile_duration: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "mail_incident_reconcile_duration_seconds",
+                        "Time taken by one reconcile (a sync of the incident's namespace).",
+                    )
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                    &[],
+                )
+                .expect("valid metric"),
+            ),
+            transitions: counter(
+                "mail_incident_transitions_total",
+                "Mode transitions of incidents, by previous and new effective mode.",
+                &["from", "to"],
+            ),
+            apply_duration: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "mail_incident_apply_duration_seconds",
+                        "Time from the first sight of an incident generation to every target applying its mode.",
+                    )
+                    .buckets(vec![0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
+                )
+                .expect("valid metric"),
+            ),
+            leader: register(
+                &registry,
+                IntGauge::new(
+                    "mail_incident_leader",
+                    "1 while this replica holds the leader Lease and writes, 0 otherwise.",
+                )
+                .expect("valid metric"),
+            ),
+            incidents_by_mode: gauge(
+                "mail_incident_incidents",
+                "Incidents by effective mode (Normal: resolved or expired, kept as records).",
+                &["mode"],
+            ),
+            targets: gauge(
+                "mail_incident_targets",
+                "Targets of each incident by state: matched, applied, failed, superseded.",
+                &["namespace", "incident", "state"],
+            ),
+            expiry: gauge(
+                "mail_incident_expiry_timestamp_seconds",
+                "When each incident ends by itself, as a Unix timestamp.",
+                &["namespace", "incident"],
+            ),
+            modes: Arc::default(),
             registry,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
         }
     }
 }
@@ -68,5 +144,58 @@ impl Metrics {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .expect("metrics encode as text")
+    }
+
+    /// Records the status just decided for an incident.
+    pub fn observe_incident(&self, namespace: &str, incident: &str, status: &MailIncidentStatus) {
+        if let Some(targets) = &status.targets {
+            for (state, count) in [
+                ("matched", targets.matched),
+                ("applied", targets.applied),
+                ("failed", targets.failed),
+                ("superseded", targets.superseded),
+            ] {
+                self.targets
+                    .with_label_values(&[namespace, incident, state])
+                    .set(count.into());
+            }
+        }
+        match &status.expires_at {
+            Some(at) => self
+                .expiry
+                .with_label_values(&[namespace, incident])
+                .set(at.0.as_second()),
+            None => {
+                self.expiry.remove_label_values(&[namespace, incident]).ok();
+            }
+        }
+        let mut modes = self.modes.lock().expect("lock poisoned");
+        match status.effective_mode {
+            Some(mode) => modes.insert((namespace.into(), incident.into()), mode),
+            None => modes.remove(&(namespace.into(), incident.into())),
+        };
+        self.count_modes(&modes);
+    }
+
+    /// Drops every series of an incident that no longer exists.
+    pub fn forget_incident(&self, namespace: &str, incident: &str) {
+        for state in ["matched", "applied", "failed", "superseded"] {
+            self.targets
+                .remove_label_values(&[namespace, incident, state])
+                .ok();
+        }
+        self.expiry.remove_label_values(&[namespace, incident]).ok();
+        let mut modes = self.modes.lock().expect("lock poisoned");
+        modes.remove(&(namespace.into(), incident.into()));
+        self.count_modes(&modes);
+    }
+
+    fn count_modes(&self, modes: &HashMap<(String, String), EffectiveMode>) {
+        for mode in MODES {
+            let count = modes.values().filter(|m| **m == mode).count();
+            self.incidents_by_mode
+                .with_label_values(&[format!("{mode:?}").as_str()])
+                .set(count as i64);
+        }
     }
 }

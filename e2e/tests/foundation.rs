@@ -2,122 +2,20 @@
 //! an SRE needs, bad input is refused or stalled with the field named, and the status
 //! follows the workloads an incident selects.
 
-use crate::world::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Scene, TestNamespace, World};
+use crate::{
+    support::{Mta, apply_yaml, condition, incident_yaml, observed, status, summary, wait_for},
+    world::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Scene, TestNamespace, World},
+};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
-use mail_incident_operator::api::{EffectiveMode, MailIncident, MailIncidentStatus};
+use mail_incident_operator::api::{EffectiveMode, MailIncident};
 use serde_json::json;
-use std::time::{Duration, Instant};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-/// Polls the incident until `done` holds; on timeout, panics showing what it last saw.
-async fn wait_for(
-    api: &Api<MailIncident>,
-    name: &str,
-    what: &str,
-    done: impl Fn(&MailIncident) -> bool,
-) -> MailIncident {
-    let deadline = Instant::now() + WAIT;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(incident) = api.get_opt(name).await.expect("get incident") {
-            if done(&incident) {
-                return incident;
-            }
-            last = Some(incident);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "{name}: not {what} within {WAIT:?}; last status:\n{}",
-        serde_yaml::to_string(&last.and_then(|i| i.status)).unwrap()
-    );
-}
-
-fn status(incident: &MailIncident) -> &MailIncidentStatus {
-    incident.status.as_ref().expect("incident has a status")
-}
-
-fn condition<'a>(incident: &'a MailIncident, kind: &str) -> Option<(&'a str, &'a str, &'a str)> {
-    incident
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == kind)
-        .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
-}
-
-fn observed(incident: &MailIncident) -> bool {
-    incident.status.as_ref().and_then(|s| s.observed_generation) == incident.metadata.generation
-}
-
-fn summary(incident: &MailIncident) -> Option<&str> {
-    incident
-        .status
-        .as_ref()?
-        .targets
-        .as_ref()
-        .map(|t| t.summary.as_str())
-}
-
-fn apply_yaml(world: &World, namespace: &str, yaml: &str) {
-    let output = world.kubectl(
-        &["apply", "--validate=false", "-n", namespace, "-f", "-"],
-        Some(yaml),
-    );
-    assert!(
-        output.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn incident_yaml(name: &str, spec: &str) -> String {
-    let spec = spec.lines().map(|l| format!("  {l}\n")).collect::<String>();
-    format!(
-        "apiVersion: mailops.dev/v1alpha1\nkind: MailIncident\nmetadata:\n  name: {name}\nspec:\n{spec}"
-    )
-}
-
-/// Creates a Deployment or StatefulSet with one MTA container and the given labels.
-async fn create_workload<K>(client: &Client, namespace: &str, name: &str, labels: serde_json::Value)
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let mut spec = json!({
-        "replicas": 1,
-        "selector": {"matchLabels": {"workload": name}},
-        "template": {
-            "metadata": {"labels": {"workload": name}},
-            "spec": {"containers": [{"name": "mta", "image": "registry.invalid/postfix:3.7"}]},
-        },
-    });
-    if K::kind(&()) == "StatefulSet" {
-        spec["serviceName"] = name.into();
-    }
-    let object: K = serde_json::from_value(json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": {"name": name, "labels": labels},
-        "spec": spec,
-    }))
-    .expect("workload object");
-    Api::<K>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|e| panic!("create {} {name}: {e}", K::kind(&())));
-}
+use std::time::Duration;
 
 #[tokio::test]
 async fn deploy_installs_a_hardened_operator_with_least_privilege_rbac() {
@@ -182,9 +80,14 @@ async fn deploy_installs_a_hardened_operator_with_least_privilege_rbac() {
     };
     for (verb, resource) in [
         ("watch", "mailincidents.mailops.dev"),
+        ("patch", "mailincidents.mailops.dev"),
         ("patch", "mailincidents.mailops.dev/status"),
         ("list", "deployments.apps"),
         ("watch", "statefulsets.apps"),
+        ("patch", "deployments.apps"),
+        ("watch", "pods"),
+        ("patch", "configmaps"),
+        ("delete", "configmaps"),
         ("create", "events.events.k8s.io"),
     ] {
         assert!(can(verb, resource), "the operator needs {verb} {resource}");
@@ -192,18 +95,38 @@ async fn deploy_installs_a_hardened_operator_with_least_privilege_rbac() {
     for (verb, resource) in [
         ("get", "secrets"),
         ("list", "secrets"),
-        ("patch", "mailincidents.mailops.dev"),
         ("delete", "mailincidents.mailops.dev"),
-        ("patch", "deployments.apps"),
-        ("get", "deployments.apps"),
-        ("list", "pods"),
+        ("update", "deployments.apps"),
+        ("delete", "deployments.apps"),
+        ("patch", "pods"),
+        ("delete", "pods"),
+        ("create", "pods/exec"),
         ("create", "events"),
+        ("update", "leases.coordination.k8s.io"),
     ] {
         assert!(
             !can(verb, resource),
-            "the operator must not {verb} {resource}"
+            "the operator must not {verb} {resource} in every namespace"
         );
     }
+    let lease = world.kubectl(
+        &[
+            "auth",
+            "can-i",
+            "update",
+            "leases.coordination.k8s.io",
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--as",
+            &account,
+        ],
+        None,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&lease.stdout).trim(),
+        "yes",
+        "leader election needs its Lease"
+    );
 }
 
 #[tokio::test]
@@ -216,13 +139,9 @@ async fn kubectl_shows_columns_names_and_docs_for_an_applied_example() {
         incidents: api,
         ..
     } = &scene;
-    create_workload::<Deployment>(
-        client,
-        &ns.name,
-        "postfix-a",
-        json!({"app.kubernetes.io/component": "mta"}),
-    )
-    .await;
+    Mta::deployment("postfix-a", json!({"app.kubernetes.io/component": "mta"}))
+        .create(client, &ns.name)
+        .await;
     world.kubectl_ok(&[
         "apply",
         "-n",
@@ -357,7 +276,9 @@ async fn the_controller_stalls_cross_field_errors_naming_the_field_then_recovers
         incidents: api,
         ..
     } = &scene;
-    create_workload::<Deployment>(client, &ns.name, "postfix", json!({"app": "mta"})).await;
+    Mta::deployment("postfix", json!({"app": "mta"}))
+        .create(client, &ns.name)
+        .await;
 
     // Each passes the 1.20 server's schema (it drops CEL rules); kube's client-side CEL
     // evaluation refuses it, and so does the controller.
@@ -472,14 +393,22 @@ async fn status_follows_workloads_as_they_come_go_and_change_labels() {
         Some(("False", "NoTargets"))
     );
 
-    create_workload::<Deployment>(client, &ns.name, "postfix-a", json!({"app": "mta"})).await;
-    create_workload::<Deployment>(client, &ns.name, "postfix-b", json!({"app": "mta"})).await;
-    create_workload::<StatefulSet>(client, &ns.name, "exim", json!({"app": "mta"})).await;
-    create_workload::<Deployment>(client, &ns.name, "webmail", json!({"app": "webmail"})).await;
+    Mta::deployment("postfix-a", json!({"app": "mta"}))
+        .create(client, &ns.name)
+        .await;
+    Mta::deployment("postfix-b", json!({"app": "mta"}))
+        .create(client, &ns.name)
+        .await;
+    Mta::statefulset("exim", json!({"app": "mta"}))
+        .create(client, &ns.name)
+        .await;
+    Mta::deployment("webmail", json!({"app": "webmail"}))
+        .create(client, &ns.name)
+        .await;
     let three = wait_for(api, "fleet", "matching 3", |i| summary(i) == Some("0/3")).await;
     assert_eq!(
         condition(&three, "Ready").map(|c| (c.0, c.1)),
-        Some(("False", "AwaitingDelivery"))
+        Some(("False", "Applying"))
     );
     assert_eq!(condition(&three, "Reconciling").map(|c| c.0), Some("True"));
 
@@ -539,7 +468,9 @@ async fn first_status_is_unknown_and_no_status_ever_claims_an_applied_target() {
         incidents: api,
         ..
     } = &scene;
-    create_workload::<Deployment>(client, &ns.name, "postfix", json!({"app": "mta"})).await;
+    Mta::deployment("postfix", json!({"app": "mta"}))
+        .create(client, &ns.name)
+        .await;
 
     let (sender, mut statuses) = tokio::sync::mpsc::unbounded_channel();
     let watch = {
@@ -600,7 +531,9 @@ async fn expiry_and_resolution_end_incidents_on_time() {
         incidents: api,
         ..
     } = &scene;
-    create_workload::<Deployment>(client, &ns.name, "postfix", json!({"app": "mta"})).await;
+    Mta::deployment("postfix", json!({"app": "mta"}))
+        .create(client, &ns.name)
+        .await;
 
     apply_yaml(
         world,
@@ -624,8 +557,10 @@ async fn expiry_and_resolution_end_incidents_on_time() {
         active.metadata.creation_timestamp.clone().unwrap().0 + Duration::from_secs(5)
     );
 
-    let ended = wait_for(api, "short", "expired", |i| {
+    // Ready again once no target runs the incident's mode any more.
+    let ended = wait_for(api, "short", "expired and restored", |i| {
         status(i).effective_mode == Some(EffectiveMode::Normal)
+            && condition(i, "Ready").is_some_and(|c| c.0 == "True")
     })
     .await;
     assert_eq!(
@@ -661,8 +596,10 @@ async fn expiry_and_resolution_end_incidents_on_time() {
             "mode: AcceptAndQueue\nreason: INC-12\ntargets: {matchLabels: {app: mta}}\nresolved: true",
         ),
     );
-    let resolved = wait_for(api, "manual", "resolved", |i| {
-        observed(i) && status(i).effective_mode == Some(EffectiveMode::Normal)
+    let resolved = wait_for(api, "manual", "resolved and restored", |i| {
+        observed(i)
+            && status(i).effective_mode == Some(EffectiveMode::Normal)
+            && condition(i, "Ready").is_some_and(|c| c.0 == "True")
     })
     .await;
     assert_eq!(

@@ -1,4 +1,7 @@
 //! End-to-end tests against a real Kubernetes API server. Run with `make e2e`.
 
+mod delivery;
+mod fakes;
 mod foundation;
+mod support;
 mod world;

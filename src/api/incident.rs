@@ -297,6 +297,14 @@ pub struct MailIncidentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets: Option<TargetCounts>,
 
+    /// Targets the mode cannot reach, with the reason (at most 20 listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_targets: Vec<TargetProblem>,
+
+    /// Targets that follow another incident instead of this one, by incident.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded_by: Vec<Supersession>,
+
     /// When the incident ends by itself, from spec.expiresAt or creation + spec.duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
@@ -329,16 +337,42 @@ impl From<Mode> for EffectiveMode {
     }
 }
 
-/// How many workloads the incident covers and how many answer in its mode.
+/// How many workloads the incident covers and where they stand.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetCounts {
     /// Deployments and StatefulSets the selector matches.
     pub matched: u32,
-    /// Matched targets whose every pod has applied the current mode.
+    /// Targets whose every MTA answers in this incident's mode.
     pub applied: u32,
-    /// `applied/matched`, for `kubectl get`.
+    /// Targets the mode cannot reach until something changes (see failedTargets).
+    #[serde(default)]
+    pub failed: u32,
+    /// Matched targets that follow another incident (see supersededBy).
+    #[serde(default)]
+    pub superseded: u32,
+    /// `applied/(matched - superseded)`, for `kubectl get`.
     pub summary: String,
+}
+
+/// A target the mode cannot reach, and why.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct TargetProblem {
+    /// `Kind/name` of the workload.
+    pub target: String,
+    /// What stops the mode, and what would fix it.
+    pub reason: String,
+}
+
+/// Targets of this incident that follow another, more severe or older, incident.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct Supersession {
+    /// The incident they follow.
+    pub incident: String,
+    /// How many targets follow it.
+    pub count: u32,
+    /// Which (`Kind/name`; at most 20 listed).
+    pub targets: Vec<String>,
 }
 
 /// One change of the incident's effective mode.

@@ -1,6 +1,7 @@
 //! What a user writes: the `MailIncident` resource, its CRD and its validation.
 
 mod incident;
+pub mod mode_document;
 mod time_span;
 pub mod validation;
 

@@ -1,42 +1,70 @@
-//! The Kubernetes side of the controller: watches, the reconcile loop, status writes and
-//! events. Decisions are made in [`crate::plan`]; this module only observes and applies.
+//! The Kubernetes side of the controller: watches, the reconcile loop, writes, status,
+//! events and the finalizer. Decisions are made in [`crate::plan`]; this module observes,
+//! asks the plan, and carries it out.
+//!
+//! A reconcile of any incident syncs its whole namespace: precedence between incidents
+//! makes one incident's change another's business. Syncs of one namespace are serialized;
+//! different namespaces proceed concurrently, up to `--concurrency`.
 
-mod workloads;
+mod apply;
+mod cache;
+mod observe;
 
 use crate::{
     Error, Result,
-    api::{MailIncident, MailIncidentStatus},
+    api::{MailIncident, MailIncidentStatus, mode_document},
     http::{self, Readiness},
     metrics::Metrics,
-    plan,
+    plan::{self, TargetRef},
     telemetry::LogFormat,
 };
+use cache::Caches;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::jiff::{Timestamp, TimestampRound, Unit};
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{ConfigMap, Pod},
+    },
+    jiff::{Timestamp, TimestampRound, Unit},
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
+    core::PartialObjectMeta,
     runtime::{
         Controller,
         controller::{self, Action},
         events::{Event, EventType, Recorder, Reporter},
+        finalizer::{self, finalizer},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 use tracing::{info, warn};
-use workloads::WorkloadCache;
 
 /// The field manager of every write the controller makes. GitOps tools can be told to
 /// ignore the fields this manager owns.
 pub const FIELD_MANAGER: &str = "mail-incident-operator";
 
+/// The finalizer that lets the controller return an incident's targets to normal service
+/// (or to the next incident's mode) before the incident disappears.
+pub const FINALIZER: &str = "mailops.dev/restore-targets";
+
 /// How long in-flight reconciles may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How often a failed reconcile is retried.
-const RETRY_AFTER_ERROR: Duration = Duration::from_secs(10);
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
+
+/// Bursts of changes (a rollout's pod events, many agents reporting) are folded into one
+/// sync of their namespace.
+const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Command-line settings of `mail-incident-operator run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -49,7 +77,7 @@ pub struct Settings {
     #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Incidents reconciled at the same time, at most.
+    /// Namespaces synced at the same time, at most.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
 
@@ -57,7 +85,7 @@ pub struct Settings {
     #[arg(long, value_enum, env = "LOG_FORMAT", default_value_t)]
     pub log_format: LogFormat,
 
-    /// Name of this instance in events (the pod name in a cluster).
+    /// Name of this instance in events and in the leader Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
 }
@@ -67,7 +95,14 @@ struct Context {
     client: Client,
     recorder: Recorder,
     metrics: Metrics,
-    workloads: WorkloadCache,
+    incidents: Store<MailIncident>,
+    caches: Caches,
+    /// Serializes the syncs of each namespace.
+    namespace_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Writes the API server refused, per namespace and target, until they succeed.
+    write_failures: Mutex<HashMap<String, BTreeMap<TargetRef, String>>>,
+    /// When each incident generation was first seen, to time its delivery.
+    first_seen: Mutex<HashMap<(String, String), (i64, Instant)>>,
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
@@ -80,18 +115,39 @@ pub async fn run(settings: Settings) -> Result<()> {
         http_stopped.await.ok();
     })
     .await?;
-    info!(listen = %settings.listen, namespace = settings.namespace.as_deref().unwrap_or("(all)"), "starting");
-
-    let incidents: Api<MailIncident> = scoped(&client, settings.namespace.as_deref());
-    let controller = Controller::new(incidents, watcher::Config::default().any_semantic())
-        .with_config(controller::Config::default().concurrency(settings.concurrency));
-    let incident_store = controller.store();
     let namespace = settings.namespace.as_deref();
+    info!(listen = %settings.listen, namespace = namespace.unwrap_or("(all)"), "starting");
+
+    let incidents: Api<MailIncident> = scoped(&client, namespace);
+    let controller = Controller::new(incidents, watcher::Config::default().any_semantic())
+        .with_config(
+            controller::Config::default()
+                .concurrency(settings.concurrency)
+                .debounce(DEBOUNCE),
+        );
+    let incident_store = controller.store();
     let (deployments, deployment_changes) =
-        workloads::watch::<Deployment>(scoped(&client, namespace));
+        cache::watch::<Deployment>(scoped(&client, namespace), watcher::Config::default());
     let (statefulsets, statefulset_changes) =
-        workloads::watch::<StatefulSet>(scoped(&client, namespace));
-    let workloads = WorkloadCache::new(deployments, statefulsets);
+        cache::watch::<StatefulSet>(scoped(&client, namespace), watcher::Config::default());
+    let (pods, pod_changes) = cache::watch::<PartialObjectMeta<Pod>>(
+        scoped(&client, namespace),
+        watcher::Config::default(),
+    );
+    let (config_maps, config_map_changes) = cache::watch::<ConfigMap>(
+        scoped(&client, namespace),
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            mode_document::MANAGED_BY_LABEL,
+            mode_document::MANAGED_BY
+        )),
+    );
+    let caches = Caches {
+        deployments,
+        statefulsets,
+        pods,
+        config_maps,
+    };
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: settings.instance.clone(),
@@ -100,25 +156,25 @@ pub async fn run(settings: Settings) -> Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         metrics,
-        workloads: workloads.clone(),
+        incidents: incident_store.clone(),
+        caches: caches.clone(),
+        namespace_locks: Mutex::default(),
+        write_failures: Mutex::default(),
+        first_seen: Mutex::default(),
     });
 
     tokio::spawn(async move {
-        if workloads.wait_until_ready().await.is_ok() {
+        if caches.wait_until_ready().await.is_ok() {
             readiness.set_ready();
-            info!("workload caches filled; ready");
+            info!("caches filled; ready");
         }
     });
     let stop = shutdown_signal().shared();
     let controller = controller
-        .watches_stream(
-            deployment_changes,
-            workloads::incidents_of_namespace(incident_store.clone()),
-        )
-        .watches_stream(
-            statefulset_changes,
-            workloads::incidents_of_namespace(incident_store),
-        )
+        .watches_stream(deployment_changes, incidents_of_namespace(&incident_store))
+        .watches_stream(statefulset_changes, incidents_of_namespace(&incident_store))
+        .watches_stream(pod_changes, incidents_of_namespace(&incident_store))
+        .watches_stream(config_map_changes, incidents_of_namespace(&incident_store))
         .graceful_shutdown_on(stop.clone())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -152,13 +208,44 @@ where
     }
 }
 
+/// Maps a changed object to every incident of its namespace: each sync covers the whole
+/// namespace, and only the plan can tell which incidents a change concerns.
+fn incidents_of_namespace<K: Resource>(
+    incidents: &Store<MailIncident>,
+) -> impl Fn(K) -> Vec<ObjectRef<MailIncident>> + Send + Sync + 'static {
+    let incidents = incidents.clone();
+    move |object| {
+        let namespace = object.namespace();
+        incidents
+            .state_filter(|incident| incident.namespace() == namespace)
+            .iter()
+            .map(|incident| ObjectRef::from_obj(incident.as_ref()))
+            .collect()
+    }
+}
+
 async fn reconcile(incident: Arc<MailIncident>, context: Arc<Context>) -> Result<Action> {
     let timer = context
         .metrics
         .reconcile_duration
         .with_label_values(&[] as &[&str])
         .start_timer();
-    let result = reconcile_incident(&incident, &context).await;
+    let namespace = incident.namespace().ok_or_else(|| Error::NotNamespaced {
+        kind: "MailIncident",
+        name: incident.name_any(),
+    })?;
+    let api: Api<MailIncident> = Api::namespaced(context.client.clone(), &namespace);
+    // Both a live and a deleted incident sync the namespace; the finalizer is removed once
+    // the sync that no longer counts the deleted one has gone through.
+    let result = finalizer(&api, FINALIZER, incident, |_event| {
+        sync_namespace(&context, &namespace)
+    })
+    .await
+    .map_err(|error| match error {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+        other => Error::Finalizer(other.to_string()),
+    });
     timer.observe_duration();
     let outcome = if result.is_ok() { "ok" } else { "error" };
     context
@@ -169,24 +256,137 @@ async fn reconcile(incident: Arc<MailIncident>, context: Arc<Context>) -> Result
     result
 }
 
-async fn reconcile_incident(incident: &MailIncident, context: &Context) -> Result<Action> {
-    let name = incident.name_any();
-    let namespace = incident.namespace().ok_or_else(|| Error::NotNamespaced {
-        kind: "MailIncident",
-        name: name.clone(),
-    })?;
-    context.workloads.wait_until_ready().await?;
-    let workloads = context.workloads.in_namespace(&namespace);
+/// Plans the namespace and carries the plan out: target writes first, then statuses and
+/// events (which describe what the caches show, so they follow the writes' echoes).
+async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
+    let lock = context
+        .namespace_locks
+        .lock()
+        .expect("lock poisoned")
+        .entry(namespace.to_string())
+        .or_default()
+        .clone();
+    let _serialized = lock.lock().await;
+    context.caches.wait_until_ready().await?;
+
+    let incidents = context
+        .incidents
+        .state_filter(|i| i.namespace().as_deref() == Some(namespace));
+    let targets = observe::targets(&context.caches, namespace);
+    let failures = context
+        .write_failures
+        .lock()
+        .expect("lock poisoned")
+        .get(namespace)
+        .cloned()
+        .unwrap_or_default();
     let now = Timestamp::now()
         .round(TimestampRound::new().smallest(Unit::Second))
         .expect("rounding to seconds stays in range");
-    let decision = plan::decide(incident, &workloads, now);
+    let plan = plan::plan(&plan::Namespace {
+        name: namespace,
+        incidents: incidents.iter().map(AsRef::as_ref).collect(),
+        targets: &targets,
+        write_failures: &failures,
+        now,
+    });
 
-    if incident.status.as_ref() != Some(&decision.status) {
-        write_status(&context.client, &namespace, &name, &decision.status).await?;
+    let written: Vec<TargetRef> = plan.writes.iter().map(write_target).cloned().collect();
+    let outcomes = apply::apply_all(&context.client, namespace, plan.writes).await?;
+    {
+        let mut all = context.write_failures.lock().expect("lock poisoned");
+        let failures = all.entry(namespace.to_string()).or_default();
+        for target in written {
+            failures.remove(&target);
+        }
+        for outcome in outcomes {
+            if let apply::Outcome::Refused(target, reason) = outcome {
+                warn!(namespace, %target, reason, "write refused");
+                failures.insert(target, reason);
+            }
+        }
     }
+
+    for (incident, decision) in incidents.iter().zip(plan.incidents) {
+        record(context, incident, &decision);
+        if incident.status.as_ref() != Some(&decision.status) {
+            write_status(&context.client, incident, &decision.status).await?;
+        }
+        publish(context, incident, &decision.events).await;
+    }
+    Ok(match plan.wake_at {
+        Some(at) => Action::requeue(Duration::from_secs(
+            (at.as_second() - now.as_second()).max(1) as u64,
+        )),
+        None => Action::await_change(),
+    })
+}
+
+fn write_target(write: &plan::Write) -> &TargetRef {
+    match write {
+        plan::Write::PutDocument { target, .. }
+        | plan::Write::DeleteDocument { target }
+        | plan::Write::SetRestartEnv { target, .. }
+        | plan::Write::ClearRestartEnv { target } => target,
+    }
+}
+
+/// Updates the metrics an incident's decision affects.
+fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision) {
+    let metrics = &context.metrics;
+    let namespace = incident.namespace().unwrap_or_default();
+    let name = incident.name_any();
+    if let Some(t) = &decision.transition {
+        let from = t
+            .from
+            .map_or_else(|| "None".to_string(), |m| format!("{m:?}"));
+        metrics
+            .transitions
+            .with_label_values(&[from.as_str(), &format!("{:?}", t.to)])
+            .inc();
+    }
+    let key = (namespace, name);
+    if incident.metadata.deletion_timestamp.is_some() {
+        // The finalizer goes once this sync succeeds: the incident's series go with it.
+        metrics.forget_incident(&key.0, &key.1);
+        context
+            .first_seen
+            .lock()
+            .expect("lock poisoned")
+            .remove(&key);
+        return;
+    }
+    metrics.observe_incident(&key.0, &key.1, &decision.status);
+
+    // Time from a generation's first sight to every target applying it.
+    let generation = incident.metadata.generation.unwrap_or_default();
+    let mut first_seen = context.first_seen.lock().expect("lock poisoned");
+    let since = first_seen
+        .entry(key.clone())
+        .and_modify(|(g, at)| {
+            if *g != generation {
+                *g = generation;
+                *at = Instant::now();
+            }
+        })
+        .or_insert((generation, Instant::now()))
+        .1;
+    let applied = decision.status.conditions.iter().any(|c| {
+        c.type_ == "Ready"
+            && c.status == "True"
+            && c.reason == "Applied"
+            && c.observed_generation == Some(generation)
+    });
+    if applied && decision.events.iter().any(|e| e.reason == "Applied") {
+        metrics
+            .apply_duration
+            .observe(since.elapsed().as_secs_f64());
+    }
+}
+
+async fn publish(context: &Context, incident: &MailIncident, notes: &[plan::Note]) {
     let reference = incident.object_ref(&());
-    for note in &decision.events {
+    for note in notes {
         let event = Event {
             type_: if note.warning {
                 EventType::Warning
@@ -199,39 +399,39 @@ async fn reconcile_incident(incident: &MailIncident, context: &Context) -> Resul
             secondary: None,
         };
         if let Err(error) = context.recorder.publish(&event, &reference).await {
-            // Status already carries the facts; a lost event is not worth a retry loop.
-            warn!(%error, incident = %name, reason = note.reason, "cannot record event");
+            // The status already carries the facts; a lost event is not worth a retry.
+            warn!(%error, incident = %incident.name_any(), reason = note.reason, "cannot record event");
         }
     }
-    Ok(match decision.wake_at {
-        Some(at) => Action::requeue(Duration::from_secs(
-            (at.as_second() - now.as_second()).max(1) as u64,
-        )),
-        None => Action::await_change(),
-    })
 }
 
-/// Server-side apply of the whole status. The status is ours alone, so `force` takes it
-/// back from anyone who wrote to it by hand.
+/// Server-side apply of the whole status. The status is the controller's alone, so
+/// `force` takes it back from anyone who wrote to it by hand.
 async fn write_status(
     client: &Client,
-    namespace: &str,
-    name: &str,
+    incident: &MailIncident,
     status: &MailIncidentStatus,
 ) -> Result<()> {
-    let api: Api<MailIncident> = Api::namespaced(client.clone(), namespace);
+    let api: Api<MailIncident> =
+        Api::namespaced(client.clone(), &incident.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": MailIncident::api_version(&()),
         "kind": MailIncident::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    match api
+        .patch_status(
+            &incident.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Deleted since the cache saw it: nothing left to describe.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn error_policy(incident: Arc<MailIncident>, error: &Error, context: Arc<Context>) -> Action {

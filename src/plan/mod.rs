@@ -1,46 +1,95 @@
-//! What the controller decides, as pure functions: from an incident, the workloads it can
-//! see and the time, the status to write, the events to emit and when to look again.
-//! Nothing here talks to Kubernetes; tests build every input by hand.
+//! What the controller decides, as pure functions: from the incidents and workloads of one
+//! namespace and the time, the mode each target must run (precedence), the writes that get
+//! it there, each incident's status and events, and when to look again. Nothing here
+//! talks to Kubernetes; tests build every input by hand.
 
 mod conditions;
+mod status;
+mod target;
 
 pub use conditions::{ConditionType, set_conditions};
+pub use target::{Delivery, QueueStorage, Target, TargetRef, Uptake, WorkloadKind};
 
 use crate::api::{
-    EffectiveMode, MailIncident, MailIncidentStatus, TargetCounts, Transition,
-    validation::{self, FieldError, ValidIncident},
+    MailIncident, MailIncidentStatus, Mode, Transition,
+    mode_document::{
+        DocumentIncident, DocumentQueue, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION, ModeDocument,
+    },
+    validation::{self, ValidIncident},
 };
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::{ResourceExt, core::SelectorExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How many transitions the status keeps.
 pub const HISTORY_LIMIT: usize = 20;
+/// How many targets a status lists by name in each list (counts are always complete).
+pub const LISTED_TARGETS_LIMIT: usize = 20;
 
-/// A Deployment or StatefulSet, as far as planning needs to know it.
+/// Everything one namespace holds that planning needs.
+pub struct Namespace<'a> {
+    pub name: &'a str,
+    pub incidents: Vec<&'a MailIncident>,
+    pub targets: &'a [Target],
+    /// Targets whose last write was refused by the API server, and why (e.g. a
+    /// server-side apply conflict with a GitOps tool).
+    pub write_failures: &'a BTreeMap<TargetRef, String>,
+    pub now: Timestamp,
+}
+
+/// The decisions for one namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub writes: Vec<Write>,
+    /// One per incident of the namespace, in the order given.
+    pub incidents: Vec<Decision>,
+    /// When the namespace must be looked at again even if nothing changes (an expiry).
+    pub wake_at: Option<Timestamp>,
+}
+
+/// A change to make on a target so that it runs the mode planned for it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Create or update the target's mode document (reload delivery).
+    PutDocument {
+        target: TargetRef,
+        document: ModeDocument,
+        /// Every active incident selecting the target: if all of them disappear without
+        /// the controller (say, their finalizers removed by hand), garbage collection
+        /// removes the document and the agents restore normal service.
+        owners: Vec<Owner>,
+        /// Also create the report ConfigMap the target's agents write to.
+        create_report: bool,
+    },
+    /// Remove the target's mode document: normal service.
+    DeleteDocument { target: TargetRef },
+    /// Set the mode as env vars on the MTA container's pod template (restart delivery).
+    SetRestartEnv {
+        target: TargetRef,
+        container: String,
+        document: ModeDocument,
+    },
+    /// Remove our env vars from the pod template: normal service.
+    ClearRestartEnv { target: TargetRef },
+}
+
+/// An incident owning a mode document.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Workload {
-    pub kind: WorkloadKind,
+pub struct Owner {
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    pub uid: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum WorkloadKind {
-    Deployment,
-    StatefulSet,
-}
-
-/// Everything a reconcile of one incident decided.
+/// The status and events of one incident.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub status: MailIncidentStatus,
     pub events: Vec<Note>,
-    /// When the incident must be looked at again even if nothing changes (its expiry).
-    pub wake_at: Option<Timestamp>,
+    /// The mode transition this decision records, if any.
+    pub transition: Option<Transition>,
 }
 
-/// An event to record on the incident.
+/// An event to record on an incident.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
     pub warning: bool,
@@ -48,223 +97,240 @@ pub struct Note {
     pub message: String,
 }
 
-/// Decides the status of `incident`, given the workloads of its namespace.
-pub fn decide(incident: &MailIncident, workloads: &[Workload], now: Timestamp) -> Decision {
-    let previous = incident.status.clone().unwrap_or_default();
-    let generation = incident.metadata.generation;
-
-    // First sight: say the controller has seen the object before doing anything else, so
-    // kstatus and Argo CD read "in progress" rather than "no status".
-    if previous.conditions.is_empty() {
-        let mut status = previous;
-        let message = "The controller has seen this incident and is evaluating it";
-        let updates = ConditionType::ALL.map(|kind| (kind, None, "Initializing", message));
-        set_conditions(&mut status.conditions, &updates, generation, now);
-        return Decision {
-            status,
-            events: vec![],
-            wake_at: None,
-        };
-    }
-
-    let created = incident.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    match validation::validate(&incident.spec, created) {
-        Ok(valid) => decide_valid(incident, &valid, workloads, previous, now),
-        Err(errors) => decide_invalid(generation, &errors, previous, now),
-    }
+/// How an incident takes part in planning.
+enum Standing {
+    /// Seen for the first time: it only gets its Unknown conditions this round.
+    New,
+    /// Its spec is invalid: it changes nothing, and targets carrying its mode keep it.
+    Invalid(Vec<validation::FieldError>),
+    /// Valid; `active` says whether it still asks for its mode.
+    Valid { spec: ValidIncident, active: bool },
 }
 
-fn decide_invalid(
-    generation: Option<i64>,
-    errors: &[FieldError],
-    previous: MailIncidentStatus,
-    now: Timestamp,
-) -> Decision {
-    let message = errors
+/// Plans one namespace.
+pub fn plan(ns: &Namespace<'_>) -> Plan {
+    let standings: Vec<Standing> = ns.incidents.iter().map(|i| standing(i, ns.now)).collect();
+    let frozen: BTreeSet<&str> = ns
+        .incidents
         .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
-    let newly_seen = previous.observed_generation != generation;
-    // The targets keep whatever the last valid spec asked for: nothing is half-applied.
-    let mut status = previous;
-    status.observed_generation = generation;
-    let message = format!("Invalid spec, nothing was changed: {message}");
-    set_conditions(
-        &mut status.conditions,
-        &[
-            (ConditionType::Stalled, Some(true), "InvalidSpec", &message),
-            (ConditionType::Ready, Some(false), "InvalidSpec", &message),
-            (
-                ConditionType::Reconciling,
-                Some(false),
-                "InvalidSpec",
-                &message,
-            ),
-        ],
-        generation,
-        now,
-    );
-    let events = if newly_seen {
-        vec![Note {
-            warning: true,
-            reason: "InvalidSpec",
-            message,
-        }]
-    } else {
-        vec![]
-    };
-    Decision {
-        status,
-        events,
-        wake_at: None,
-    }
-}
+        .zip(&standings)
+        .filter(|(_, s)| matches!(s, Standing::Invalid(_)))
+        .map(|(i, _)| i.metadata.name.as_deref().unwrap_or_default())
+        .collect();
 
-fn decide_valid(
-    incident: &MailIncident,
-    valid: &ValidIncident,
-    workloads: &[Workload],
-    previous: MailIncidentStatus,
-    now: Timestamp,
-) -> Decision {
-    let generation = incident.metadata.generation;
-    let namespace = incident.namespace().unwrap_or_default();
-    let expired = valid.expires_at.is_some_and(|at| at <= now);
-    let effective = if valid.resolved || expired {
-        EffectiveMode::Normal
-    } else {
-        valid.mode.into()
-    };
-    let matched = workloads
-        .iter()
-        .filter(|w| valid.selector.matches(&w.labels))
-        .count() as u32;
-    // Nothing delivers modes to MTAs yet, so no target may be counted as applied.
-    let applied = 0;
-
-    let mut events = Vec::new();
-    let mut status = previous.clone();
-    status.observed_generation = generation;
-    status.effective_mode = Some(effective);
-    status.expires_at = valid.expires_at.map(Time);
-    status.targets = Some(TargetCounts {
-        matched,
-        applied,
-        summary: format!("{applied}/{matched}"),
-    });
-
-    if previous.observed_generation != generation {
-        events.push(Note {
-            warning: false,
-            reason: "Accepted",
-            message: format!(
-                "Generation {} accepted: {:?} for targets {}, reply {} ({})",
-                generation.unwrap_or_default(),
-                valid.mode,
-                valid.selector,
-                valid.reply,
-                incident.spec.reason
-            ),
+    let mut writes = Vec::new();
+    let mut outcomes = Vec::with_capacity(ns.targets.len());
+    for target in ns.targets {
+        let candidates: Vec<usize> = standings
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                matches!(s, Standing::Valid { spec, active: true } if spec.selector.matches(&target.labels))
+            })
+            .map(|(index, _)| index)
+            .collect();
+        let winner = candidates.iter().copied().max_by(|&a, &b| {
+            precedence(ns.incidents[a], &standings[a])
+                .cmp(&precedence(ns.incidents[b], &standings[b]))
         });
-    }
-    let previous_matched = previous.targets.as_ref().map(|t| t.matched);
-    if previous_matched.is_some_and(|m| m != matched) {
-        events.push(Note {
-            warning: false,
-            reason: "TargetsChanged",
-            message: format!(
-                "Targets matched: {} -> {matched}",
-                previous_matched.unwrap_or_default()
-            ),
-        });
-    }
-
-    if previous.effective_mode != Some(effective) {
-        let why = if valid.resolved {
-            format!("resolved: {}", incident.spec.reason)
-        } else if expired {
-            format!(
-                "expired at {}",
-                valid.expires_at.map(|t| t.to_string()).unwrap_or_default()
-            )
-        } else {
-            incident.spec.reason.clone()
+        let Some(winner) = winner else {
+            if !carries_mode_of(target, &frozen) {
+                writes.extend(restore_normal(target));
+            }
+            outcomes.push(TargetOutcome {
+                winner: None,
+                uptake: None,
+            });
+            continue;
         };
-        events.push(Note {
-            warning: false,
-            reason: "ModeChanged",
-            message: format!(
-                "{} -> {effective:?}: {why}",
-                mode_name(previous.effective_mode)
-            ),
+        let Standing::Valid { spec, .. } = &standings[winner] else {
+            unreachable!("only valid incidents are candidates")
+        };
+        let incident = ns.incidents[winner];
+        let document = document_for(incident, spec, target);
+        let hash = document.hash();
+        let owners = candidates
+            .iter()
+            .map(|&c| Owner {
+                name: ns.incidents[c].name_any(),
+                uid: ns.incidents[c].metadata.uid.clone().unwrap_or_default(),
+            })
+            .collect();
+        if !carries_mode_of(target, &frozen) {
+            writes.extend(deliver(target, document, &hash, owners));
+        }
+        let uptake = match ns.write_failures.get(&target.target) {
+            Some(failure) => Uptake::Failed(failure.clone()),
+            None => target.uptake(&hash),
+        };
+        outcomes.push(TargetOutcome {
+            winner: Some(winner),
+            uptake: Some(uptake),
         });
-        status.history.push(Transition {
-            from: previous.effective_mode,
-            to: effective,
-            at: Time(now),
-            reason: why,
-        });
-        let excess = status.history.len().saturating_sub(HISTORY_LIMIT);
-        status.history.drain(..excess);
     }
 
-    let (ready, reason, message) = match effective {
-        EffectiveMode::Normal if valid.resolved => (
-            true,
-            "Resolved",
-            "The incident is resolved and asks nothing of its targets".to_string(),
-        ),
-        EffectiveMode::Normal => (
-            true,
-            "Expired",
-            "The incident has expired and asks nothing of its targets".to_string(),
-        ),
-        _ if matched == 0 => (
-            false,
-            "NoTargets",
-            format!("spec.targets matches no Deployment or StatefulSet in namespace {namespace}"),
-        ),
-        mode => (
-            false,
-            "AwaitingDelivery",
-            format!("{applied}/{matched} targets apply {mode:?}"),
-        ),
-    };
-    let reconciling = !ready && matched > 0;
-    set_conditions(
-        &mut status.conditions,
-        &[
-            (
-                ConditionType::Stalled,
-                Some(false),
-                "SpecValid",
-                "The spec is valid",
-            ),
-            (ConditionType::Ready, Some(ready), reason, &message),
-            (
-                ConditionType::Reconciling,
-                Some(reconciling),
-                reason,
-                &message,
-            ),
-        ],
-        generation,
-        now,
-    );
-
-    let wake_at = valid
-        .expires_at
-        .filter(|at| *at > now && effective != EffectiveMode::Normal);
-    Decision {
-        status,
-        events,
+    let incidents = ns
+        .incidents
+        .iter()
+        .zip(&standings)
+        .enumerate()
+        .map(|(index, (incident, standing))| {
+            status::decide(incident, index, standing, ns, &outcomes)
+        })
+        .collect();
+    let wake_at = standings
+        .iter()
+        .filter_map(|s| match s {
+            Standing::Valid { spec, active: true } => spec.expires_at,
+            _ => None,
+        })
+        .filter(|at| *at > ns.now)
+        .min();
+    Plan {
+        writes,
+        incidents,
         wake_at,
     }
 }
 
-fn mode_name(mode: Option<EffectiveMode>) -> String {
-    mode.map_or_else(|| "(none)".to_string(), |m| format!("{m:?}"))
+/// What planning concluded for one target.
+struct TargetOutcome {
+    /// Index of the winning incident.
+    winner: Option<usize>,
+    uptake: Option<Uptake>,
+}
+
+fn standing(incident: &MailIncident, now: Timestamp) -> Standing {
+    if incident
+        .status
+        .as_ref()
+        .is_none_or(|s| s.conditions.is_empty())
+    {
+        return Standing::New;
+    }
+    let created = incident.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    match validation::validate(&incident.spec, created) {
+        Err(errors) => Standing::Invalid(errors),
+        Ok(spec) => {
+            let ended = spec.resolved
+                || spec.expires_at.is_some_and(|at| at <= now)
+                || incident.metadata.deletion_timestamp.is_some();
+            Standing::Valid {
+                spec,
+                active: !ended,
+            }
+        }
+    }
+}
+
+/// The order of precedence: the most severe mode wins, then the oldest incident, then
+/// the first name, so the choice never depends on the order of a cache.
+fn precedence(
+    incident: &MailIncident,
+    standing: &Standing,
+) -> (u8, std::cmp::Reverse<(Option<Timestamp>, String)>) {
+    let severity = match standing {
+        Standing::Valid { spec, .. } => severity(spec.mode),
+        _ => 0,
+    };
+    let created = incident.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    (severity, std::cmp::Reverse((created, incident.name_any())))
+}
+
+pub fn severity(mode: Mode) -> u8 {
+    match mode {
+        Mode::AcceptAndQueue => 1,
+        Mode::TempFail => 2,
+        Mode::HardReject => 3,
+    }
+}
+
+/// Whether the target currently runs the mode of an incident whose spec became invalid:
+/// such targets are left as they are.
+fn carries_mode_of(target: &Target, frozen: &BTreeSet<&str>) -> bool {
+    !frozen.is_empty()
+        && target
+            .source_incident
+            .as_deref()
+            .is_some_and(|name| frozen.contains(name))
+}
+
+fn document_for(incident: &MailIncident, spec: &ValidIncident, target: &Target) -> ModeDocument {
+    ModeDocument {
+        api_version: MODE_DOCUMENT_VERSION.into(),
+        kind: MODE_DOCUMENT_KIND.into(),
+        mode: spec.mode,
+        reply: (&spec.reply).into(),
+        queue: DocumentQueue {
+            lifetime: spec.queue_lifetime.to_string(),
+            bounce_lifetime: spec.bounce_lifetime.to_string(),
+        },
+        mta: target.mta.or(incident.spec.targets.mta),
+        incident: DocumentIncident {
+            name: incident.name_any(),
+            uid: incident.metadata.uid.clone().unwrap_or_default(),
+            reason: incident.spec.reason.clone(),
+        },
+    }
+}
+
+/// The writes that put `document` on the target's delivery channel and clear the other.
+fn deliver(target: &Target, document: ModeDocument, hash: &str, owners: Vec<Owner>) -> Vec<Write> {
+    let target_ref = target.target.clone();
+    match target.delivery {
+        Delivery::Reload => {
+            let mut writes = Vec::new();
+            if target.document_hash.as_deref() != Some(hash) {
+                writes.push(Write::PutDocument {
+                    target: target_ref.clone(),
+                    document,
+                    owners,
+                    create_report: !target.report_exists,
+                });
+            }
+            if target.template_hash.is_some() && target.queue.restart_refusal().is_none() {
+                writes.push(Write::ClearRestartEnv { target: target_ref });
+            }
+            writes
+        }
+        Delivery::Restart => {
+            let mut writes = Vec::new();
+            if target.document_hash.is_some() {
+                writes.push(Write::DeleteDocument {
+                    target: target_ref.clone(),
+                });
+            }
+            let safe = target.queue.restart_refusal().is_none();
+            if let Some(container) = target.mta_container.clone().filter(|_| safe)
+                && target.template_hash.as_deref() != Some(hash)
+            {
+                writes.push(Write::SetRestartEnv {
+                    target: target_ref,
+                    container,
+                    document,
+                });
+            }
+            writes
+        }
+    }
+}
+
+/// The writes that return a target to normal service. A pod template is only touched if
+/// the restart it causes is safe: an MTA whose queue would be lost keeps its env vars,
+/// and the refusal shows in the incident's status.
+fn restore_normal(target: &Target) -> Vec<Write> {
+    let mut writes = Vec::new();
+    if target.document_hash.is_some() {
+        writes.push(Write::DeleteDocument {
+            target: target.target.clone(),
+        });
+    }
+    if target.template_hash.is_some() && target.queue.restart_refusal().is_none() {
+        writes.push(Write::ClearRestartEnv {
+            target: target.target.clone(),
+        });
+    }
+    writes
 }
 
 #[cfg(test)]

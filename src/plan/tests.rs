@@ -1,6 +1,9 @@
 use super::*;
-use crate::api::MailIncident;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use crate::api::{EffectiveMode, MailIncident};
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::Condition,
+    jiff::{SignedDuration, Timestamp},
+};
 
 const CREATED: &str = "2026-01-22T08:00:00Z";
 
@@ -8,86 +11,217 @@ fn at(offset_minutes: i64) -> Timestamp {
     CREATED.parse::<Timestamp>().unwrap() + SignedDuration::from_mins(offset_minutes)
 }
 
-fn incident(generation: i64, spec_yaml: &str) -> MailIncident {
+/// An incident created `age` minutes after CREATED, from the YAML of its spec.
+fn incident(name: &str, created: i64, generation: i64, spec_yaml: &str) -> MailIncident {
     let spec: serde_yaml::Value = serde_yaml::from_str(spec_yaml).expect("test YAML parses");
     serde_json::from_value(serde_json::json!({
         "apiVersion": "mailops.dev/v1alpha1",
         "kind": "MailIncident",
         "metadata": {
-            "name": "outage", "namespace": "mail", "generation": generation,
-            "creationTimestamp": CREATED,
+            "name": name, "namespace": "mail", "uid": format!("uid-{name}"),
+            "generation": generation, "creationTimestamp": at(created).to_string(),
         },
         "spec": spec,
     }))
     .expect("test incident deserializes")
 }
 
-fn workload(kind: WorkloadKind, name: &str, labels: &[(&str, &str)]) -> Workload {
-    Workload {
-        kind,
-        name: name.into(),
+fn target(kind: WorkloadKind, name: &str, labels: &[(&str, &str)]) -> Target {
+    Target {
+        target: TargetRef {
+            kind,
+            name: name.into(),
+        },
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        delivery: Delivery::Reload,
+        mta: None,
+        document_hash: None,
+        template_hash: None,
+        source_incident: None,
+        report_exists: false,
+        pod_reports: vec![None],
+        replicas: 1,
+        rollout_complete: true,
+        mta_container: Some("mta".into()),
+        queue: QueueStorage::Persistent,
     }
 }
 
-fn fleet() -> Vec<Workload> {
+fn fleet() -> Vec<Target> {
     vec![
-        workload(WorkloadKind::Deployment, "postfix-a", &[("app", "mta")]),
-        workload(
+        target(WorkloadKind::Deployment, "postfix-a", &[("app", "mta")]),
+        target(
             WorkloadKind::Deployment,
             "postfix-b",
             &[("app", "mta"), ("tier", "edge")],
         ),
-        workload(WorkloadKind::StatefulSet, "exim", &[("app", "mta")]),
-        workload(WorkloadKind::Deployment, "webmail", &[("app", "webmail")]),
+        target(WorkloadKind::StatefulSet, "exim", &[("app", "mta")]),
+        target(WorkloadKind::Deployment, "webmail", &[("app", "webmail")]),
     ]
 }
 
 const TEMP_FAIL: &str =
     "mode: TempFail\nreason: INC-7 storage down\ntargets: {matchLabels: {app: mta}}";
+const HARD_REJECT: &str = "mode: HardReject\nreason: INC-8 rebuild\ntargets: {matchLabels: {tier: edge}}\nhardReject: {acknowledgeBounces: true}";
 
-/// Runs the controller's loop: decide, "write" the status, decide again.
-fn settle(
-    mut object: MailIncident,
-    workloads: &[Workload],
-    now: Timestamp,
-) -> (MailIncident, Vec<Note>) {
-    let mut events = Vec::new();
-    for _ in 0..5 {
-        let decision = decide(&object, workloads, now);
-        events.extend(decision.events);
-        if object.status.as_ref() == Some(&decision.status) {
-            return (object, events);
+/// A small simulated cluster: incidents and targets that writes and statuses change as
+/// the API server and the agents would.
+struct World {
+    incidents: Vec<MailIncident>,
+    targets: Vec<Target>,
+    failures: BTreeMap<TargetRef, String>,
+    events: Vec<(String, Note)>,
+}
+
+impl World {
+    fn new(incidents: Vec<MailIncident>, targets: Vec<Target>) -> Self {
+        Self {
+            incidents,
+            targets,
+            failures: BTreeMap::new(),
+            events: vec![],
         }
-        object.status = Some(decision.status);
     }
-    panic!("status never settled: the controller would wake itself up forever");
-}
 
-fn condition<'a>(
-    object: &'a MailIncident,
-    kind: &str,
-) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    object
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == kind))
-        .unwrap_or_else(|| panic!("no {kind} condition"))
-}
+    fn plan(&self, now: Timestamp) -> Plan {
+        plan(&Namespace {
+            name: "mail",
+            incidents: self.incidents.iter().collect(),
+            targets: &self.targets,
+            write_failures: &self.failures,
+            now,
+        })
+    }
 
-fn reasons(events: &[Note]) -> Vec<&str> {
-    events.iter().map(|e| e.reason).collect()
+    /// Plans and carries out writes and statuses until nothing changes; agents and
+    /// rollouts take up every mode at once when `agents_ack`.
+    fn settle(&mut self, now: Timestamp, agents_ack: bool) -> Plan {
+        for _ in 0..10 {
+            let plan = self.plan(now);
+            let mut changed = !plan.writes.is_empty();
+            for write in &plan.writes {
+                self.carry_out(write);
+            }
+            for (incident, decision) in self.incidents.iter_mut().zip(&plan.incidents) {
+                self.events.extend(
+                    decision
+                        .events
+                        .iter()
+                        .map(|e| (incident.name_any(), e.clone())),
+                );
+                if incident.status.as_ref() != Some(&decision.status) {
+                    incident.status = Some(decision.status.clone());
+                    changed = true;
+                }
+            }
+            if agents_ack {
+                for t in &mut self.targets {
+                    let hash = t.document_hash.clone();
+                    for report in &mut t.pod_reports {
+                        if *report != hash {
+                            *report = hash.clone();
+                            changed = true;
+                        }
+                    }
+                }
+            }
+            if !changed {
+                return plan;
+            }
+        }
+        panic!("the plan never settled: the controller would wake itself up forever");
+    }
+
+    fn carry_out(&mut self, write: &Write) {
+        let find = |targets: &mut Vec<Target>, r: &TargetRef| {
+            targets
+                .iter()
+                .position(|t| &t.target == r)
+                .expect("write to a known target")
+        };
+        match write {
+            Write::PutDocument {
+                target, document, ..
+            } => {
+                let i = find(&mut self.targets, target);
+                self.targets[i].document_hash = Some(document.hash());
+                self.targets[i].source_incident = Some(document.incident.name.clone());
+                self.targets[i].report_exists = true;
+            }
+            Write::DeleteDocument { target } => {
+                let i = find(&mut self.targets, target);
+                self.targets[i].document_hash = None;
+                self.targets[i].source_incident = None;
+                self.targets[i].report_exists = false;
+            }
+            Write::SetRestartEnv {
+                target, document, ..
+            } => {
+                let i = find(&mut self.targets, target);
+                self.targets[i].template_hash = Some(document.hash());
+                self.targets[i].source_incident = Some(document.incident.name.clone());
+            }
+            Write::ClearRestartEnv { target } => {
+                let i = find(&mut self.targets, target);
+                self.targets[i].template_hash = None;
+                self.targets[i].source_incident = None;
+            }
+        }
+    }
+
+    fn incident(&self, name: &str) -> &MailIncident {
+        self.incidents
+            .iter()
+            .find(|i| i.name_any() == name)
+            .unwrap()
+    }
+
+    fn status(&self, name: &str) -> &MailIncidentStatus {
+        self.incident(name).status.as_ref().unwrap()
+    }
+
+    fn condition(&self, name: &str, kind: &str) -> &Condition {
+        self.status(name)
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .unwrap_or_else(|| panic!("no {kind} condition on {name}"))
+    }
+
+    fn target(&self, name: &str) -> &Target {
+        self.targets.iter().find(|t| t.target.name == name).unwrap()
+    }
+
+    fn event_reasons(&self, incident: &str) -> Vec<&str> {
+        self.events
+            .iter()
+            .filter(|(i, _)| i == incident)
+            .map(|(_, e)| e.reason)
+            .collect()
+    }
+
+    fn replace(&mut self, updated: MailIncident) {
+        let i = self
+            .incidents
+            .iter()
+            .position(|x| x.name_any() == updated.name_any())
+            .unwrap();
+        let status = self.incidents[i].status.take();
+        self.incidents[i] = updated;
+        self.incidents[i].status = status;
+    }
 }
 
 #[test]
-fn first_sight_sets_every_condition_unknown_and_nothing_else() {
-    let decision = decide(&incident(1, TEMP_FAIL), &fleet(), at(0));
-    let status = &decision.status;
+fn first_sight_sets_every_condition_unknown_and_writes_nothing() {
+    let world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    let plan = world.plan(at(0));
+    assert!(plan.writes.is_empty());
+    let status = &plan.incidents[0].status;
     assert_eq!(status.observed_generation, None);
-    assert_eq!(status.effective_mode, None);
     let kinds: Vec<(&str, &str)> = status
         .conditions
         .iter()
@@ -101,94 +235,255 @@ fn first_sight_sets_every_condition_unknown_and_nothing_else() {
             ("Stalled", "Unknown")
         ]
     );
-    assert!(decision.events.is_empty());
 }
 
 #[test]
-fn a_valid_incident_counts_its_targets_and_claims_nothing_applied() {
-    let (object, events) = settle(incident(1, TEMP_FAIL), &fleet(), at(0));
-    let status = object.status.as_ref().unwrap();
-    assert_eq!(status.observed_generation, Some(1));
-    assert_eq!(status.effective_mode, Some(EffectiveMode::TempFail));
-    let targets = status.targets.as_ref().unwrap();
+fn a_mode_is_written_to_every_matched_target_and_ready_once_agents_ack() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), false);
+    for name in ["postfix-a", "postfix-b", "exim"] {
+        assert!(
+            world.target(name).document_hash.is_some(),
+            "{name} has no mode document"
+        );
+    }
+    assert_eq!(world.target("webmail").document_hash, None);
+    let targets = world.status("outage").targets.clone().unwrap();
     assert_eq!(
         (targets.matched, targets.applied, targets.summary.as_str()),
         (3, 0, "0/3")
     );
-    assert_eq!(condition(&object, "Ready").status, "False");
-    assert_eq!(condition(&object, "Ready").reason, "AwaitingDelivery");
-    assert_eq!(condition(&object, "Reconciling").status, "True");
-    assert_eq!(condition(&object, "Stalled").status, "False");
-    assert_eq!(reasons(&events), ["Accepted", "ModeChanged"]);
-    assert!(
-        events[0].message.contains("452 4.3.1"),
-        "{}",
-        events[0].message
-    );
-    assert_eq!(status.history.len(), 1);
-    assert_eq!(status.history[0].to, EffectiveMode::TempFail);
-    assert_eq!(status.history[0].from, None);
-}
+    assert_eq!(world.condition("outage", "Reconciling").status, "True");
 
-#[test]
-fn a_settled_status_is_a_fixed_point_at_any_later_time() {
-    let (object, _) = settle(incident(1, TEMP_FAIL), &fleet(), at(0));
-    let later = decide(&object, &fleet(), at(90));
-    assert_eq!(Some(&later.status), object.status.as_ref());
-    assert!(later.events.is_empty());
-}
-
-#[test]
-fn match_expressions_select_targets() {
-    let spec = "mode: AcceptAndQueue\nreason: r\ntargets: {matchExpressions: [{key: app, operator: In, values: [mta]}, {key: tier, operator: DoesNotExist}]}";
-    let (object, _) = settle(incident(1, spec), &fleet(), at(0));
-    assert_eq!(object.status.unwrap().targets.unwrap().matched, 2);
-}
-
-#[test]
-fn targets_coming_and_going_are_counted_and_announced() {
-    let (object, _) = settle(incident(1, TEMP_FAIL), &fleet(), at(0));
-    let fewer: Vec<Workload> = fleet().into_iter().filter(|w| w.name != "exim").collect();
-    let (object, events) = settle(object, &fewer, at(1));
+    world.settle(at(1), true);
     assert_eq!(
-        object
-            .status
-            .as_ref()
-            .unwrap()
-            .targets
-            .as_ref()
-            .unwrap()
-            .summary,
-        "0/2"
+        world.status("outage").targets.as_ref().unwrap().summary,
+        "3/3"
     );
-    assert_eq!(reasons(&events), ["TargetsChanged"]);
-    assert!(events[0].message.contains("3 -> 2"));
-}
-
-#[test]
-fn no_targets_is_not_ready_and_not_reconciling() {
-    let (object, _) = settle(incident(1, TEMP_FAIL), &[], at(0));
-    let ready = condition(&object, "Ready");
+    let ready = world.condition("outage", "Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "NoTargets")
+        ("True", "Applied")
     );
-    assert!(ready.message.contains("namespace mail"));
-    assert_eq!(condition(&object, "Reconciling").status, "False");
+    assert_eq!(
+        world.event_reasons("outage"),
+        ["Accepted", "ModeChanged", "Applied"]
+    );
 }
 
 #[test]
-fn an_invalid_spec_stalls_names_the_field_and_changes_nothing() {
-    let (valid, _) = settle(incident(1, TEMP_FAIL), &fleet(), at(0));
-    let before = valid.status.clone().unwrap();
-    let mut edited = incident(
-        2,
-        "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}",
+fn the_mode_document_carries_reply_lifetimes_and_source() {
+    let spec = "mode: AcceptAndQueue\nreason: INC-9\ntargets: {matchLabels: {app: mta}, mta: Exim}\nqueue: {lifetime: 30d, bounceLifetime: 10d}";
+    let world = {
+        let mut w = World::new(vec![incident("hold", 0, 1, spec)], fleet());
+        w.settle(at(0), false);
+        w
+    };
+    let plan = World::new(world.incidents.clone(), fleet()).plan(at(0));
+    let Some(Write::PutDocument {
+        document,
+        owners,
+        create_report,
+        ..
+    }) = plan.writes.first()
+    else {
+        panic!("expected a document write, got {:?}", plan.writes);
+    };
+    assert_eq!(document.mode, Mode::AcceptAndQueue);
+    assert_eq!(
+        (
+            document.queue.lifetime.as_str(),
+            document.queue.bounce_lifetime.as_str()
+        ),
+        ("30d", "10d")
     );
-    edited.status = valid.status;
-    let (object, events) = settle(edited, &fleet(), at(5));
-    let status = object.status.as_ref().unwrap();
-    let stalled = condition(&object, "Stalled");
+    assert_eq!(
+        (document.reply.code, document.reply.enhanced_code.as_str()),
+        (452, "4.3.1")
+    );
+    assert_eq!(document.mta, Some(crate::api::MtaKind::Exim));
+    assert_eq!(document.incident.name, "hold");
+    assert_eq!(
+        owners,
+        &[Owner {
+            name: "hold".into(),
+            uid: "uid-hold".into()
+        }]
+    );
+    assert!(create_report);
+}
+
+#[test]
+fn a_settled_namespace_is_a_fixed_point_at_any_later_time() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    let later = world.plan(at(90));
+    assert!(later.writes.is_empty());
+    assert_eq!(
+        Some(&later.incidents[0].status),
+        world.incident("outage").status.as_ref()
+    );
+    assert!(later.incidents[0].events.is_empty());
+}
+
+#[test]
+fn the_most_severe_incident_wins_and_the_loser_says_by_whom() {
+    let mut world = World::new(
+        vec![
+            incident("queue", 0, 1, TEMP_FAIL),
+            incident("reject", 5, 1, HARD_REJECT),
+        ],
+        fleet(),
+    );
+    world.settle(at(5), true);
+    assert_eq!(
+        world.target("postfix-b").source_incident.as_deref(),
+        Some("reject")
+    );
+    assert_eq!(
+        world.target("postfix-a").source_incident.as_deref(),
+        Some("queue")
+    );
+    let loser = world.status("queue");
+    let counts = loser.targets.as_ref().unwrap();
+    assert_eq!(
+        (
+            counts.matched,
+            counts.superseded,
+            counts.applied,
+            counts.summary.as_str()
+        ),
+        (3, 1, 2, "2/2")
+    );
+    assert_eq!(loser.superseded_by.len(), 1);
+    assert_eq!(loser.superseded_by[0].incident, "reject");
+    assert_eq!(loser.superseded_by[0].targets, ["Deployment/postfix-b"]);
+    assert!(world.event_reasons("queue").contains(&"Superseded"));
+    assert_eq!(
+        world.status("reject").targets.as_ref().unwrap().summary,
+        "1/1"
+    );
+}
+
+#[test]
+fn between_equal_modes_the_oldest_incident_wins() {
+    let younger =
+        "mode: TempFail\nreason: later\ntargets: {matchLabels: {app: mta}}\nsmtpReply: {code: 451}";
+    let mut world = World::new(
+        vec![
+            incident("young", 10, 1, younger),
+            incident("old", 0, 1, TEMP_FAIL),
+        ],
+        fleet(),
+    );
+    world.settle(at(10), true);
+    assert!(
+        world
+            .targets
+            .iter()
+            .filter(|t| t.document_hash.is_some())
+            .all(|t| t.source_incident.as_deref() == Some("old"))
+    );
+    assert_eq!(world.condition("young", "Ready").reason, "Superseded");
+}
+
+#[test]
+fn resolving_moves_targets_to_the_next_incident_or_back_to_normal() {
+    let mut world = World::new(
+        vec![
+            incident("queue", 0, 1, TEMP_FAIL),
+            incident("reject", 5, 1, HARD_REJECT),
+        ],
+        fleet(),
+    );
+    world.settle(at(5), true);
+    world.replace(incident(
+        "reject",
+        5,
+        2,
+        &format!("{HARD_REJECT}\nresolved: true"),
+    ));
+    world.settle(at(30), true);
+    assert_eq!(
+        world.target("postfix-b").source_incident.as_deref(),
+        Some("queue")
+    );
+    assert_eq!(
+        world.status("queue").targets.as_ref().unwrap().summary,
+        "3/3"
+    );
+    assert!(world.status("queue").superseded_by.is_empty());
+    let reject = world.status("reject");
+    assert_eq!(reject.effective_mode, Some(EffectiveMode::Normal));
+    assert_eq!(world.condition("reject", "Ready").reason, "Resolved");
+    assert_eq!(
+        reject.history.last().unwrap().reason,
+        "resolved: INC-8 rebuild"
+    );
+
+    world.replace(incident(
+        "queue",
+        0,
+        2,
+        &format!("{TEMP_FAIL}\nresolved: true"),
+    ));
+    world.settle(at(40), true);
+    assert!(
+        world
+            .targets
+            .iter()
+            .all(|t| t.document_hash.is_none() && t.source_incident.is_none())
+    );
+    assert_eq!(world.condition("queue", "Ready").reason, "Resolved");
+    assert!(world.event_reasons("queue").contains(&"Restored"));
+}
+
+#[test]
+fn a_deleted_incident_releases_its_targets() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    let mut deleting = incident("outage", 0, 1, TEMP_FAIL);
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(3)));
+    world.replace(deleting);
+    world.settle(at(3), true);
+    assert!(world.targets.iter().all(|t| t.document_hash.is_none()));
+    assert_eq!(
+        world.status("outage").history.last().unwrap().reason,
+        "deleted: INC-7 storage down"
+    );
+}
+
+#[test]
+fn expiry_wakes_the_controller_exactly_then_and_restores_targets() {
+    let mut world = World::new(
+        vec![incident(
+            "window",
+            0,
+            1,
+            &format!("{TEMP_FAIL}\nduration: 2h"),
+        )],
+        fleet(),
+    );
+    world.settle(at(0), true);
+    assert_eq!(world.plan(at(30)).wake_at, Some(at(120)));
+    assert_eq!(
+        world.status("window").expires_at.as_ref().unwrap().0,
+        at(120)
+    );
+    world.settle(at(120), true);
+    assert!(world.targets.iter().all(|t| t.document_hash.is_none()));
+    assert_eq!(world.condition("window", "Ready").reason, "Expired");
+    assert_eq!(world.plan(at(121)).wake_at, None);
+}
+
+#[test]
+fn hard_reject_without_acknowledgement_changes_nothing() {
+    let unacknowledged = "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}";
+    let mut world = World::new(vec![incident("reckless", 0, 1, unacknowledged)], fleet());
+    world.settle(at(0), true);
+    assert!(world.targets.iter().all(|t| t.document_hash.is_none()));
+    let stalled = world.condition("reckless", "Stalled");
     assert_eq!(
         (stalled.status.as_str(), stalled.reason.as_str()),
         ("True", "InvalidSpec")
@@ -196,123 +491,211 @@ fn an_invalid_spec_stalls_names_the_field_and_changes_nothing() {
     assert!(
         stalled
             .message
-            .contains("spec.hardReject.acknowledgeBounces"),
-        "{}",
-        stalled.message
+            .contains("spec.hardReject.acknowledgeBounces")
     );
-    assert_eq!(condition(&object, "Ready").status, "False");
-    assert_eq!(status.observed_generation, Some(2));
-    assert_eq!(status.effective_mode, before.effective_mode);
-    assert_eq!(status.history, before.history);
-    assert_eq!(status.targets, before.targets);
-    assert_eq!(reasons(&events), ["InvalidSpec"]);
-    assert!(events[0].warning);
+    assert_eq!(world.event_reasons("reckless"), ["InvalidSpec"]);
 }
 
 #[test]
-fn an_invalid_first_generation_has_no_mode() {
-    let (object, events) = settle(
-        incident(
-            1,
-            "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}\nsmtpReply: {code: 550}",
-        ),
-        &fleet(),
-        at(0),
+fn an_invalid_edit_keeps_targets_in_the_last_valid_mode() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    let before: Vec<Option<String>> = world
+        .targets
+        .iter()
+        .map(|t| t.document_hash.clone())
+        .collect();
+    world.replace(incident(
+        "outage",
+        0,
+        2,
+        "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}",
+    ));
+    let plan = world.settle(at(5), true);
+    assert!(plan.writes.is_empty());
+    let after: Vec<Option<String>> = world
+        .targets
+        .iter()
+        .map(|t| t.document_hash.clone())
+        .collect();
+    assert_eq!(before, after, "an invalid spec moved targets");
+    assert_eq!(
+        world.status("outage").effective_mode,
+        Some(EffectiveMode::TempFail)
     );
-    assert_eq!(object.status.as_ref().unwrap().effective_mode, None);
+    assert_eq!(world.condition("outage", "Stalled").status, "True");
+}
+
+#[test]
+fn restart_delivery_sets_env_and_waits_for_the_rollout() {
+    let mut targets = fleet();
+    for t in &mut targets {
+        t.delivery = Delivery::Restart;
+        t.rollout_complete = false;
+    }
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], targets);
+    world.settle(at(0), false);
+    assert!(world.target("postfix-a").template_hash.is_some());
+    assert_eq!(world.target("postfix-a").document_hash, None);
+    assert_eq!(world.condition("outage", "Reconciling").status, "True");
+    for t in &mut world.targets {
+        t.rollout_complete = true;
+    }
+    world.settle(at(1), false);
+    assert_eq!(world.condition("outage", "Ready").reason, "Applied");
+
+    world.replace(incident(
+        "outage",
+        0,
+        2,
+        &format!("{TEMP_FAIL}\nresolved: true"),
+    ));
+    world.settle(at(2), false);
+    assert!(world.targets.iter().all(|t| t.template_hash.is_none()));
+}
+
+#[test]
+fn restart_delivery_refuses_to_restart_an_mta_whose_queue_would_be_lost() {
+    let mut targets = fleet();
+    targets[0].delivery = Delivery::Restart;
+    targets[0].queue = QueueStorage::EmptyDir {
+        volume: "spool".into(),
+        path: "/var/spool/postfix".into(),
+    };
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], targets);
+    world.settle(at(0), true);
+    assert_eq!(
+        world.target("postfix-a").template_hash,
+        None,
+        "an emptyDir MTA was restarted"
+    );
+    let status = world.status("outage");
+    assert_eq!(status.targets.as_ref().unwrap().failed, 1);
+    assert_eq!(status.failed_targets[0].target, "Deployment/postfix-a");
     assert!(
-        condition(&object, "Stalled")
-            .message
-            .contains("spec.smtpReply.code")
+        status.failed_targets[0]
+            .reason
+            .contains("emptyDir volume \"spool\"")
     );
-    assert_eq!(reasons(&events), ["InvalidSpec"]);
+    assert_eq!(world.condition("outage", "Ready").status, "False");
+    assert_eq!(world.condition("outage", "Stalled").reason, "TargetsFailed");
+    let warnings: Vec<_> = world.events.iter().filter(|(_, e)| e.warning).collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one Warning event, not one per reconcile: {warnings:?}"
+    );
 }
 
 #[test]
-fn resolving_returns_to_normal_and_records_the_transition() {
-    let (object, _) = settle(incident(1, TEMP_FAIL), &fleet(), at(0));
-    let mut resolved = incident(2, &format!("{TEMP_FAIL}\nresolved: true"));
-    resolved.status = object.status;
-    let (object, events) = settle(resolved, &fleet(), at(30));
-    let status = object.status.as_ref().unwrap();
-    assert_eq!(status.effective_mode, Some(EffectiveMode::Normal));
-    let ready = condition(&object, "Ready");
+fn switching_delivery_clears_the_other_channel() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    world.targets[0].delivery = Delivery::Restart;
+    world.settle(at(1), true);
+    assert_eq!(world.targets[0].document_hash, None);
+    assert!(world.targets[0].template_hash.is_some());
+}
+
+#[test]
+fn a_refused_write_fails_its_target_until_it_succeeds() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    world.failures.insert(
+        world.targets[0].target.clone(),
+        "Apply failed with 1 conflict: conflict with \"argocd-controller\"".into(),
+    );
+    world.settle(at(1), true);
+    assert_eq!(world.status("outage").targets.as_ref().unwrap().failed, 1);
+    assert!(
+        world.status("outage").failed_targets[0]
+            .reason
+            .contains("argocd-controller")
+    );
+}
+
+#[test]
+fn a_new_pod_without_a_report_makes_its_target_pending_again() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    world.targets[0].pod_reports.push(None);
+    world.settle(at(1), false);
+    assert_eq!(
+        world.status("outage").targets.as_ref().unwrap().summary,
+        "2/3"
+    );
+    assert_eq!(world.condition("outage", "Ready").reason, "Applying");
+}
+
+#[test]
+fn targets_coming_and_going_are_counted_and_announced() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    world.targets.retain(|t| t.target.name != "exim");
+    world.settle(at(1), true);
+    assert_eq!(
+        world.status("outage").targets.as_ref().unwrap().summary,
+        "2/2"
+    );
+    assert!(world.event_reasons("outage").contains(&"TargetsChanged"));
+}
+
+#[test]
+fn no_targets_is_not_ready_and_not_reconciling() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], vec![]);
+    world.settle(at(0), true);
+    let ready = world.condition("outage", "Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
-        ("True", "Resolved")
+        ("False", "NoTargets")
     );
-    assert_eq!(condition(&object, "Reconciling").status, "False");
-    let last = status.history.last().unwrap();
-    assert_eq!(
-        (last.from, last.to),
-        (Some(EffectiveMode::TempFail), EffectiveMode::Normal)
-    );
-    assert_eq!(last.at.0, at(30));
-    assert!(last.reason.starts_with("resolved: "));
-    assert_eq!(reasons(&events), ["Accepted", "ModeChanged"]);
-}
-
-#[test]
-fn expiry_wakes_the_controller_exactly_then_and_ends_the_incident() {
-    let spec = format!("{TEMP_FAIL}\nduration: 2h");
-    let (object, _) = settle(incident(1, &spec), &fleet(), at(0));
-    let early = decide(&object, &fleet(), at(30));
-    assert_eq!(early.wake_at, Some(at(120)));
-    assert_eq!(
-        object
-            .status
-            .as_ref()
-            .unwrap()
-            .expires_at
-            .as_ref()
-            .unwrap()
-            .0,
-        at(120)
-    );
-
-    let (object, events) = settle(object, &fleet(), at(120));
-    let status = object.status.as_ref().unwrap();
-    assert_eq!(status.effective_mode, Some(EffectiveMode::Normal));
-    assert_eq!(condition(&object, "Ready").reason, "Expired");
-    assert_eq!(reasons(&events), ["ModeChanged"]);
-    assert_eq!(decide(&object, &fleet(), at(121)).wake_at, None);
+    assert!(ready.message.contains("namespace mail"));
+    assert_eq!(world.condition("outage", "Reconciling").status, "False");
 }
 
 #[test]
 fn history_keeps_the_latest_transitions_only() {
-    let (mut object, _) = settle(incident(1, TEMP_FAIL), &fleet(), at(0));
+    let mut world = World::new(vec![incident("flip", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
     for generation in 2..40 {
         let mode = if generation % 2 == 0 {
             "AcceptAndQueue"
         } else {
             "TempFail"
         };
-        let mut next = incident(
+        world.replace(incident(
+            "flip",
+            0,
             generation,
             &format!(
                 "mode: {mode}\nreason: flip {generation}\ntargets: {{matchLabels: {{app: mta}}}}"
             ),
-        );
-        next.status = object.status;
-        object = settle(next, &fleet(), at(generation)).0;
+        ));
+        world.settle(at(generation), true);
     }
-    let history = &object.status.as_ref().unwrap().history;
+    let history = &world.status("flip").history;
     assert_eq!(history.len(), HISTORY_LIMIT);
     assert_eq!(history.last().unwrap().reason, "flip 39");
 }
 
 #[test]
 fn a_condition_keeps_its_transition_time_until_its_status_changes() {
-    let (object, _) = settle(incident(1, TEMP_FAIL), &fleet(), at(0));
-    let first = condition(&object, "Ready").last_transition_time.clone();
-    let (object, _) = settle(object, &fleet()[..1], at(10));
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), false);
+    let first = world
+        .condition("outage", "Ready")
+        .last_transition_time
+        .clone();
+    world.targets.truncate(1);
+    world.settle(at(10), false);
     assert_eq!(
-        condition(&object, "Ready").last_transition_time,
+        world.condition("outage", "Ready").last_transition_time,
         first,
         "still False"
     );
-    let mut resolved = incident(2, &format!("{TEMP_FAIL}\nresolved: true"));
-    resolved.status = object.status;
-    let (object, _) = settle(resolved, &fleet(), at(20));
-    assert_eq!(condition(&object, "Ready").last_transition_time.0, at(20));
+    world.settle(at(20), true);
+    assert_eq!(
+        world.condition("outage", "Ready").last_transition_time.0,
+        at(20)
+    );
 }

@@ -1,0 +1,239 @@
+//! Stand-ins for what the test world lacks: a kubelet (there are no nodes) and a fast
+//! agent (acknowledging modes without an MTA). Both work only through the API, as the
+//! real ones do, with the administrator's credentials.
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{ConfigMap, Node, Pod},
+    },
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    core::{Selector, SelectorExt},
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use mail_incident_operator::api::mode_document::{
+    MODE_HASH_ANNOTATION, REPORT_SUFFIX, ROLE_DOCUMENT, ROLE_LABEL, WORKLOAD_ANNOTATION,
+};
+use serde_json::json;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+pub const NODE: &str = "e2e-node";
+
+/// Plays the kubelet for one namespace: binds new pods to a fake Node, marks them
+/// running and Ready through `pods/status`, and confirms graceful deletions, so that
+/// rollouts really complete. Stops when dropped.
+pub struct FakeKubelet(JoinHandle<()>);
+
+impl FakeKubelet {
+    pub async fn start(client: Client, namespace: &str) -> Self {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": NODE}})).unwrap();
+        match Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("cannot register the fake node: {e}"),
+        }
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        Self(tokio::spawn(async move {
+            let events = watcher(pods.clone(), watcher::Config::default()).applied_objects();
+            futures::pin_mut!(events);
+            while let Ok(Some(pod)) = events.try_next().await {
+                if let Err(error) = play_kubelet(&pods, &pod).await {
+                    eprintln!("fake kubelet: {}: {error}", pod.name_any());
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn play_kubelet(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+    let name = pod.name_any();
+    if pod.metadata.deletion_timestamp.is_some() {
+        return match pods
+            .delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        };
+    }
+    let spec = pod.spec.as_ref().expect("pods have a spec");
+    if spec.node_name.is_none() {
+        let binding = json!({
+            "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+        });
+        pods.create_subresource::<_, serde_json::Value>(
+            "binding",
+            &name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await?;
+        return Ok(());
+    }
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    if !ready {
+        let containers: Vec<_> = spec
+            .containers
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name, "image": c.image, "imageID": "", "ready": true,
+                    "restartCount": 0, "started": true,
+                    "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                })
+            })
+            .collect();
+        let status = json!({"status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Initialized", "status": "True"},
+                {"type": "ContainersReady", "status": "True"},
+                {"type": "Ready", "status": "True"},
+            ],
+            "containerStatuses": containers,
+        }});
+        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Plays every agent of one namespace, fast: as soon as a mode document exists, each
+/// live pod of its workload reports the document's hash as applied, in the report object
+/// the controller created, as a real agent does once its MTA is reconfigured. Stops when
+/// dropped.
+pub struct FakeAgents(JoinHandle<()>);
+
+impl FakeAgents {
+    pub async fn start(client: Client, namespace: &str) -> Self {
+        let namespace = namespace.to_string();
+        Self(tokio::spawn(
+            async move { run_agents(client, namespace).await },
+        ))
+    }
+}
+
+impl Drop for FakeAgents {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run_agents(client: Client, namespace: String) {
+    let (config_maps, config_map_events) =
+        cached::<ConfigMap>(Api::namespaced(client.clone(), &namespace));
+    let (pods, pod_events) = cached::<Pod>(Api::namespaced(client.clone(), &namespace));
+    let (deployments, deployment_events) =
+        cached::<Deployment>(Api::namespaced(client.clone(), &namespace));
+    let (statefulsets, statefulset_events) =
+        cached::<StatefulSet>(Api::namespaced(client.clone(), &namespace));
+    tokio::spawn(config_map_events);
+    tokio::spawn(pod_events);
+    tokio::spawn(deployment_events);
+    tokio::spawn(statefulset_events);
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    loop {
+        for document in config_maps.state() {
+            if document.labels().get(ROLE_LABEL).map(String::as_str) != Some(ROLE_DOCUMENT) {
+                continue;
+            }
+            let annotations = document.annotations();
+            let (Some(hash), Some(workload)) = (
+                annotations.get(MODE_HASH_ANNOTATION),
+                annotations.get(WORKLOAD_ANNOTATION),
+            ) else {
+                continue;
+            };
+            let selector = match workload.split_once('/') {
+                Some(("Deployment", name)) => deployments
+                    .state()
+                    .into_iter()
+                    .find(|d| d.name_any() == name)
+                    .and_then(|d| d.spec.as_ref().map(|s| s.selector.clone())),
+                Some(("StatefulSet", name)) => statefulsets
+                    .state()
+                    .into_iter()
+                    .find(|s| s.name_any() == name)
+                    .and_then(|s| s.spec.as_ref().map(|s| s.selector.clone())),
+                _ => None,
+            };
+            let Some(selector) = selector.and_then(|s: LabelSelector| Selector::try_from(s).ok())
+            else {
+                continue;
+            };
+            let report_name = format!("{}{REPORT_SUFFIX}", document.name_any());
+            let Some(report) = config_maps
+                .state()
+                .into_iter()
+                .find(|c| c.name_any() == report_name)
+            else {
+                continue;
+            };
+            let data = report.data.clone().unwrap_or_default();
+            let entry = json!({"hash": hash}).to_string();
+            let stale: serde_json::Map<String, serde_json::Value> = pods
+                .state()
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && selector.matches(p.labels()))
+                .filter(|p| data.get(&p.name_any()) != Some(&entry))
+                .map(|p| (p.name_any(), entry.clone().into()))
+                .collect();
+            if !stale.is_empty() {
+                let patch = Patch::Merge(json!({"data": stale}));
+                if let Err(error) = api
+                    .patch(&report_name, &PatchParams::default(), &patch)
+                    .await
+                {
+                    eprintln!("fake agent: {report_name}: {error}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A reflector over `api`: its store, and the future that keeps it filled.
+fn cached<K>(
+    api: Api<K>,
+) -> (
+    reflector::Store<K>,
+    impl std::future::Future<Output = ()> + Send,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let filling = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|_| async {});
+    (store, filling)
+}

@@ -1,0 +1,250 @@
+//! Turns cached cluster objects into the plan's view of a namespace's targets.
+
+use super::cache::Caches;
+use crate::{
+    api::{
+        MtaKind,
+        mode_document::{
+            AgentReport, DELIVERY_ANNOTATION, INCIDENT_ANNOTATION, MODE_HASH_ANNOTATION,
+            MTA_ANNOTATION, MTA_CONTAINER_ANNOTATION, QUEUE_PATH_ANNOTATION, REPORT_SUFFIX,
+            document_name,
+        },
+    },
+    plan::{Delivery, QueueStorage, Target, TargetRef, WorkloadKind},
+};
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{ConfigMap, PersistentVolumeClaim, PodTemplateSpec},
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+};
+use kube::{
+    ResourceExt,
+    core::{Selector, SelectorExt},
+};
+use std::collections::BTreeMap;
+
+/// The parts of a Deployment or StatefulSet that planning reads.
+struct Workload<'a> {
+    kind: WorkloadKind,
+    meta: &'a ObjectMeta,
+    selector: Option<&'a LabelSelector>,
+    replicas: i32,
+    template: Option<&'a PodTemplateSpec>,
+    claim_templates: &'a [PersistentVolumeClaim],
+    rollout_complete: bool,
+}
+
+/// Every Deployment and StatefulSet of `namespace`, as targets, in a stable order.
+pub fn targets(caches: &Caches, namespace: &str) -> Vec<Target> {
+    let in_ns = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(namespace);
+    let deployments = caches.deployments.state_filter(|d| in_ns(&d.metadata));
+    let statefulsets = caches.statefulsets.state_filter(|s| in_ns(&s.metadata));
+    let config_maps: BTreeMap<String, std::sync::Arc<ConfigMap>> = caches
+        .config_maps
+        .state_filter(|c| in_ns(&c.metadata))
+        .into_iter()
+        .map(|c| (c.name_any(), c))
+        .collect();
+    let pods: Vec<_> = caches
+        .pods
+        .state_filter(|p| in_ns(&p.metadata) && p.metadata.deletion_timestamp.is_none());
+
+    let workloads = deployments
+        .iter()
+        .map(|d| deployment(d))
+        .chain(statefulsets.iter().map(|s| statefulset(s)));
+    let mut targets: Vec<Target> = workloads
+        .map(|w| {
+            let live_pods: Vec<String> = match w.selector.cloned().map(Selector::try_from) {
+                Some(Ok(selector)) if !selector.selects_all() => pods
+                    .iter()
+                    .filter(|p| selector.matches(p.labels()))
+                    .map(|p| p.name_any())
+                    .collect(),
+                // A workload always has a non-empty selector; an unreadable one selects nothing.
+                _ => vec![],
+            };
+            target(&w, &config_maps, &live_pods)
+        })
+        .collect();
+    targets.sort_by(|a, b| a.target.cmp(&b.target));
+    targets
+}
+
+fn deployment(d: &Deployment) -> Workload<'_> {
+    let spec = d.spec.as_ref();
+    let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let status = d.status.as_ref();
+    let rollout_complete = status.is_some_and(|st| {
+        st.observed_generation >= d.metadata.generation
+            && st.updated_replicas.unwrap_or(0) == replicas
+            && st.replicas.unwrap_or(0) == replicas
+            && st.available_replicas.unwrap_or(0) == replicas
+    });
+    Workload {
+        kind: WorkloadKind::Deployment,
+        meta: &d.metadata,
+        selector: spec.map(|s| &s.selector),
+        replicas,
+        template: spec.map(|s| &s.template),
+        claim_templates: &[],
+        rollout_complete,
+    }
+}
+
+fn statefulset(s: &StatefulSet) -> Workload<'_> {
+    let spec = s.spec.as_ref();
+    let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let status = s.status.as_ref();
+    let rollout_complete = status.is_some_and(|st| {
+        st.observed_generation >= s.metadata.generation
+            && st.update_revision.is_some()
+            && st.update_revision == st.current_revision
+            && st.ready_replicas.unwrap_or(0) == replicas
+    });
+    Workload {
+        kind: WorkloadKind::StatefulSet,
+        meta: &s.metadata,
+        selector: spec.map(|s| &s.selector),
+        replicas,
+        template: spec.map(|s| &s.template),
+        claim_templates: spec
+            .and_then(|s| s.volume_claim_templates.as_deref())
+            .unwrap_or_default(),
+        rollout_complete,
+    }
+}
+
+fn target(
+    w: &Workload<'_>,
+    config_maps: &BTreeMap<String, std::sync::Arc<ConfigMap>>,
+    live_pods: &[String],
+) -> Target {
+    let name = w.meta.name.clone().unwrap_or_default();
+    let annotations = w.meta.annotations.clone().unwrap_or_default();
+    let annotation = |key: &str| annotations.get(key).map(String::as_str);
+    let mta = annotation(MTA_ANNOTATION).and_then(parse_mta);
+    let delivery = match annotation(DELIVERY_ANNOTATION) {
+        Some(value) if value.eq_ignore_ascii_case("restart") => Delivery::Restart,
+        _ => Delivery::Reload,
+    };
+    let document = config_maps.get(&document_name(w.kind.as_str(), &name));
+    let document_annotation =
+        |key: &str| document.and_then(|d| d.metadata.annotations.as_ref()?.get(key).cloned());
+    let report = config_maps.get(&format!(
+        "{}{REPORT_SUFFIX}",
+        document_name(w.kind.as_str(), &name)
+    ));
+    let reported = |pod: &str| -> Option<String> {
+        let text = report?.data.as_ref()?.get(pod)?;
+        serde_json::from_str::<AgentReport>(text)
+            .ok()
+            .map(|r| r.hash)
+    };
+    let template_annotations = w
+        .template
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    let template_hash = template_annotations.get(MODE_HASH_ANNOTATION).cloned();
+    let source_incident = document_annotation(INCIDENT_ANNOTATION)
+        .or_else(|| template_annotations.get(INCIDENT_ANNOTATION).cloned());
+    Target {
+        target: TargetRef { kind: w.kind, name },
+        labels: w.meta.labels.clone().unwrap_or_default(),
+        delivery,
+        mta,
+        document_hash: document_annotation(MODE_HASH_ANNOTATION),
+        template_hash,
+        source_incident,
+        report_exists: report.is_some(),
+        pod_reports: live_pods.iter().map(|p| reported(p)).collect(),
+        replicas: w.replicas,
+        rollout_complete: w.rollout_complete,
+        mta_container: mta_container(w, annotation(MTA_CONTAINER_ANNOTATION)),
+        queue: queue_storage(
+            w,
+            mta,
+            annotation(MTA_CONTAINER_ANNOTATION),
+            annotation(QUEUE_PATH_ANNOTATION),
+        ),
+    }
+}
+
+fn parse_mta(value: &str) -> Option<MtaKind> {
+    [MtaKind::Postfix, MtaKind::Exim, MtaKind::Generic]
+        .into_iter()
+        .find(|kind| format!("{kind:?}").eq_ignore_ascii_case(value))
+}
+
+/// The MTA container: the one the annotation names, else the first.
+fn mta_container(w: &Workload<'_>, named: Option<&str>) -> Option<String> {
+    let containers = &w.template?.spec.as_ref()?.containers;
+    match named {
+        Some(name) => containers.iter().find(|c| c.name == name),
+        None => containers.first(),
+    }
+    .map(|c| c.name.clone())
+}
+
+/// Where the MTA container's queue directory lives.
+fn queue_storage(
+    w: &Workload<'_>,
+    mta: Option<MtaKind>,
+    container: Option<&str>,
+    queue_path: Option<&str>,
+) -> QueueStorage {
+    let Some(path) = queue_path.or(match mta {
+        Some(MtaKind::Postfix) | None => Some("/var/spool/postfix"),
+        Some(MtaKind::Exim) => Some("/var/spool/exim4"),
+        Some(MtaKind::Generic) => None,
+    }) else {
+        return QueueStorage::Unknown {
+            why: format!("a Generic MTA needs the {QUEUE_PATH_ANNOTATION} annotation"),
+        };
+    };
+    let Some(pod) = w.template.and_then(|t| t.spec.as_ref()) else {
+        return QueueStorage::Unknown {
+            why: "the workload has no pod template".into(),
+        };
+    };
+    let Some(container_spec) = (match container {
+        Some(name) => pod.containers.iter().find(|c| c.name == name),
+        None => pod.containers.first(),
+    }) else {
+        return QueueStorage::Unknown {
+            why: format!("no container {:?}", container.unwrap_or_default()),
+        };
+    };
+    // The mount whose path is the longest prefix of the queue directory holds it.
+    let mount = container_spec
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| {
+            let mount_path = m.mount_path.trim_end_matches('/');
+            path == mount_path || path.starts_with(&format!("{mount_path}/"))
+        })
+        .max_by_key(|m| m.mount_path.len());
+    let Some(mount) = mount else {
+        return QueueStorage::ContainerFilesystem { path: path.into() };
+    };
+    let claimed = w
+        .claim_templates
+        .iter()
+        .any(|c| c.metadata.name.as_deref() == Some(mount.name.as_str()));
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name);
+    match volume {
+        Some(v) if v.empty_dir.is_some() => QueueStorage::EmptyDir {
+            volume: mount.name.clone(),
+            path: path.into(),
+        },
+        Some(_) => QueueStorage::Persistent,
+        None if claimed => QueueStorage::Persistent,
+        None => QueueStorage::Unknown {
+            why: format!("volume {:?} is not defined", mount.name),
+        },
+    }
+}

@@ -1,0 +1,422 @@
+//! One incident's status and events, from the plan of its namespace.
+
+use super::{
+    ConditionType, Decision, HISTORY_LIMIT, LISTED_TARGETS_LIMIT, Namespace, Note, Standing,
+    TargetOutcome, Uptake, set_conditions,
+};
+use crate::api::{
+    EffectiveMode, MailIncident, MailIncidentStatus, Supersession, TargetCounts, TargetProblem,
+    Transition, validation::FieldError,
+};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{ResourceExt, core::SelectorExt};
+use std::collections::BTreeMap;
+
+pub(super) fn decide(
+    incident: &MailIncident,
+    index: usize,
+    standing: &Standing,
+    ns: &Namespace<'_>,
+    outcomes: &[TargetOutcome],
+) -> Decision {
+    let previous = incident.status.clone().unwrap_or_default();
+    let generation = incident.metadata.generation;
+    match standing {
+        Standing::New => {
+            // Say the controller has seen the object before anything else, so kstatus
+            // and Argo CD read "in progress" rather than "no status".
+            let mut status = previous;
+            let message = "The controller has seen this incident and is evaluating it";
+            let updates = ConditionType::ALL.map(|kind| (kind, None, "Initializing", message));
+            set_conditions(&mut status.conditions, &updates, generation, ns.now);
+            Decision {
+                status,
+                events: vec![],
+                transition: None,
+            }
+        }
+        Standing::Invalid(errors) => invalid(generation, errors, previous, ns.now),
+        Standing::Valid { spec, active } => {
+            let mut builder = Builder {
+                incident,
+                previous: &previous,
+                status: previous.clone(),
+                events: vec![],
+                transition: None,
+                now: ns.now,
+            };
+            builder.status.observed_generation = generation;
+            builder.status.expires_at = spec.expires_at.map(Time);
+            if previous.observed_generation != generation {
+                builder.note(
+                    false,
+                    "Accepted",
+                    format!(
+                        "Generation {} accepted: {:?} for targets {}, reply {} ({})",
+                        generation.unwrap_or_default(),
+                        spec.mode,
+                        spec.selector,
+                        spec.reply,
+                        incident.spec.reason
+                    ),
+                );
+            }
+            let effective = if *active {
+                spec.mode.into()
+            } else {
+                EffectiveMode::Normal
+            };
+            let why = if incident.metadata.deletion_timestamp.is_some() {
+                format!("deleted: {}", incident.spec.reason)
+            } else if spec.resolved {
+                format!("resolved: {}", incident.spec.reason)
+            } else if !*active {
+                format!(
+                    "expired at {}",
+                    spec.expires_at.map(|t| t.to_string()).unwrap_or_default()
+                )
+            } else {
+                incident.spec.reason.clone()
+            };
+            builder.transition_to(effective, why);
+            let matched: Vec<usize> = ns
+                .targets
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| spec.selector.matches(&t.labels))
+                .map(|(i, _)| i)
+                .collect();
+            if *active {
+                builder.active(index, &matched, ns, outcomes, effective);
+            } else {
+                builder.ended(&matched, ns, spec.resolved);
+            }
+            builder.finish()
+        }
+    }
+}
+
+fn invalid(
+    generation: Option<i64>,
+    errors: &[FieldError],
+    previous: MailIncidentStatus,
+    now: Timestamp,
+) -> Decision {
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let newly_seen = previous.observed_generation != generation;
+    // Targets keep whatever the last valid spec asked for: nothing is half-applied.
+    let mut status = previous;
+    status.observed_generation = generation;
+    let message = format!("Invalid spec, nothing was changed: {message}");
+    set_conditions(
+        &mut status.conditions,
+        &[
+            (ConditionType::Stalled, Some(true), "InvalidSpec", &message),
+            (ConditionType::Ready, Some(false), "InvalidSpec", &message),
+            (
+                ConditionType::Reconciling,
+                Some(false),
+                "InvalidSpec",
+                &message,
+            ),
+        ],
+        generation,
+        now,
+    );
+    let events = if newly_seen {
+        vec![Note {
+            warning: true,
+            reason: "InvalidSpec",
+            message,
+        }]
+    } else {
+        vec![]
+    };
+    Decision {
+        status,
+        events,
+        transition: None,
+    }
+}
+
+struct Builder<'a> {
+    incident: &'a MailIncident,
+    previous: &'a MailIncidentStatus,
+    status: MailIncidentStatus,
+    events: Vec<Note>,
+    transition: Option<Transition>,
+    now: Timestamp,
+}
+
+impl Builder<'_> {
+    fn note(&mut self, warning: bool, reason: &'static str, message: String) {
+        self.events.push(Note {
+            warning,
+            reason,
+            message,
+        });
+    }
+
+    fn transition_to(&mut self, effective: EffectiveMode, why: String) {
+        let from = self.previous.effective_mode;
+        self.status.effective_mode = Some(effective);
+        if from == Some(effective) {
+            return;
+        }
+        let from_name = from.map_or_else(|| "(none)".to_string(), |m| format!("{m:?}"));
+        self.note(
+            false,
+            "ModeChanged",
+            format!("{from_name} -> {effective:?}: {why}"),
+        );
+        let transition = Transition {
+            from,
+            to: effective,
+            at: Time(self.now),
+            reason: why,
+        };
+        self.status.history.push(transition.clone());
+        let excess = self.status.history.len().saturating_sub(HISTORY_LIMIT);
+        self.status.history.drain(..excess);
+        self.transition = Some(transition);
+    }
+
+    fn counts(&mut self, matched: u32, applied: u32, failed: u32, superseded: u32) {
+        let previous_matched = self.previous.targets.as_ref().map(|t| t.matched);
+        if let Some(before) = previous_matched.filter(|m| *m != matched) {
+            self.note(
+                false,
+                "TargetsChanged",
+                format!("Targets matched: {before} -> {matched}"),
+            );
+        }
+        self.status.targets = Some(TargetCounts {
+            matched,
+            applied,
+            failed,
+            superseded,
+            summary: format!("{applied}/{}", matched - superseded),
+        });
+    }
+
+    fn active(
+        &mut self,
+        index: usize,
+        matched: &[usize],
+        ns: &Namespace<'_>,
+        outcomes: &[TargetOutcome],
+        effective: EffectiveMode,
+    ) {
+        let mut applied = 0;
+        let mut pending = 0;
+        let mut failures = Vec::new();
+        let mut superseded: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for &t in matched {
+            let outcome = &outcomes[t];
+            let target = ns.targets[t].target.to_string();
+            match (outcome.winner, &outcome.uptake) {
+                (Some(w), _) if w != index => {
+                    superseded
+                        .entry(ns.incidents[w].name_any())
+                        .or_default()
+                        .push(target);
+                }
+                (_, Some(Uptake::Applied)) => applied += 1,
+                (_, Some(Uptake::Failed(reason))) => failures.push(TargetProblem {
+                    target,
+                    reason: reason.clone(),
+                }),
+                _ => pending += 1,
+            }
+        }
+        let superseded_count: usize = superseded.values().map(Vec::len).sum();
+        let failed = failures.len();
+        self.counts(
+            matched.len() as u32,
+            applied,
+            failed as u32,
+            superseded_count as u32,
+        );
+
+        let new_failures: Vec<&TargetProblem> = failures
+            .iter()
+            .filter(|f| !self.previous.failed_targets.contains(f))
+            .collect();
+        if !new_failures.is_empty() {
+            let listed: Vec<String> = new_failures
+                .iter()
+                .take(5)
+                .map(|f| format!("{}: {}", f.target, f.reason))
+                .collect();
+            self.note(true, "TargetFailed", listed.join("; "));
+        }
+        failures.truncate(LISTED_TARGETS_LIMIT);
+        self.status.failed_targets = failures;
+
+        let supersessions: Vec<Supersession> = superseded
+            .into_iter()
+            .map(|(incident, mut targets)| {
+                let count = targets.len() as u32;
+                targets.truncate(LISTED_TARGETS_LIMIT);
+                Supersession {
+                    incident,
+                    count,
+                    targets,
+                }
+            })
+            .collect();
+        if supersessions != self.previous.superseded_by && !supersessions.is_empty() {
+            let by: Vec<String> = supersessions
+                .iter()
+                .map(|s| format!("{} target(s) follow incident {}", s.count, s.incident))
+                .collect();
+            self.note(false, "Superseded", by.join("; "));
+        }
+        self.status.superseded_by = supersessions;
+
+        let owned = matched.len() - superseded_count;
+        let mode = format!("{effective:?}");
+        let (ready, reconciling, stalled, reason, message) = if matched.is_empty() {
+            (
+                false,
+                false,
+                false,
+                "NoTargets",
+                format!(
+                    "spec.targets matches no Deployment or StatefulSet in namespace {}",
+                    ns.name
+                ),
+            )
+        } else if owned == 0 {
+            (
+                true,
+                false,
+                false,
+                "Superseded",
+                "Every target follows a more severe or older incident".to_string(),
+            )
+        } else if applied as usize == owned {
+            (
+                true,
+                false,
+                false,
+                "Applied",
+                format!("{applied}/{owned} targets answer {mode}"),
+            )
+        } else if pending > 0 {
+            (
+                false,
+                true,
+                false,
+                "Applying",
+                format!("{applied}/{owned} targets answer {mode}; {failed} failed"),
+            )
+        } else {
+            (
+                false,
+                false,
+                true,
+                "TargetsFailed",
+                format!("{applied}/{owned} targets answer {mode}; {failed} cannot be delivered"),
+            )
+        };
+        if reason == "Applied" && !self.was_ready_because("Applied") {
+            self.note(false, "Applied", message.clone());
+        }
+        self.set(ready, reconciling, stalled, reason, &message);
+    }
+
+    /// An ended incident is done once no target runs its mode any more.
+    fn ended(&mut self, matched: &[usize], ns: &Namespace<'_>, resolved: bool) {
+        let name = self.incident.name_any();
+        let still: Vec<&super::Target> = ns
+            .targets
+            .iter()
+            .filter(|t| t.source_incident.as_deref() == Some(name.as_str()))
+            .collect();
+        self.counts(matched.len() as u32, 0, 0, 0);
+        self.status.superseded_by.clear();
+        let ended_by = if self.incident.metadata.deletion_timestamp.is_some() {
+            "Deleted"
+        } else if resolved {
+            "Resolved"
+        } else {
+            "Expired"
+        };
+        self.status.failed_targets = still
+            .iter()
+            .filter_map(|t| {
+                t.queue
+                    .restart_refusal()
+                    .filter(|_| t.template_hash.is_some())
+                    .map(|reason| TargetProblem {
+                        target: t.target.to_string(),
+                        reason: format!("cannot return to normal service: {reason}"),
+                    })
+            })
+            .take(LISTED_TARGETS_LIMIT)
+            .collect();
+        if still.is_empty() {
+            let message = format!("{ended_by}: no target runs this incident's mode any more");
+            if !self.was_ready_because(ended_by) {
+                self.note(false, "Restored", message.clone());
+            }
+            self.set(true, false, false, ended_by, &message);
+        } else {
+            let message = format!(
+                "{ended_by}: {} target(s) still run this incident's mode",
+                still.len()
+            );
+            let stuck = !self.status.failed_targets.is_empty();
+            self.set(false, !stuck, stuck, ended_by, &message);
+        }
+    }
+
+    fn was_ready_because(&self, reason: &str) -> bool {
+        self.previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == reason)
+    }
+
+    fn set(&mut self, ready: bool, reconciling: bool, stalled: bool, reason: &str, message: &str) {
+        let stalled_reason = if stalled { reason } else { "SpecValid" };
+        let stalled_message = if stalled {
+            message
+        } else {
+            "The spec is valid"
+        };
+        set_conditions(
+            &mut self.status.conditions,
+            &[
+                (ConditionType::Ready, Some(ready), reason, message),
+                (
+                    ConditionType::Reconciling,
+                    Some(reconciling),
+                    reason,
+                    message,
+                ),
+                (
+                    ConditionType::Stalled,
+                    Some(stalled),
+                    stalled_reason,
+                    stalled_message,
+                ),
+            ],
+            self.incident.metadata.generation,
+            self.now,
+        );
+    }
+
+    fn finish(self) -> Decision {
+        Decision {
+            status: self.status,
+            events: self.events,
+            transition: self.transition,
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! A target workload as planning sees it, and whether it has taken up a mode.
+
+use crate::api::MtaKind;
+use std::{collections::BTreeMap, fmt};
+
+/// The kinds of workload an incident can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+        }
+    }
+}
+
+/// A workload by kind and name, within the namespace being planned.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TargetRef {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+impl fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.as_str(), self.name)
+    }
+}
+
+/// How a mode reaches a workload's MTAs (annotation `mailops.dev/delivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// An agent sidecar watches the mode document and reconfigures the MTA in place.
+    #[default]
+    Reload,
+    /// The mode goes into `MAIL_INCIDENT_*` env vars on the pod template: a rollout.
+    Restart,
+}
+
+/// Where the MTA container keeps its queue, as far as a restart is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueStorage {
+    /// A volume that survives a pod restart (PVC, volume claim template, host path...).
+    Persistent,
+    /// An `emptyDir` volume: gone with the pod.
+    EmptyDir { volume: String, path: String },
+    /// No volume is mounted at the queue path: the container's own filesystem.
+    ContainerFilesystem { path: String },
+    /// The queue location cannot be established (unknown container or queue path).
+    Unknown { why: String },
+}
+
+impl QueueStorage {
+    /// Why restarting this MTA would lose mail, if it would.
+    pub fn restart_refusal(&self) -> Option<String> {
+        match self {
+            Self::Persistent => None,
+            Self::EmptyDir { volume, path } => Some(format!(
+                "queue directory {path} is on emptyDir volume {volume:?}: a restart would lose the queued mail; use a persistent volume or reload delivery"
+            )),
+            Self::ContainerFilesystem { path } => Some(format!(
+                "queue directory {path} is on the container's own filesystem: a restart would lose the queued mail; use a persistent volume or reload delivery"
+            )),
+            Self::Unknown { why } => Some(format!(
+                "cannot tell where the queue lives ({why}), so a restart is not safe"
+            )),
+        }
+    }
+}
+
+/// One workload of the namespace: what it is, and what the cluster shows of its mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub target: TargetRef,
+    pub labels: BTreeMap<String, String>,
+    pub delivery: Delivery,
+    /// The MTA software, from annotation `mailops.dev/mta`.
+    pub mta: Option<MtaKind>,
+    /// Hash of the mode document stored for it (reload channel), if any.
+    pub document_hash: Option<String>,
+    /// Hash our env vars carry on its pod template (restart channel), if any.
+    pub template_hash: Option<String>,
+    /// The incident named on its stored document or pod template: whose mode it runs.
+    pub source_incident: Option<String>,
+    /// Whether the ConfigMap its agents report to exists.
+    pub report_exists: bool,
+    /// For each live pod, the mode document hash its agent reports applied.
+    pub pod_reports: Vec<Option<String>>,
+    /// Desired replicas.
+    pub replicas: i32,
+    /// The latest pod template is rolled out to every replica.
+    pub rollout_complete: bool,
+    /// The container restart delivery puts env vars on.
+    pub mta_container: Option<String>,
+    pub queue: QueueStorage,
+}
+
+/// Where a target stands with respect to the mode it should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uptake {
+    /// Every MTA of the target answers in the mode.
+    Applied,
+    /// The mode is on its way: written, not yet taken up everywhere.
+    Pending(String),
+    /// The mode cannot be delivered until someone changes something.
+    Failed(String),
+}
+
+impl Target {
+    /// Whether the mode with document hash `hash` has reached this target's MTAs.
+    pub fn uptake(&self, hash: &str) -> Uptake {
+        match self.delivery {
+            Delivery::Reload => {
+                if self.document_hash.as_deref() != Some(hash) {
+                    return Uptake::Pending("mode document not yet written".into());
+                }
+                if self.pod_reports.is_empty() {
+                    return if self.replicas == 0 {
+                        Uptake::Applied
+                    } else {
+                        Uptake::Pending("no live pod yet".into())
+                    };
+                }
+                let reported = self
+                    .pod_reports
+                    .iter()
+                    .filter(|r| r.as_deref() == Some(hash))
+                    .count();
+                if reported == self.pod_reports.len() {
+                    Uptake::Applied
+                } else {
+                    Uptake::Pending(format!(
+                        "{reported}/{} pods report the mode applied",
+                        self.pod_reports.len()
+                    ))
+                }
+            }
+            Delivery::Restart => {
+                if self.template_hash.as_deref() != Some(hash) {
+                    match self.queue.restart_refusal() {
+                        Some(refusal) => Uptake::Failed(refusal),
+                        None => Uptake::Pending("pod template not yet updated".into()),
+                    }
+                } else if self.rollout_complete {
+                    Uptake::Applied
+                } else {
+                    Uptake::Pending("rollout in progress".into())
+                }
+            }
+        }
+    }
+}
