@@ -9,6 +9,7 @@ packages=(
   golang-1.19-go rsync                  # to build kube-apiserver/kubectl from Debian's source
   golang-github-modern-go-reflect2-dev  # reflect2 1.0.2, replaces the vendored 1.0.1 (Go >= 1.18 crash)
   openssl                               # service-account key pair and serving certificate
+  prometheus                            # promtool, to check the exported metrics
   curl ca-certificates
 )
 

@@ -24,6 +24,9 @@ pub enum Error {
 
     #[error("finalizer: {0}")]
     Finalizer(String),
+
+    #[error("lost the leader Lease; another replica may be writing")]
+    LeadershipLost,
 }
 
 impl Error {
@@ -36,6 +39,7 @@ impl Error {
             Self::Listen { .. } => "startup",
             Self::CacheNeverReady(_) => "cache",
             Self::Finalizer(_) => "finalizer",
+            Self::LeadershipLost => "leadership",
         }
     }
 }

@@ -5,8 +5,8 @@
 use crate::{
     fakes::{FakeAgents, FakeKubelet},
     support::{
-        Mta, Queue, apply_yaml, condition, eventually, incident_yaml, mode_document, observed,
-        status, summary, wait_for,
+        Mta, Queue, apply_yaml, condition, eventually, eventually_within, incident_yaml,
+        mode_document, observed, status, summary, wait_for,
     },
     world::{Operator, Scene, TestNamespace, World},
 };
@@ -17,7 +17,7 @@ use kube::{
 };
 use mail_incident_operator::api::{
     EffectiveMode, MailIncident, Mode,
-    mode_document::{MODE_HASH_ANNOTATION, ROLE_DOCUMENT, ROLE_LABEL},
+    mode_document::{MODE_HASH_ANNOTATION, ROLE_DOCUMENT, ROLE_LABEL, document_name},
 };
 use serde_json::json;
 use std::time::Duration;
@@ -640,4 +640,73 @@ async fn an_operator_restarted_mid_transition_converges_without_leftovers() {
             "{name} kept a mode"
         );
     }
+}
+
+#[tokio::test]
+async fn incidents_deleted_while_the_operator_is_gone_still_release_their_mtas() {
+    let world = World::get();
+    let ns = TestNamespace::new(world, "orphan");
+    let client = world.admin().await;
+    let incidents: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
+    Mta::deployment("postfix", json!({"app": "mta"}))
+        .create(&client, &ns.name)
+        .await;
+    let operator = Operator::start(world, &ns.name).await;
+    apply_yaml(
+        world,
+        &ns.name,
+        &incident_yaml(
+            "reject",
+            "mode: HardReject\nreason: INC-11\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}",
+        ),
+    );
+    eventually("the HardReject document", || async {
+        mode_document(&client, &ns.name, "Deployment", "postfix")
+            .await
+            .map(drop)
+    })
+    .await;
+    drop(operator);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let owners = config_maps
+        .get(&document_name("Deployment", "postfix"))
+        .await
+        .unwrap()
+        .metadata
+        .owner_references
+        .unwrap_or_default();
+    let incident_uid = incidents.get("reject").await.unwrap().metadata.uid.unwrap();
+    let owners: Vec<(&str, &str)> = owners
+        .iter()
+        .map(|o| (o.kind.as_str(), o.uid.as_str()))
+        .collect();
+    assert_eq!(owners, [("MailIncident", incident_uid.as_str())]);
+
+    // Without the operator, someone removes the finalizer and deletes the incident: the
+    // document, owned by the incident, is garbage-collected and agents restore service.
+    incidents
+        .patch(
+            "reject",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    incidents
+        .delete("reject", &DeleteParams::default())
+        .await
+        .unwrap();
+    // kube-controller-manager's garbage collector learns of a new CRD on its 30 s
+    // discovery resync, so on a fresh control plane collection can take that long.
+    eventually_within(
+        Duration::from_secs(90),
+        "the document collected",
+        || async {
+            mode_document(&client, &ns.name, "Deployment", "postfix")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
 }

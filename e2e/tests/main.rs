@@ -3,5 +3,6 @@
 mod delivery;
 mod fakes;
 mod foundation;
+mod operations;
 mod support;
 mod world;

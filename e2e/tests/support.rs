@@ -44,14 +44,23 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + WAIT;
+    eventually_within(WAIT, what, probe).await
+}
+
+/// [`eventually`] with a bound of its own.
+pub async fn eventually_within<T, F, Fut>(bound: Duration, what: &str, probe: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + bound;
     while Instant::now() < deadline {
         if let Some(value) = probe().await {
             return value;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("not {what} within {WAIT:?}");
+    panic!("not {what} within {bound:?}");
 }
 
 /// The mode document stored for a workload, if any.

@@ -155,7 +155,7 @@ fn rand_suffix() -> u32 {
 /// A namespace of its own with the operator watching it: where most tests start.
 pub struct Scene {
     /// Declared first so that it is dropped first: the operator stops before its namespace goes.
-    _operator: Operator,
+    pub operator: Operator,
     pub world: &'static World,
     pub ns: TestNamespace,
     pub client: Client,
@@ -170,7 +170,7 @@ impl Scene {
         let operator = Operator::start(world, &ns.name).await;
         let incidents = Api::namespaced(client.clone(), &ns.name);
         Self {
-            _operator: operator,
+            operator,
             world,
             ns,
             client,
@@ -185,6 +185,8 @@ pub struct Operator {
     child: Child,
     dir: tempfile::TempDir,
     pub http: String,
+    /// Its name in the leader Lease.
+    pub identity: String,
 }
 
 impl Operator {
@@ -194,9 +196,18 @@ impl Operator {
         std::fs::write(&kubeconfig, service_account_kubeconfig(world).await)
             .expect("kubeconfig written");
         let port = free_port();
+        let identity = format!("operator-{port}");
         let log = std::fs::File::create(dir.path().join("operator.log")).expect("log file");
+        // Replicas for one namespace share its Lease; a short lease keeps failover quick.
         let child = Command::new(env!("CARGO_BIN_EXE_mail-incident-operator"))
-            .args(["run", "--namespace", namespace, "--listen"])
+            .args(["run", "--namespace", namespace, "--lease-seconds", "4"])
+            .args([
+                "--lease-name",
+                &lease_name(namespace),
+                "--instance",
+                &identity,
+            ])
+            .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info,mail_incident_operator=debug")
@@ -209,6 +220,7 @@ impl Operator {
             child,
             dir,
             http: format!("http://127.0.0.1:{port}"),
+            identity,
         };
         operator.wait_ready().await;
         operator
@@ -242,6 +254,11 @@ impl Drop for Operator {
             eprintln!("--- operator log\n{}", self.log());
         }
     }
+}
+
+/// The Lease the operators of one test namespace share.
+pub fn lease_name(namespace: &str) -> String {
+    format!("mail-incident-operator-{namespace}")
 }
 
 /// A kubeconfig for the operator's ServiceAccount: the admin's cluster entry with a fresh

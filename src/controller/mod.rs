@@ -8,6 +8,7 @@
 
 mod apply;
 mod cache;
+mod leader;
 mod observe;
 
 use crate::{
@@ -85,9 +86,22 @@ pub struct Settings {
     #[arg(long, value_enum, env = "LOG_FORMAT", default_value_t)]
     pub log_format: LogFormat,
 
-    /// Name of this instance in events and in the leader Lease (the pod name in a cluster).
+    /// Name of this instance in events and in the leader Lease (the pod name in a
+    /// cluster; default: host name and process id). Must differ between replicas.
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
+
+    /// The Lease replicas hold to lead: only the holder watches and writes.
+    #[arg(long, env = "LEASE_NAME", default_value = "mail-incident-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (in a cluster, the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mail-incident-operator")]
+    pub lease_namespace: String,
+
+    /// Seconds a leader may go without renewing before another replica takes over.
+    #[arg(long, default_value_t = 15)]
+    pub lease_seconds: u64,
 }
 
 /// What every reconcile shares.
@@ -116,7 +130,30 @@ pub async fn run(settings: Settings) -> Result<()> {
     })
     .await?;
     let namespace = settings.namespace.as_deref();
-    info!(listen = %settings.listen, namespace = namespace.unwrap_or("(all)"), "starting");
+    let identity = settings.instance.clone().unwrap_or_else(default_identity);
+    info!(listen = %settings.listen, namespace = namespace.unwrap_or("(all)"), %identity, "starting");
+    let stop = shutdown_signal().shared();
+
+    // Stand by until this replica holds the Lease; only the leader watches and writes.
+    let lease_duration = Duration::from_secs(settings.lease_seconds.max(3));
+    let elector = leader::LeaderElector::new(
+        Api::namespaced(client.clone(), &settings.lease_namespace),
+        settings.lease_name.clone(),
+        identity.clone(),
+        lease_duration,
+        lease_duration / 3,
+    );
+    readiness.set_ready();
+    let leadership = tokio::select! {
+        leadership = elector.acquire() => leadership?,
+        () = stop.clone() => {
+            stop_http.send(()).ok();
+            http.await.ok();
+            return Ok(());
+        }
+    };
+    metrics.leader.set(1);
+    info!(lease = %settings.lease_name, "leading");
 
     let incidents: Api<MailIncident> = scoped(&client, namespace);
     let controller = Controller::new(incidents, watcher::Config::default().any_semantic())
@@ -150,12 +187,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
-        instance: settings.instance.clone(),
+        instance: Some(identity),
     };
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
-        metrics,
+        metrics: metrics.clone(),
         incidents: incident_store.clone(),
         caches: caches.clone(),
         namespace_locks: Mutex::default(),
@@ -165,35 +202,53 @@ pub async fn run(settings: Settings) -> Result<()> {
 
     tokio::spawn(async move {
         if caches.wait_until_ready().await.is_ok() {
-            readiness.set_ready();
-            info!("caches filled; ready");
+            info!("caches filled");
         }
     });
-    let stop = shutdown_signal().shared();
     let controller = controller
         .watches_stream(deployment_changes, incidents_of_namespace(&incident_store))
         .watches_stream(statefulset_changes, incidents_of_namespace(&incident_store))
         .watches_stream(pod_changes, incidents_of_namespace(&incident_store))
         .watches_stream(config_map_changes, incidents_of_namespace(&incident_store))
         .graceful_shutdown_on(stop.clone())
+        .graceful_shutdown_on(leadership.lost())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {
                 warn!(%error, "reconcile failed");
             }
         });
-    let deadline = async {
-        stop.await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    let deadline = {
+        let stop = stop.clone();
+        async move {
+            stop.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
     };
     tokio::select! {
         () = controller => {},
         () = deadline => warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; exiting anyway"),
     }
+    metrics.leader.set(0);
+    // Lost leadership means another replica may already be writing: exit at once and
+    // let the restart stand by again.
+    let lost = leadership.lost().now_or_never().is_some() && stop.clone().now_or_never().is_none();
+    if !lost {
+        leadership.release().await;
+    }
     info!("controller stopped; shutting down");
     stop_http.send(()).ok();
     http.await.ok();
+    if lost {
+        return Err(Error::LeadershipLost);
+    }
     Ok(())
+}
+
+/// The host name and process id: unique per replica when no pod name is given.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 /// An `Api` over one namespace, or all of them.

@@ -1,0 +1,213 @@
+//! Operating the operator: its metrics pass promtool, and two replicas share the work
+//! safely through a Lease, only the leader writing.
+
+use crate::{
+    fakes::{FakeAgents, FakeKubelet},
+    support::{apply_yaml, condition, eventually, incident_yaml, observed, summary, wait_for},
+    world::{OPERATOR_NAMESPACE, Operator, Scene, TestNamespace, World, http_get, lease_name},
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use mail_incident_operator::api::MailIncident;
+use serde_json::json;
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+};
+
+use crate::support::Mta;
+
+#[tokio::test]
+async fn live_metrics_pass_promtool_and_describe_the_fleet() {
+    let scene = Scene::start("metrics").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents,
+        operator,
+        ..
+    } = &scene;
+    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
+    let _agents = FakeAgents::start(client.clone(), &ns.name).await;
+    for name in ["a", "b", "c"] {
+        Mta::deployment(name, json!({"app": "mta"}))
+            .create(client, &ns.name)
+            .await;
+    }
+    apply_yaml(
+        world,
+        &ns.name,
+        &incident_yaml(
+            "outage",
+            "mode: TempFail\nreason: INC-10\ntargets: {matchLabels: {app: mta}}\nexpiresAt: '2030-01-01T00:00:00Z'",
+        ),
+    );
+    wait_for(incidents, "outage", "applied", |i| {
+        observed(i)
+            && summary(i) == Some("3/3")
+            && condition(i, "Ready").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+
+    let (code, body) = http_get(&format!("{}/metrics", operator.http))
+        .await
+        .expect("/metrics answers");
+    assert_eq!(code, 200);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (apt-get install prometheus; e2e/install-deps.sh does)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        checked.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics: {complaints}"
+    );
+
+    let ns_label = format!("namespace=\"{}\"", ns.name);
+    let sample = |name: &str, labels: &[&str]| -> Option<f64> {
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .find(|l| labels.iter().all(|want| l.contains(want)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(
+        sample("mail_incident_incidents", &["mode=\"TempFail\""]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample("mail_incident_targets", &[&ns_label, "state=\"matched\""]),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample("mail_incident_targets", &[&ns_label, "state=\"applied\""]),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            "mail_incident_transitions_total",
+            &["from=\"None\"", "to=\"TempFail\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample("mail_incident_expiry_timestamp_seconds", &[&ns_label]),
+        Some(1_893_456_000.0)
+    );
+    assert_eq!(
+        sample("mail_incident_apply_duration_seconds_count", &[]),
+        Some(1.0)
+    );
+    assert!(sample("mail_incident_reconciles_total", &["result=\"ok\""]).is_some_and(|n| n >= 1.0));
+    assert!(sample("process_resident_memory_bytes", &[]).is_some_and(|n| n > 0.0));
+}
+
+/// One sample's value in a Prometheus text body.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_lease_and_only_the_leader_writes() {
+    let world = World::get();
+    let ns = TestNamespace::new(world, "replicas");
+    let client = &world.admin().await;
+    let incidents: &Api<MailIncident> = &Api::namespaced(client.clone(), &ns.name);
+    let first = Operator::start(world, &ns.name).await;
+    let second = Operator::start(world, &ns.name).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let holder = || async {
+        leases
+            .get(&lease_name(&ns.name))
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+    };
+    assert_eq!(holder().await.as_deref(), Some(first.identity.as_str()));
+    assert!(first.log().contains("leading"), "{}", first.log());
+
+    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
+    let _agents = FakeAgents::start(client.clone(), &ns.name).await;
+    Mta::deployment("postfix", json!({"app": "mta"}))
+        .create(client, &ns.name)
+        .await;
+    apply_yaml(
+        world,
+        &ns.name,
+        &incident_yaml(
+            "outage",
+            "mode: TempFail\nreason: INC-12\ntargets: {matchLabels: {app: mta}}",
+        ),
+    );
+    wait_for(incidents, "outage", "applied", |i| {
+        observed(i) && summary(i) == Some("1/1")
+    })
+    .await;
+
+    let metrics = |operator: &Operator| {
+        let url = format!("{}/metrics", operator.http);
+        async move { http_get(&url).await.expect("/metrics answers").1 }
+    };
+    let standby = metrics(&second).await;
+    assert_eq!(sample(&standby, "mail_incident_leader"), Some(0.0));
+    assert_eq!(
+        sample(&standby, "mail_incident_reconciles_total"),
+        None,
+        "the standby reconciled"
+    );
+    assert_eq!(
+        sample(&metrics(&first).await, "mail_incident_leader"),
+        Some(1.0)
+    );
+    assert!(
+        second.log().contains("standing by") || !second.log().contains("leading"),
+        "{}",
+        second.log()
+    );
+
+    // The leader dies without releasing the Lease: the standby takes over once it expires.
+    let leader_identity = first.identity.clone();
+    drop(first);
+    let successor = eventually("a new leader", || async {
+        holder().await.filter(|h| *h != leader_identity)
+    })
+    .await;
+    assert_eq!(successor, second.identity);
+    apply_yaml(
+        world,
+        &ns.name,
+        &incident_yaml(
+            "outage",
+            "mode: AcceptAndQueue\nreason: INC-12 queue\ntargets: {matchLabels: {app: mta}}",
+        ),
+    );
+    wait_for(incidents, "outage", "applied by the new leader", |i| {
+        observed(i)
+            && summary(i) == Some("1/1")
+            && condition(i, "Ready").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(
+        sample(&metrics(&second).await, "mail_incident_leader"),
+        Some(1.0)
+    );
+}
