@@ -41,7 +41,8 @@ k create namespace mail --dry-run=client -o yaml | k apply -f - >/dev/null
 k -n mail apply -f "$repo/examples/mta-fleet.yaml"
 k -n mail apply --validate=false -f "$repo/examples/tempfail-incident.yaml"
 for _ in $(seq 50); do
-  [ "$(k -n mail get mailinc storage-outage -o jsonpath='{.status.targets.summary}')" = "0/3" ] && break
+  [ "$(k -n mail get mailinc storage-outage -o jsonpath='{.status.targets.summary}')" = "0/3" ] \
+    && [ "$(k -n mail get configmaps -l mailops.dev/role=mode-document -o name | wc -l)" = 3 ] && break
   sleep 0.2
 done
 
@@ -52,6 +53,14 @@ echo
 echo "\$ kubectl describe mailinc storage-outage -n mail   (status and events)"
 k -n mail describe mailinc storage-outage | sed -n '/^Status:/,$p'
 echo
+echo "\$ kubectl get configmaps -n mail -l mailops.dev/role=mode-document   (one mode document per MTA workload)"
+k -n mail get configmaps -l mailops.dev/role=mode-document
+echo
+echo "\$ kubectl get configmap mail-mode-deployment-postfix-inbound-a -n mail -o jsonpath='{.data.mode\.json}'"
+k -n mail get configmap mail-mode-deployment-postfix-inbound-a -o jsonpath='{.data.mode\.json}'
+echo
+echo
+echo "No agent runs in this demo, so no MTA acknowledges the mode: Applied stays 0/3."
 cat <<DONE
 The control plane and the operator keep running. Try it:
   export KUBECONFIG=$kubeconfig PATH=$(dirname "$E2E_KUBECTL"):\$PATH

@@ -28,13 +28,9 @@ use mail_incident_operator::api::{
 use serde_json::json;
 use std::{
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
-use world::{Operator, TestNamespace, World, http_get};
+use world::{Operator, TestNamespace, World};
 
 const CREATE_CONCURRENCY: usize = 32;
 const FLOOR_CONCURRENCY: [usize; 3] = [16, 64, 256];
@@ -91,18 +87,6 @@ async fn run(world: &'static World, size: usize) -> Row {
 
     let operator = Operator::start(world, &ns.name).await;
     let _agents = fakes::FakeAgents::start(client.clone(), &ns.name).await;
-    let peak_rss = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (url, peak_rss) = (format!("{}/metrics", operator.http), peak_rss.clone());
-        tokio::spawn(async move {
-            loop {
-                if let Some(rss) = scrape(&url, "process_resident_memory_bytes").await {
-                    peak_rss.fetch_max(rss as u64, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
     let incidents: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
 
     // Warm-up: the incident is declared and every target applies it.
@@ -121,13 +105,7 @@ async fn run(world: &'static World, size: usize) -> Row {
     let documents = start.elapsed();
     wait_ready(&incidents, size, 2).await;
     let ready = start.elapsed();
-    let cpu_seconds = scrape(
-        &format!("{}/metrics", operator.http),
-        "process_cpu_seconds_total",
-    )
-    .await
-    .expect("the operator exports its CPU time");
-    sampler.abort();
+    let (peak_rss_mib, cpu_seconds) = process_usage(operator.pid());
     drop(operator);
 
     let kubectl_loop = kubectl_patch_loop(world, &ns.name, size);
@@ -139,7 +117,7 @@ async fn run(world: &'static World, size: usize) -> Row {
         kubectl_loop,
         floor,
         floor_concurrency,
-        peak_rss_mib: peak_rss.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0),
+        peak_rss_mib,
         cpu_seconds,
     }
 }
@@ -277,7 +255,8 @@ fn kubectl_patch_loop(world: &World, namespace: &str, size: usize) -> Duration {
     start.elapsed()
 }
 
-/// The fastest N merge PATCHes the API server takes, over a few concurrency levels.
+/// The fastest N merge PATCHes the API server takes, over a few concurrency levels, each
+/// carrying a mode-document-sized payload.
 async fn floor(client: &Client, namespace: &str, size: usize) -> (Duration, usize) {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let mut best = (Duration::MAX, 0);
@@ -287,7 +266,11 @@ async fn floor(client: &Client, namespace: &str, size: usize) -> (Duration, usiz
             .map(|i| {
                 let config_maps = config_maps.clone();
                 async move {
-                    let patch = Patch::Merge(json!({"data": {"mode": format!("round-{round}")}}));
+                    let document = format!(
+                        "{{\"round\": {round}, \"padding\": \"{}\"}}",
+                        "x".repeat(600)
+                    );
+                    let patch = Patch::Merge(json!({"data": {"mode.json": document}}));
                     config_maps
                         .patch(&format!("manual-{i:04}"), &PatchParams::default(), &patch)
                         .await
@@ -305,11 +288,20 @@ async fn floor(client: &Client, namespace: &str, size: usize) -> (Duration, usiz
     best
 }
 
-/// One sample's value from the operator's /metrics.
-async fn scrape(url: &str, metric: &str) -> Option<f64> {
-    let (_, body) = http_get(url).await?;
-    body.lines()
-        .find(|l| l.starts_with(metric) && l[metric.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+/// The operator's peak resident memory (MiB) and CPU time (user + system seconds) since it
+/// started, from /proc.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let peak_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th
+    // and 13th, in clock ticks of 1/100 s on Linux.
+    let after_name = &stat[stat.rfind(')').expect("comm ends with )") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    (peak_kib / 1024.0, ticks / 100.0)
 }

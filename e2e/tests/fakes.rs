@@ -2,7 +2,7 @@
 //! agent (acknowledging modes without an MTA). Both work only through the API, as the
 //! real ones do, with the administrator's credentials.
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
@@ -155,6 +155,7 @@ async fn run_agents(client: Client, namespace: String) {
     tokio::spawn(statefulset_events);
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     loop {
+        let mut reports = Vec::new();
         for document in config_maps.state() {
             if document.labels().get(ROLE_LABEL).map(String::as_str) != Some(ROLE_DOCUMENT) {
                 continue;
@@ -168,13 +169,9 @@ async fn run_agents(client: Client, namespace: String) {
             };
             let selector = match workload.split_once('/') {
                 Some(("Deployment", name)) => deployments
-                    .state()
-                    .into_iter()
                     .find(|d| d.name_any() == name)
                     .and_then(|d| d.spec.as_ref().map(|s| s.selector.clone())),
                 Some(("StatefulSet", name)) => statefulsets
-                    .state()
-                    .into_iter()
                     .find(|s| s.name_any() == name)
                     .and_then(|s| s.spec.as_ref().map(|s| s.selector.clone())),
                 _ => None,
@@ -184,11 +181,7 @@ async fn run_agents(client: Client, namespace: String) {
                 continue;
             };
             let report_name = format!("{}{REPORT_SUFFIX}", document.name_any());
-            let Some(report) = config_maps
-                .state()
-                .into_iter()
-                .find(|c| c.name_any() == report_name)
-            else {
+            let Some(report) = config_maps.find(|c| c.name_any() == report_name) else {
                 continue;
             };
             let data = report.data.clone().unwrap_or_default();
@@ -201,15 +194,24 @@ async fn run_agents(client: Client, namespace: String) {
                 .map(|p| (p.name_any(), entry.clone().into()))
                 .collect();
             if !stale.is_empty() {
-                let patch = Patch::Merge(json!({"data": stale}));
-                if let Err(error) = api
-                    .patch(&report_name, &PatchParams::default(), &patch)
-                    .await
-                {
-                    eprintln!("fake agent: {report_name}: {error}");
-                }
+                reports.push((report_name, stale));
             }
         }
+        // Every agent acts on its own, so the reports go out concurrently.
+        stream::iter(reports)
+            .for_each_concurrent(64, |(report_name, stale)| {
+                let api = api.clone();
+                async move {
+                    let patch = Patch::Merge(json!({"data": stale}));
+                    if let Err(error) = api
+                        .patch(&report_name, &PatchParams::default(), &patch)
+                        .await
+                    {
+                        eprintln!("fake agent: {report_name}: {error}");
+                    }
+                }
+            })
+            .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

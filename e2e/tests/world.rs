@@ -241,6 +241,12 @@ impl Operator {
         panic!("operator not ready within 30s; log:\n{}", self.log());
     }
 
+    /// Its process id (the benchmark reads its CPU time and peak RSS from /proc).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("operator.log")).unwrap_or_default()
     }

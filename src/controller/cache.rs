@@ -3,11 +3,14 @@
 //! documents and agent reports. Every cached object is stripped of its managedFields,
 //! which would otherwise be most of the memory.
 
-use crate::{Error, Result};
+use crate::{Error, Result, api::mode_document};
 use futures::Stream;
-use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
-    core::v1::{ConfigMap, Pod},
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{ConfigMap, Container, Pod, PodSpec, PodTemplateSpec, Volume},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -55,7 +58,7 @@ impl Caches {
 /// be polled to fill it.
 pub fn watch<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, Changes<K>)
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource + Slim + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
@@ -64,8 +67,109 @@ where
         .modify(|object| {
             object.managed_fields_mut().clear();
             object.annotations_mut().remove(LAST_APPLIED);
+            object.slim();
         })
         .reflect(writer)
         .touched_objects();
     (store, Box::pin(changes))
+}
+
+/// Drops, before caching, every field planning never reads: at a thousand targets the
+/// caches are most of the operator's memory.
+pub trait Slim {
+    fn slim(&mut self);
+}
+
+/// Keeps only the annotations the operator reads (`mailops.dev/...`).
+fn keep_our_annotations(meta: &mut ObjectMeta) {
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|key, _| key.starts_with("mailops.dev/"));
+    }
+}
+
+/// Keeps of a pod template what the queue check and restart delivery read: our
+/// annotations, containers' names and volume mounts, volumes' names and kinds.
+fn slim_template(template: &mut PodTemplateSpec) {
+    if let Some(meta) = &mut template.metadata {
+        keep_our_annotations(meta);
+        meta.labels = None;
+    }
+    if let Some(pod) = &mut template.spec {
+        let containers = std::mem::take(&mut pod.containers);
+        let volumes = pod.volumes.take();
+        *pod = PodSpec {
+            containers: containers
+                .into_iter()
+                .map(|c| Container {
+                    name: c.name,
+                    volume_mounts: c.volume_mounts,
+                    ..Container::default()
+                })
+                .collect(),
+            volumes: volumes.map(|volumes| {
+                volumes
+                    .into_iter()
+                    .map(|v| Volume {
+                        name: v.name,
+                        empty_dir: v.empty_dir,
+                        persistent_volume_claim: v.persistent_volume_claim,
+                        ..Volume::default()
+                    })
+                    .collect()
+            }),
+            ..PodSpec::default()
+        };
+    }
+}
+
+impl Slim for Deployment {
+    fn slim(&mut self) {
+        keep_our_annotations(&mut self.metadata);
+        if let Some(spec) = &mut self.spec {
+            slim_template(&mut spec.template);
+            spec.strategy = None;
+        }
+        if let Some(status) = &mut self.status {
+            status.conditions = None;
+        }
+    }
+}
+
+impl Slim for StatefulSet {
+    fn slim(&mut self) {
+        keep_our_annotations(&mut self.metadata);
+        if let Some(spec) = &mut self.spec {
+            slim_template(&mut spec.template);
+            for claim in spec.volume_claim_templates.iter_mut().flatten() {
+                claim.spec = None;
+                claim.status = None;
+            }
+        }
+        if let Some(status) = &mut self.status {
+            status.conditions = None;
+        }
+    }
+}
+
+impl Slim for PartialObjectMeta<Pod> {
+    /// A pod matters only by name, labels and whether it is being deleted.
+    fn slim(&mut self) {
+        self.metadata.annotations = None;
+        self.metadata.owner_references = None;
+        self.metadata.finalizers = None;
+        self.metadata.generate_name = None;
+    }
+}
+
+impl Slim for ConfigMap {
+    /// A mode document's content is known by its hash annotation; reports keep their data.
+    fn slim(&mut self) {
+        let role = self
+            .labels()
+            .get(mode_document::ROLE_LABEL)
+            .map(String::as_str);
+        if role == Some(mode_document::ROLE_DOCUMENT) {
+            self.data = None;
+        }
+    }
 }

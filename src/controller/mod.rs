@@ -63,10 +63,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often a failed reconcile is retried.
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 
-/// Bursts of changes (a rollout's pod events, many agents reporting) are folded into one
-/// sync of their namespace.
-const DEBOUNCE: Duration = Duration::from_millis(100);
-
 /// Command-line settings of `mail-incident-operator run`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Settings {
@@ -158,9 +154,10 @@ pub async fn run(settings: Settings) -> Result<()> {
     let incidents: Api<MailIncident> = scoped(&client, namespace);
     let controller = Controller::new(incidents, watcher::Config::default().any_semantic())
         .with_config(
-            controller::Config::default()
-                .concurrency(settings.concurrency)
-                .debounce(DEBOUNCE),
+            // No debounce: it would delay every mode change; bursts of changes are folded
+            // anyway, since a queued reconcile is not queued twice and syncs of one
+            // namespace run one at a time.
+            controller::Config::default().concurrency(settings.concurrency),
         );
     let incident_store = controller.store();
     let (deployments, deployment_changes) =
@@ -347,7 +344,16 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
     });
 
     let written: Vec<TargetRef> = plan.writes.iter().map(write_target).cloned().collect();
+    let started = Instant::now();
     let outcomes = apply::apply_all(&context.client, namespace, plan.writes).await?;
+    if !written.is_empty() {
+        info!(
+            namespace,
+            writes = written.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "targets written"
+        );
+    }
     {
         let mut all = context.write_failures.lock().expect("lock poisoned");
         let failures = all.entry(namespace.to_string()).or_default();

@@ -12,6 +12,7 @@ use crate::{
     },
     plan::{Delivery, QueueStorage, Target, TargetRef, WorkloadKind},
 };
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
@@ -21,9 +22,9 @@ use k8s_openapi::{
 };
 use kube::{
     ResourceExt,
-    core::{Selector, SelectorExt},
+    core::{PartialObjectMeta, Selector, SelectorExt},
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The parts of a Deployment or StatefulSet that planning reads.
 struct Workload<'a> {
@@ -47,9 +48,17 @@ pub fn targets(caches: &Caches, namespace: &str) -> Vec<Target> {
         .into_iter()
         .map(|c| (c.name_any(), c))
         .collect();
-    let pods: Vec<_> = caches
+    let pods = caches
         .pods
         .state_filter(|p| in_ns(&p.metadata) && p.metadata.deletion_timestamp.is_none());
+    // Live pods by each of their labels, so that finding a workload's pods costs the size
+    // of one label's group, not a scan of the namespace per workload.
+    let mut pods_by_label: HashMap<(&str, &str), Vec<&PartialObjectMeta<Pod>>> = HashMap::new();
+    for pod in &pods {
+        for (key, value) in pod.labels() {
+            pods_by_label.entry((key, value)).or_default().push(pod);
+        }
+    }
 
     let workloads = deployments
         .iter()
@@ -58,11 +67,25 @@ pub fn targets(caches: &Caches, namespace: &str) -> Vec<Target> {
     let mut targets: Vec<Target> = workloads
         .map(|w| {
             let live_pods: Vec<String> = match w.selector.cloned().map(Selector::try_from) {
-                Some(Ok(selector)) if !selector.selects_all() => pods
-                    .iter()
-                    .filter(|p| selector.matches(p.labels()))
-                    .map(|p| p.name_any())
-                    .collect(),
+                Some(Ok(selector)) if !selector.selects_all() => {
+                    let candidates: Vec<&PartialObjectMeta<Pod>> = w
+                        .selector
+                        .and_then(|s| s.match_labels.as_ref()?.iter().next())
+                        .map_or_else(
+                            || pods.iter().map(AsRef::as_ref).collect(),
+                            |(k, v)| {
+                                pods_by_label
+                                    .get(&(k.as_str(), v.as_str()))
+                                    .cloned()
+                                    .unwrap_or_default()
+                            },
+                        );
+                    candidates
+                        .into_iter()
+                        .filter(|p| selector.matches(p.labels()))
+                        .map(|p| p.name_any())
+                        .collect()
+                }
                 // A workload always has a non-empty selector; an unreadable one selects nothing.
                 _ => vec![],
             };
