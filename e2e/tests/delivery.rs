@@ -126,7 +126,7 @@ async fn reload_delivers_each_mode_to_one_and_to_many_targets() {
 }
 
 #[tokio::test]
-async fn restart_delivers_env_vars_completes_the_rollout_and_restores() {
+async fn restart_delivers_each_mode_to_one_and_to_many_targets_then_restores() {
     let scene = Scene::start("restart").await;
     let Scene {
         world,
@@ -136,40 +136,54 @@ async fn restart_delivers_env_vars_completes_the_rollout_and_restores() {
         ..
     } = &scene;
     let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
+    Mta::deployment("solo", json!({"group": "solo"}))
+        .annotate("mailops.dev/delivery", "restart")
+        .create(client, &ns.name)
+        .await;
     for name in ["edge-a", "edge-b"] {
-        Mta::deployment(name, json!({"app": "mta"}))
+        Mta::deployment(name, json!({"group": "fleet"}))
             .annotate("mailops.dev/delivery", "restart")
             .replicas(2)
             .create(client, &ns.name)
             .await;
     }
-    Mta::statefulset("relay", json!({"app": "mta"}))
+    Mta::statefulset("relay", json!({"group": "fleet"}))
         .annotate("mailops.dev/delivery", "restart")
         .create(client, &ns.name)
         .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
 
-    apply_yaml(
-        world,
-        &ns.name,
-        &incident_yaml(
-            "outage",
-            "mode: TempFail\nreason: INC-2\ntargets: {matchLabels: {app: mta}}",
+    for (mode, extra, code) in [
+        ("AcceptAndQueue", "", "452"),
+        ("TempFail", "smtpReply: {code: 421}", "421"),
+        (
+            "HardReject",
+            "hardReject: {acknowledgeBounces: true}",
+            "550",
         ),
-    );
-    wait_for(incidents, "outage", "rolled out", |i| {
-        ready_because("Applied")(i) && summary(i) == Some("3/3")
-    })
-    .await;
-    let env = restart_env(&deployments, "edge-a").await;
-    assert!(
-        env.contains(&("MAIL_INCIDENT_MODE".into(), "TempFail".into())),
-        "{env:?}"
-    );
-    assert!(
-        env.contains(&("MAIL_INCIDENT_REPLY_CODE".into(), "452".into())),
-        "{env:?}"
-    );
+    ] {
+        for (incident, group, count) in [("one", "solo", "1/1"), ("many", "fleet", "3/3")] {
+            let spec = format!(
+                "mode: {mode}\nreason: INC-2 {mode}\ntargets: {{matchLabels: {{group: {group}}}}}\n{extra}"
+            );
+            apply_yaml(world, &ns.name, &incident_yaml(incident, &spec));
+            wait_for(incidents, incident, &format!("rolling out {mode}"), |i| {
+                ready_because("Applied")(i) && summary(i) == Some(count)
+            })
+            .await;
+        }
+        for name in ["solo", "edge-a", "edge-b"] {
+            let env = restart_env(&deployments, name).await;
+            assert!(
+                env.contains(&("MAIL_INCIDENT_MODE".into(), mode.into())),
+                "{name}: {env:?}"
+            );
+            assert!(
+                env.contains(&("MAIL_INCIDENT_REPLY_CODE".into(), code.into())),
+                "{name}: {env:?}"
+            );
+        }
+    }
     let deployment = deployments.get("edge-a").await.unwrap();
     let status = deployment.status.clone().unwrap();
     assert_eq!(
@@ -203,34 +217,14 @@ async fn restart_delivers_env_vars_completes_the_rollout_and_restores() {
         "{managers:?}"
     );
 
-    apply_yaml(
-        world,
-        &ns.name,
-        &incident_yaml(
-            "outage",
-            "mode: AcceptAndQueue\nreason: INC-2 queue instead\ntargets: {matchLabels: {app: mta}}",
-        ),
-    );
-    wait_for(incidents, "outage", "rolled out again", |i| {
-        ready_because("Applied")(i) && summary(i) == Some("3/3")
-    })
-    .await;
-    assert!(
-        restart_env(&deployments, "edge-b")
-            .await
-            .contains(&("MAIL_INCIDENT_MODE".into(), "AcceptAndQueue".into()))
-    );
-
-    apply_yaml(
-        world,
-        &ns.name,
-        &incident_yaml(
-            "outage",
-            "mode: AcceptAndQueue\nreason: INC-2 queue instead\ntargets: {matchLabels: {app: mta}}\nresolved: true",
-        ),
-    );
-    wait_for(incidents, "outage", "restored", ready_because("Resolved")).await;
-    for name in ["edge-a", "edge-b"] {
+    for (incident, group) in [("one", "solo"), ("many", "fleet")] {
+        let spec = format!(
+            "mode: HardReject\nreason: INC-2 over\ntargets: {{matchLabels: {{group: {group}}}}}\nhardReject: {{acknowledgeBounces: true}}\nresolved: true"
+        );
+        apply_yaml(world, &ns.name, &incident_yaml(incident, &spec));
+        wait_for(incidents, incident, "restored", ready_because("Resolved")).await;
+    }
+    for name in ["solo", "edge-a", "edge-b"] {
         assert_eq!(
             restart_env(&deployments, name).await,
             vec![],

@@ -27,6 +27,9 @@ use std::{fmt::Debug, pin::Pin};
 /// kubectl's copy of the whole last applied manifest: large, and never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// Objects per page of a watch's initial listing.
+const LIST_PAGE_SIZE: u32 = 100;
+
 /// A stream of changed objects that keeps a cache filled as it is polled.
 pub type Changes<K> = Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
 
@@ -62,7 +65,8 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    let changes = watcher(api, config.any_semantic())
+    // Small pages: a first listing of a thousand workloads is never in memory at once.
+    let changes = watcher(api, config.any_semantic().page_size(LIST_PAGE_SIZE))
         .default_backoff()
         .modify(|object| {
             object.managed_fields_mut().clear();

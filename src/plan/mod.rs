@@ -58,6 +58,8 @@ pub enum Write {
         /// the controller (say, their finalizers removed by hand), garbage collection
         /// removes the document and the agents restore normal service.
         owners: Vec<Owner>,
+        /// The document exists already (and only needs its content replaced).
+        exists: bool,
         /// Also create the report ConfigMap the target's agents write to.
         create_report: bool,
     },
@@ -285,6 +287,7 @@ fn deliver(target: &Target, document: ModeDocument, hash: &str, owners: Vec<Owne
                     target: target_ref.clone(),
                     document,
                     owners,
+                    exists: target.document_hash.is_some(),
                     create_report: !target.report_exists,
                 });
             }
