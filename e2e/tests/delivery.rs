@@ -5,8 +5,8 @@
 use crate::{
     fakes::{FakeAgents, FakeKubelet},
     support::{
-        Mta, Queue, apply_yaml, condition, eventually, eventually_within, incident_yaml,
-        mode_document, observed, status, summary, wait_for,
+        Mta, Queue, apply_incident, condition, eventually, eventually_within, mode_document,
+        observed, ready_because, status, summary, wait_for,
     },
     world::{Operator, Scene, TestNamespace, World},
 };
@@ -21,10 +21,6 @@ use mail_incident_operator::api::{
 };
 use serde_json::json;
 use std::time::Duration;
-
-fn ready_because(reason: &'static str) -> impl Fn(&MailIncident) -> bool {
-    move |i| observed(i) && condition(i, "Ready").is_some_and(|c| c.0 == "True" && c.1 == reason)
-}
 
 /// The env vars restart delivery set on a Deployment's MTA container.
 async fn restart_env(api: &Api<Deployment>, name: &str) -> Vec<(String, String)> {
@@ -92,7 +88,7 @@ async fn reload_delivers_each_mode_to_one_and_to_many_targets() {
             let spec = format!(
                 "mode: {mode}\nreason: INC-1 {mode}\ntargets: {{matchLabels: {{group: {group}}}}}\n{extra}"
             );
-            apply_yaml(world, &ns.name, &incident_yaml(incident, &spec));
+            apply_incident(world, &ns.name, incident, &spec);
             let done = wait_for(incidents, incident, &format!("applying {mode}"), |i| {
                 ready_because("Applied")(i) && summary(i) == Some(count)
             })
@@ -166,7 +162,7 @@ async fn restart_delivers_each_mode_to_one_and_to_many_targets_then_restores() {
             let spec = format!(
                 "mode: {mode}\nreason: INC-2 {mode}\ntargets: {{matchLabels: {{group: {group}}}}}\n{extra}"
             );
-            apply_yaml(world, &ns.name, &incident_yaml(incident, &spec));
+            apply_incident(world, &ns.name, incident, &spec);
             wait_for(incidents, incident, &format!("rolling out {mode}"), |i| {
                 ready_because("Applied")(i) && summary(i) == Some(count)
             })
@@ -221,7 +217,7 @@ async fn restart_delivers_each_mode_to_one_and_to_many_targets_then_restores() {
         let spec = format!(
             "mode: HardReject\nreason: INC-2 over\ntargets: {{matchLabels: {{group: {group}}}}}\nhardReject: {{acknowledgeBounces: true}}\nresolved: true"
         );
-        apply_yaml(world, &ns.name, &incident_yaml(incident, &spec));
+        apply_incident(world, &ns.name, incident, &spec);
         wait_for(incidents, incident, "restored", ready_because("Resolved")).await;
     }
     for name in ["solo", "edge-a", "edge-b"] {
@@ -256,13 +252,11 @@ async fn restart_is_refused_when_the_queue_is_on_an_empty_dir() {
         .metadata
         .generation;
 
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "outage",
-            "mode: TempFail\nreason: INC-3\ntargets: {matchLabels: {app: mta}}",
-        ),
+        "outage",
+        "mode: TempFail\nreason: INC-3\ntargets: {matchLabels: {app: mta}}",
     );
     let refused = wait_for(incidents, "outage", "refusing the restart", |i| {
         observed(i) && status(i).targets.as_ref().is_some_and(|t| t.failed == 1)
@@ -327,13 +321,11 @@ async fn restart_never_takes_fields_another_manager_owns() {
         .await
         .unwrap();
 
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "outage",
-            "mode: TempFail\nreason: INC-4\ntargets: {matchLabels: {app: mta}}",
-        ),
+        "outage",
+        "mode: TempFail\nreason: INC-4\ntargets: {matchLabels: {app: mta}}",
     );
     let refused = wait_for(incidents, "outage", "reporting the conflict", |i| {
         observed(i) && status(i).targets.as_ref().is_some_and(|t| t.failed == 1)
@@ -367,22 +359,18 @@ async fn the_most_severe_incident_wins_and_ending_it_hands_targets_back() {
             .create(client, &ns.name)
             .await;
     }
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "queue",
-            "mode: TempFail\nreason: INC-5 storage\ntargets: {matchLabels: {app: mta}}",
-        ),
+        "queue",
+        "mode: TempFail\nreason: INC-5 storage\ntargets: {matchLabels: {app: mta}}",
     );
     wait_for(incidents, "queue", "applied", ready_because("Applied")).await;
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "reject",
-            "mode: HardReject\nreason: INC-6 edge rebuild\ntargets: {matchLabels: {tier: edge}}\nhardReject: {acknowledgeBounces: true}",
-        ),
+        "reject",
+        "mode: HardReject\nreason: INC-6 edge rebuild\ntargets: {matchLabels: {tier: edge}}\nhardReject: {acknowledgeBounces: true}",
     );
     wait_for(incidents, "reject", "applied", |i| {
         ready_because("Applied")(i) && summary(i) == Some("2/2")
@@ -456,14 +444,12 @@ async fn delete_resolve_and_expiry_each_return_targets_to_normal() {
         } else {
             ""
         };
-        apply_yaml(
+        apply_incident(
             world,
             &ns.name,
-            &incident_yaml(
-                group,
-                &format!(
-                    "mode: TempFail\nreason: ending by {group}\ntargets: {{matchLabels: {{group: {group}}}}}{duration}"
-                ),
+            group,
+            &format!(
+                "mode: TempFail\nreason: ending by {group}\ntargets: {{matchLabels: {{group: {group}}}}}{duration}"
             ),
         );
     }
@@ -486,13 +472,11 @@ async fn delete_resolve_and_expiry_each_return_targets_to_normal() {
         .delete("deleted", &DeleteParams::default())
         .await
         .unwrap();
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "resolved",
-            "mode: TempFail\nreason: ending by resolved\ntargets: {matchLabels: {group: resolved}}\nresolved: true",
-        ),
+        "resolved",
+        "mode: TempFail\nreason: ending by resolved\ntargets: {matchLabels: {group: resolved}}\nresolved: true",
     );
     for group in ["deleted", "resolved", "expired"] {
         eventually(&format!("{group}: back to normal"), || async {
@@ -543,13 +527,11 @@ async fn hard_reject_without_acknowledgement_reaches_no_mta() {
     Mta::deployment("postfix", json!({"app": "mta"}))
         .create(client, &ns.name)
         .await;
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "reckless",
-            "mode: HardReject\nreason: INC-7\ntargets: {matchLabels: {app: mta}}",
-        ),
+        "reckless",
+        "mode: HardReject\nreason: INC-7\ntargets: {matchLabels: {app: mta}}",
     );
     let stalled = wait_for(incidents, "reckless", "stalled", |i| {
         observed(i) && condition(i, "Stalled").is_some_and(|c| c.0 == "True")
@@ -577,13 +559,11 @@ async fn an_operator_restarted_mid_transition_converges_without_leftovers() {
             .await;
     }
     let first = Operator::start(world, &ns.name).await;
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "outage",
-            "mode: TempFail\nreason: INC-8\ntargets: {matchLabels: {app: mta}}",
-        ),
+        "outage",
+        "mode: TempFail\nreason: INC-8\ntargets: {matchLabels: {app: mta}}",
     );
     eventually("the first documents", || async {
         mode_document(&client, &ns.name, "Deployment", "mta-00")
@@ -593,13 +573,11 @@ async fn an_operator_restarted_mid_transition_converges_without_leftovers() {
     .await;
     drop(first);
     // While no operator runs: the mode changes and two workloads leave the selector.
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "outage",
-            "mode: HardReject\nreason: INC-8 escalated\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}",
-        ),
+        "outage",
+        "mode: HardReject\nreason: INC-8 escalated\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}",
     );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     for name in ["mta-10", "mta-11"] {
@@ -646,13 +624,11 @@ async fn incidents_deleted_while_the_operator_is_gone_still_release_their_mtas()
         .create(&client, &ns.name)
         .await;
     let operator = Operator::start(world, &ns.name).await;
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "reject",
-            "mode: HardReject\nreason: INC-11\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}",
-        ),
+        "reject",
+        "mode: HardReject\nreason: INC-11\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}",
     );
     eventually("the HardReject document", || async {
         mode_document(&client, &ns.name, "Deployment", "postfix")

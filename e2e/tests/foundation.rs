@@ -3,7 +3,10 @@
 //! follows the workloads an incident selects.
 
 use crate::{
-    support::{Mta, apply_yaml, condition, incident_yaml, observed, status, summary, wait_for},
+    support::{
+        Mta, apply_incident, apply_yaml, condition, incident_yaml, observed, status, summary,
+        wait_for,
+    },
     world::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Scene, TestNamespace, World},
 };
 use futures::StreamExt;
@@ -340,13 +343,11 @@ async fn the_controller_stalls_cross_field_errors_naming_the_field_then_recovers
     }
 
     // Fixing the spec clears the stall.
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "no-ack",
-            &format!("mode: HardReject\n{base}\nhardReject: {{acknowledgeBounces: true}}"),
-        ),
+        "no-ack",
+        &format!("mode: HardReject\n{base}\nhardReject: {{acknowledgeBounces: true}}"),
     );
     let fixed = wait_for(api, "no-ack", "recovered", |i| {
         observed(i) && condition(i, "Stalled").is_some_and(|c| c.0 == "False")
@@ -376,13 +377,11 @@ async fn status_follows_workloads_as_they_come_go_and_change_labels() {
         ..
     } = &scene;
 
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "fleet",
-            "mode: AcceptAndQueue\nreason: INC-3 storage degraded\ntargets: {matchLabels: {app: mta}}",
-        ),
+        "fleet",
+        "mode: AcceptAndQueue\nreason: INC-3 storage degraded\ntargets: {matchLabels: {app: mta}}",
     );
     let none = wait_for(api, "fleet", "without targets", |i| {
         observed(i) && summary(i) == Some("0/0")
@@ -486,13 +485,11 @@ async fn first_status_is_unknown_and_no_status_ever_claims_an_applied_target() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "watched",
-            "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}",
-        ),
+        "watched",
+        "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}",
     );
     wait_for(api, "watched", "settled", |i| {
         observed(i) && summary(i) == Some("0/1")
@@ -535,13 +532,11 @@ async fn expiry_and_resolution_end_incidents_on_time() {
         .create(client, &ns.name)
         .await;
 
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "short",
-            "mode: TempFail\nreason: maintenance window\ntargets: {matchLabels: {app: mta}}\nduration: 5s",
-        ),
+        "short",
+        "mode: TempFail\nreason: maintenance window\ntargets: {matchLabels: {app: mta}}\nduration: 5s",
     );
     let active = wait_for(api, "short", "active", |i| {
         observed(i) && status(i).effective_mode == Some(EffectiveMode::TempFail)
@@ -576,25 +571,21 @@ async fn expiry_and_resolution_end_incidents_on_time() {
         transition.at.0
     );
 
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "manual",
-            "mode: AcceptAndQueue\nreason: INC-12\ntargets: {matchLabels: {app: mta}}",
-        ),
+        "manual",
+        "mode: AcceptAndQueue\nreason: INC-12\ntargets: {matchLabels: {app: mta}}",
     );
     wait_for(api, "manual", "active", |i| {
         observed(i) && status(i).effective_mode == Some(EffectiveMode::AcceptAndQueue)
     })
     .await;
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "manual",
-            "mode: AcceptAndQueue\nreason: INC-12\ntargets: {matchLabels: {app: mta}}\nresolved: true",
-        ),
+        "manual",
+        "mode: AcceptAndQueue\nreason: INC-12\ntargets: {matchLabels: {app: mta}}\nresolved: true",
     );
     let resolved = wait_for(api, "manual", "resolved and restored", |i| {
         observed(i)

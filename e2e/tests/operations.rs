@@ -3,7 +3,7 @@
 
 use crate::{
     fakes::{FakeAgents, FakeKubelet},
-    support::{apply_yaml, condition, eventually, incident_yaml, observed, summary, wait_for},
+    support::{apply_incident, eventually, observed, ready_because, summary, wait_for},
     world::{OPERATOR_NAMESPACE, Operator, Scene, TestNamespace, World, http_get, lease_name},
 };
 use k8s_openapi::api::coordination::v1::Lease;
@@ -35,18 +35,14 @@ async fn live_metrics_pass_promtool_and_describe_the_fleet() {
             .create(client, &ns.name)
             .await;
     }
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "outage",
-            "mode: TempFail\nreason: INC-10\ntargets: {matchLabels: {app: mta}}\nexpiresAt: '2030-01-01T00:00:00Z'",
-        ),
+        "outage",
+        "mode: TempFail\nreason: INC-10\ntargets: {matchLabels: {app: mta}}\nexpiresAt: '2030-01-01T00:00:00Z'",
     );
     wait_for(incidents, "outage", "applied", |i| {
-        observed(i)
-            && summary(i) == Some("3/3")
-            && condition(i, "Ready").is_some_and(|c| c.0 == "True")
+        ready_because("Applied")(i) && summary(i) == Some("3/3")
     })
     .await;
 
@@ -150,13 +146,11 @@ async fn two_replicas_share_one_lease_and_only_the_leader_writes() {
     Mta::deployment("postfix", json!({"app": "mta"}))
         .create(client, &ns.name)
         .await;
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "outage",
-            "mode: TempFail\nreason: INC-12\ntargets: {matchLabels: {app: mta}}",
-        ),
+        "outage",
+        "mode: TempFail\nreason: INC-12\ntargets: {matchLabels: {app: mta}}",
     );
     wait_for(incidents, "outage", "applied", |i| {
         observed(i) && summary(i) == Some("1/1")
@@ -192,18 +186,14 @@ async fn two_replicas_share_one_lease_and_only_the_leader_writes() {
     })
     .await;
     assert_eq!(successor, second.identity);
-    apply_yaml(
+    apply_incident(
         world,
         &ns.name,
-        &incident_yaml(
-            "outage",
-            "mode: AcceptAndQueue\nreason: INC-12 queue\ntargets: {matchLabels: {app: mta}}",
-        ),
+        "outage",
+        "mode: AcceptAndQueue\nreason: INC-12 queue\ntargets: {matchLabels: {app: mta}}",
     );
     wait_for(incidents, "outage", "applied by the new leader", |i| {
-        observed(i)
-            && summary(i) == Some("1/1")
-            && condition(i, "Ready").is_some_and(|c| c.0 == "True")
+        ready_because("Applied")(i) && summary(i) == Some("1/1")
     })
     .await;
     assert_eq!(

@@ -121,6 +121,16 @@ pub fn apply_yaml(world: &World, namespace: &str, yaml: &str) {
     );
 }
 
+/// `kubectl apply` of a MailIncident named `name` with the spec given as YAML.
+pub fn apply_incident(world: &World, namespace: &str, name: &str, spec: &str) {
+    apply_yaml(world, namespace, &incident_yaml(name, spec));
+}
+
+/// Whether the incident's current generation is Ready for `reason`.
+pub fn ready_because(reason: &'static str) -> impl Fn(&MailIncident) -> bool {
+    move |i| observed(i) && condition(i, "Ready").is_some_and(|c| c.0 == "True" && c.1 == reason)
+}
+
 pub fn incident_yaml(name: &str, spec: &str) -> String {
     let spec = spec.lines().map(|l| format!("  {l}\n")).collect::<String>();
     format!(
