@@ -10,6 +10,7 @@ packages=(
   golang-github-modern-go-reflect2-dev  # reflect2 1.0.2, replaces the vendored 1.0.1 (Go >= 1.18 crash)
   openssl                               # service-account key pair and serving certificate
   prometheus                            # promtool, to check the exported metrics
+  postfix                               # a real MTA the agent's rendering is proven on
   curl ca-certificates
 )
 

@@ -4,6 +4,7 @@
 //! Reading order: [`api`] (what a user writes), [`plan`] (what we decide, pure),
 //! [`controller`] (how we make it so).
 
+pub mod agent;
 pub mod api;
 pub mod controller;
 mod error;

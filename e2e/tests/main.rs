@@ -4,5 +4,6 @@ mod delivery;
 mod fakes;
 mod foundation;
 mod operations;
+mod postfix;
 mod support;
 mod world;

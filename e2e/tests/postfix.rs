@@ -1,0 +1,265 @@
+//! Real Postfix, from Debian's package, as a private instance on a loopback port: each
+//! mode the agent renders is answered on the wire exactly, and normal service restores
+//! the configuration exactly (`postconf -n` before and after).
+
+use mail_incident_operator::agent::postfix::{Baseline, Edits, render};
+use mail_incident_operator::api::{
+    Mode,
+    mode_document::{
+        DocumentIncident, DocumentQueue, DocumentReply, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION,
+        ModeDocument,
+    },
+};
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+/// Where private instances live; each must be listed in the default main.cf's
+/// `alternate_config_directories` before `postfix -c` accepts it.
+const INSTANCES: &str = "/tmp/mail-incident-operator-postfix";
+
+struct PostfixInstance {
+    conf: PathBuf,
+    port: u16,
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().unwrap_or_else(|e| {
+        panic!("cannot run {command:?}: {e}; e2e/install-deps.sh installs postfix")
+    });
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+impl PostfixInstance {
+    fn start(name: &str) -> Self {
+        let root = PathBuf::from(INSTANCES).join(name);
+        let _ = std::fs::remove_dir_all(&root);
+        let (conf, queue, data, log) = (
+            root.join("conf"),
+            root.join("queue"),
+            root.join("data"),
+            root.join("log"),
+        );
+        for dir in [&conf, &queue, &data, &log] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Postfix reports start-up errors to syslog until its own logger runs, so the
+        // log file must be allowed before anything else.
+        let main_cf = format!(
+            "compatibility_level = 3.6\nqueue_directory = {}\ndata_directory = {}\nmaillog_file_prefixes = /var, /dev/stdout, {INSTANCES}\nmaillog_file = {}/maillog\nmyhostname = mx.e2e.test\nmydestination = e2e.test\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmynetworks = 127.0.0.0/8\nalias_maps =\nalias_database =\nlocal_recipient_maps =\nsmtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination\nmaximal_queue_lifetime = 3d\n",
+            queue.display(),
+            data.display(),
+            log.display()
+        );
+        std::fs::write(conf.join("main.cf"), main_cf).unwrap();
+        let master = std::fs::read_to_string("/etc/postfix/master.cf").expect("Debian's master.cf");
+        let master: String = master
+            .lines()
+            .map(|line| {
+                if line.starts_with("smtp ") && line.ends_with("smtpd") {
+                    format!("127.0.0.1:{port} inet n - n - - smtpd")
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(conf.join("master.cf"), master + "\n").unwrap();
+        run(Command::new("chown").args(["-R", "postfix"]).arg(&data));
+        let listed = run(Command::new("postconf").args(["-h", "alternate_config_directories"]));
+        if !listed
+            .split([',', ' ', '\n'])
+            .any(|d| d == conf.to_str().unwrap())
+        {
+            let all = format!("{} {}", listed.trim(), conf.display());
+            run(Command::new("postconf")
+                .arg("-e")
+                .arg(format!("alternate_config_directories = {}", all.trim())));
+        }
+        let instance = Self { conf, port };
+        run(instance.postfix().arg("start"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Postfix did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        instance
+    }
+
+    fn postfix(&self) -> Command {
+        let mut command = Command::new("postfix");
+        command.arg("-c").arg(&self.conf);
+        command
+    }
+
+    fn postconf(&self) -> Command {
+        let mut command = Command::new("postconf");
+        command.arg("-c").arg(&self.conf);
+        command
+    }
+
+    /// Applies rendered edits the way the agent does: postconf, then a reload.
+    fn apply(&self, edits: &Edits) {
+        for (name, value) in edits {
+            match value {
+                Some(value) => run(self.postconf().arg("-e").arg(format!("{name} = {value}"))),
+                None => run(self.postconf().arg("-X").arg(name)),
+            };
+        }
+        run(self.postfix().arg("reload"));
+    }
+
+    /// The reply to RCPT TO in a fresh SMTP session.
+    fn rcpt_reply(&self) -> String {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        // A reply's last line has a space, not a dash, after the code.
+        let mut reply = || loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                break line.trim_end().to_string();
+            }
+        };
+        reply();
+        for command in ["EHLO client.e2e.test", "MAIL FROM:<sender@example.net>"] {
+            writeln!(writer, "{command}\r").unwrap();
+            assert!(reply().starts_with("250"));
+        }
+        writeln!(writer, "RCPT TO:<user@e2e.test>\r").unwrap();
+        let answer = reply();
+        writeln!(writer, "QUIT\r").ok();
+        answer
+    }
+}
+
+impl PostfixInstance {
+    /// The RCPT reply once it starts with `prefix`: a reload reaches new smtpd processes
+    /// only, so an idle old one may answer once more with the old configuration.
+    fn rcpt_reply_once(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = self.rcpt_reply();
+            if answer.starts_with(prefix) || Instant::now() > deadline {
+                return answer;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PostfixInstance {
+    fn drop(&mut self) {
+        let _ = self.postfix().arg("stop").output();
+    }
+}
+
+fn document(mode: Mode, code: u16, enhanced: &str, text: &str) -> ModeDocument {
+    ModeDocument {
+        api_version: MODE_DOCUMENT_VERSION.into(),
+        kind: MODE_DOCUMENT_KIND.into(),
+        mode,
+        reply: DocumentReply {
+            code,
+            enhanced_code: enhanced.into(),
+            text: text.into(),
+        },
+        queue: DocumentQueue {
+            lifetime: "30d".into(),
+            bounce_lifetime: "30d".into(),
+        },
+        mta: None,
+        incident: DocumentIncident {
+            name: "outage".into(),
+            uid: "u".into(),
+            reason: "r".into(),
+        },
+    }
+}
+
+#[test]
+fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
+    let postfix = PostfixInstance::start("render");
+    let before = run(postfix.postconf().arg("-n"));
+    let baseline = Baseline::from_postconf_n(&before);
+    assert!(
+        postfix.rcpt_reply().starts_with("250 2.1.5"),
+        "normal service accepts"
+    );
+
+    let temp_fail = document(
+        Mode::TempFail,
+        452,
+        "4.3.1",
+        "Mailbox storage temporarily unavailable, try again later",
+    );
+    postfix.apply(&render(Some(&temp_fail), &baseline, "lmtp"));
+    let answer = postfix.rcpt_reply_once("452");
+    assert!(answer.starts_with("452 4.3.1 "), "{answer}");
+    assert!(
+        answer.ends_with("Mailbox storage temporarily unavailable, try again later"),
+        "{answer}"
+    );
+
+    let hard_reject = document(
+        Mode::HardReject,
+        550,
+        "5.3.2",
+        "Mailbox storage unavailable, message not accepted",
+    );
+    postfix.apply(&render(Some(&hard_reject), &baseline, "lmtp"));
+    let answer = postfix.rcpt_reply_once("550");
+    assert!(
+        answer.starts_with("550 5.3.2 "),
+        "soft_bounce must not turn the 5xx into 4xx: {answer}"
+    );
+
+    let hold = document(
+        Mode::AcceptAndQueue,
+        452,
+        "4.3.1",
+        "Mailbox storage temporarily unavailable, try again later",
+    );
+    postfix.apply(&render(Some(&hold), &baseline, "lmtp"));
+    assert!(
+        postfix.rcpt_reply_once("250").starts_with("250 2.1.5"),
+        "AcceptAndQueue keeps accepting"
+    );
+    let held = run(postfix.postconf().args([
+        "-h",
+        "maximal_queue_lifetime",
+        "defer_transports",
+        "soft_bounce",
+    ]));
+    assert_eq!(held.lines().collect::<Vec<_>>(), ["30d", "lmtp", "yes"]);
+
+    postfix.apply(&render(None, &baseline, "lmtp"));
+    assert_eq!(
+        run(postfix.postconf().arg("-n")),
+        before,
+        "normal service must restore main.cf exactly"
+    );
+    assert!(postfix.rcpt_reply_once("250").starts_with("250 2.1.5"));
+}
