@@ -27,6 +27,9 @@ pub enum Error {
 
     #[error("lost the leader Lease; another replica may be writing")]
     LeadershipLost,
+
+    #[error("agent: {0}")]
+    Agent(String),
 }
 
 impl Error {
@@ -40,6 +43,7 @@ impl Error {
             Self::CacheNeverReady(_) => "cache",
             Self::Finalizer(_) => "finalizer",
             Self::LeadershipLost => "leadership",
+            Self::Agent(_) => "agent",
         }
     }
 }

@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use mail_incident_operator::{api, controller, telemetry};
+use mail_incident_operator::{agent, api, controller, telemetry};
 use std::process::ExitCode;
 
 /// Switches a fleet of MTAs among mail incident modes from one MailIncident resource.
@@ -14,21 +14,33 @@ struct Cli {
 enum Command {
     /// Run the controller.
     Run(controller::Settings),
+    /// Run the MTA sidecar: apply the workload's mode document to Postfix.
+    Agent(agent::Settings),
     /// Print the MailIncident CustomResourceDefinition as YAML.
     Crd,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Crd => print!("{}", api::crd_yaml()),
+    let result = match Cli::parse().command {
+        Command::Crd => {
+            print!("{}", api::crd_yaml());
+            Ok(())
+        }
         Command::Run(settings) => {
             telemetry::init(settings.log_format);
-            if let Err(error) = controller::run(settings).await {
-                tracing::error!(category = error.category(), "{error}");
-                return ExitCode::FAILURE;
-            }
+            controller::run(settings).await
+        }
+        Command::Agent(settings) => {
+            telemetry::init(settings.log_format);
+            agent::run(settings).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(category = error.category(), "{error}");
+            ExitCode::FAILURE
         }
     }
-    ExitCode::SUCCESS
 }

@@ -2,6 +2,13 @@
 //! mode the agent renders is answered on the wire exactly, and normal service restores
 //! the configuration exactly (`postconf -n` before and after).
 
+use crate::{
+    fakes::FakeKubelet,
+    support::{apply_incident, eventually, ready_because, summary, wait_for},
+    world::{Scene, World, service_account_kubeconfig},
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, ResourceExt, api::ListParams};
 use mail_incident_operator::agent::postfix::{Baseline, Edits, render};
 use mail_incident_operator::api::{
     Mode,
@@ -262,4 +269,159 @@ fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
         "normal service must restore main.cf exactly"
     );
     assert!(postfix.rcpt_reply_once("250").starts_with("250 2.1.5"));
+}
+
+/// The agent binary, running as the example's agent ServiceAccount next to a Postfix
+/// instance, for one pod. Killed when dropped; its log is printed if the test failed.
+struct AgentProcess {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    async fn start(world: &World, namespace: &str, pod: &str, postfix: &PostfixInstance) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("agent.kubeconfig");
+        let config = service_account_kubeconfig(world, namespace, "postfix-inbound-agent").await;
+        std::fs::write(&kubeconfig, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mail-incident-operator"))
+            .args([
+                "agent",
+                "--workload",
+                "Deployment/postfix-inbound",
+                "--namespace",
+                namespace,
+                "--pod",
+                pod,
+            ])
+            .arg("--postfix-config")
+            .arg(&postfix.conf)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("NO_COLOR", "1")
+            .stderr(log)
+            .spawn()
+            .expect("the agent starts");
+        Self { child, dir }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
+            eprintln!("--- agent log\n{log}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_mail_incident_switches_a_real_postfix_through_the_agent() {
+    let scene = Scene::start("agent").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents,
+        ..
+    } = &scene;
+    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
+    world.kubectl_ok(&[
+        "apply",
+        "-n",
+        &ns.name,
+        "-f",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/postfix-with-agent.yaml"
+        ),
+    ]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod = eventually("the MTA pod", || async {
+        let listed = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=postfix-inbound"))
+            .await
+            .ok()?;
+        listed.items.first().map(|p| p.name_any())
+    })
+    .await;
+
+    // The agent's token may read its document and patch its report, nothing else.
+    let agent = format!("system:serviceaccount:{}:postfix-inbound-agent", ns.name);
+    let can = |verb: &str, what: &str| {
+        let output = world.kubectl(
+            &["auth", "can-i", verb, what, "-n", &ns.name, "--as", &agent],
+            None,
+        );
+        String::from_utf8_lossy(&output.stdout).trim() == "yes"
+    };
+    assert!(can(
+        "watch",
+        "configmaps/mail-mode-deployment-postfix-inbound"
+    ));
+    assert!(can(
+        "patch",
+        "configmaps/mail-mode-deployment-postfix-inbound-report"
+    ));
+    assert!(
+        !can("patch", "configmaps/mail-mode-deployment-postfix-inbound"),
+        "an MTA pod must not change its own mode"
+    );
+    assert!(!can("get", "configmaps/mail-mode-deployment-other"));
+    assert!(!can("patch", "pods"));
+
+    let postfix = PostfixInstance::start(&format!("agent-{}", ns.name));
+    let before = run(postfix.postconf().arg("-n"));
+    let _agent = AgentProcess::start(world, &ns.name, &pod, &postfix).await;
+    let targets = "targets: {matchLabels: {app.kubernetes.io/component: mta}}";
+
+    for (mode, extra, expected) in [
+        ("TempFail", "", "452 4.3.1 "),
+        (
+            "HardReject",
+            "hardReject: {acknowledgeBounces: true}",
+            "550 5.3.2 ",
+        ),
+    ] {
+        let started = Instant::now();
+        apply_incident(
+            world,
+            &ns.name,
+            "outage",
+            &format!("mode: {mode}\nreason: INC-20\n{targets}\n{extra}"),
+        );
+        let answer = postfix.rcpt_reply_once(&expected[..3]);
+        let elapsed = started.elapsed();
+        assert!(answer.starts_with(expected), "{mode}: {answer}");
+        eprintln!(
+            "{mode}: kubectl apply to the new SMTP answer in {:.2} s",
+            elapsed.as_secs_f64()
+        );
+        wait_for(incidents, "outage", "acknowledged by the agent", |i| {
+            ready_because("Applied")(i) && summary(i) == Some("1/1")
+        })
+        .await;
+    }
+
+    apply_incident(
+        world,
+        &ns.name,
+        "outage",
+        &format!(
+            "mode: HardReject\nreason: INC-20\n{targets}\nhardReject: {{acknowledgeBounces: true}}\nresolved: true"
+        ),
+    );
+    wait_for(incidents, "outage", "restored", ready_because("Resolved")).await;
+    assert!(postfix.rcpt_reply_once("250").starts_with("250 2.1.5"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run(postfix.postconf().arg("-n")) != before {
+        assert!(
+            Instant::now() < deadline,
+            "main.cf not back to its baseline"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

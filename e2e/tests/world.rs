@@ -193,8 +193,8 @@ impl Operator {
     pub async fn start(world: &World, namespace: &str) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let kubeconfig = dir.path().join("operator.kubeconfig");
-        std::fs::write(&kubeconfig, service_account_kubeconfig(world).await)
-            .expect("kubeconfig written");
+        let config = service_account_kubeconfig(world, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+        std::fs::write(&kubeconfig, config).expect("kubeconfig written");
         let port = free_port();
         let identity = format!("operator-{port}");
         let log = std::fs::File::create(dir.path().join("operator.log")).expect("log file");
@@ -267,11 +267,12 @@ pub fn lease_name(namespace: &str) -> String {
     format!("mail-incident-operator-{namespace}")
 }
 
-/// A kubeconfig for the operator's ServiceAccount: the admin's cluster entry with a fresh
-/// token from the TokenRequest API, so the RBAC in `deploy/` is what the tests exercise.
-async fn service_account_kubeconfig(world: &World) -> String {
+/// A kubeconfig for a ServiceAccount: the admin's cluster entry with a fresh token from
+/// the TokenRequest API, so the RBAC shipped (the operator's in `deploy/`, the agent's in
+/// `examples/`) is what the tests exercise.
+pub async fn service_account_kubeconfig(world: &World, namespace: &str, account: &str) -> String {
     let admin = world.admin().await;
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin, OPERATOR_NAMESPACE);
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin, namespace);
     let request: TokenRequest = serde_json::from_value(serde_json::json!({
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenRequest",
@@ -279,9 +280,9 @@ async fn service_account_kubeconfig(world: &World) -> String {
     }))
     .expect("token request");
     let token = accounts
-        .create_token_request(OPERATOR_ACCOUNT, &PostParams::default(), &request)
+        .create_token_request(account, &PostParams::default(), &request)
         .await
-        .expect("token for the operator's ServiceAccount")
+        .expect("a token for the ServiceAccount")
         .status
         .expect("token request has a status")
         .token;

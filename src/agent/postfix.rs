@@ -11,7 +11,8 @@
 //! server turns its own 5xx replies into 4xx.
 
 use crate::api::{Mode, mode_document::ModeDocument};
-use std::collections::BTreeMap;
+use serde::{Deserialize, Serialize};
+use std::{collections::BTreeMap, path::Path, process::Command};
 
 /// The parameters the agent manages; nothing else in `main.cf` is touched.
 pub const MANAGED: [&str; 5] = [
@@ -24,7 +25,7 @@ pub const MANAGED: [&str; 5] = [
 
 /// The managed parameters as `postconf -n` showed them before any incident: a value if
 /// `main.cf` sets it, `None` if Postfix's default applies.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Baseline(BTreeMap<String, Option<String>>);
 
 impl Baseline {
@@ -102,6 +103,63 @@ pub fn render(
         ),
         ("smtpd_recipient_restrictions", restrictions),
     ])
+}
+
+/// A Postfix instance, driven through its own commands.
+pub struct Postfix<'a> {
+    pub config_dir: &'a Path,
+}
+
+impl Postfix<'_> {
+    /// `postconf -n`: the parameters main.cf sets.
+    pub fn explicit_parameters(&self) -> std::io::Result<String> {
+        run(Command::new("postconf")
+            .arg("-c")
+            .arg(self.config_dir)
+            .arg("-n"))
+    }
+
+    /// Applies `edits` to main.cf and reloads: running smtpd processes finish their
+    /// sessions, new ones answer in the new mode; nothing restarts, no mail is lost.
+    pub fn apply(&self, edits: &Edits) -> std::io::Result<()> {
+        let set: Vec<String> = edits
+            .iter()
+            .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name} = {v}")))
+            .collect();
+        let unset: Vec<&str> = edits
+            .iter()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| *name)
+            .collect();
+        let postconf = || {
+            let mut command = Command::new("postconf");
+            command.arg("-c").arg(self.config_dir);
+            command
+        };
+        if !set.is_empty() {
+            run(postconf().arg("-e").args(&set))?;
+        }
+        if !unset.is_empty() {
+            run(postconf().arg("-X").args(&unset))?;
+        }
+        run(Command::new("postfix")
+            .arg("-c")
+            .arg(self.config_dir)
+            .arg("reload"))?;
+        Ok(())
+    }
+}
+
+/// Runs a command; its standard output, or an error carrying its standard error.
+fn run(command: &mut Command) -> std::io::Result<String> {
+    let output = command.output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Whether a Postfix list (comma or whitespace separated) holds `item`.
