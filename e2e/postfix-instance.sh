@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# A private Postfix instance from Debian's package, on a loopback port, with its own
+# configuration, queue and log under /tmp/mail-incident-operator-postfix/NAME.
+#
+#   e2e/postfix-instance.sh start NAME PORT   start it; prints its configuration directory
+#   e2e/postfix-instance.sh stop NAME         stop it
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/lib.sh"
+
+base=/tmp/mail-incident-operator-postfix
+name="${2:?usage: $0 start|stop NAME [PORT]}"
+root="$base/$name"
+conf="$root/conf"
+
+start() {
+  local port="${1:?a port is needed}"
+  command -v postfix >/dev/null || die "postfix not found: apt-get install postfix (e2e/install-deps.sh does)"
+  rm -rf "$root" && mkdir -p "$conf" "$root/queue" "$root/data" "$root/log"
+  # Until its own logger runs, Postfix reports fatal errors to syslog only (absent here):
+  # the log file and its prefix come first.
+  cat >"$conf/main.cf" <<MAIN
+compatibility_level = 3.6
+queue_directory = $root/queue
+data_directory = $root/data
+maillog_file_prefixes = /var, /dev/stdout, $base
+maillog_file = $root/log/maillog
+myhostname = mx.e2e.test
+mydestination = e2e.test
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+local_recipient_maps =
+smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+maximal_queue_lifetime = 3d
+MAIN
+  sed "s/^smtp \+inet .* smtpd$/127.0.0.1:$port inet n - n - - smtpd/" /etc/postfix/master.cf >"$conf/master.cf"
+  chown -R postfix "$root/data"
+  # postfix -c accepts only directories the default main.cf lists.
+  local listed
+  listed=$(postconf -h alternate_config_directories)
+  case " ${listed//,/ } " in
+    *" $conf "*) ;;
+    *) postconf -e "alternate_config_directories = ${listed:+$listed }$conf" ;;
+  esac
+  postfix -c "$conf" start >/dev/null 2>&1 || { cat "$root/log/maillog" >&2; die "postfix did not start"; }
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { echo "$conf"; return; }
+    sleep 0.1
+  done
+  die "postfix is not listening on 127.0.0.1:$port"
+}
+
+case "${1:-}" in
+  start) start "${3:-}" ;;
+  stop) [ -d "$conf" ] && postfix -c "$conf" stop >/dev/null 2>&1 || true ;;
+  *) die "usage: $0 start NAME PORT | stop NAME" ;;
+esac
