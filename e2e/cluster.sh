@@ -131,7 +131,10 @@ KUBECONFIG
 }
 
 down() {
-  for name in operator kube-controller-manager kube-apiserver etcd; do
+  if [ -f "$state/postfix-instance" ]; then
+    "$here/postfix-instance.sh" stop "$(cat "$state/postfix-instance")"
+  fi
+  for name in agent operator kube-controller-manager kube-apiserver etcd; do
     local pidfile="$state/$name.pid"
     [ -f "$pidfile" ] || continue
     local pid

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: a local control plane, deploy/ installed, the operator running as its
-# ServiceAccount, a sample MTA fleet and a TempFail incident, then what kubectl shows.
-# The control plane and the operator keep running afterwards; `make cluster-down` stops both.
+# ServiceAccount, a sample MTA fleet plus a real Postfix with its agent, a TempFail
+# incident, then what kubectl shows and what Postfix now answers.
+# Everything keeps running afterwards; `make cluster-down` stops it all.
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 repo="$(cd "$here/.." && pwd)"
@@ -36,13 +37,56 @@ for _ in $(seq 100); do
 done
 curl -fs http://127.0.0.1:18080/readyz >/dev/null || { cat "$state/operator.log" >&2; die "operator not ready"; }
 
-log "applying examples/mta-fleet.yaml and examples/tempfail-incident.yaml in namespace mail"
+log "applying examples/mta-fleet.yaml and examples/postfix-with-agent.yaml in namespace mail"
 k create namespace mail --dry-run=client -o yaml | k apply -f - >/dev/null
-k -n mail apply -f "$repo/examples/mta-fleet.yaml"
+k -n mail apply -f "$repo/examples/mta-fleet.yaml" -f "$repo/examples/postfix-with-agent.yaml"
+
+# No kubelet runs here: the Postfix pod stays Pending, and its MTA and agent run as local
+# processes instead, the agent with the example's ServiceAccount and the pod's name.
+smtp_port=42525
+log "starting a real Postfix on 127.0.0.1:$smtp_port and its agent"
+"$here/postfix-instance.sh" stop demo
+postfix_conf=$("$here/postfix-instance.sh" start demo "$smtp_port")
+echo demo >"$state/postfix-instance"
+pod=""
+for _ in $(seq 100); do
+  pod=$(k -n mail get pods -l app.kubernetes.io/instance=postfix-inbound -o jsonpath='{.items[0].metadata.name}' 2>/dev/null) && [ -n "$pod" ] && break
+  sleep 0.2
+done
+[ -n "$pod" ] || die "kube-controller-manager created no pod for postfix-inbound"
+agent_token=$(echo '{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":86400}}' \
+  | k create --raw /api/v1/namespaces/mail/serviceaccounts/postfix-inbound-agent/token -f - \
+  | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
+sed "s/^    token: .*/    token: $agent_token/" "$kubeconfig" >"$state/agent.kubeconfig"
+if [ -f "$state/agent.pid" ]; then kill "$(cat "$state/agent.pid")" 2>/dev/null || true; fi
+KUBECONFIG="$state/agent.kubeconfig" NO_COLOR=1 "$repo/target/debug/mail-incident-operator" agent \
+  --workload Deployment/postfix-inbound --namespace mail --pod "$pod" --postfix-config "$postfix_conf" \
+  >"$state/agent.log" 2>&1 &
+echo $! >"$state/agent.pid"
+
+# The RCPT answer of one SMTP session.
+rcpt_answer() {
+  exec 3<>"/dev/tcp/127.0.0.1/$smtp_port"
+  printf 'EHLO demo.example\r\nMAIL FROM:<sender@example.net>\r\nRCPT TO:<user@e2e.test>\r\nQUIT\r\n' >&3
+  timeout 3 cat <&3 | tr -d '\r' | grep -E '^(250 2\.1\.5|[45][0-9][0-9] [45]\.)' | head -n 1
+  exec 3<&-
+}
+echo
+echo "Before the incident, Postfix answers RCPT with: $(rcpt_answer)"
+
+log "applying examples/tempfail-incident.yaml"
+started=$(date +%s%N)
 k -n mail apply --validate=false -f "$repo/examples/tempfail-incident.yaml"
+answer=""
+for _ in $(seq 100); do
+  answer=$(rcpt_answer)
+  case "$answer" in 452*) break ;; esac
+  sleep 0.1
+done
+elapsed_ms=$((($(date +%s%N) - started) / 1000000))
+echo "After the incident, Postfix answers RCPT with: $answer  (${elapsed_ms} ms after kubectl apply)"
 for _ in $(seq 50); do
-  [ "$(k -n mail get mailinc storage-outage -o jsonpath='{.status.targets.summary}')" = "0/3" ] \
-    && [ "$(k -n mail get configmaps -l mailops.dev/role=mode-document -o name | wc -l)" = 3 ] && break
+  [ "$(k -n mail get mailinc storage-outage -o jsonpath='{.status.targets.summary}')" = "1/4" ] && break
   sleep 0.2
 done
 
@@ -60,11 +104,13 @@ echo "\$ kubectl get configmap mail-mode-deployment-postfix-inbound-a -n mail -o
 k -n mail get configmap mail-mode-deployment-postfix-inbound-a -o jsonpath='{.data.mode\.json}'
 echo
 echo
-echo "No agent runs in this demo, so no MTA acknowledges the mode: Applied stays 0/3."
+echo "Only postfix-inbound runs an agent here, so Applied shows 1/4: the other three"
+echo "workloads of examples/mta-fleet.yaml have no MTA to acknowledge their mode."
 cat <<DONE
 The control plane and the operator keep running. Try it:
   export KUBECONFIG=$kubeconfig PATH=$(dirname "$E2E_KUBECTL"):\$PATH
   kubectl -n mail patch mailinc storage-outage --type merge -p '{"spec":{"resolved":true}}'
   kubectl -n mail get mailinc
-Operator log: $state/operator.log. Stop everything: make cluster-down
+  swaks --server 127.0.0.1:$smtp_port --to user@e2e.test     # talk to Postfix by hand
+Logs: $state/operator.log, $state/agent.log. Stop everything: make cluster-down
 DONE

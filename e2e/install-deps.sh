@@ -11,6 +11,7 @@ packages=(
   openssl                               # service-account key pair and serving certificate
   prometheus                            # promtool, to check the exported metrics
   postfix                               # a real MTA the agent's rendering is proven on
+  swaks                                 # to talk SMTP to it by hand after `make demo`
   curl ca-certificates
 )
 

@@ -25,11 +25,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Where private instances live; each must be listed in the default main.cf's
-/// `alternate_config_directories` before `postfix -c` accepts it.
-const INSTANCES: &str = "/tmp/mail-incident-operator-postfix";
-
 struct PostfixInstance {
+    name: String,
     conf: PathBuf,
     port: u16,
 }
@@ -47,68 +44,27 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+fn instance_script() -> Command {
+    Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/e2e/postfix-instance.sh"
+    ))
+}
+
 impl PostfixInstance {
+    /// Starts a private instance (see e2e/postfix-instance.sh) on a free loopback port.
     fn start(name: &str) -> Self {
-        let root = PathBuf::from(INSTANCES).join(name);
-        let _ = std::fs::remove_dir_all(&root);
-        let (conf, queue, data, log) = (
-            root.join("conf"),
-            root.join("queue"),
-            root.join("data"),
-            root.join("log"),
-        );
-        for dir in [&conf, &queue, &data, &log] {
-            std::fs::create_dir_all(dir).unwrap();
-        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        // Postfix reports start-up errors to syslog until its own logger runs, so the
-        // log file must be allowed before anything else.
-        let main_cf = format!(
-            "compatibility_level = 3.6\nqueue_directory = {}\ndata_directory = {}\nmaillog_file_prefixes = /var, /dev/stdout, {INSTANCES}\nmaillog_file = {}/maillog\nmyhostname = mx.e2e.test\nmydestination = e2e.test\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmynetworks = 127.0.0.0/8\nalias_maps =\nalias_database =\nlocal_recipient_maps =\nsmtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination\nmaximal_queue_lifetime = 3d\n",
-            queue.display(),
-            data.display(),
-            log.display()
-        );
-        std::fs::write(conf.join("main.cf"), main_cf).unwrap();
-        let master = std::fs::read_to_string("/etc/postfix/master.cf").expect("Debian's master.cf");
-        let master: String = master
-            .lines()
-            .map(|line| {
-                if line.starts_with("smtp ") && line.ends_with("smtpd") {
-                    format!("127.0.0.1:{port} inet n - n - - smtpd")
-                } else {
-                    line.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(conf.join("master.cf"), master + "\n").unwrap();
-        run(Command::new("chown").args(["-R", "postfix"]).arg(&data));
-        let listed = run(Command::new("postconf").args(["-h", "alternate_config_directories"]));
-        if !listed
-            .split([',', ' ', '\n'])
-            .any(|d| d == conf.to_str().unwrap())
-        {
-            let all = format!("{} {}", listed.trim(), conf.display());
-            run(Command::new("postconf")
-                .arg("-e")
-                .arg(format!("alternate_config_directories = {}", all.trim())));
+        let conf = run(instance_script().args(["start", name, &port.to_string()]));
+        Self {
+            name: name.into(),
+            conf: PathBuf::from(conf.trim()),
+            port,
         }
-        let instance = Self { conf, port };
-        run(instance.postfix().arg("start"));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "Postfix did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        instance
     }
 
     fn postfix(&self) -> Command {
@@ -179,7 +135,7 @@ impl PostfixInstance {
 
 impl Drop for PostfixInstance {
     fn drop(&mut self) {
-        let _ = self.postfix().arg("stop").output();
+        let _ = instance_script().args(["stop", &self.name]).output();
     }
 }
 
