@@ -1,8 +1,9 @@
-//! The operator's HTTP endpoints: `/metrics`, `/healthz` (the process serves) and
-//! `/readyz` (its caches are filled and it reconciles).
+//! The HTTP endpoints of the controller and of the agent: `/metrics`, `/healthz` (the
+//! process serves) and `/readyz` (it does its job).
 
-use crate::{Error, Result, metrics::Metrics};
+use crate::{Error, Result};
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use prometheus::Registry;
 use std::{
     net::SocketAddr,
     sync::{
@@ -27,14 +28,14 @@ impl Readiness {
 
 #[derive(Clone)]
 struct Endpoints {
-    metrics: Metrics,
+    registry: Registry,
     readiness: Readiness,
 }
 
 /// Binds `address` now (so a port clash fails start-up) and serves until `shutdown`.
 pub async fn serve(
     address: SocketAddr,
-    metrics: Metrics,
+    registry: Registry,
     readiness: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<()>> {
@@ -45,7 +46,10 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(Endpoints { metrics, readiness });
+        .with_state(Endpoints {
+            registry,
+            readiness,
+        });
     Ok(tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -60,13 +64,15 @@ async fn readyz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
     if endpoints.readiness.is_ready() {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not yet filled")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
 }
 
 async fn metrics_text(State(endpoints): State<Endpoints>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
-        endpoints.metrics.render(),
+        prometheus::TextEncoder::new()
+            .encode_to_string(&endpoints.registry.gather())
+            .expect("metrics encode as text"),
     )
 }

@@ -139,11 +139,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The registry in the Prometheus text format.
-    pub fn render(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .expect("metrics encode as text")
+    /// The registry every metric above is in.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
     }
 
     /// Records the status just decided for an incident.
@@ -197,5 +195,113 @@ impl Metrics {
                 .with_label_values(&[format!("{mode:?}").as_str()])
                 .set(count as i64);
         }
+    }
+}
+
+/// The agent's metrics.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    registry: Registry,
+    /// 1 for the mode the MTA runs now (`Normal` outside incidents), 0 for the others.
+    pub mode: IntGaugeVec,
+    /// Messages in the MTA's queue, by queue.
+    pub queue_messages: IntGaugeVec,
+    /// Age of the oldest queued message.
+    pub oldest_message_age: IntGauge,
+    /// Modes applied to the MTA (a reconfiguration and reload each).
+    pub applies: prometheus::IntCounter,
+    /// Failed attempts to apply a mode or to report it.
+    pub errors: IntCounterVec,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics register once");
+        Self {
+            mode: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mail_incident_agent_mode",
+                        "1 for the mode the MTA runs now.",
+                    ),
+                    &["mode"],
+                )
+                .expect("valid metric"),
+            ),
+            queue_messages: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mail_incident_agent_queue_messages",
+                        "Messages in the MTA's queue, by queue.",
+                    ),
+                    &["queue"],
+                )
+                .expect("valid metric"),
+            ),
+            oldest_message_age: register(
+                &registry,
+                IntGauge::new(
+                    "mail_incident_agent_oldest_message_age_seconds",
+                    "Age of the oldest message in the MTA's queue.",
+                )
+                .expect("valid metric"),
+            ),
+            applies: register(
+                &registry,
+                prometheus::IntCounter::new(
+                    "mail_incident_agent_applies_total",
+                    "Modes applied to the MTA.",
+                )
+                .expect("valid metric"),
+            ),
+            errors: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "mail_incident_agent_errors_total",
+                        "Failed applies and reports, by what failed.",
+                    ),
+                    &["action"],
+                )
+                .expect("valid metric"),
+            ),
+            registry,
+        }
+    }
+}
+
+impl AgentMetrics {
+    /// The registry every agent metric is in.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    /// Records the mode now applied (`None`: normal service).
+    pub fn set_mode(&self, mode: Option<crate::api::Mode>) {
+        let current = mode.map_or_else(|| "Normal".to_string(), |m| format!("{m:?}"));
+        for name in ["Normal", "AcceptAndQueue", "TempFail", "HardReject"] {
+            self.mode
+                .with_label_values(&[name])
+                .set(i64::from(name == current));
+        }
+    }
+
+    /// Records a queue measurement.
+    pub fn set_queue(&self, figures: &crate::api::mode_document::QueueFigures) {
+        self.queue_messages.reset();
+        for (queue, count) in &figures.by_queue {
+            self.queue_messages
+                .with_label_values(&[queue.as_str()])
+                .set(*count as i64);
+        }
+        self.oldest_message_age
+            .set(figures.oldest_age_seconds as i64);
     }
 }

@@ -17,6 +17,33 @@ use std::{
 
 use crate::support::Mta;
 
+/// Fails unless `promtool check metrics` finds nothing to say about `body`.
+pub fn promtool_check(body: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (apt-get install prometheus; e2e/install-deps.sh does)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        checked.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics: {complaints}"
+    );
+}
+
 #[tokio::test]
 async fn live_metrics_pass_promtool_and_describe_the_fleet() {
     let scene = Scene::start("metrics").await;
@@ -50,29 +77,7 @@ async fn live_metrics_pass_promtool_and_describe_the_fleet() {
         .await
         .expect("/metrics answers");
     assert_eq!(code, 200);
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool runs (apt-get install prometheus; e2e/install-deps.sh does)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    assert!(
-        checked.status.success() && complaints.trim().is_empty(),
-        "promtool check metrics: {complaints}"
-    );
+    promtool_check(&body);
 
     let ns_label = format!("namespace=\"{}\"", ns.name);
     let sample = |name: &str, labels: &[&str]| -> Option<f64> {

@@ -4,12 +4,14 @@
 
 use crate::{
     fakes::FakeKubelet,
+    operations::promtool_check,
     support::{apply_incident, eventually, ready_because, summary, wait_for},
-    world::{Scene, World, service_account_kubeconfig},
+    world::{Scene, World, http_get, service_account_kubeconfig},
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::{Api, ResourceExt, api::ListParams};
 use mail_incident_operator::agent::postfix::{Baseline, Edits, render};
+use mail_incident_operator::api::mode_document::AgentReport;
 use mail_incident_operator::api::{
     Mode,
     mode_document::{
@@ -232,6 +234,7 @@ fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
 struct AgentProcess {
     child: std::process::Child,
     dir: tempfile::TempDir,
+    http: String,
 }
 
 impl AgentProcess {
@@ -241,6 +244,11 @@ impl AgentProcess {
         let config = service_account_kubeconfig(world, namespace, "postfix-inbound-agent").await;
         std::fs::write(&kubeconfig, config).unwrap();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(env!("CARGO_BIN_EXE_mail-incident-operator"))
             .args([
                 "agent",
@@ -253,12 +261,22 @@ impl AgentProcess {
             ])
             .arg("--postfix-config")
             .arg(&postfix.conf)
+            .args([
+                "--report-seconds",
+                "1",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .env("KUBECONFIG", &kubeconfig)
             .env("NO_COLOR", "1")
             .stderr(log)
             .spawn()
             .expect("the agent starts");
-        Self { child, dir }
+        Self {
+            child,
+            dir,
+            http: format!("http://127.0.0.1:{port}"),
+        }
     }
 }
 
@@ -331,7 +349,7 @@ async fn a_mail_incident_switches_a_real_postfix_through_the_agent() {
 
     let postfix = PostfixInstance::start(&format!("agent-{}", ns.name));
     let before = run(postfix.postconf().arg("-n"));
-    let _agent = AgentProcess::start(world, &ns.name, &pod, &postfix).await;
+    let agent = AgentProcess::start(world, &ns.name, &pod, &postfix).await;
     let targets = "targets: {matchLabels: {app.kubernetes.io/component: mta}}";
 
     for (mode, extra, expected) in [
@@ -361,6 +379,31 @@ async fn a_mail_incident_switches_a_real_postfix_through_the_agent() {
         })
         .await;
     }
+
+    // The agent reports its queue with the hash, and its metrics pass promtool.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let report = config_maps
+        .get("mail-mode-deployment-postfix-inbound-report")
+        .await
+        .unwrap();
+    let entry: AgentReport = serde_json::from_str(&report.data.unwrap()[&pod]).unwrap();
+    assert_eq!(
+        entry.queue.map(|q| q.messages),
+        Some(0),
+        "an empty queue, measured"
+    );
+    let (_, metrics) = http_get(&format!("{}/metrics", agent.http))
+        .await
+        .expect("agent /metrics");
+    assert!(
+        metrics.contains("mail_incident_agent_mode{mode=\"HardReject\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mail_incident_agent_oldest_message_age_seconds 0"),
+        "{metrics}"
+    );
+    promtool_check(&metrics);
 
     apply_incident(
         world,

@@ -11,17 +11,20 @@ use crate::{
     api::mode_document::{
         AgentReport, MODE_DOCUMENT_KEY, ModeDocument, REPORT_SUFFIX, document_name,
     },
+    http::{self, Readiness},
+    metrics::AgentMetrics,
     telemetry::LogFormat,
 };
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff;
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
     runtime::watcher::{self, Event, watcher},
 };
 use postfix::{Baseline, Postfix};
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use tracing::{info, warn};
 
 /// The baseline is kept next to main.cf: an agent restarted during an incident must not
@@ -54,12 +57,20 @@ pub struct Settings {
     #[arg(long, env = "MAILBOX_TRANSPORT", default_value = "lmtp")]
     pub mailbox_transport: String,
 
+    /// How often the queue figures are measured and reported while a mode is applied.
+    #[arg(long, default_value_t = 30)]
+    pub report_seconds: u64,
+
+    /// Address of the agent's /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "AGENT_LISTEN_ADDRESS", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+
     /// Log line format.
     #[arg(long, value_enum, env = "LOG_FORMAT", default_value_t)]
     pub log_format: LogFormat,
 }
 
-/// Runs the agent until the watch ends.
+/// Runs the agent until the watch ends or SIGTERM.
 pub async fn run(settings: Settings) -> Result<()> {
     let client = Client::try_default().await.map_err(Error::Connect)?;
     let (kind, workload) = settings.workload.split_once('/').ok_or_else(|| {
@@ -69,25 +80,56 @@ pub async fn run(settings: Settings) -> Result<()> {
         ))
     })?;
     let document = document_name(kind, workload);
-    let report = format!("{document}{REPORT_SUFFIX}");
     let postfix = Postfix {
         config_dir: &settings.postfix_config,
     };
     let baseline = load_baseline(&postfix, &settings.postfix_config)?;
+    let metrics = AgentMetrics::default();
+    let readiness = Readiness::default();
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = http::serve(
+        settings.listen,
+        metrics.registry(),
+        readiness.clone(),
+        async {
+            http_stopped.await.ok();
+        },
+    )
+    .await?;
     info!(%document, pod = %settings.pod, "agent started");
 
-    let config_maps: Api<ConfigMap> = Api::namespaced(client, &settings.namespace);
+    let agent = Agent {
+        config_maps: Api::namespaced(client, &settings.namespace),
+        report: format!("{document}{REPORT_SUFFIX}"),
+        pod: &settings.pod,
+        postfix,
+        metrics,
+    };
     let events = watcher(
-        config_maps.clone(),
+        agent.config_maps.clone(),
         watcher::Config::default().fields(&format!("metadata.name={document}")),
     );
     futures::pin_mut!(events);
+    let mut ticks = tokio::time::interval(Duration::from_secs(settings.report_seconds.max(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = crate::shutdown::signal();
+    futures::pin_mut!(stop);
     let mut listed: Option<ConfigMap> = None;
     // What was last applied: None until the first apply, which always happens, so that
     // an agent restarted after its document went away still restores the baseline.
     let mut applied: Option<Option<String>> = None;
     loop {
-        let current = match events.try_next().await {
+        let event = tokio::select! {
+            event = events.try_next() => event,
+            _ = ticks.tick() => {
+                if let Some(Some(hash)) = &applied {
+                    agent.report(hash).await;
+                }
+                continue;
+            }
+            _ = &mut stop => break,
+        };
+        let current = match event {
             Ok(Some(Event::Init)) => {
                 listed = None;
                 continue;
@@ -99,7 +141,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             Ok(Some(Event::InitDone)) => listed.take(),
             Ok(Some(Event::Apply(object))) => Some(object),
             Ok(Some(Event::Delete(_))) => None,
-            Ok(None) => return Ok(()),
+            Ok(None) => break,
             Err(error) => {
                 warn!(%error, "watch failed; retrying");
                 tokio::time::sleep(RETRY_AFTER).await;
@@ -112,14 +154,70 @@ pub async fn run(settings: Settings) -> Result<()> {
             continue;
         }
         let edits = postfix::render(wanted.as_ref(), &baseline, &settings.mailbox_transport);
-        if let Err(error) = postfix.apply(&edits) {
+        if let Err(error) = agent.postfix.apply(&edits) {
+            agent.metrics.errors.with_label_values(&["apply"]).inc();
             warn!(%error, "cannot apply the mode; keeping the previous one");
             continue;
         }
+        agent.metrics.applies.inc();
+        agent.metrics.set_mode(wanted.as_ref().map(|d| d.mode));
+        readiness.set_ready();
         info!(mode = ?wanted.as_ref().map(|d| d.mode), hash = hash.as_deref().unwrap_or("normal"), "applied");
-        applied = Some(hash.clone());
-        if let Some(hash) = hash {
-            report_applied(&config_maps, &report, &settings.pod, &hash).await;
+        if let Some(hash) = &hash {
+            agent.report(hash).await;
+        }
+        applied = Some(hash);
+    }
+    stop_http.send(()).ok();
+    http.await.ok();
+    Ok(())
+}
+
+/// What the agent's loop acts on.
+struct Agent<'a> {
+    config_maps: Api<ConfigMap>,
+    report: String,
+    pod: &'a str,
+    postfix: Postfix<'a>,
+    metrics: AgentMetrics,
+}
+
+impl Agent<'_> {
+    /// Writes this pod's entry in the report: the applied hash and the queue as measured
+    /// now. Retries until the API server takes it (the controller creates the report
+    /// right after the document).
+    async fn report(&self, hash: &str) {
+        let queue = match self.postfix.queue_listing() {
+            Ok(listing) => {
+                let figures = postfix::queue_figures(&listing, jiff::Timestamp::now().as_second());
+                self.metrics.set_queue(&figures);
+                Some(figures)
+            }
+            Err(error) => {
+                self.metrics.errors.with_label_values(&["queue"]).inc();
+                warn!(%error, "cannot read the queue");
+                None
+            }
+        };
+        let entry = AgentReport {
+            hash: hash.into(),
+            queue,
+        };
+        let entry = serde_json::to_string(&entry).expect("a report serializes");
+        let patch = Patch::Merge(serde_json::json!({"data": {self.pod: entry}}));
+        loop {
+            match self
+                .config_maps
+                .patch(&self.report, &PatchParams::default(), &patch)
+                .await
+            {
+                Ok(_) => return,
+                Err(error) => {
+                    self.metrics.errors.with_label_values(&["report"]).inc();
+                    warn!(%error, report = %self.report, "cannot report; retrying");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+            }
         }
     }
 }
@@ -149,24 +247,4 @@ fn load_baseline(postfix: &Postfix<'_>, dir: &std::path::Path) -> Result<Baselin
     let text = serde_json::to_string_pretty(&baseline).expect("a baseline serializes");
     std::fs::write(&path, text).map_err(|e| Error::Agent(format!("{}: {e}", path.display())))?;
     Ok(baseline)
-}
-
-/// Writes this pod's entry in the report, retrying until the API server takes it (the
-/// controller creates the report right after the document).
-async fn report_applied(config_maps: &Api<ConfigMap>, report: &str, pod: &str, hash: &str) {
-    let entry =
-        serde_json::to_string(&AgentReport { hash: hash.into() }).expect("a report serializes");
-    let patch = Patch::Merge(serde_json::json!({"data": {pod: entry}}));
-    loop {
-        match config_maps
-            .patch(report, &PatchParams::default(), &patch)
-            .await
-        {
-            Ok(_) => return,
-            Err(error) => {
-                warn!(%error, report, "cannot report the applied mode; retrying");
-                tokio::time::sleep(RETRY_AFTER).await;
-            }
-        }
-    }
 }

@@ -10,7 +10,10 @@
 //! restrictions. HardReject sets `soft_bounce = no`, because with `yes` the Postfix SMTP
 //! server turns its own 5xx replies into 4xx.
 
-use crate::api::{Mode, mode_document::ModeDocument};
+use crate::api::{
+    Mode,
+    mode_document::{ModeDocument, QueueFigures},
+};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, path::Path, process::Command};
 
@@ -105,6 +108,28 @@ pub fn render(
     ])
 }
 
+/// Queue figures from `postqueue -j` output: one JSON object per queued message, with
+/// `queue_name` and `arrival_time` (seconds since the epoch). Unreadable lines (the
+/// queue changes while it is listed) are skipped.
+pub fn queue_figures(listing: &str, now: i64) -> QueueFigures {
+    #[derive(Deserialize)]
+    struct Message {
+        queue_name: String,
+        arrival_time: i64,
+    }
+    let mut figures = QueueFigures::default();
+    for message in listing
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Message>(l).ok())
+    {
+        figures.messages += 1;
+        *figures.by_queue.entry(message.queue_name).or_default() += 1;
+        let age = u64::try_from(now - message.arrival_time).unwrap_or(0);
+        figures.oldest_age_seconds = figures.oldest_age_seconds.max(age);
+    }
+    figures
+}
+
 /// A Postfix instance, driven through its own commands.
 pub struct Postfix<'a> {
     pub config_dir: &'a Path,
@@ -117,6 +142,15 @@ impl Postfix<'_> {
             .arg("-c")
             .arg(self.config_dir)
             .arg("-n"))
+    }
+
+    /// `postqueue -j`: the queue, one JSON object per message. It reads the queue files
+    /// itself when the showq service is down, so it also works on a stopped MTA.
+    pub fn queue_listing(&self) -> std::io::Result<String> {
+        run(Command::new("postqueue")
+            .arg("-c")
+            .arg(self.config_dir)
+            .arg("-j"))
     }
 
     /// Applies `edits` to main.cf and reloads: running smtpd processes finish their
@@ -286,6 +320,21 @@ mydestination = example.org
                 "check_recipient_access static:{550 5.3.2 Mailbox storage temporarily unavailable, try again later}"
             )
         );
+    }
+
+    #[test]
+    fn queue_figures_count_by_queue_and_find_the_oldest_message() {
+        let listing = r#"{"queue_name": "deferred", "queue_id": "A1", "arrival_time": 1000, "message_size": 512}
+{"queue_name": "deferred", "queue_id": "A2", "arrival_time": 4000, "message_size": 512}
+{"queue_name": "active", "queue_id": "A3", "arrival_time": 4500, "message_size": 512}
+not json: the queue changed while it was listed
+"#;
+        let figures = queue_figures(listing, 5000);
+        assert_eq!(figures.messages, 3);
+        assert_eq!(figures.by_queue.get("deferred"), Some(&2));
+        assert_eq!(figures.by_queue.get("active"), Some(&1));
+        assert_eq!(figures.oldest_age_seconds, 4000);
+        assert_eq!(queue_figures("", 5000), QueueFigures::default());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use super::{Mode, MtaKind, validation::Reply};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// `apiVersion` of the document; bump it on any incompatible change.
 pub const MODE_DOCUMENT_VERSION: &str = "mailops.dev/v1alpha1";
@@ -61,6 +62,21 @@ pub const REPORT_SUFFIX: &str = "-report";
 pub struct AgentReport {
     /// Hash of the mode document the agent has applied.
     pub hash: String,
+    /// The MTA's queue as last measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueFigures>,
+}
+
+/// An MTA's queue: what escalation limits are checked against.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueFigures {
+    /// Messages in the queue, all queues together.
+    pub messages: u64,
+    /// Messages by queue (Postfix: incoming, active, deferred, hold).
+    pub by_queue: BTreeMap<String, u64>,
+    /// Age of the oldest message, in seconds (0 when the queue is empty).
+    pub oldest_age_seconds: u64,
 }
 
 /// What one workload's MTAs must do now. Absent document = normal service.

@@ -17,6 +17,7 @@ use crate::{
     http::{self, Readiness},
     metrics::Metrics,
     plan::{self, TargetRef},
+    shutdown,
     telemetry::LogFormat,
 };
 use cache::Caches;
@@ -121,14 +122,19 @@ pub async fn run(settings: Settings) -> Result<()> {
     let metrics = Metrics::default();
     let readiness = Readiness::default();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = http::serve(settings.listen, metrics.clone(), readiness.clone(), async {
-        http_stopped.await.ok();
-    })
+    let http = http::serve(
+        settings.listen,
+        metrics.registry(),
+        readiness.clone(),
+        async {
+            http_stopped.await.ok();
+        },
+    )
     .await?;
     let namespace = settings.namespace.as_deref();
     let identity = settings.instance.clone().unwrap_or_else(default_identity);
     info!(listen = %settings.listen, namespace = namespace.unwrap_or("(all)"), %identity, "starting");
-    let stop = shutdown_signal().shared();
+    let stop = shutdown::signal().shared();
 
     // Stand by until this replica holds the Lease; only the leader watches and writes.
     let lease_duration = Duration::from_secs(settings.lease_seconds.max(3));
@@ -509,15 +515,5 @@ fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text.to_string(),
-    }
-}
-
-/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received; shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("interrupt received; shutting down"),
     }
 }
