@@ -31,6 +31,8 @@ pub struct Metrics {
     pub reconcile_duration: HistogramVec,
     /// Mode transitions of incidents, by from and to.
     pub transitions: IntCounterVec,
+    /// Targets switched from AcceptAndQueue to TempFail by an escalation limit.
+    pub escalations: IntCounterVec,
     /// Time from an incident generation's first sight to every target applying it.
     pub apply_duration: Histogram,
     /// 1 while this replica holds the leader Lease.
@@ -97,6 +99,11 @@ impl Default for Metrics {
                 "mail_incident_transitions_total",
                 "Mode transitions of incidents, by previous and new effective mode.",
                 &["from", "to"],
+            ),
+            escalations: counter(
+                "mail_incident_escalations_total",
+                "Targets switched from AcceptAndQueue to TempFail because their queue passed spec.escalation.",
+                &["namespace", "incident"],
             ),
             apply_duration: register(
                 &registry,

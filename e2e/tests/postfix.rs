@@ -92,6 +92,41 @@ impl PostfixInstance {
         run(self.postfix().arg("reload"));
     }
 
+    /// Sends one message to user@e2e.test; the reply to the end of DATA.
+    fn send(&self, subject: &str) -> String {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        let mut reply = || loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                break line.trim_end().to_string();
+            }
+        };
+        reply();
+        for command in [
+            "EHLO client.e2e.test",
+            "MAIL FROM:<sender@example.net>",
+            "RCPT TO:<user@e2e.test>",
+            "DATA",
+        ] {
+            writeln!(writer, "{command}\r").unwrap();
+            reply();
+        }
+        write!(
+            writer,
+            "Subject: {subject}\r\n\r\nHeld while storage is down.\r\n.\r\n"
+        )
+        .unwrap();
+        let answer = reply();
+        writeln!(writer, "QUIT\r").ok();
+        answer
+    }
+
     /// The reply to RCPT TO in a fresh SMTP session.
     fn rcpt_reply(&self) -> String {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
@@ -238,7 +273,13 @@ struct AgentProcess {
 }
 
 impl AgentProcess {
-    async fn start(world: &World, namespace: &str, pod: &str, postfix: &PostfixInstance) -> Self {
+    async fn start(
+        world: &World,
+        namespace: &str,
+        pod: &str,
+        postfix: &PostfixInstance,
+        mailbox_transport: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("agent.kubeconfig");
         let config = service_account_kubeconfig(world, namespace, "postfix-inbound-agent").await;
@@ -267,6 +308,7 @@ impl AgentProcess {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(["--mailbox-transport", mailbox_transport])
             .env("KUBECONFIG", &kubeconfig)
             .env("NO_COLOR", "1")
             .stderr(log)
@@ -349,7 +391,7 @@ async fn a_mail_incident_switches_a_real_postfix_through_the_agent() {
 
     let postfix = PostfixInstance::start(&format!("agent-{}", ns.name));
     let before = run(postfix.postconf().arg("-n"));
-    let agent = AgentProcess::start(world, &ns.name, &pod, &postfix).await;
+    let agent = AgentProcess::start(world, &ns.name, &pod, &postfix, "lmtp").await;
     let targets = "targets: {matchLabels: {app.kubernetes.io/component: mta}}";
 
     for (mode, extra, expected) in [
@@ -423,4 +465,99 @@ async fn a_mail_incident_switches_a_real_postfix_through_the_agent() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[tokio::test]
+async fn a_queue_past_its_limit_turns_accept_and_queue_into_temp_fail_by_itself() {
+    let scene = Scene::start("escalate").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents,
+        ..
+    } = &scene;
+    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
+    world.kubectl_ok(&[
+        "apply",
+        "-n",
+        &ns.name,
+        "-f",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/postfix-with-agent.yaml"
+        ),
+    ]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod = eventually("the MTA pod", || async {
+        let listed = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=postfix-inbound"))
+            .await
+            .ok()?;
+        listed.items.first().map(|p| p.name_any())
+    })
+    .await;
+    let postfix = PostfixInstance::start(&format!("escalate-{}", ns.name));
+    // This instance delivers to its mailboxes with the `local` transport: that is what
+    // the incident holds.
+    let _agent = AgentProcess::start(world, &ns.name, &pod, &postfix, "local").await;
+
+    apply_incident(
+        world,
+        &ns.name,
+        "hold",
+        "mode: AcceptAndQueue\nreason: INC-30 storage down\ntargets: {matchLabels: {app.kubernetes.io/component: mta}}\nescalation: {maxQueuedMessages: 2}",
+    );
+    wait_for(incidents, "hold", "holding mail", |i| {
+        ready_because("Applied")(i) && summary(i) == Some("1/1")
+    })
+    .await;
+    for n in 1..=3 {
+        let answer = postfix.send(&format!("message {n}"));
+        assert!(
+            answer.starts_with("250 2.0.0 Ok: queued"),
+            "message {n}: {answer}"
+        );
+    }
+
+    // The agent reports 3 queued messages; past the limit of 2 the controller switches
+    // the target to TempFail, and Postfix refuses new mail with the incident's 4xx.
+    let answer = postfix.rcpt_reply_once("452");
+    assert!(answer.starts_with("452 4.3.1 "), "{answer}");
+    let escalated = wait_for(incidents, "hold", "escalated", |i| {
+        i.status
+            .as_ref()
+            .is_some_and(|s| !s.escalated_targets.is_empty())
+    })
+    .await;
+    let status = escalated.status.unwrap();
+    assert_eq!(
+        status.escalated_targets[0].target,
+        "Deployment/postfix-inbound"
+    );
+    assert!(
+        status.escalated_targets[0]
+            .reason
+            .contains("3 messages, over the limit of 2"),
+        "{:?}",
+        status.escalated_targets
+    );
+    assert_eq!(
+        format!("{:?}", status.effective_mode.unwrap()),
+        "AcceptAndQueue"
+    );
+    let described = world.kubectl_ok(&["describe", "mailinc", "hold", "-n", &ns.name]);
+    assert!(
+        described.contains("Escalated") && described.contains("AcceptAndQueue to TempFail"),
+        "{described}"
+    );
+    let held = run(Command::new("postqueue")
+        .arg("-c")
+        .arg(&postfix.conf)
+        .arg("-j"));
+    assert_eq!(
+        held.lines().count(),
+        3,
+        "the queued mail is still held, none bounced:\n{held}"
+    );
 }

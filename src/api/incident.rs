@@ -80,6 +80,8 @@ macro_rules! time_span_seconds {
 #[x_kube(validation = Rule::new(
     "!has(self.smtpReply) || !has(self.smtpReply.enhancedCode) || self.smtpReply.enhancedCode.startsWith(self.mode == 'HardReject' ? '5.' : '4.')"
 ).message("spec.smtpReply.enhancedCode must start with the class of the mode: 4. for TempFail and AcceptAndQueue, 5. for HardReject").field_path(".smtpReply.enhancedCode"))]
+#[x_kube(validation = Rule::new("!has(self.escalation) || self.mode == 'AcceptAndQueue'")
+    .message("spec.escalation applies to mode AcceptAndQueue only").field_path(".escalation"))]
 #[x_kube(validation = Rule::new("!(has(self.expiresAt) && has(self.duration))")
     .message("spec.expiresAt and spec.duration are alternatives: set at most one").field_path(".duration"))]
 #[serde(rename_all = "camelCase")]
@@ -109,6 +111,12 @@ pub struct MailIncidentSpec {
     /// `550 5.3.2 Mailbox storage unavailable, message not accepted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_reply: Option<SmtpReply>,
+
+    /// Queue limits for AcceptAndQueue: a target whose MTAs report more queued messages,
+    /// or an older message, is switched to TempFail by the controller (never to
+    /// HardReject), before its queue is full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
 
     /// Safety catch for HardReject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,6 +249,24 @@ impl Default for QueueLifetimes {
     }
 }
 
+/// Queue limits past which AcceptAndQueue turns into TempFail, per target.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.maxQueuedMessages) || has(self.maxOldestMessageAge)")
+    .message("spec.escalation needs maxQueuedMessages or maxOldestMessageAge"))]
+#[serde(rename_all = "camelCase")]
+pub struct Escalation {
+    /// Messages queued on any one MTA of a target (all queues together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_queued_messages: Option<u64>,
+
+    /// Age of the oldest message queued on any one MTA of a target (number and unit s,
+    /// m, h, d, w).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = TIME_SPAN_PATTERN))]
+    pub max_oldest_message_age: Option<String>,
+}
+
 /// An SMTP reply: basic code, RFC 3463 enhanced code and text.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -300,6 +326,11 @@ pub struct MailIncidentStatus {
     /// Targets the mode cannot reach, with the reason (at most 20 listed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_targets: Vec<TargetProblem>,
+
+    /// AcceptAndQueue targets switched to TempFail because their queue passed
+    /// spec.escalation, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalated_targets: Vec<TargetProblem>,
 
     /// Targets that follow another incident instead of this one, by incident.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -98,6 +98,16 @@ const CROSS_FIELD_CASES: &[(&str, &str, &str)] = &[
         "spec.duration",
     ),
     (
+        "escalation outside AcceptAndQueue",
+        "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}\nescalation: {maxQueuedMessages: 10}",
+        "spec.escalation",
+    ),
+    (
+        "escalation without a limit",
+        "mode: AcceptAndQueue\nreason: r\ntargets: {matchLabels: {app: mta}}\nescalation: {}",
+        "spec.escalation",
+    ),
+    (
         "an empty selector",
         "mode: TempFail\nreason: r\ntargets: {mta: Postfix}",
         "spec.targets",

@@ -4,7 +4,7 @@
 //! the controller works with, so no later step can act on an unchecked field.
 
 use super::{
-    incident::{LabelOperator, LabelRequirement, MailIncidentSpec, Mode, Targets},
+    incident::{Escalation, LabelOperator, LabelRequirement, MailIncidentSpec, Mode, Targets},
     time_span::TimeSpan,
 };
 use k8s_openapi::jiff::Timestamp;
@@ -76,6 +76,15 @@ pub struct ValidIncident {
     /// When the incident ends by itself, if it does.
     pub expires_at: Option<Timestamp>,
     pub resolved: bool,
+    /// Queue limits turning AcceptAndQueue targets into TempFail.
+    pub escalation: Option<EscalationLimits>,
+}
+
+/// spec.escalation, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EscalationLimits {
+    pub max_queued_messages: Option<u64>,
+    pub max_oldest_message_age: Option<TimeSpan>,
 }
 
 /// Checks a spec; `created` is the object's creation time, the start of `spec.duration`.
@@ -122,6 +131,10 @@ pub fn validate(
     );
 
     let reply = reply_of(spec, &mut fail);
+    let escalation = spec
+        .escalation
+        .as_ref()
+        .and_then(|e| escalation_of(spec.mode, e, &mut fail));
 
     let expires_at = match (&spec.expires_at, &spec.duration) {
         (Some(_), Some(_)) => {
@@ -152,6 +165,7 @@ pub fn validate(
                 selector,
                 expires_at,
                 resolved: spec.resolved,
+                escalation,
             })
         }
         _ => Err(errors),
@@ -177,6 +191,50 @@ fn lifetime(
             None
         }
     }
+}
+
+fn escalation_of(
+    mode: Mode,
+    escalation: &Escalation,
+    fail: &mut impl FnMut(&'static str, String),
+) -> Option<EscalationLimits> {
+    if mode != Mode::AcceptAndQueue {
+        fail(
+            "spec.escalation",
+            "applies to mode AcceptAndQueue only".into(),
+        );
+        return None;
+    }
+    if escalation.max_queued_messages.is_none() && escalation.max_oldest_message_age.is_none() {
+        fail(
+            "spec.escalation",
+            "needs maxQueuedMessages or maxOldestMessageAge".into(),
+        );
+        return None;
+    }
+    if escalation.max_queued_messages == Some(0) {
+        fail(
+            "spec.escalation.maxQueuedMessages",
+            "must be at least 1".into(),
+        );
+        return None;
+    }
+    let max_oldest_message_age = match escalation
+        .max_oldest_message_age
+        .as_deref()
+        .map(str::parse::<TimeSpan>)
+    {
+        Some(Err(e)) => {
+            fail("spec.escalation.maxOldestMessageAge", e.to_string());
+            return None;
+        }
+        Some(Ok(span)) => Some(span),
+        None => None,
+    };
+    Some(EscalationLimits {
+        max_queued_messages: escalation.max_queued_messages,
+        max_oldest_message_age,
+    })
 }
 
 fn reply_of(spec: &MailIncidentSpec, fail: &mut impl FnMut(&'static str, String)) -> Reply {

@@ -424,6 +424,12 @@ fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision)
         return;
     }
     metrics.observe_incident(&key.0, &key.1, &decision.status);
+    if decision.escalations > 0 {
+        metrics
+            .escalations
+            .with_label_values(&[key.0.as_str(), key.1.as_str()])
+            .inc_by(decision.escalations.into());
+    }
 
     // Time from a generation's first sight to every target applying it.
     let generation = incident.metadata.generation.unwrap_or_default();

@@ -160,12 +160,11 @@ fn target(
         "{}{REPORT_SUFFIX}",
         document_name(w.kind.as_str(), &name)
     ));
-    let reported = |pod: &str| -> Option<String> {
+    let reported = |pod: &str| -> Option<AgentReport> {
         let text = report?.data.as_ref()?.get(pod)?;
-        serde_json::from_str::<AgentReport>(text)
-            .ok()
-            .map(|r| r.hash)
+        serde_json::from_str::<AgentReport>(text).ok()
     };
+    let reports: Vec<Option<AgentReport>> = live_pods.iter().map(|p| reported(p)).collect();
     let template_annotations = w
         .template
         .and_then(|t| t.metadata.as_ref())
@@ -183,7 +182,15 @@ fn target(
         template_hash,
         source_incident,
         report_exists: report.is_some(),
-        pod_reports: live_pods.iter().map(|p| reported(p)).collect(),
+        pod_reports: reports
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.hash.clone()))
+            .collect(),
+        queues: reports
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.queue)
+            .collect(),
         replicas: w.replicas,
         rollout_complete: w.rollout_complete,
         mta_container: mta_container(w, annotation(MTA_CONTAINER_ANNOTATION)),

@@ -89,6 +89,8 @@ pub struct Decision {
     pub events: Vec<Note>,
     /// The mode transition this decision records, if any.
     pub transition: Option<Transition>,
+    /// Targets this decision newly switches from AcceptAndQueue to TempFail.
+    pub escalations: u32,
 }
 
 /// An event to record on an incident.
@@ -142,6 +144,7 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
             outcomes.push(TargetOutcome {
                 winner: None,
                 uptake: None,
+                escalated: None,
             });
             continue;
         };
@@ -149,7 +152,11 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
             unreachable!("only valid incidents are candidates")
         };
         let incident = ns.incidents[winner];
-        let document = document_for(incident, spec, target);
+        let escalated = spec
+            .escalation
+            .as_ref()
+            .and_then(|limits| target.escalation(limits));
+        let document = document_for(incident, spec, target, escalated.is_some());
         let hash = document.hash();
         let owners = candidates
             .iter()
@@ -168,6 +175,7 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
         outcomes.push(TargetOutcome {
             winner: Some(winner),
             uptake: Some(uptake),
+            escalated,
         });
     }
 
@@ -200,6 +208,8 @@ struct TargetOutcome {
     /// Index of the winning incident.
     winner: Option<usize>,
     uptake: Option<Uptake>,
+    /// Why the target was switched from AcceptAndQueue to TempFail, if it was.
+    escalated: Option<String>,
 }
 
 fn standing(incident: &MailIncident, now: Timestamp) -> Standing {
@@ -257,11 +267,18 @@ fn carries_mode_of(target: &Target, frozen: &BTreeSet<&str>) -> bool {
             .is_some_and(|name| frozen.contains(name))
 }
 
-fn document_for(incident: &MailIncident, spec: &ValidIncident, target: &Target) -> ModeDocument {
+/// The document for `target`; an escalated AcceptAndQueue target gets TempFail, with the
+/// incident's reply (validation keeps it a 4xx) and lifetimes.
+fn document_for(
+    incident: &MailIncident,
+    spec: &ValidIncident,
+    target: &Target,
+    escalated: bool,
+) -> ModeDocument {
     ModeDocument {
         api_version: MODE_DOCUMENT_VERSION.into(),
         kind: MODE_DOCUMENT_KIND.into(),
-        mode: spec.mode,
+        mode: if escalated { Mode::TempFail } else { spec.mode },
         reply: (&spec.reply).into(),
         queue: DocumentQueue {
             lifetime: spec.queue_lifetime.to_string(),

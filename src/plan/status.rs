@@ -33,6 +33,7 @@ pub(super) fn decide(
                 status,
                 events: vec![],
                 transition: None,
+                escalations: 0,
             }
         }
         Standing::Invalid(errors) => invalid(generation, errors, previous, ns.now),
@@ -43,6 +44,7 @@ pub(super) fn decide(
                 status: previous.clone(),
                 events: vec![],
                 transition: None,
+                escalations: 0,
                 now: ns.now,
             };
             builder.status.observed_generation = generation;
@@ -140,6 +142,7 @@ fn invalid(
         status,
         events,
         transition: None,
+        escalations: 0,
     }
 }
 
@@ -149,6 +152,7 @@ struct Builder<'a> {
     status: MailIncidentStatus,
     events: Vec<Note>,
     transition: Option<Transition>,
+    escalations: u32,
     now: Timestamp,
 }
 
@@ -215,9 +219,18 @@ impl Builder<'_> {
         let mut pending = 0;
         let mut failures = Vec::new();
         let mut superseded: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut escalated = Vec::new();
         for &t in matched {
             let outcome = &outcomes[t];
             let target = ns.targets[t].target.to_string();
+            if let (Some(w), Some(reason)) = (outcome.winner, &outcome.escalated)
+                && w == index
+            {
+                escalated.push(TargetProblem {
+                    target: target.clone(),
+                    reason: reason.clone(),
+                });
+            }
             match (outcome.winner, &outcome.uptake) {
                 (Some(w), _) if w != index => {
                     superseded
@@ -233,6 +246,7 @@ impl Builder<'_> {
                 _ => pending += 1,
             }
         }
+        self.escalated(escalated);
         let superseded_count: usize = superseded.values().map(Vec::len).sum();
         let failed = failures.len();
         self.counts(
@@ -340,6 +354,7 @@ impl Builder<'_> {
             .collect();
         self.counts(matched.len() as u32, 0, 0, 0);
         self.status.superseded_by.clear();
+        self.status.escalated_targets.clear();
         let ended_by = if self.incident.metadata.deletion_timestamp.is_some() {
             "Deleted"
         } else if resolved {
@@ -417,6 +432,47 @@ impl Builder<'_> {
             status: self.status,
             events: self.events,
             transition: self.transition,
+            escalations: self.escalations,
         }
+    }
+
+    /// Records the targets switched from AcceptAndQueue to TempFail: the status lists
+    /// them; the newly switched ones get a Warning event and a history entry.
+    fn escalated(&mut self, escalated: Vec<TargetProblem>) {
+        let new: Vec<&TargetProblem> = escalated
+            .iter()
+            .filter(|e| {
+                !self
+                    .previous
+                    .escalated_targets
+                    .iter()
+                    .any(|p| p.target == e.target)
+            })
+            .collect();
+        if !new.is_empty() {
+            let listed: Vec<String> = new
+                .iter()
+                .take(5)
+                .map(|e| format!("{}: {}", e.target, e.reason))
+                .collect();
+            let why = format!(
+                "escalated {} target(s) from AcceptAndQueue to TempFail: {}",
+                new.len(),
+                listed.join("; ")
+            );
+            self.note(true, "Escalated", why.clone());
+            self.status.history.push(Transition {
+                from: Some(EffectiveMode::AcceptAndQueue),
+                to: EffectiveMode::TempFail,
+                at: Time(self.now),
+                reason: why,
+            });
+            let excess = self.status.history.len().saturating_sub(HISTORY_LIMIT);
+            self.status.history.drain(..excess);
+            self.escalations = new.len() as u32;
+        }
+        let mut escalated = escalated;
+        escalated.truncate(LISTED_TARGETS_LIMIT);
+        self.status.escalated_targets = escalated;
     }
 }

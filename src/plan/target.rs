@@ -1,6 +1,6 @@
 //! A target workload as planning sees it, and whether it has taken up a mode.
 
-use crate::api::MtaKind;
+use crate::api::{MtaKind, mode_document::QueueFigures, validation::EscalationLimits};
 use std::{collections::BTreeMap, fmt};
 
 /// The kinds of workload an incident can target.
@@ -91,6 +91,8 @@ pub struct Target {
     pub report_exists: bool,
     /// For each live pod, the mode document hash its agent reports applied.
     pub pod_reports: Vec<Option<String>>,
+    /// The queues the agents of live pods last reported.
+    pub queues: Vec<QueueFigures>,
     /// Desired replicas.
     pub replicas: i32,
     /// The latest pod template is rolled out to every replica.
@@ -98,6 +100,33 @@ pub struct Target {
     /// The container restart delivery puts env vars on.
     pub mta_container: Option<String>,
     pub queue: QueueStorage,
+}
+
+impl Target {
+    /// Why the target's queue has passed the escalation limits, if it has.
+    pub fn escalation(&self, limits: &EscalationLimits) -> Option<String> {
+        let most = self.queues.iter().map(|q| q.messages).max().unwrap_or(0);
+        let oldest = self
+            .queues
+            .iter()
+            .map(|q| q.oldest_age_seconds)
+            .max()
+            .unwrap_or(0);
+        if let Some(max) = limits.max_queued_messages.filter(|max| most > *max) {
+            return Some(format!(
+                "queue holds {most} messages, over the limit of {max}"
+            ));
+        }
+        if let Some(max) = limits
+            .max_oldest_message_age
+            .filter(|max| oldest > max.seconds())
+        {
+            return Some(format!(
+                "oldest queued message is {oldest} s old, over the limit of {max}"
+            ));
+        }
+        None
+    }
 }
 
 /// Where a target stands with respect to the mode it should run.

@@ -43,6 +43,7 @@ fn target(kind: WorkloadKind, name: &str, labels: &[(&str, &str)]) -> Target {
         source_incident: None,
         report_exists: false,
         pod_reports: vec![None],
+        queues: vec![],
         replicas: 1,
         rollout_complete: true,
         mta_container: Some("mta".into()),
@@ -697,5 +698,78 @@ fn a_condition_keeps_its_transition_time_until_its_status_changes() {
     assert_eq!(
         world.condition("outage", "Ready").last_transition_time.0,
         at(20)
+    );
+}
+
+#[test]
+fn a_queue_past_the_limit_switches_accept_and_queue_to_temp_fail() {
+    let spec = "mode: AcceptAndQueue\nreason: INC-9 hold\ntargets: {matchLabels: {app: mta}}\nescalation: {maxQueuedMessages: 100, maxOldestMessageAge: 2d}";
+    let mut world = World::new(vec![incident("hold", 0, 1, spec)], fleet());
+    world.settle(at(0), true);
+    let figures = |messages, oldest_age_seconds| crate::api::mode_document::QueueFigures {
+        messages,
+        oldest_age_seconds,
+        ..Default::default()
+    };
+    world.targets[0].queues = vec![figures(50, 60), figures(101, 60)];
+    world.targets[2].queues = vec![figures(3, 3 * 86_400)];
+    let plan = world.plan(at(1));
+    let modes: Vec<(String, Mode)> = plan
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::PutDocument {
+                target, document, ..
+            } => Some((target.name.clone(), document.mode)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("postfix-a".to_string(), Mode::TempFail),
+            ("exim".to_string(), Mode::TempFail)
+        ]
+    );
+    assert_eq!(plan.incidents[0].escalations, 2);
+
+    world.settle(at(1), true);
+    let status = world.status("hold");
+    assert_eq!(status.effective_mode, Some(EffectiveMode::AcceptAndQueue));
+    let escalated: Vec<&str> = status
+        .escalated_targets
+        .iter()
+        .map(|e| e.target.as_str())
+        .collect();
+    assert_eq!(escalated, ["Deployment/postfix-a", "StatefulSet/exim"]);
+    assert!(
+        status.escalated_targets[0]
+            .reason
+            .contains("101 messages, over the limit of 100")
+    );
+    assert!(
+        status.escalated_targets[1]
+            .reason
+            .contains("over the limit of 2d")
+    );
+    let last = status.history.last().unwrap();
+    assert_eq!(
+        (last.from, last.to),
+        (Some(EffectiveMode::AcceptAndQueue), EffectiveMode::TempFail)
+    );
+    let escalations: Vec<_> = world
+        .events
+        .iter()
+        .filter(|(_, e)| e.reason == "Escalated")
+        .collect();
+    assert_eq!(
+        escalations.len(),
+        1,
+        "one event for the escalation, not one per sync"
+    );
+    assert!(escalations[0].1.warning);
+    assert_eq!(
+        world.status("hold").targets.as_ref().unwrap().summary,
+        "3/3"
     );
 }
