@@ -32,32 +32,50 @@ struct Endpoints {
     readiness: Readiness,
 }
 
-/// Binds `address` now (so a port clash fails start-up) and serves until `shutdown`.
-pub async fn serve(
-    address: SocketAddr,
-    registry: Registry,
-    readiness: Readiness,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|source| Error::Listen { address, source })?;
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(Endpoints {
-            registry,
-            readiness,
-        });
-    Ok(tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+/// The running HTTP server; [`Server::stop`] ends it gracefully.
+pub struct Server {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `address` now (so a port clash fails start-up) and serves in the background.
+    pub async fn start(
+        address: SocketAddr,
+        registry: Registry,
+        readiness: Readiness,
+    ) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(address)
             .await
-        {
-            tracing::error!(%error, "HTTP server failed");
-        }
-    }))
+            .map_err(|source| Error::Listen { address, source })?;
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .with_state(Endpoints {
+                registry,
+                readiness,
+            });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                stopped.await.ok();
+            };
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(%error, "HTTP server failed");
+            }
+        });
+        Ok(Self { stop, task })
+    }
+
+    /// Stops serving, letting requests in flight finish.
+    pub async fn stop(self) {
+        self.stop.send(()).ok();
+        self.task.await.ok();
+    }
 }
 
 async fn readyz(State(endpoints): State<Endpoints>) -> impl IntoResponse {

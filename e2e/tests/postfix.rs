@@ -9,7 +9,7 @@ use crate::{
     world::{Scene, World, http_get, service_account_kubeconfig},
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::{Api, ResourceExt, api::ListParams};
+use kube::{Api, Client, ResourceExt, api::ListParams};
 use mail_incident_operator::agent::postfix::{Baseline, Edits, render};
 use mail_incident_operator::api::mode_document::AgentReport;
 use mail_incident_operator::api::{
@@ -334,6 +334,34 @@ impl Drop for AgentProcess {
     }
 }
 
+/// The example MTA (examples/postfix-with-agent.yaml: the Deployment and the agent's
+/// ServiceAccount and Role) applied in `namespace`, with a kubelet stand-in; returns it and
+/// the name of the pod whose agent the test runs.
+async fn mta_with_agent_rbac(
+    world: &World,
+    client: &Client,
+    namespace: &str,
+) -> (FakeKubelet, String) {
+    let kubelet = FakeKubelet::start(client.clone(), namespace).await;
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/postfix-with-agent.yaml"
+    );
+    world.kubectl_ok(&["apply", "-n", namespace, "-f", example]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod = eventually("the MTA pod", || async {
+        let selected = ListParams::default().labels("app.kubernetes.io/instance=postfix-inbound");
+        pods.list(&selected)
+            .await
+            .ok()?
+            .items
+            .first()
+            .map(|p| p.name_any())
+    })
+    .await;
+    (kubelet, pod)
+}
+
 #[tokio::test]
 async fn a_mail_incident_switches_a_real_postfix_through_the_agent() {
     let scene = Scene::start("agent").await;
@@ -344,26 +372,7 @@ async fn a_mail_incident_switches_a_real_postfix_through_the_agent() {
         incidents,
         ..
     } = &scene;
-    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
-    world.kubectl_ok(&[
-        "apply",
-        "-n",
-        &ns.name,
-        "-f",
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/postfix-with-agent.yaml"
-        ),
-    ]);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let pod = eventually("the MTA pod", || async {
-        let listed = pods
-            .list(&ListParams::default().labels("app.kubernetes.io/instance=postfix-inbound"))
-            .await
-            .ok()?;
-        listed.items.first().map(|p| p.name_any())
-    })
-    .await;
+    let (_kubelet, pod) = mta_with_agent_rbac(world, client, &ns.name).await;
 
     // The agent's token may read its document and patch its report, nothing else.
     let agent = format!("system:serviceaccount:{}:postfix-inbound-agent", ns.name);
@@ -477,26 +486,7 @@ async fn a_queue_past_its_limit_turns_accept_and_queue_into_temp_fail_by_itself(
         incidents,
         ..
     } = &scene;
-    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
-    world.kubectl_ok(&[
-        "apply",
-        "-n",
-        &ns.name,
-        "-f",
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/postfix-with-agent.yaml"
-        ),
-    ]);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let pod = eventually("the MTA pod", || async {
-        let listed = pods
-            .list(&ListParams::default().labels("app.kubernetes.io/instance=postfix-inbound"))
-            .await
-            .ok()?;
-        listed.items.first().map(|p| p.name_any())
-    })
-    .await;
+    let (_kubelet, pod) = mta_with_agent_rbac(world, client, &ns.name).await;
     let postfix = PostfixInstance::start(&format!("escalate-{}", ns.name));
     // This instance delivers to its mailboxes with the `local` transport: that is what
     // the incident holds.

@@ -86,16 +86,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let baseline = load_baseline(&postfix, &settings.postfix_config)?;
     let metrics = AgentMetrics::default();
     let readiness = Readiness::default();
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = http::serve(
-        settings.listen,
-        metrics.registry(),
-        readiness.clone(),
-        async {
-            http_stopped.await.ok();
-        },
-    )
-    .await?;
+    let http = http::Server::start(settings.listen, metrics.registry(), readiness.clone()).await?;
     info!(%document, pod = %settings.pod, "agent started");
 
     let agent = Agent {
@@ -168,8 +159,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
         applied = Some(hash);
     }
-    stop_http.send(()).ok();
-    http.await.ok();
+    http.stop().await;
     Ok(())
 }
 

@@ -121,16 +121,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let client = Client::try_default().await.map_err(Error::Connect)?;
     let metrics = Metrics::default();
     let readiness = Readiness::default();
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = http::serve(
-        settings.listen,
-        metrics.registry(),
-        readiness.clone(),
-        async {
-            http_stopped.await.ok();
-        },
-    )
-    .await?;
+    let http = http::Server::start(settings.listen, metrics.registry(), readiness.clone()).await?;
     let namespace = settings.namespace.as_deref();
     let identity = settings.instance.clone().unwrap_or_else(default_identity);
     info!(listen = %settings.listen, namespace = namespace.unwrap_or("(all)"), %identity, "starting");
@@ -149,8 +140,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let leadership = tokio::select! {
         leadership = elector.acquire() => leadership?,
         () = stop.clone() => {
-            stop_http.send(()).ok();
-            http.await.ok();
+            http.stop().await;
             return Ok(());
         }
     };
@@ -240,8 +230,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         leadership.release().await;
     }
     info!("controller stopped; shutting down");
-    stop_http.send(()).ok();
-    http.await.ok();
+    http.stop().await;
     if lost {
         return Err(Error::LeadershipLost);
     }
