@@ -24,4 +24,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update -q >/dev/null
   as_root apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  # Where the package scripts could start Debian's own Postfix, stop it: tests and the
+  # demo run private instances on loopback ports only.
+  if as_root postfix status >/dev/null 2>&1; then as_root postfix stop >/dev/null 2>&1 || true; fi
 fi
