@@ -44,6 +44,17 @@ pub struct Metrics {
     modes: Arc<Mutex<HashMap<(String, String), EffectiveMode>>>,
 }
 
+/// A registry holding the standard `process_*` metrics (resident memory, CPU seconds...).
+fn registry_with_process_metrics() -> Registry {
+    let registry = Registry::new();
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process metrics register once");
+    registry
+}
+
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
     registry
         .register(Box::new(collector.clone()))
@@ -53,13 +64,7 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -
 
 impl Default for Metrics {
     fn default() -> Self {
-        let registry = Registry::new();
-        // process_resident_memory_bytes, process_cpu_seconds_total and friends.
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("process metrics register once");
+        let registry = registry_with_process_metrics();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &registry,
@@ -223,12 +228,7 @@ pub struct AgentMetrics {
 
 impl Default for AgentMetrics {
     fn default() -> Self {
-        let registry = Registry::new();
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("process metrics register once");
+        let registry = registry_with_process_metrics();
         Self {
             mode: register(
                 &registry,

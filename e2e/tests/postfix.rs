@@ -46,6 +46,51 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// One SMTP client session; QUIT is sent when it is dropped.
+struct SmtpSession {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl SmtpSession {
+    /// Connects and reads the greeting.
+    fn open(port: u16) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut session = Self {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        session.reply();
+        session
+    }
+
+    /// Sends one line; the last line of the reply.
+    fn command(&mut self, line: &str) -> String {
+        write!(self.writer, "{line}\r\n").unwrap();
+        self.reply()
+    }
+
+    /// A reply's last line has a space, not a dash, after the code.
+    fn reply(&mut self) -> String {
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return line.trim_end().to_string();
+            }
+        }
+    }
+}
+
+impl Drop for SmtpSession {
+    fn drop(&mut self) {
+        write!(self.writer, "QUIT\r\n").ok();
+    }
+}
+
 fn instance_script() -> Command {
     Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -94,64 +139,27 @@ impl PostfixInstance {
 
     /// Sends one message to user@e2e.test; the reply to the end of DATA.
     fn send(&self, subject: &str) -> String {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut writer = stream;
-        let mut reply = || loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                break line.trim_end().to_string();
-            }
-        };
-        reply();
+        let mut session = SmtpSession::open(self.port);
         for command in [
             "EHLO client.e2e.test",
             "MAIL FROM:<sender@example.net>",
             "RCPT TO:<user@e2e.test>",
             "DATA",
         ] {
-            writeln!(writer, "{command}\r").unwrap();
-            reply();
+            session.command(command);
         }
-        write!(
-            writer,
-            "Subject: {subject}\r\n\r\nHeld while storage is down.\r\n.\r\n"
-        )
-        .unwrap();
-        let answer = reply();
-        writeln!(writer, "QUIT\r").ok();
-        answer
+        session.command(&format!(
+            "Subject: {subject}\r\n\r\nHeld while storage is down.\r\n."
+        ))
     }
 
     /// The reply to RCPT TO in a fresh SMTP session.
     fn rcpt_reply(&self) -> String {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut writer = stream;
-        // A reply's last line has a space, not a dash, after the code.
-        let mut reply = || loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                break line.trim_end().to_string();
-            }
-        };
-        reply();
+        let mut session = SmtpSession::open(self.port);
         for command in ["EHLO client.e2e.test", "MAIL FROM:<sender@example.net>"] {
-            writeln!(writer, "{command}\r").unwrap();
-            assert!(reply().starts_with("250"));
+            assert!(session.command(command).starts_with("250"));
         }
-        writeln!(writer, "RCPT TO:<user@e2e.test>\r").unwrap();
-        let answer = reply();
-        writeln!(writer, "QUIT\r").ok();
-        answer
+        session.command("RCPT TO:<user@e2e.test>")
     }
 }
 

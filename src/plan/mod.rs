@@ -298,59 +298,58 @@ fn deliver(target: &Target, document: ModeDocument, hash: &str, owners: Vec<Owne
     let target_ref = target.target.clone();
     match target.delivery {
         Delivery::Reload => {
-            let mut writes = Vec::new();
-            if target.document_hash.as_deref() != Some(hash) {
-                writes.push(Write::PutDocument {
-                    target: target_ref.clone(),
-                    document,
-                    owners,
-                    exists: target.document_hash.is_some(),
-                    create_report: !target.report_exists,
-                });
-            }
-            if target.template_hash.is_some() && target.queue.restart_refusal().is_none() {
-                writes.push(Write::ClearRestartEnv { target: target_ref });
-            }
-            writes
+            let put = (target.document_hash.as_deref() != Some(hash)).then(|| Write::PutDocument {
+                target: target_ref,
+                document,
+                owners,
+                exists: target.document_hash.is_some(),
+                create_report: !target.report_exists,
+            });
+            put.into_iter().chain(clear_restart_env(target)).collect()
         }
         Delivery::Restart => {
-            let mut writes = Vec::new();
-            if target.document_hash.is_some() {
-                writes.push(Write::DeleteDocument {
-                    target: target_ref.clone(),
-                });
-            }
             let safe = target.queue.restart_refusal().is_none();
-            if let Some(container) = target.mta_container.clone().filter(|_| safe)
-                && target.template_hash.as_deref() != Some(hash)
-            {
-                writes.push(Write::SetRestartEnv {
+            let set = target
+                .mta_container
+                .clone()
+                .filter(|_| safe && target.template_hash.as_deref() != Some(hash))
+                .map(|container| Write::SetRestartEnv {
                     target: target_ref,
                     container,
                     document,
                 });
-            }
-            writes
+            clear_document(target).into_iter().chain(set).collect()
         }
     }
 }
 
-/// The writes that return a target to normal service. A pod template is only touched if
-/// the restart it causes is safe: an MTA whose queue would be lost keeps its env vars,
-/// and the refusal shows in the incident's status.
+/// The writes that return a target to normal service.
 fn restore_normal(target: &Target) -> Vec<Write> {
-    let mut writes = Vec::new();
-    if target.document_hash.is_some() {
-        writes.push(Write::DeleteDocument {
+    clear_document(target)
+        .into_iter()
+        .chain(clear_restart_env(target))
+        .collect()
+}
+
+/// Removes the target's mode document, if it has one.
+fn clear_document(target: &Target) -> Option<Write> {
+    target
+        .document_hash
+        .as_ref()
+        .map(|_| Write::DeleteDocument {
             target: target.target.clone(),
-        });
-    }
-    if target.template_hash.is_some() && target.queue.restart_refusal().is_none() {
-        writes.push(Write::ClearRestartEnv {
+        })
+}
+
+/// Removes our env vars from the target's pod template, if it carries them and the
+/// restart this causes is safe: an MTA whose queue would be lost keeps them, and the
+/// refusal shows in the incident's status.
+fn clear_restart_env(target: &Target) -> Option<Write> {
+    (target.template_hash.is_some() && target.queue.restart_refusal().is_none()).then(|| {
+        Write::ClearRestartEnv {
             target: target.target.clone(),
-        });
-    }
-    writes
+        }
+    })
 }
 
 #[cfg(test)]

@@ -183,10 +183,15 @@ impl Builder<'_> {
             at: Time(self.now),
             reason: why,
         };
-        self.status.history.push(transition.clone());
+        self.push_history(transition.clone());
+        self.transition = Some(transition);
+    }
+
+    /// Appends to the history, keeping its latest HISTORY_LIMIT entries.
+    fn push_history(&mut self, transition: Transition) {
+        self.status.history.push(transition);
         let excess = self.status.history.len().saturating_sub(HISTORY_LIMIT);
         self.status.history.drain(..excess);
-        self.transition = Some(transition);
     }
 
     fn counts(&mut self, matched: u32, applied: u32, failed: u32, superseded: u32) {
@@ -461,14 +466,12 @@ impl Builder<'_> {
                 listed.join("; ")
             );
             self.note(true, "Escalated", why.clone());
-            self.status.history.push(Transition {
+            self.push_history(Transition {
                 from: Some(EffectiveMode::AcceptAndQueue),
                 to: EffectiveMode::TempFail,
                 at: Time(self.now),
                 reason: why,
             });
-            let excess = self.status.history.len().saturating_sub(HISTORY_LIMIT);
-            self.status.history.drain(..excess);
             self.escalations = new.len() as u32;
         }
         let mut escalated = escalated;
