@@ -61,7 +61,7 @@ sed "s/^    token: .*/    token: $agent_token/" "$kubeconfig" >"$state/agent.kub
 if [ -f "$state/agent.pid" ]; then kill "$(cat "$state/agent.pid")" 2>/dev/null || true; fi
 KUBECONFIG="$state/agent.kubeconfig" NO_COLOR=1 "$repo/target/debug/mail-incident-operator" agent \
   --workload Deployment/postfix-inbound --namespace mail --pod "$pod" --postfix-config "$postfix_conf" \
-  --listen 127.0.0.1:18081 \
+  --mailbox-transport virtual --state-dir "$state/agent" --listen 127.0.0.1:18081 \
   >"$state/agent.log" 2>&1 &
 echo $! >"$state/agent.pid"
 

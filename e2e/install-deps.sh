@@ -12,6 +12,8 @@ packages=(
   prometheus                            # promtool, to check the exported metrics
   postfix                               # a real MTA the agent's rendering is proven on
   swaks                                 # to talk SMTP to it by hand after `make demo`
+  libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 libpcre2-8-0 perl
+                                        # what Exim's binary links against (see below)
   curl ca-certificates
 )
 
@@ -27,4 +29,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # Where the package scripts could start Debian's own Postfix, stop it: tests and the
   # demo run private instances on loopback ports only.
   if as_root postfix status >/dev/null 2>&1; then as_root postfix stop >/dev/null 2>&1 || true; fi
+fi
+
+# Exim: exim4-daemon-light conflicts with postfix (both are the mail-transport-agent), so
+# its package is unpacked into the cache instead of installed, and its compiled-in user
+# is created as the package's scripts would.
+exim_root="$E2E_CACHE/exim4/root"
+if [ ! -x "$exim_root/usr/sbin/exim4" ]; then
+  log "unpacking Debian's exim4-daemon-light into $exim_root"
+  debs="$(mktemp -d)"
+  (cd "$debs" && apt-get download exim4-daemon-light >/dev/null 2>&1) || die "apt-get download exim4-daemon-light failed"
+  mkdir -p "$exim_root"
+  dpkg-deb -x "$debs"/exim4-daemon-light_*.deb "$exim_root"
+  rm -rf "$debs"
+fi
+if ! getent passwd Debian-exim >/dev/null; then
+  as_root useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin Debian-exim
 fi

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A private Postfix instance from Debian's package, on a loopback port, with its own
-# configuration, queue and log under /tmp/mail-incident-operator-postfix/NAME.
+# configuration, queue, log and mailbox store under /tmp/mail-incident-operator-postfix/NAME.
+# Mail to any address @e2e.test is delivered by the `virtual` transport to the Maildir
+# NAME/mailboxes/user/: the mailbox storage that incidents hold mail from.
 #
 #   e2e/postfix-instance.sh start NAME PORT   start it; prints its configuration directory
 #   e2e/postfix-instance.sh stop NAME         stop it
@@ -15,7 +17,7 @@ conf="$root/conf"
 start() {
   local port="${1:?a port is needed}"
   command -v postfix >/dev/null || die "postfix not found: apt-get install postfix (e2e/install-deps.sh does)"
-  rm -rf "$root" && mkdir -p "$conf" "$root/queue" "$root/data" "$root/log"
+  rm -rf "$root" && mkdir -p "$conf" "$root/queue" "$root/data" "$root/log" "$root/mailboxes"
   # Until its own logger runs, Postfix reports fatal errors to syslog only (absent here):
   # the log file and its prefix come first.
   cat >"$conf/main.cf" <<MAIN
@@ -25,18 +27,22 @@ data_directory = $root/data
 maillog_file_prefixes = /var, /dev/stdout, $base
 maillog_file = $root/log/maillog
 myhostname = mx.e2e.test
-mydestination = e2e.test
+mydestination =
+virtual_mailbox_domains = e2e.test
+virtual_mailbox_base = $root/mailboxes
+virtual_mailbox_maps = static:user/
+virtual_uid_maps = static:$(id -u postfix)
+virtual_gid_maps = static:$(id -g postfix)
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 alias_maps =
 alias_database =
-local_recipient_maps =
 smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
 maximal_queue_lifetime = 3d
 MAIN
   sed "s/^smtp \+inet .* smtpd$/127.0.0.1:$port inet n - n - - smtpd/" /etc/postfix/master.cf >"$conf/master.cf"
-  chown -R postfix "$root/data"
+  chown -R postfix "$root/data" "$root/mailboxes"
   # postfix -c accepts only directories the default main.cf lists.
   local listed
   listed=$(postconf -h alternate_config_directories)

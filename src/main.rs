@@ -14,8 +14,8 @@ struct Cli {
 enum Command {
     /// Run the controller.
     Run(controller::Settings),
-    /// Run the MTA sidecar: apply the workload's mode document to Postfix.
-    Agent(agent::Settings),
+    /// Run the MTA sidecar: apply the workload's mode document to its Postfix, Exim or other MTA.
+    Agent(Box<agent::Settings>),
     /// Print the MailIncident CustomResourceDefinition as YAML.
     Crd,
 }
@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
         }
         Command::Agent(settings) => {
             telemetry::init(settings.log_format);
-            agent::run(settings).await
+            agent::run(*settings).await
         }
     };
     match result {
@@ -42,5 +42,17 @@ async fn main() -> ExitCode {
             tracing::error!(category = error.category(), "{error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// clap checks a command line's definition only when it is parsed: check it here.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 }

@@ -235,7 +235,7 @@ impl Default for AgentMetrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "mail_incident_agent_mode",
-                        "1 for the mode the MTA runs now.",
+                        "1 for the mode the MTA runs now (Releasing: held mail going out after an incident).",
                     ),
                     &["mode"],
                 )
@@ -290,10 +290,15 @@ impl AgentMetrics {
         self.registry.clone()
     }
 
-    /// Records the mode now applied (`None`: normal service).
-    pub fn set_mode(&self, mode: Option<crate::api::Mode>) {
-        let current = mode.map_or_else(|| "Normal".to_string(), |m| format!("{m:?}"));
-        for name in ["Normal", "AcceptAndQueue", "TempFail", "HardReject"] {
+    /// Records the state now applied: Normal, an incident mode, or Releasing.
+    pub fn set_mode(&self, current: &str) {
+        for name in [
+            "Normal",
+            "AcceptAndQueue",
+            "TempFail",
+            "HardReject",
+            "Releasing",
+        ] {
             self.mode
                 .with_label_values(&[name])
                 .set(i64::from(name == current));

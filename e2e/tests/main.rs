@@ -1,8 +1,10 @@
 //! End-to-end tests against a real Kubernetes API server. Run with `make e2e`.
 
 mod delivery;
+mod exim;
 mod fakes;
 mod foundation;
+mod mta;
 mod operations;
 mod postfix;
 mod support;

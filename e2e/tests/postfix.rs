@@ -1,94 +1,42 @@
-//! Real Postfix, from Debian's package, as a private instance on a loopback port: each
-//! mode the agent renders is answered on the wire exactly, and normal service restores
-//! the configuration exactly (`postconf -n` before and after).
+//! Real Postfix, from Debian's package, as a private instance on a loopback port with a
+//! Maildir store: each mode the agent renders is answered on the wire exactly, held mail
+//! survives a storage outage and is all delivered when the incident ends, and normal
+//! service restores the configuration exactly (`postconf -n` and `-M` before and after).
 
 use crate::{
-    fakes::FakeKubelet,
+    mta::{AgentProcess, Smtp, free_port, maildir_count, mta_with_agent_rbac, run},
     operations::promtool_check,
-    support::{apply_incident, eventually, ready_because, summary, wait_for},
-    world::{Scene, World, http_get, service_account_kubeconfig},
+    support::{apply_incident, eventually_within, ready_because, summary, wait_for},
+    world::{Scene, http_get},
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::{Api, Client, ResourceExt, api::ListParams};
-use mail_incident_operator::agent::postfix::{Baseline, Edits, render};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use mail_incident_operator::agent::{
+    postfix::{Baseline, apply_edits, render},
+    state::Held,
+};
 use mail_incident_operator::api::mode_document::AgentReport;
 use mail_incident_operator::api::{
     Mode,
     mode_document::{
-        DocumentIncident, DocumentQueue, DocumentReply, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION,
-        ModeDocument,
+        DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply, MODE_DOCUMENT_KIND,
+        MODE_DOCUMENT_VERSION, ModeDocument,
     },
 };
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::TcpStream,
+    ffi::OsString,
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
+/// The transport of the instance's mailbox store.
+const MAILBOX_TRANSPORT: &str = "virtual";
+
 struct PostfixInstance {
     name: String,
     conf: PathBuf,
-    port: u16,
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command.output().unwrap_or_else(|e| {
-        panic!("cannot run {command:?}: {e}; e2e/install-deps.sh installs postfix")
-    });
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// One SMTP client session; QUIT is sent when it is dropped.
-struct SmtpSession {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl SmtpSession {
-    /// Connects and reads the greeting.
-    fn open(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut session = Self {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        };
-        session.reply();
-        session
-    }
-
-    /// Sends one line; the last line of the reply.
-    fn command(&mut self, line: &str) -> String {
-        write!(self.writer, "{line}\r\n").unwrap();
-        self.reply()
-    }
-
-    /// A reply's last line has a space, not a dash, after the code.
-    fn reply(&mut self) -> String {
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return line.trim_end().to_string();
-            }
-        }
-    }
-}
-
-impl Drop for SmtpSession {
-    fn drop(&mut self) {
-        write!(self.writer, "QUIT\r\n").ok();
-    }
+    smtp: Smtp,
 }
 
 fn instance_script() -> Command {
@@ -101,23 +49,16 @@ fn instance_script() -> Command {
 impl PostfixInstance {
     /// Starts a private instance (see e2e/postfix-instance.sh) on a free loopback port.
     fn start(name: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let conf = run(instance_script().args(["start", name, &port.to_string()]));
         Self {
             name: name.into(),
             conf: PathBuf::from(conf.trim()),
-            port,
+            smtp: Smtp {
+                port,
+                recipient: "user@e2e.test",
+            },
         }
-    }
-
-    fn postfix(&self) -> Command {
-        let mut command = Command::new("postfix");
-        command.arg("-c").arg(&self.conf);
-        command
     }
 
     fn postconf(&self) -> Command {
@@ -126,55 +67,35 @@ impl PostfixInstance {
         command
     }
 
-    /// Applies rendered edits the way the agent does: postconf, then a reload.
-    fn apply(&self, edits: &Edits) {
-        for (name, value) in edits {
-            match value {
-                Some(value) => run(self.postconf().arg("-e").arg(format!("{name} = {value}"))),
-                None => run(self.postconf().arg("-X").arg(name)),
-            };
-        }
-        run(self.postfix().arg("reload"));
+    /// `postconf -n` and `postconf -M`: main.cf's settings and master.cf's services.
+    fn configuration(&self) -> String {
+        run(self.postconf().arg("-n")) + &run(self.postconf().arg("-M"))
     }
 
-    /// Sends one message to user@e2e.test; the reply to the end of DATA.
-    fn send(&self, subject: &str) -> String {
-        let mut session = SmtpSession::open(self.port);
-        for command in [
-            "EHLO client.e2e.test",
-            "MAIL FROM:<sender@example.net>",
-            "RCPT TO:<user@e2e.test>",
-            "DATA",
-        ] {
-            session.command(command);
-        }
-        session.command(&format!(
-            "Subject: {subject}\r\n\r\nHeld while storage is down.\r\n."
-        ))
+    /// The instance's Maildir store.
+    fn mailbox(&self) -> PathBuf {
+        self.conf.parent().unwrap().join("mailboxes/user")
     }
 
-    /// The reply to RCPT TO in a fresh SMTP session.
-    fn rcpt_reply(&self) -> String {
-        let mut session = SmtpSession::open(self.port);
-        for command in ["EHLO client.e2e.test", "MAIL FROM:<sender@example.net>"] {
-            assert!(session.command(command).starts_with("250"));
-        }
-        session.command("RCPT TO:<user@e2e.test>")
+    /// `postqueue -j`: one JSON line per queued message.
+    fn queue(&self) -> Vec<serde_json::Value> {
+        run(Command::new("postqueue")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-j"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
     }
-}
 
-impl PostfixInstance {
-    /// The RCPT reply once it starts with `prefix`: a reload reaches new smtpd processes
-    /// only, so an idle old one may answer once more with the old configuration.
-    fn rcpt_reply_once(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let answer = self.rcpt_reply();
-            if answer.starts_with(prefix) || Instant::now() > deadline {
-                return answer;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    /// The agent's command-line arguments for this instance.
+    fn agent_args(&self) -> Vec<OsString> {
+        vec![
+            "--postfix-config".into(),
+            self.conf.clone().into(),
+            "--mailbox-transport".into(),
+            MAILBOX_TRANSPORT.into(),
+        ]
     }
 }
 
@@ -198,6 +119,7 @@ fn document(mode: Mode, code: u16, enhanced: &str, text: &str) -> ModeDocument {
             lifetime: "30d".into(),
             bounce_lifetime: "30d".into(),
         },
+        release: DocumentRelease { concurrency: 4 },
         mta: None,
         incident: DocumentIncident {
             name: "outage".into(),
@@ -210,10 +132,24 @@ fn document(mode: Mode, code: u16, enhanced: &str, text: &str) -> ModeDocument {
 #[test]
 fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
     let postfix = PostfixInstance::start("render");
-    let before = run(postfix.postconf().arg("-n"));
-    let baseline = Baseline::from_postconf_n(&before);
+    let before = postfix.configuration();
+    let baseline = Baseline::read(
+        &run(postfix.postconf().arg("-n")),
+        &run(postfix
+            .postconf()
+            .args(["-F", "virtual/unix/process_limit"])),
+    );
+    let apply = |held: &Held| {
+        apply_edits(
+            &postfix.conf,
+            MAILBOX_TRANSPORT,
+            &render(held, &baseline, MAILBOX_TRANSPORT),
+        )
+        .unwrap()
+    };
+    let incident = |document: &ModeDocument| Held::Normal.next(Some(document), 0);
     assert!(
-        postfix.rcpt_reply().starts_with("250 2.1.5"),
+        postfix.smtp.rcpt_reply().starts_with("250 2.1.5"),
         "normal service accepts"
     );
 
@@ -223,8 +159,8 @@ fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
         "4.3.1",
         "Mailbox storage temporarily unavailable, try again later",
     );
-    postfix.apply(&render(Some(&temp_fail), &baseline, "lmtp"));
-    let answer = postfix.rcpt_reply_once("452");
+    apply(&incident(&temp_fail));
+    let answer = postfix.smtp.rcpt_reply_once("452");
     assert!(answer.starts_with("452 4.3.1 "), "{answer}");
     assert!(
         answer.ends_with("Mailbox storage temporarily unavailable, try again later"),
@@ -237,8 +173,8 @@ fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
         "5.3.2",
         "Mailbox storage unavailable, message not accepted",
     );
-    postfix.apply(&render(Some(&hard_reject), &baseline, "lmtp"));
-    let answer = postfix.rcpt_reply_once("550");
+    apply(&incident(&hard_reject));
+    let answer = postfix.smtp.rcpt_reply_once("550");
     assert!(
         answer.starts_with("550 5.3.2 "),
         "soft_bounce must not turn the 5xx into 4xx: {answer}"
@@ -250,9 +186,9 @@ fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
         "4.3.1",
         "Mailbox storage temporarily unavailable, try again later",
     );
-    postfix.apply(&render(Some(&hold), &baseline, "lmtp"));
+    apply(&incident(&hold));
     assert!(
-        postfix.rcpt_reply_once("250").starts_with("250 2.1.5"),
+        postfix.smtp.rcpt_reply_once("250").starts_with("250 2.1.5"),
         "AcceptAndQueue keeps accepting"
     );
     let held = run(postfix.postconf().args([
@@ -261,113 +197,15 @@ fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
         "defer_transports",
         "soft_bounce",
     ]));
-    assert_eq!(held.lines().collect::<Vec<_>>(), ["30d", "lmtp", "yes"]);
+    assert_eq!(held.lines().collect::<Vec<_>>(), ["30d", "virtual", "yes"]);
 
-    postfix.apply(&render(None, &baseline, "lmtp"));
+    apply(&Held::Normal);
     assert_eq!(
-        run(postfix.postconf().arg("-n")),
+        postfix.configuration(),
         before,
-        "normal service must restore main.cf exactly"
+        "normal service must restore main.cf and master.cf exactly"
     );
-    assert!(postfix.rcpt_reply_once("250").starts_with("250 2.1.5"));
-}
-
-/// The agent binary, running as the example's agent ServiceAccount next to a Postfix
-/// instance, for one pod. Killed when dropped; its log is printed if the test failed.
-struct AgentProcess {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-    http: String,
-}
-
-impl AgentProcess {
-    async fn start(
-        world: &World,
-        namespace: &str,
-        pod: &str,
-        postfix: &PostfixInstance,
-        mailbox_transport: &str,
-    ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("agent.kubeconfig");
-        let config = service_account_kubeconfig(world, namespace, "postfix-inbound-agent").await;
-        std::fs::write(&kubeconfig, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_mail-incident-operator"))
-            .args([
-                "agent",
-                "--workload",
-                "Deployment/postfix-inbound",
-                "--namespace",
-                namespace,
-                "--pod",
-                pod,
-            ])
-            .arg("--postfix-config")
-            .arg(&postfix.conf)
-            .args([
-                "--report-seconds",
-                "1",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(["--mailbox-transport", mailbox_transport])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("NO_COLOR", "1")
-            .stderr(log)
-            .spawn()
-            .expect("the agent starts");
-        Self {
-            child,
-            dir,
-            http: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-        if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
-            eprintln!("--- agent log\n{log}");
-        }
-    }
-}
-
-/// The example MTA (examples/postfix-with-agent.yaml: the Deployment and the agent's
-/// ServiceAccount and Role) applied in `namespace`, with a kubelet stand-in; returns it and
-/// the name of the pod whose agent the test runs.
-async fn mta_with_agent_rbac(
-    world: &World,
-    client: &Client,
-    namespace: &str,
-) -> (FakeKubelet, String) {
-    let kubelet = FakeKubelet::start(client.clone(), namespace).await;
-    let example = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/postfix-with-agent.yaml"
-    );
-    world.kubectl_ok(&["apply", "-n", namespace, "-f", example]);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let pod = eventually("the MTA pod", || async {
-        let selected = ListParams::default().labels("app.kubernetes.io/instance=postfix-inbound");
-        pods.list(&selected)
-            .await
-            .ok()?
-            .items
-            .first()
-            .map(|p| p.name_any())
-    })
-    .await;
-    (kubelet, pod)
+    assert!(postfix.smtp.rcpt_reply_once("250").starts_with("250 2.1.5"));
 }
 
 #[tokio::test]
@@ -407,8 +245,8 @@ async fn a_mail_incident_switches_a_real_postfix_through_the_agent() {
     assert!(!can("patch", "pods"));
 
     let postfix = PostfixInstance::start(&format!("agent-{}", ns.name));
-    let before = run(postfix.postconf().arg("-n"));
-    let agent = AgentProcess::start(world, &ns.name, &pod, &postfix, "lmtp").await;
+    let before = postfix.configuration();
+    let agent = AgentProcess::start(world, &ns.name, &pod, &postfix.agent_args()).await;
     let targets = "targets: {matchLabels: {app.kubernetes.io/component: mta}}";
 
     for (mode, extra, expected) in [
@@ -426,7 +264,7 @@ async fn a_mail_incident_switches_a_real_postfix_through_the_agent() {
             "outage",
             &format!("mode: {mode}\nreason: INC-20\n{targets}\n{extra}"),
         );
-        let answer = postfix.rcpt_reply_once(&expected[..3]);
+        let answer = postfix.smtp.rcpt_reply_once(&expected[..3]);
         let elapsed = started.elapsed();
         assert!(answer.starts_with(expected), "{mode}: {answer}");
         eprintln!(
@@ -473,15 +311,13 @@ async fn a_mail_incident_switches_a_real_postfix_through_the_agent() {
         ),
     );
     wait_for(incidents, "outage", "restored", ready_because("Resolved")).await;
-    assert!(postfix.rcpt_reply_once("250").starts_with("250 2.1.5"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while run(postfix.postconf().arg("-n")) != before {
-        assert!(
-            Instant::now() < deadline,
-            "main.cf not back to its baseline"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(postfix.smtp.rcpt_reply_once("250").starts_with("250 2.1.5"));
+    eventually_within(
+        Duration::from_secs(10),
+        "main.cf and master.cf back to their baseline",
+        || async { (postfix.configuration() == before).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -496,9 +332,7 @@ async fn a_queue_past_its_limit_turns_accept_and_queue_into_temp_fail_by_itself(
     } = &scene;
     let (_kubelet, pod) = mta_with_agent_rbac(world, client, &ns.name).await;
     let postfix = PostfixInstance::start(&format!("escalate-{}", ns.name));
-    // This instance delivers to its mailboxes with the `local` transport: that is what
-    // the incident holds.
-    let _agent = AgentProcess::start(world, &ns.name, &pod, &postfix, "local").await;
+    let _agent = AgentProcess::start(world, &ns.name, &pod, &postfix.agent_args()).await;
 
     apply_incident(
         world,
@@ -511,7 +345,7 @@ async fn a_queue_past_its_limit_turns_accept_and_queue_into_temp_fail_by_itself(
     })
     .await;
     for n in 1..=3 {
-        let answer = postfix.send(&format!("message {n}"));
+        let answer = postfix.smtp.send(&format!("message {n}"));
         assert!(
             answer.starts_with("250 2.0.0 Ok: queued"),
             "message {n}: {answer}"
@@ -520,7 +354,7 @@ async fn a_queue_past_its_limit_turns_accept_and_queue_into_temp_fail_by_itself(
 
     // The agent reports 3 queued messages; past the limit of 2 the controller switches
     // the target to TempFail, and Postfix refuses new mail with the incident's 4xx.
-    let answer = postfix.rcpt_reply_once("452");
+    let answer = postfix.smtp.rcpt_reply_once("452");
     assert!(answer.starts_with("452 4.3.1 "), "{answer}");
     let escalated = wait_for(incidents, "hold", "escalated", |i| {
         i.status
@@ -549,13 +383,117 @@ async fn a_queue_past_its_limit_turns_accept_and_queue_into_temp_fail_by_itself(
         described.contains("Escalated") && described.contains("AcceptAndQueue to TempFail"),
         "{described}"
     );
-    let held = run(Command::new("postqueue")
-        .arg("-c")
-        .arg(&postfix.conf)
-        .arg("-j"));
+    let held = postfix.queue();
     assert_eq!(
-        held.lines().count(),
+        held.len(),
         3,
-        "the queued mail is still held, none bounced:\n{held}"
+        "the queued mail is still held, none bounced: {held:?}"
+    );
+}
+
+#[tokio::test]
+async fn mail_held_through_a_storage_outage_is_all_delivered_when_the_incident_ends() {
+    let scene = Scene::start("outage").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents,
+        ..
+    } = &scene;
+    let (_kubelet, pod) = mta_with_agent_rbac(world, client, &ns.name).await;
+    let postfix = PostfixInstance::start(&format!("outage-{}", ns.name));
+    let before = postfix.configuration();
+    let agent = AgentProcess::start(world, &ns.name, &pod, &postfix.agent_args()).await;
+    let mailbox = postfix.mailbox();
+
+    // Normal service delivers to the store.
+    assert!(
+        postfix
+            .smtp
+            .send("before")
+            .starts_with("250 2.0.0 Ok: queued")
+    );
+    eventually_within(Duration::from_secs(10), "normal delivery", || async {
+        (maildir_count(&mailbox) == 1).then_some(())
+    })
+    .await;
+
+    // The store breaks: any delivery attempt would now fail.
+    let store = mailbox.parent().unwrap();
+    run(Command::new("chmod").arg("000").arg(store));
+    let targets = "targets: {matchLabels: {app.kubernetes.io/component: mta}}";
+    apply_incident(
+        world,
+        &ns.name,
+        "storage",
+        &format!(
+            "mode: AcceptAndQueue\nreason: INC-40 storage down\n{targets}\nqueue: {{lifetime: 40d, bounceLifetime: 8d}}\nrelease: {{concurrency: 2}}"
+        ),
+    );
+    wait_for(incidents, "storage", "holding mail", |i| {
+        ready_because("Applied")(i) && summary(i) == Some("1/1")
+    })
+    .await;
+    const HELD: usize = 12;
+    for n in 1..=HELD {
+        let answer = postfix.smtp.send(&format!("held {n}"));
+        assert!(
+            answer.starts_with("250 2.0.0 Ok: queued"),
+            "message {n}: {answer}"
+        );
+    }
+    let lifetimes =
+        run(postfix
+            .postconf()
+            .args(["-h", "maximal_queue_lifetime", "bounce_queue_lifetime"]));
+    assert_eq!(lifetimes.lines().collect::<Vec<_>>(), ["40d", "8d"]);
+    // Give the queue manager time to try them: every one stays queued, from its sender.
+    std::thread::sleep(Duration::from_secs(2));
+    let queue = postfix.queue();
+    assert_eq!(queue.len(), HELD, "{queue:?}");
+    assert!(
+        queue.iter().all(|m| m["sender"] == "sender@example.net"),
+        "no bounce was generated: {queue:?}"
+    );
+    assert_eq!(
+        maildir_count(&mailbox),
+        1,
+        "nothing delivered while storage is down"
+    );
+
+    // Storage is back and the incident is resolved: the agent releases the held mail at
+    // two deliveries at a time, then restores the configuration.
+    run(Command::new("chmod").arg("755").arg(store));
+    apply_incident(
+        world,
+        &ns.name,
+        "storage",
+        &format!(
+            "mode: AcceptAndQueue\nreason: INC-40 storage down\n{targets}\nqueue: {{lifetime: 40d, bounceLifetime: 8d}}\nrelease: {{concurrency: 2}}\nresolved: true"
+        ),
+    );
+    wait_for(incidents, "storage", "resolved", ready_because("Resolved")).await;
+    eventually_within(
+        Duration::from_secs(30),
+        "every held message delivered",
+        || async {
+            (maildir_count(&mailbox) == HELD + 1 && postfix.queue().is_empty()).then_some(())
+        },
+    )
+    .await;
+    eventually_within(
+        Duration::from_secs(10),
+        "main.cf and master.cf back to their baseline",
+        || async { (postfix.configuration() == before).then_some(()) },
+    )
+    .await;
+    let log = agent.log();
+    assert!(log.contains("state=Releasing"), "{log}");
+    assert!(
+        postfix
+            .smtp
+            .send("after")
+            .starts_with("250 2.0.0 Ok: queued")
     );
 }

@@ -3,13 +3,19 @@
 //! kubelet up to a minute), renders it for the MTA, applies it in place and reports the
 //! applied hash in the report object the controller created. Its token needs only get,
 //! list and watch on the document and patch on the report, both by name.
+//!
+//! When an incident ends, the agent releases the held mail (see [`state`]) and only then
+//! returns the MTA to its own configuration.
 
+pub mod exim;
+pub mod generic;
 pub mod postfix;
+pub mod state;
 
 use crate::{
     Error, Result,
     api::mode_document::{
-        AgentReport, MODE_DOCUMENT_KEY, ModeDocument, REPORT_SUFFIX, document_name,
+        AgentReport, MODE_DOCUMENT_KEY, ModeDocument, QueueFigures, REPORT_SUFFIX, document_name,
     },
     http::{self, Readiness},
     metrics::AgentMetrics,
@@ -17,22 +23,46 @@ use crate::{
 };
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::jiff;
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
     runtime::watcher::{self, Event, watcher},
 };
-use postfix::{Baseline, Postfix};
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use state::Held;
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 use tracing::{info, warn};
 
-/// The baseline is kept next to main.cf: an agent restarted during an incident must not
-/// take the incident's settings for the MTA's own.
-const BASELINE_FILE: &str = "mail-incident-baseline.json";
+/// In the state directory: what the agent holds the MTA in, so that a restarted agent
+/// still releases the mail of an incident that ended while it was down.
+const STATE_FILE: &str = "agent-state.json";
+/// In the state directory: the Postfix settings from before any incident.
+const POSTFIX_BASELINE_FILE: &str = "postfix-baseline.json";
 
 /// How long to wait before retrying a failed apply or report.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// What the agent needs of an MTA.
+pub trait Mta: Send + Sync {
+    /// Configures the MTA for `held` and makes it take effect without a restart; for
+    /// `Releasing`, also starts delivering the held mail.
+    fn apply(&self, held: &Held) -> std::io::Result<()>;
+    /// The queue as it is now, or `None` if this MTA's queue cannot be measured.
+    fn queue(&self) -> std::io::Result<Option<QueueFigures>>;
+}
+
+/// The MTA software next to the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Software {
+    Postfix,
+    Exim,
+    Generic,
+}
 
 /// Command-line settings of `mail-incident-operator agent`.
 #[derive(Clone, Debug, clap::Args)]
@@ -49,15 +79,44 @@ pub struct Settings {
     #[arg(long, env = "POD_NAME")]
     pub pod: String,
 
-    /// The Postfix configuration directory (shared with the MTA container).
+    /// The MTA software.
+    #[arg(long, value_enum, env = "MAIL_INCIDENT_MTA", default_value = "postfix")]
+    pub mta: Software,
+
+    /// Where the agent keeps its state and the MTA's baseline: keep it on the queue's
+    /// volume, so that it lives exactly as long as the mail it is about.
+    #[arg(
+        long,
+        env = "AGENT_STATE_DIR",
+        default_value = "/var/spool/mail-incident-agent"
+    )]
+    pub state_dir: PathBuf,
+
+    /// Postfix: the configuration directory (shared with the MTA container).
     #[arg(long, env = "POSTFIX_CONFIG_DIR", default_value = "/etc/postfix")]
     pub postfix_config: PathBuf,
 
-    /// The master.cf transport that delivers to mailbox storage, held while an incident lasts.
+    /// Postfix: the master.cf transport that delivers to mailbox storage, held while an
+    /// incident lasts.
     #[arg(long, env = "MAILBOX_TRANSPORT", default_value = "lmtp")]
     pub mailbox_transport: String,
 
-    /// How often the queue figures are measured and reported while a mode is applied.
+    #[command(flatten)]
+    pub exim: exim::EximSettings,
+
+    /// Generic: the file the agent writes the state to (JSON).
+    #[arg(
+        long,
+        env = "MAIL_INCIDENT_MODE_FILE",
+        default_value = "/run/mail-incident/mode.json"
+    )]
+    pub mode_file: PathBuf,
+
+    /// Generic: the command (run with sh -c) that reconfigures the MTA from the mode file.
+    #[arg(long, env = "MAIL_INCIDENT_HOOK")]
+    pub hook: Option<String>,
+
+    /// How often the queue is measured (and reported while a mode is applied).
     #[arg(long, default_value_t = 30)]
     pub report_seconds: u64,
 
@@ -70,6 +129,29 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
+/// The MTA handle `settings` describe.
+fn open_mta(settings: &Settings) -> Result<Box<dyn Mta>> {
+    let failed = |e: std::io::Error| Error::Agent(e.to_string());
+    Ok(match settings.mta {
+        Software::Postfix => Box::new(
+            postfix::Postfix::open(
+                &settings.postfix_config,
+                &settings.mailbox_transport,
+                &settings.state_dir.join(POSTFIX_BASELINE_FILE),
+            )
+            .map_err(failed)?,
+        ),
+        Software::Exim => Box::new(exim::Exim::new(&settings.exim)),
+        Software::Generic => Box::new(generic::Generic {
+            mode_file: settings.mode_file.clone(),
+            hook: settings
+                .hook
+                .clone()
+                .ok_or_else(|| Error::Agent("--mta generic needs --hook".into()))?,
+        }),
+    })
+}
+
 /// Runs the agent until the watch ends or SIGTERM.
 pub async fn run(settings: Settings) -> Result<()> {
     let client = Client::try_default().await.map_err(Error::Connect)?;
@@ -80,20 +162,21 @@ pub async fn run(settings: Settings) -> Result<()> {
         ))
     })?;
     let document = document_name(kind, workload);
-    let postfix = Postfix {
-        config_dir: &settings.postfix_config,
-    };
-    let baseline = load_baseline(&postfix, &settings.postfix_config)?;
+    std::fs::create_dir_all(&settings.state_dir)
+        .map_err(|e| Error::Agent(format!("{}: {e}", settings.state_dir.display())))?;
+    let state_file = settings.state_dir.join(STATE_FILE);
     let metrics = AgentMetrics::default();
     let readiness = Readiness::default();
     let http = http::Server::start(settings.listen, metrics.registry(), readiness.clone()).await?;
-    info!(%document, pod = %settings.pod, "agent started");
+    info!(%document, pod = %settings.pod, mta = ?settings.mta, "agent started");
 
-    let agent = Agent {
+    let mut agent = Agent {
         config_maps: Api::namespaced(client, &settings.namespace),
         report: format!("{document}{REPORT_SUFFIX}"),
         pod: &settings.pod,
-        postfix,
+        mta: open_mta(&settings)?,
+        held: load_state(&state_file)?,
+        state_file,
         metrics,
     };
     let events = watcher(
@@ -106,16 +189,14 @@ pub async fn run(settings: Settings) -> Result<()> {
     let stop = crate::shutdown::signal();
     futures::pin_mut!(stop);
     let mut listed: Option<ConfigMap> = None;
-    // What was last applied: None until the first apply, which always happens, so that
-    // an agent restarted after its document went away still restores the baseline.
-    let mut applied: Option<Option<String>> = None;
+    // The first listing always applies, so that an agent restarted mid-incident or after
+    // one puts the MTA where it must be.
+    let mut applied_once = false;
     loop {
         let event = tokio::select! {
             event = events.try_next() => event,
             _ = ticks.tick() => {
-                if let Some(Some(hash)) = &applied {
-                    agent.report(hash).await;
-                }
+                agent.measure().await;
                 continue;
             }
             _ = &mut stop => break,
@@ -139,25 +220,23 @@ pub async fn run(settings: Settings) -> Result<()> {
                 continue;
             }
         };
-        let wanted = current.as_ref().and_then(parse_document);
-        let hash = wanted.as_ref().map(ModeDocument::hash);
-        if applied.as_ref() == Some(&hash) {
+        let document = match current.as_ref().map(parse_document).transpose() {
+            Ok(document) => document,
+            Err(error) => {
+                warn!(%error, "unreadable mode document; keeping the current mode");
+                continue;
+            }
+        };
+        let next = agent
+            .held
+            .next(document.as_ref(), Timestamp::now().as_second());
+        if applied_once && next == agent.held {
             continue;
         }
-        let edits = postfix::render(wanted.as_ref(), &baseline, &settings.mailbox_transport);
-        if let Err(error) = agent.postfix.apply(&edits) {
-            agent.metrics.errors.with_label_values(&["apply"]).inc();
-            warn!(%error, "cannot apply the mode; keeping the previous one");
-            continue;
+        if agent.enter(next).await {
+            applied_once = true;
+            readiness.set_ready();
         }
-        agent.metrics.applies.inc();
-        agent.metrics.set_mode(wanted.as_ref().map(|d| d.mode));
-        readiness.set_ready();
-        info!(mode = ?wanted.as_ref().map(|d| d.mode), hash = hash.as_deref().unwrap_or("normal"), "applied");
-        if let Some(hash) = &hash {
-            agent.report(hash).await;
-        }
-        applied = Some(hash);
     }
     http.stop().await;
     Ok(())
@@ -168,27 +247,76 @@ struct Agent<'a> {
     config_maps: Api<ConfigMap>,
     report: String,
     pod: &'a str,
-    postfix: Postfix<'a>,
+    mta: Box<dyn Mta>,
+    held: Held,
+    state_file: PathBuf,
     metrics: AgentMetrics,
 }
 
 impl Agent<'_> {
-    /// Writes this pod's entry in the report: the applied hash and the queue as measured
-    /// now. Retries until the API server takes it (the controller creates the report
-    /// right after the document).
-    async fn report(&self, hash: &str) {
-        let queue = match self.postfix.queue_listing() {
-            Ok(listing) => {
-                let figures = postfix::queue_figures(&listing, jiff::Timestamp::now().as_second());
-                self.metrics.set_queue(&figures);
-                Some(figures)
+    /// Applies `next` and records it; on failure keeps the current state, to be tried
+    /// again with the next change or measurement. Returns whether it applied.
+    async fn enter(&mut self, next: Held) -> bool {
+        if let Err(error) = self.mta.apply(&next) {
+            self.metrics.errors.with_label_values(&["apply"]).inc();
+            warn!(%error, state = %next.label(), "cannot apply; keeping the previous state");
+            return false;
+        }
+        if let Err(error) = save_state(&self.state_file, &next) {
+            warn!(%error, "cannot save the agent state");
+        }
+        self.metrics.applies.inc();
+        self.metrics.set_mode(&next.label());
+        info!(state = %next.label(), hash = next.hash().as_deref().unwrap_or("-"), "applied");
+        self.held = next;
+        if let Some(hash) = self.held.hash() {
+            let queue = self.queue();
+            self.report(&hash, queue).await;
+        }
+        true
+    }
+
+    /// Measures the queue: reports it while a mode is applied, and ends a release once
+    /// the held mail is out.
+    async fn measure(&mut self) {
+        let Ok(queue) = self.queue_or_error() else {
+            return;
+        };
+        if let Some(hash) = self.held.hash() {
+            self.report(&hash, queue.clone()).await;
+        }
+        let next = self
+            .held
+            .after_measuring(queue.as_ref(), Timestamp::now().as_second());
+        if next != self.held {
+            self.enter(next).await;
+        }
+    }
+
+    fn queue(&self) -> Option<QueueFigures> {
+        self.queue_or_error().ok().flatten()
+    }
+
+    fn queue_or_error(&self) -> std::io::Result<Option<QueueFigures>> {
+        match self.mta.queue() {
+            Ok(queue) => {
+                if let Some(figures) = &queue {
+                    self.metrics.set_queue(figures);
+                }
+                Ok(queue)
             }
             Err(error) => {
                 self.metrics.errors.with_label_values(&["queue"]).inc();
                 warn!(%error, "cannot read the queue");
-                None
+                Err(error)
             }
-        };
+        }
+    }
+
+    /// Writes this pod's entry in the report: the applied hash and the queue. Retries
+    /// until the API server takes it (the controller creates the report right after the
+    /// document).
+    async fn report(&self, hash: &str, queue: Option<QueueFigures>) {
         let entry = AgentReport {
             hash: hash.into(),
             queue,
@@ -212,29 +340,42 @@ impl Agent<'_> {
     }
 }
 
-fn parse_document(config_map: &ConfigMap) -> Option<ModeDocument> {
-    let text = config_map.data.as_ref()?.get(MODE_DOCUMENT_KEY)?;
-    match serde_json::from_str(text) {
-        Ok(document) => Some(document),
-        Err(error) => {
-            warn!(%error, "unreadable mode document; keeping the current mode");
-            None
-        }
+fn parse_document(config_map: &ConfigMap) -> std::result::Result<ModeDocument, String> {
+    let text = config_map
+        .data
+        .as_ref()
+        .and_then(|data| data.get(MODE_DOCUMENT_KEY))
+        .ok_or_else(|| format!("no {MODE_DOCUMENT_KEY} key"))?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// The state saved by the last agent, or `Normal` for a first start.
+fn load_state(path: &Path) -> Result<Held> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| Error::Agent(format!("{}: {e}", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Held::Normal),
+        Err(error) => Err(Error::Agent(format!("{}: {error}", path.display()))),
     }
 }
 
-/// The MTA's own configuration of the managed parameters, recorded once.
-fn load_baseline(postfix: &Postfix<'_>, dir: &std::path::Path) -> Result<Baseline> {
-    let path = dir.join(BASELINE_FILE);
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        return serde_json::from_str(&text)
-            .map_err(|e| Error::Agent(format!("{}: {e}", path.display())));
+fn save_state(path: &Path, held: &Held) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(
+        &partial,
+        serde_json::to_string_pretty(held).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(partial, path)
+}
+
+/// Runs a command; its standard output, or an error carrying its standard error.
+fn run_command(command: &mut Command) -> std::io::Result<String> {
+    let output = command.output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
     }
-    let explicit = postfix
-        .explicit_parameters()
-        .map_err(|e| Error::Agent(e.to_string()))?;
-    let baseline = Baseline::from_postconf_n(&explicit);
-    let text = serde_json::to_string_pretty(&baseline).expect("a baseline serializes");
-    std::fs::write(&path, text).map_err(|e| Error::Agent(format!("{}: {e}", path.display())))?;
-    Ok(baseline)
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

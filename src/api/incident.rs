@@ -136,6 +136,13 @@ pub struct MailIncidentSpec {
     /// as the record of what happened.
     #[serde(default)]
     pub resolved: bool,
+
+    /// How the mail held during the incident goes to mailbox storage once the incident
+    /// ends: at a pace the recovering storage can take, with the incident's queue
+    /// lifetimes kept until it is all delivered, so that no held message expires on its
+    /// way out.
+    #[serde(default)]
+    pub release: Release,
 }
 
 /// The three incident modes.
@@ -245,6 +252,30 @@ impl Default for QueueLifetimes {
         Self {
             lifetime: default_lifetime(),
             bounce_lifetime: default_lifetime(),
+        }
+    }
+}
+
+/// The release of held mail when an incident ends.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Release {
+    /// Deliveries to mailbox storage each MTA runs at once while it works off the held
+    /// mail (Postfix: the process limit of the mailbox transport; Exim: parallel queue
+    /// runners). Default 4, at most 100.
+    #[serde(default = "default_release_concurrency")]
+    #[schemars(range(min = 1, max = 100))]
+    pub concurrency: u16,
+}
+
+fn default_release_concurrency() -> u16 {
+    4
+}
+
+impl Default for Release {
+    fn default() -> Self {
+        Self {
+            concurrency: default_release_concurrency(),
         }
     }
 }

@@ -79,6 +79,21 @@ pub struct QueueFigures {
     pub oldest_age_seconds: u64,
 }
 
+impl QueueFigures {
+    /// The figures of a queue listed as (queue name, arrival time in seconds since the
+    /// epoch) per message, at `now`.
+    pub fn from_arrivals<'a>(messages: impl IntoIterator<Item = (&'a str, i64)>, now: i64) -> Self {
+        let mut figures = Self::default();
+        for (queue, arrival) in messages {
+            figures.messages += 1;
+            *figures.by_queue.entry(queue.to_string()).or_default() += 1;
+            let age = u64::try_from(now - arrival).unwrap_or(0);
+            figures.oldest_age_seconds = figures.oldest_age_seconds.max(age);
+        }
+        figures
+    }
+}
+
 /// What one workload's MTAs must do now. Absent document = normal service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -92,6 +107,8 @@ pub struct ModeDocument {
     pub reply: DocumentReply,
     /// Queue lifetimes, in Postfix notation (`5d`).
     pub queue: DocumentQueue,
+    /// How the held mail is released once the incident ends.
+    pub release: DocumentRelease,
     /// The MTA software, when the workload or incident says; the agent has its own default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mta: Option<MtaKind>,
@@ -112,6 +129,13 @@ pub struct DocumentReply {
 pub struct DocumentQueue {
     pub lifetime: String,
     pub bounce_lifetime: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentRelease {
+    /// Deliveries to mailbox storage run at once while the held mail drains.
+    pub concurrency: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +209,7 @@ mod tests {
                 lifetime: "5d".into(),
                 bounce_lifetime: "5d".into(),
             },
+            release: DocumentRelease { concurrency: 4 },
             mta: Some(MtaKind::Postfix),
             incident: DocumentIncident {
                 name: "outage".into(),
@@ -198,7 +223,7 @@ mod tests {
     fn the_hash_is_pinned_so_upgrades_do_not_reapply_every_mode() {
         // If this changes, every agent reapplies and every restart-delivered MTA rolls:
         // only change it together with MODE_DOCUMENT_VERSION.
-        assert_eq!(document().hash(), "a3eaf179ac843a57");
+        assert_eq!(document().hash(), "dbd7076966862e70");
     }
 
     #[test]

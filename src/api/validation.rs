@@ -78,7 +78,12 @@ pub struct ValidIncident {
     pub resolved: bool,
     /// Queue limits turning AcceptAndQueue targets into TempFail.
     pub escalation: Option<EscalationLimits>,
+    /// Deliveries each MTA runs at once while releasing held mail.
+    pub release_concurrency: u16,
 }
+
+/// The range of spec.release.concurrency (also in the schema).
+pub const RELEASE_CONCURRENCY: std::ops::RangeInclusive<u16> = 1..=100;
 
 /// spec.escalation, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +141,18 @@ pub fn validate(
         .as_ref()
         .and_then(|e| escalation_of(spec.mode, e, &mut fail));
 
+    if !RELEASE_CONCURRENCY.contains(&spec.release.concurrency) {
+        fail(
+            "spec.release.concurrency",
+            format!(
+                "{} is outside {}..={}",
+                spec.release.concurrency,
+                RELEASE_CONCURRENCY.start(),
+                RELEASE_CONCURRENCY.end()
+            ),
+        );
+    }
+
     let expires_at = match (&spec.expires_at, &spec.duration) {
         (Some(_), Some(_)) => {
             fail(
@@ -166,6 +183,7 @@ pub fn validate(
                 expires_at,
                 resolved: spec.resolved,
                 escalation,
+                release_concurrency: spec.release.concurrency,
             })
         }
         _ => Err(errors),

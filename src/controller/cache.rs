@@ -4,7 +4,10 @@
 //! which would otherwise be most of the memory.
 
 use crate::{Error, Result, api::mode_document};
-use futures::Stream;
+use futures::{
+    FutureExt, Stream,
+    future::{BoxFuture, Shared},
+};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
@@ -41,19 +44,50 @@ pub struct Caches {
     pub pods: Store<PartialObjectMeta<Pod>>,
     /// Only the operator's ConfigMaps (mode documents and reports), by label.
     pub config_maps: Store<ConfigMap>,
+    /// Resolves once every cache holds a complete first listing (or names the one that
+    /// never will). Shared because kube's `Store::wait_until_ready` wakes only the last
+    /// of several tasks waiting at once: a reconcile waiting beside another waiter could
+    /// sleep forever.
+    ready: Shared<BoxFuture<'static, Result<(), &'static str>>>,
 }
 
 impl Caches {
-    /// Waits until every cache holds a complete first listing.
-    pub async fn wait_until_ready(&self) -> Result<()> {
-        let ready = |r: Result<(), reflector::store::WriterDropped>, what| {
-            r.map_err(|_| Error::CacheNeverReady(what))
+    pub fn new(
+        deployments: Store<Deployment>,
+        statefulsets: Store<StatefulSet>,
+        pods: Store<PartialObjectMeta<Pod>>,
+        config_maps: Store<ConfigMap>,
+    ) -> Self {
+        let ready = {
+            let (deployments, statefulsets, pods, config_maps) = (
+                deployments.clone(),
+                statefulsets.clone(),
+                pods.clone(),
+                config_maps.clone(),
+            );
+            async move {
+                let ready =
+                    |r: Result<(), reflector::store::WriterDropped>, what| r.map_err(|_| what);
+                ready(deployments.wait_until_ready().await, "deployments")?;
+                ready(statefulsets.wait_until_ready().await, "statefulsets")?;
+                ready(pods.wait_until_ready().await, "pods")?;
+                ready(config_maps.wait_until_ready().await, "configmaps")
+            }
+            .boxed()
+            .shared()
         };
-        ready(self.deployments.wait_until_ready().await, "deployments")?;
-        ready(self.statefulsets.wait_until_ready().await, "statefulsets")?;
-        ready(self.pods.wait_until_ready().await, "pods")?;
-        ready(self.config_maps.wait_until_ready().await, "configmaps")?;
-        Ok(())
+        Self {
+            deployments,
+            statefulsets,
+            pods,
+            config_maps,
+            ready,
+        }
+    }
+
+    /// Waits until every cache holds a complete first listing. Any number of tasks may wait.
+    pub async fn wait_until_ready(&self) -> Result<()> {
+        self.ready.clone().await.map_err(Error::CacheNeverReady)
     }
 }
 
@@ -174,6 +208,43 @@ impl Slim for ConfigMap {
             .map(String::as_str);
         if role == Some(mode_document::ROLE_DOCUMENT) {
             self.data = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Two tasks wait at once, as the start-up log and the first reconcile do: both must
+    /// wake when the listings complete.
+    #[tokio::test]
+    async fn every_waiter_wakes_when_the_caches_fill() {
+        let (deployments, mut deployment_writer) = reflector::store();
+        let (statefulsets, mut statefulset_writer) = reflector::store();
+        let (pods, mut pod_writer) = reflector::store();
+        let (config_maps, mut config_map_writer) = reflector::store();
+        let caches = Caches::new(deployments, statefulsets, pods, config_maps);
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let caches = caches.clone();
+                tokio::spawn(async move { caches.wait_until_ready().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "ready before any listing"
+        );
+
+        deployment_writer.apply_watcher_event(&watcher::Event::InitDone);
+        statefulset_writer.apply_watcher_event(&watcher::Event::InitDone);
+        pod_writer.apply_watcher_event(&watcher::Event::InitDone);
+        config_map_writer.apply_watcher_event(&watcher::Event::InitDone);
+        for waiter in waiters {
+            let woke = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+            assert!(matches!(woke, Ok(Ok(Ok(())))), "a waiter slept on");
         }
     }
 }

@@ -48,7 +48,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The field manager of every write the controller makes. GitOps tools can be told to
 /// ignore the fields this manager owns.
@@ -172,12 +172,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             mode_document::MANAGED_BY
         )),
     );
-    let caches = Caches {
-        deployments,
-        statefulsets,
-        pods,
-        config_maps,
-    };
+    let caches = Caches::new(deployments, statefulsets, pods, config_maps);
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: Some(identity),
@@ -281,6 +276,7 @@ async fn reconcile(incident: Arc<MailIncident>, context: Arc<Context>) -> Result
         kind: "MailIncident",
         name: incident.name_any(),
     })?;
+    debug!(%namespace, incident = %incident.name_any(), generation = incident.metadata.generation, "reconciling");
     let api: Api<MailIncident> = Api::namespaced(context.client.clone(), &namespace);
     // Both a live and a deleted incident sync the namespace; the finalizer is removed once
     // the sync that no longer counts the deleted one has gone through.

@@ -13,7 +13,8 @@ pub use target::{Delivery, QueueStorage, Target, TargetRef, Uptake, WorkloadKind
 use crate::api::{
     MailIncident, MailIncidentStatus, Mode, Transition,
     mode_document::{
-        DocumentIncident, DocumentQueue, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION, ModeDocument,
+        DocumentIncident, DocumentQueue, DocumentRelease, MODE_DOCUMENT_KIND,
+        MODE_DOCUMENT_VERSION, ModeDocument,
     },
     validation::{self, ValidIncident},
 };
@@ -283,6 +284,9 @@ fn document_for(
         queue: DocumentQueue {
             lifetime: spec.queue_lifetime.to_string(),
             bounce_lifetime: spec.bounce_lifetime.to_string(),
+        },
+        release: DocumentRelease {
+            concurrency: spec.release_concurrency,
         },
         mta: target.mta.or(incident.spec.targets.mta),
         incident: DocumentIncident {

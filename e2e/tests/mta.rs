@@ -1,0 +1,228 @@
+//! What the real-MTA tests share: an SMTP client, the agent process, the example MTA
+//! workload with the agent's RBAC, and counting a Maildir.
+
+use crate::{
+    fakes::FakeKubelet,
+    support::eventually,
+    world::{World, service_account_kubeconfig},
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client, ResourceExt, api::ListParams};
+use std::{
+    ffi::OsString,
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+/// Runs a command that must succeed; its standard output.
+pub fn run(command: &mut Command) -> String {
+    let output = command.output().unwrap_or_else(|e| {
+        panic!("cannot run {command:?}: {e}; e2e/install-deps.sh installs the MTAs")
+    });
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A loopback port nobody listens on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Messages delivered to a Maildir (files in its `new/`).
+pub fn maildir_count(maildir: &Path) -> usize {
+    std::fs::read_dir(maildir.join("new")).map_or(0, |entries| entries.count())
+}
+
+/// One SMTP client session; QUIT is sent when it is dropped.
+pub struct SmtpSession {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl SmtpSession {
+    /// Connects and reads the greeting.
+    pub fn open(port: u16) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut session = Self {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        session.reply();
+        session
+    }
+
+    /// Sends one line; the last line of the reply.
+    pub fn command(&mut self, line: &str) -> String {
+        write!(self.writer, "{line}\r\n").unwrap();
+        self.reply()
+    }
+
+    /// A reply's last line has a space, not a dash, after the code.
+    fn reply(&mut self) -> String {
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return line.trim_end().to_string();
+            }
+        }
+    }
+}
+
+impl Drop for SmtpSession {
+    fn drop(&mut self) {
+        write!(self.writer, "QUIT\r\n").ok();
+    }
+}
+
+/// An MTA listening on a loopback port, for one recipient address.
+pub struct Smtp {
+    pub port: u16,
+    pub recipient: &'static str,
+}
+
+impl Smtp {
+    /// Sends one message; the reply to the end of DATA.
+    pub fn send(&self, subject: &str) -> String {
+        let mut session = SmtpSession::open(self.port);
+        for command in [
+            "EHLO client.e2e.test",
+            "MAIL FROM:<sender@example.net>",
+            &format!("RCPT TO:<{}>", self.recipient),
+            "DATA",
+        ] {
+            session.command(command);
+        }
+        session.command(&format!(
+            "Subject: {subject}\r\n\r\nHeld while storage is down.\r\n."
+        ))
+    }
+
+    /// The reply to RCPT TO in a fresh SMTP session.
+    pub fn rcpt_reply(&self) -> String {
+        let mut session = SmtpSession::open(self.port);
+        for command in ["EHLO client.e2e.test", "MAIL FROM:<sender@example.net>"] {
+            assert!(session.command(command).starts_with("250"));
+        }
+        session.command(&format!("RCPT TO:<{}>", self.recipient))
+    }
+
+    /// The RCPT reply once it starts with `prefix` (or the last one after 10 s): a
+    /// Postfix reload reaches new smtpd processes only, so an idle old one may answer
+    /// once more with the old configuration.
+    pub fn rcpt_reply_once(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = self.rcpt_reply();
+            if answer.starts_with(prefix) || Instant::now() > deadline {
+                return answer;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The agent binary, running as the example's agent ServiceAccount next to a local MTA,
+/// for one pod. Killed when dropped; its log is printed if the test failed.
+pub struct AgentProcess {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    pub http: String,
+}
+
+impl AgentProcess {
+    /// Starts `agent` with the MTA-specific `args`, reporting every second, with a state
+    /// directory of its own.
+    pub async fn start(world: &World, namespace: &str, pod: &str, args: &[OsString]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("agent.kubeconfig");
+        let config = service_account_kubeconfig(world, namespace, "postfix-inbound-agent").await;
+        std::fs::write(&kubeconfig, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_mail-incident-operator"))
+            .args([
+                "agent",
+                "--workload",
+                "Deployment/postfix-inbound",
+                "--namespace",
+                namespace,
+                "--pod",
+                pod,
+                "--report-seconds",
+                "1",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("NO_COLOR", "1")
+            .stderr(log)
+            .spawn()
+            .expect("the agent starts");
+        Self {
+            child,
+            dir,
+            http: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        if std::thread::panicking() {
+            eprintln!("--- agent log\n{}", self.log());
+        }
+    }
+}
+
+/// The example MTA (examples/postfix-with-agent.yaml: the Deployment and the agent's
+/// ServiceAccount and Role) applied in `namespace`, with a kubelet stand-in; returns it and
+/// the name of the pod whose agent the test runs.
+pub async fn mta_with_agent_rbac(
+    world: &World,
+    client: &Client,
+    namespace: &str,
+) -> (FakeKubelet, String) {
+    let kubelet = FakeKubelet::start(client.clone(), namespace).await;
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/postfix-with-agent.yaml"
+    );
+    world.kubectl_ok(&["apply", "-n", namespace, "-f", example]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod = eventually("the MTA pod", || async {
+        let selected = ListParams::default().labels("app.kubernetes.io/instance=postfix-inbound");
+        pods.list(&selected)
+            .await
+            .ok()?
+            .items
+            .first()
+            .map(|p| p.name_any())
+    })
+    .await;
+    (kubelet, pod)
+}

@@ -1,0 +1,313 @@
+//! Exim rendering. Exim's configuration is one file the site owns, so the agent does not
+//! edit it: the site's configuration reads two small files the agent writes (the
+//! fragments to paste are in `examples/exim/`):
+//!
+//! - the **mode file**, `key=value` lines read with `${readfile}` by the RCPT ACL and the
+//!   routers at every use: `mode` (normal, queue, tempfail, reject), `reply` (the
+//!   incident's full SMTP reply). The ACL answers `defer` or `deny` with that reply; in
+//!   every incident mode a router defers delivery to mailbox storage, so held mail stays
+//!   queued.
+//! - the **retry file**, `.include`d at the top of the configuration, sets the macro
+//!   `MAIL_INCIDENT_LIFETIME` used as the final time of the retry rule for local
+//!   deliveries, so held mail does not bounce before the incident's queue lifetime. Retry
+//!   rules are read when Exim starts, so a change of lifetime needs a reload: SIGHUP to
+//!   the daemon, which re-executes itself with the new configuration (listening sockets
+//!   and queued mail are untouched). The configuration is checked first (`exim -bV`),
+//!   because a daemon whose re-execution fails is gone.
+//!
+//! Releasing writes mode `normal` with the incident's lifetime still in the retry file,
+//! then starts as many queue runners (`exim -qff`) as the release concurrency: each
+//! delivers one message at a time. Exim times retries and expiry from the first failure
+//! of each address, which the release does not reset.
+
+use super::{Mta, run_command, state::Held};
+use crate::api::{Mode, mode_document::QueueFigures};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+/// The macro the retry file defines.
+pub const LIFETIME_MACRO: &str = "MAIL_INCIDENT_LIFETIME";
+
+/// Command-line settings for Exim.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EximSettings {
+    /// Exim: the binary.
+    #[arg(long, env = "EXIM_BINARY", default_value = "exim4")]
+    pub exim_binary: PathBuf,
+
+    /// Exim: the configuration file, if not the binary's compiled-in one (passed as -C).
+    #[arg(long, env = "EXIM_CONFIG")]
+    pub exim_config: Option<PathBuf>,
+
+    /// Exim: the mode file the configuration reads.
+    #[arg(
+        long,
+        env = "EXIM_MODE_FILE",
+        default_value = "/etc/exim4/mail-incident/mode"
+    )]
+    pub exim_mode_file: PathBuf,
+
+    /// Exim: the retry file the configuration includes.
+    #[arg(
+        long,
+        env = "EXIM_RETRY_FILE",
+        default_value = "/etc/exim4/mail-incident/retry.conf"
+    )]
+    pub exim_retry_file: PathBuf,
+
+    /// Exim: the spool directory, where the queue is measured.
+    #[arg(long, env = "EXIM_SPOOL_DIR", default_value = "/var/spool/exim4")]
+    pub exim_spool_dir: PathBuf,
+
+    /// Exim: the daemon's pid file, for the reload signal.
+    #[arg(long, env = "EXIM_PID_FILE", default_value = "/run/exim4/exim.pid")]
+    pub exim_pid_file: PathBuf,
+}
+
+/// The two files' contents for `held`. `None` for the retry file: no incident lifetime,
+/// the configuration's own retry rules apply.
+pub fn render(held: &Held) -> (String, Option<String>) {
+    let lifetime = |lifetime: &str| Some(format!("{LIFETIME_MACRO} = {lifetime}\n"));
+    match held {
+        Held::Normal => ("mode=normal\n".into(), None),
+        Held::Releasing { release } => ("mode=normal\n".into(), lifetime(&release.lifetime)),
+        Held::Incident { document } => {
+            let mode = match document.mode {
+                Mode::AcceptAndQueue => "queue",
+                Mode::TempFail => "tempfail",
+                Mode::HardReject => "reject",
+            };
+            let reply = &document.reply;
+            (
+                format!(
+                    "mode={mode}\nreply=\"{} {} {}\"\n",
+                    reply.code, reply.enhanced_code, reply.text
+                ),
+                lifetime(&document.queue.lifetime),
+            )
+        }
+    }
+}
+
+/// The arrival time (seconds since the epoch) in a spool header file (`<id>-H`): its
+/// fourth line starts with it.
+pub fn arrival_time(header: &str) -> Option<i64> {
+    header
+        .lines()
+        .nth(3)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Queue figures read straight from the spool's `input` directory (also split into
+/// subdirectories when `split_spool_directory` is set): one `-H` file per message. Cheaper
+/// than `exim -bp` on a huge queue, and exact to the second.
+pub fn spool_figures(spool: &Path, now: i64) -> std::io::Result<QueueFigures> {
+    let mut arrivals = Vec::new();
+    let mut directories = vec![spool.join("input")];
+    while let Some(directory) = directories.pop() {
+        let entries = match std::fs::read_dir(&directory) {
+            // Exim creates the directory with the first message.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            entries => entries?,
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                directories.push(path);
+            } else if path.to_string_lossy().ends_with("-H") {
+                // A message delivered meanwhile takes its files with it.
+                if let Some(arrival) = std::fs::read_to_string(&path)
+                    .ok()
+                    .as_deref()
+                    .and_then(arrival_time)
+                {
+                    arrivals.push(("queue", arrival));
+                }
+            }
+        }
+    }
+    Ok(QueueFigures::from_arrivals(arrivals, now))
+}
+
+/// An Exim installation, driven through its binary and its daemon's pid file.
+pub struct Exim {
+    settings: EximSettings,
+}
+
+impl Exim {
+    pub fn new(settings: &EximSettings) -> Self {
+        Self {
+            settings: settings.clone(),
+        }
+    }
+
+    fn exim(&self) -> Command {
+        let mut command = Command::new(&self.settings.exim_binary);
+        if let Some(config) = &self.settings.exim_config {
+            command.arg("-C").arg(config);
+        }
+        command
+    }
+
+    /// SIGHUP to the daemon, once its new configuration has been checked.
+    fn reload(&self) -> std::io::Result<()> {
+        run_command(self.exim().arg("-bV").stdout(Stdio::null()))?;
+        let pid = std::fs::read_to_string(&self.settings.exim_pid_file)?;
+        run_command(Command::new("kill").args(["-HUP", pid.trim()]))?;
+        Ok(())
+    }
+}
+
+/// Replaces `path` with `text` (written aside, then renamed: readers never see half).
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text)?;
+    std::fs::rename(&partial, path)
+}
+
+impl Mta for Exim {
+    fn apply(&self, held: &Held) -> std::io::Result<()> {
+        let (mode, retry) = render(held);
+        let retry_file = &self.settings.exim_retry_file;
+        let old_retry = std::fs::read_to_string(retry_file).ok();
+        match &retry {
+            Some(text) => write_atomically(retry_file, text)?,
+            None if old_retry.is_some() => std::fs::remove_file(retry_file)?,
+            None => {}
+        }
+        // The mode file is read at each use: written after the lifetime is in force, so
+        // that no message is held under the old, shorter lifetime.
+        if retry != old_retry {
+            self.reload()?;
+        }
+        write_atomically(&self.settings.exim_mode_file, &mode)?;
+        if let Held::Releasing { release } = held {
+            for _ in 0..release.concurrency {
+                // Queue runners work on their own and exit when the queue is done; a
+                // thread waits for each so that none is left a zombie.
+                let mut runner = self
+                    .exim()
+                    .arg("-qff")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                std::thread::spawn(move || runner.wait());
+            }
+        }
+        Ok(())
+    }
+
+    fn queue(&self) -> std::io::Result<Option<QueueFigures>> {
+        spool_figures(
+            &self.settings.exim_spool_dir,
+            k8s_openapi::jiff::Timestamp::now().as_second(),
+        )
+        .map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::mode_document::{
+        DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply, MODE_DOCUMENT_KIND,
+        MODE_DOCUMENT_VERSION, ModeDocument,
+    };
+
+    fn document(mode: Mode, code: u16, enhanced: &str) -> ModeDocument {
+        ModeDocument {
+            api_version: MODE_DOCUMENT_VERSION.into(),
+            kind: MODE_DOCUMENT_KIND.into(),
+            mode,
+            reply: DocumentReply {
+                code,
+                enhanced_code: enhanced.into(),
+                text: "Mailbox storage unavailable".into(),
+            },
+            queue: DocumentQueue {
+                lifetime: "30d".into(),
+                bounce_lifetime: "10d".into(),
+            },
+            release: DocumentRelease { concurrency: 2 },
+            mta: None,
+            incident: DocumentIncident {
+                name: "outage".into(),
+                uid: "u".into(),
+                reason: "r".into(),
+            },
+        }
+    }
+
+    fn held(document: &ModeDocument) -> Held {
+        Held::Normal.next(Some(document), 0)
+    }
+
+    #[test]
+    fn each_mode_sets_the_acl_switch_reply_and_lifetime() {
+        let (mode, retry) = render(&held(&document(Mode::TempFail, 452, "4.3.1")));
+        assert_eq!(
+            mode,
+            "mode=tempfail\nreply=\"452 4.3.1 Mailbox storage unavailable\"\n"
+        );
+        assert_eq!(retry.as_deref(), Some("MAIL_INCIDENT_LIFETIME = 30d\n"));
+        let (mode, _) = render(&held(&document(Mode::HardReject, 550, "5.3.2")));
+        assert!(
+            mode.starts_with("mode=reject\nreply=\"550 5.3.2 "),
+            "{mode}"
+        );
+        let (mode, _) = render(&held(&document(Mode::AcceptAndQueue, 452, "4.3.1")));
+        assert!(mode.starts_with("mode=queue\n"), "{mode}");
+    }
+
+    #[test]
+    fn a_release_keeps_the_lifetime_and_normal_service_drops_it() {
+        let releasing = held(&document(Mode::AcceptAndQueue, 452, "4.3.1")).next(None, 10);
+        assert_eq!(
+            render(&releasing),
+            (
+                "mode=normal\n".to_string(),
+                Some("MAIL_INCIDENT_LIFETIME = 30d\n".to_string())
+            )
+        );
+        assert_eq!(render(&Held::Normal), ("mode=normal\n".to_string(), None));
+    }
+
+    #[test]
+    fn the_queue_is_read_from_the_spool_headers() {
+        let spool = tempfile::tempdir().unwrap();
+        let input = spool.path().join("input");
+        std::fs::create_dir_all(input.join("A")).unwrap();
+        let header = |id: &str, arrival: i64| {
+            format!("{id}-H\nDebian-exim 101 101\n<a@example.org>\n{arrival} 0\n-local\n")
+        };
+        std::fs::write(
+            input.join("1tAbCd-000ABC-12-H"),
+            header("1tAbCd-000ABC-12", 1000),
+        )
+        .unwrap();
+        std::fs::write(input.join("1tAbCd-000ABC-12-D"), "body").unwrap();
+        // split_spool_directory puts messages in one-letter subdirectories.
+        std::fs::write(
+            input.join("A/1tAbCe-000ABC-34-H"),
+            header("1tAbCe-000ABC-34", 4000),
+        )
+        .unwrap();
+        std::fs::write(input.join("A/1tAbCf-000ABC-56-H"), "cut short\n").unwrap();
+        let figures = spool_figures(spool.path(), 5000).unwrap();
+        assert_eq!(figures.messages, 2);
+        assert_eq!(figures.oldest_age_seconds, 4000);
+        assert_eq!(figures.by_queue.get("queue"), Some(&2));
+        let fresh = tempfile::tempdir().unwrap();
+        assert_eq!(
+            spool_figures(fresh.path(), 5000).unwrap(),
+            QueueFigures::default()
+        );
+    }
+}

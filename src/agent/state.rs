@@ -1,0 +1,190 @@
+//! What the agent holds its MTA in, and how that follows the mode document. Pure: the
+//! agent's loop reads documents and queues and applies the result.
+//!
+//! An incident ends in two steps. When its document goes away the MTA enters
+//! `Releasing`: it delivers the held mail again, at the incident's release concurrency,
+//! with the incident's queue lifetimes still in force so that no held message expires on
+//! its way out. Once no message older than the release is left, it returns to `Normal`,
+//! the MTA's own configuration.
+
+use crate::api::mode_document::{ModeDocument, QueueFigures};
+use serde::{Deserialize, Serialize};
+
+/// The state of the MTA as the agent has configured it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum Held {
+    /// The MTA's own configuration.
+    Normal,
+    /// An incident's mode.
+    Incident { document: Box<ModeDocument> },
+    /// Delivering the mail held by an incident that has ended.
+    Releasing { release: Release },
+}
+
+/// How held mail goes out once its incident ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Release {
+    /// Deliveries to mailbox storage at once.
+    pub concurrency: u16,
+    /// The incident's queue lifetimes (MTA notation, e.g. `5d`), kept until the held mail
+    /// is delivered.
+    pub lifetime: String,
+    pub bounce_lifetime: String,
+    /// When the release began (seconds since the epoch): mail older than this is held mail.
+    pub since: i64,
+}
+
+impl Held {
+    /// The state that follows `self` when the document becomes `document` at `now`.
+    pub fn next(&self, document: Option<&ModeDocument>, now: i64) -> Held {
+        match (document, self) {
+            (Some(document), _) => Held::Incident {
+                document: Box::new(document.clone()),
+            },
+            (None, Held::Incident { document }) => Held::Releasing {
+                release: Release {
+                    concurrency: document.release.concurrency,
+                    lifetime: document.queue.lifetime.clone(),
+                    bounce_lifetime: document.queue.bounce_lifetime.clone(),
+                    since: now,
+                },
+            },
+            (None, other) => other.clone(),
+        }
+    }
+
+    /// After a queue measurement: `Normal` once a release has nothing older than itself
+    /// left in the queue (or the MTA cannot tell its queue); otherwise unchanged.
+    pub fn after_measuring(&self, queue: Option<&QueueFigures>, now: i64) -> Held {
+        match self {
+            Held::Releasing { release } => {
+                let drained = queue.is_none_or(|q| {
+                    q.messages == 0
+                        || i64::try_from(q.oldest_age_seconds).unwrap_or(i64::MAX)
+                            < now - release.since
+                });
+                if drained { Held::Normal } else { self.clone() }
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// The mode document's hash while an incident is applied: what the agent reports.
+    pub fn hash(&self) -> Option<String> {
+        match self {
+            Held::Incident { document } => Some(document.hash()),
+            _ => None,
+        }
+    }
+
+    /// The name shown in the agent's `mail_incident_agent_mode` metric and logs.
+    pub fn label(&self) -> String {
+        match self {
+            Held::Normal => "Normal".into(),
+            Held::Incident { document } => format!("{:?}", document.mode),
+            Held::Releasing { .. } => "Releasing".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        Mode,
+        mode_document::{
+            DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply, MODE_DOCUMENT_KIND,
+            MODE_DOCUMENT_VERSION,
+        },
+    };
+
+    fn document(mode: Mode) -> ModeDocument {
+        ModeDocument {
+            api_version: MODE_DOCUMENT_VERSION.into(),
+            kind: MODE_DOCUMENT_KIND.into(),
+            mode,
+            reply: DocumentReply {
+                code: 452,
+                enhanced_code: "4.3.1".into(),
+                text: "try later".into(),
+            },
+            queue: DocumentQueue {
+                lifetime: "30d".into(),
+                bounce_lifetime: "7d".into(),
+            },
+            release: DocumentRelease { concurrency: 3 },
+            mta: None,
+            incident: DocumentIncident {
+                name: "outage".into(),
+                uid: "u".into(),
+                reason: "INC-1".into(),
+            },
+        }
+    }
+
+    fn queue(messages: u64, oldest_age_seconds: u64) -> QueueFigures {
+        QueueFigures {
+            messages,
+            oldest_age_seconds,
+            ..QueueFigures::default()
+        }
+    }
+
+    #[test]
+    fn an_ended_incident_releases_with_its_own_lifetimes_and_concurrency() {
+        let held = Held::Normal.next(Some(&document(Mode::AcceptAndQueue)), 100);
+        assert_eq!(held.label(), "AcceptAndQueue");
+        let released = held.next(None, 1000);
+        assert_eq!(
+            released,
+            Held::Releasing {
+                release: Release {
+                    concurrency: 3,
+                    lifetime: "30d".into(),
+                    bounce_lifetime: "7d".into(),
+                    since: 1000,
+                }
+            }
+        );
+        // The document staying away changes nothing; a new incident holds mail again.
+        assert_eq!(released.next(None, 2000), released);
+        assert_eq!(
+            released.next(Some(&document(Mode::TempFail)), 2000).label(),
+            "TempFail"
+        );
+    }
+
+    #[test]
+    fn a_release_ends_only_when_no_held_message_is_left() {
+        let releasing = Held::Normal
+            .next(Some(&document(Mode::AcceptAndQueue)), 0)
+            .next(None, 1000);
+        // At 1060, a message 500 s old arrived before the release: still held mail.
+        assert_eq!(
+            releasing.after_measuring(Some(&queue(10, 500)), 1060),
+            releasing
+        );
+        // Only mail younger than the release (new traffic) is left.
+        assert_eq!(
+            releasing.after_measuring(Some(&queue(2, 30)), 1060),
+            Held::Normal
+        );
+        assert_eq!(
+            releasing.after_measuring(Some(&queue(0, 0)), 1001),
+            Held::Normal
+        );
+        // An MTA that cannot measure its queue has nothing to wait for.
+        assert_eq!(releasing.after_measuring(None, 1001), Held::Normal);
+    }
+
+    #[test]
+    fn measuring_leaves_incidents_and_normal_service_alone() {
+        let incident = Held::Normal.next(Some(&document(Mode::TempFail)), 0);
+        assert_eq!(incident.after_measuring(Some(&queue(0, 0)), 10), incident);
+        assert_eq!(Held::Normal.after_measuring(None, 10), Held::Normal);
+        assert_eq!(Held::Normal.next(None, 10), Held::Normal);
+        assert!(incident.hash().is_some() && Held::Normal.hash().is_none());
+    }
+}
