@@ -4,6 +4,7 @@ mod delivery;
 mod exim;
 mod fakes;
 mod foundation;
+mod generic;
 mod mta;
 mod operations;
 mod postfix;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// The state of the MTA as the agent has configured it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "state")]
+#[serde(tag = "state")]
 pub enum Held {
     /// The MTA's own configuration.
     Normal,
