@@ -37,8 +37,9 @@ for _ in $(seq 100); do
 done
 curl -fs http://127.0.0.1:18080/readyz >/dev/null || { cat "$state/operator.log" >&2; die "operator not ready"; }
 
-log "applying examples/mta-fleet.yaml and examples/postfix-with-agent.yaml in namespace mail"
+log "applying deploy/agent, examples/mta-fleet.yaml and examples/postfix-with-agent.yaml in namespace mail"
 k create namespace mail --dry-run=client -o yaml | k apply -f - >/dev/null
+k -n mail apply -k "$repo/deploy/agent"
 k -n mail apply -f "$repo/examples/mta-fleet.yaml" -f "$repo/examples/postfix-with-agent.yaml"
 
 # No kubelet runs here: the Postfix pod stays Pending, and its MTA and agent run as local

@@ -199,8 +199,8 @@ impl Drop for AgentProcess {
     }
 }
 
-/// The example MTA (examples/postfix-with-agent.yaml: the Deployment and the agent's
-/// ServiceAccount and Role) applied in `namespace`, with a kubelet stand-in; returns it and
+/// The example MTA (examples/postfix-with-agent.yaml) and the agent's ServiceAccount and
+/// Role (deploy/agent) applied in `namespace`, with a kubelet stand-in; returns it and
 /// the name of the pod whose agent the test runs.
 pub async fn mta_with_agent_rbac(
     world: &World,
@@ -212,6 +212,8 @@ pub async fn mta_with_agent_rbac(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/postfix-with-agent.yaml"
     );
+    let agent_rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/agent");
+    world.kubectl_ok(&["apply", "-n", namespace, "-k", agent_rbac]);
     world.kubectl_ok(&["apply", "-n", namespace, "-f", example]);
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod = eventually("the MTA pod", || async {

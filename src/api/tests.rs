@@ -400,3 +400,25 @@ fn crd_names_printer_columns_and_status_subresource() {
             .is_some()
     );
 }
+
+#[test]
+fn schema_range_of_release_concurrency_is_what_the_controller_allows() {
+    let schema = schema_of(&["release", "concurrency"]);
+    let (min, max) = (
+        schema["minimum"].as_f64().expect("minimum") as u64,
+        schema["maximum"].as_f64().expect("maximum") as u64,
+    );
+    for concurrency in 0..=200u64 {
+        let spec = format!(
+            "mode: AcceptAndQueue\nreason: r\ntargets: {{matchLabels: {{app: mta}}}}\nrelease: {{concurrency: {concurrency}}}\n"
+        );
+        let controller_allows = validate(&incident(&spec).spec, None).is_ok();
+        assert_eq!(
+            (min..=max).contains(&concurrency),
+            controller_allows,
+            "concurrency {concurrency}"
+        );
+    }
+    let default = incident("mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}");
+    assert_eq!(default.spec.release.concurrency, 4);
+}
