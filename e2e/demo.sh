@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # `make demo`: a local control plane, deploy/ installed, the operator running as its
-# ServiceAccount, a sample MTA fleet plus a real Postfix with its agent, a TempFail
-# incident, then what kubectl shows and what Postfix now answers.
-# Everything keeps running afterwards; `make cluster-down` stops it all.
+# ServiceAccount, a sample MTA fleet plus a real Postfix with its agent; an
+# AcceptAndQueue incident holding mail and its release, then a TempFail incident, what
+# kubectl shows and what Postfix now answers.
+# Everything keeps running afterwards; `make cluster-down` stops it all, and the next
+# `make demo` starts from a clean control plane.
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 repo="$(cd "$here/.." && pwd)"
 
+"$here/cluster.sh" down
 kubeconfig="$("$here/cluster.sh" up)"
 eval "$("$here/cluster.sh" env)"
 state="$(dirname "$kubeconfig")"
@@ -62,7 +65,7 @@ sed "s/^    token: .*/    token: $agent_token/" "$kubeconfig" >"$state/agent.kub
 if [ -f "$state/agent.pid" ]; then kill "$(cat "$state/agent.pid")" 2>/dev/null || true; fi
 KUBECONFIG="$state/agent.kubeconfig" NO_COLOR=1 "$repo/target/debug/mail-incident-operator" agent \
   --workload Deployment/postfix-inbound --namespace mail --pod "$pod" --postfix-config "$postfix_conf" \
-  --mailbox-transport virtual --state-dir "$state/agent" --listen 127.0.0.1:18081 \
+  --mailbox-transport virtual --state-dir "$state/agent" --report-seconds 2 --listen 127.0.0.1:18081 \
   >"$state/agent.log" 2>&1 &
 echo $! >"$state/agent.pid"
 
@@ -75,6 +78,34 @@ rcpt_answer() {
 }
 echo
 echo "Before the incident, Postfix answers RCPT with: $(rcpt_answer)"
+
+# Storage goes down: hold the mail, then release it when the incident is resolved.
+queued() { postqueue -c "$postfix_conf" -j | wc -l; }
+delivered() { find "$(dirname "$postfix_conf")/mailboxes/user/new" -type f 2>/dev/null | wc -l; }
+log "applying examples/accept-and-queue-incident.yaml: storage is down, hold the mail"
+k -n mail apply --validate=false -f "$repo/examples/accept-and-queue-incident.yaml"
+# Applied: the agent has reconfigured and reloaded Postfix (the other three workloads of
+# the fleet have no MTA to acknowledge).
+for _ in $(seq 100); do
+  [ "$(k -n mail get mailinc storage-outage-queue -o jsonpath='{.status.targets.applied}')" = "1" ] && break
+  sleep 0.1
+done
+sleep 1 # the queue manager restarts with the new configuration after the reload
+for n in 1 2 3 4 5; do
+  swaks --server "127.0.0.1:$smtp_port" --from sender@example.net --to user@e2e.test \
+    --header "Subject: held $n" >/dev/null 2>&1 || die "Postfix refused message $n"
+done
+sleep 1
+echo "AcceptAndQueue: 5 messages answered 250; queued $(queued), delivered $(delivered)"
+echo "  maximal_queue_lifetime = $(postconf -c "$postfix_conf" -h maximal_queue_lifetime)"
+log "resolving it: the agent releases the held mail"
+k -n mail patch mailinc storage-outage-queue --type merge -p '{"spec":{"resolved":true}}' >/dev/null
+for _ in $(seq 30); do
+  echo "  queued $(queued), delivered $(delivered)"
+  [ "$(queued)" -eq 0 ] && break
+  sleep 0.5
+done
+k -n mail delete mailinc storage-outage-queue >/dev/null
 
 log "applying examples/tempfail-incident.yaml"
 started=$(date +%s%N)

@@ -52,9 +52,21 @@ pub struct SmtpSession {
 }
 
 impl SmtpSession {
-    /// Connects and reads the greeting.
+    /// Connects and reads the greeting. A refused connection is retried for a while, as
+    /// a sending MTA would: Exim re-executing itself on SIGHUP listens again ~0.1 s later.
     pub fn open(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let stream = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                connected => break connected.unwrap(),
+            }
+        };
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
