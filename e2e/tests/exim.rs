@@ -3,7 +3,9 @@
 //! MailIncidents through the agent (`agent --mta exim`).
 
 use crate::{
-    mta::{AgentProcess, Smtp, free_port, maildir_count, mta_with_agent_rbac, run},
+    mta::{
+        AgentProcess, Smtp, free_port, instance_script, maildir_count, mta_with_agent_rbac, run,
+    },
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
     world::Scene,
 };
@@ -15,14 +17,14 @@ struct EximInstance {
     smtp: Smtp,
 }
 
-fn instance_script() -> Command {
-    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/exim-instance.sh"))
-}
+const INSTANCE_SCRIPT: &str = "exim-instance.sh";
+/// The copy of Exim's binary the instances run (see e2e/exim-instance.sh).
+const EXIM: &str = "/tmp/mail-incident-operator-exim/.bin/exim4";
 
 impl EximInstance {
     fn start(name: &str) -> Self {
         let port = free_port();
-        let root = run(instance_script().args(["start", name, &port.to_string()]));
+        let root = run(instance_script(INSTANCE_SCRIPT).args(["start", name, &port.to_string()]));
         Self {
             name: name.into(),
             root: PathBuf::from(root.trim()),
@@ -34,7 +36,7 @@ impl EximInstance {
     }
 
     fn exim(&self) -> Command {
-        let mut command = Command::new("/tmp/mail-incident-operator-exim/.bin/exim4");
+        let mut command = Command::new(EXIM);
         command.arg("-C").arg(self.root.join("exim.conf"));
         command
     }
@@ -58,7 +60,7 @@ impl EximInstance {
             "--mta".into(),
             "exim".into(),
             "--exim-binary".into(),
-            "/tmp/mail-incident-operator-exim/.bin/exim4".into(),
+            EXIM.into(),
             "--exim-config".into(),
             path("exim.conf"),
             "--exim-mode-file".into(),
@@ -75,7 +77,9 @@ impl EximInstance {
 
 impl Drop for EximInstance {
     fn drop(&mut self) {
-        let _ = instance_script().args(["stop", &self.name]).output();
+        let _ = instance_script(INSTANCE_SCRIPT)
+            .args(["stop", &self.name])
+            .output();
     }
 }
 

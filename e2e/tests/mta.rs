@@ -31,6 +31,16 @@ pub fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// One of the e2e scripts that run private MTA instances (`postfix-instance.sh`,
+/// `exim-instance.sh`).
+pub fn instance_script(script: &str) -> Command {
+    Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("e2e")
+            .join(script),
+    )
+}
+
 /// A loopback port nobody listens on.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -4,7 +4,9 @@
 //! service restores the configuration exactly (`postconf -n` and `-M` before and after).
 
 use crate::{
-    mta::{AgentProcess, Smtp, free_port, maildir_count, mta_with_agent_rbac, run},
+    mta::{
+        AgentProcess, Smtp, free_port, instance_script, maildir_count, mta_with_agent_rbac, run,
+    },
     operations::promtool_check,
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
     world::{Scene, http_get},
@@ -39,18 +41,13 @@ struct PostfixInstance {
     smtp: Smtp,
 }
 
-fn instance_script() -> Command {
-    Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/e2e/postfix-instance.sh"
-    ))
-}
+const INSTANCE_SCRIPT: &str = "postfix-instance.sh";
 
 impl PostfixInstance {
     /// Starts a private instance (see e2e/postfix-instance.sh) on a free loopback port.
     fn start(name: &str) -> Self {
         let port = free_port();
-        let conf = run(instance_script().args(["start", name, &port.to_string()]));
+        let conf = run(instance_script(INSTANCE_SCRIPT).args(["start", name, &port.to_string()]));
         Self {
             name: name.into(),
             conf: PathBuf::from(conf.trim()),
@@ -101,7 +98,9 @@ impl PostfixInstance {
 
 impl Drop for PostfixInstance {
     fn drop(&mut self) {
-        let _ = instance_script().args(["stop", &self.name]).output();
+        let _ = instance_script(INSTANCE_SCRIPT)
+            .args(["stop", &self.name])
+            .output();
     }
 }
 

@@ -20,7 +20,7 @@
 //! delivers one message at a time. Exim times retries and expiry from the first failure
 //! of each address, which the release does not reset.
 
-use super::{Mta, run_command, state::Held};
+use super::{Mta, run_command, state::Held, write_atomically};
 use crate::api::{Mode, mode_document::QueueFigures};
 use std::{
     path::{Path, PathBuf},
@@ -164,13 +164,6 @@ impl Exim {
     }
 }
 
-/// Replaces `path` with `text` (written aside, then renamed: readers never see half).
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, text)?;
-    std::fs::rename(&partial, path)
-}
-
 impl Mta for Exim {
     fn apply(&self, held: &Held) -> std::io::Result<()> {
         let (mode, retry) = render(held);
@@ -216,45 +209,14 @@ impl Mta for Exim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::mode_document::{
-        DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply, MODE_DOCUMENT_KIND,
-        MODE_DOCUMENT_VERSION, ModeDocument,
-    };
-
-    fn document(mode: Mode, code: u16, enhanced: &str) -> ModeDocument {
-        ModeDocument {
-            api_version: MODE_DOCUMENT_VERSION.into(),
-            kind: MODE_DOCUMENT_KIND.into(),
-            mode,
-            reply: DocumentReply {
-                code,
-                enhanced_code: enhanced.into(),
-                text: "Mailbox storage unavailable".into(),
-            },
-            queue: DocumentQueue {
-                lifetime: "30d".into(),
-                bounce_lifetime: "10d".into(),
-            },
-            release: DocumentRelease { concurrency: 2 },
-            mta: None,
-            incident: DocumentIncident {
-                name: "outage".into(),
-                uid: "u".into(),
-                reason: "r".into(),
-            },
-        }
-    }
-
-    fn held(document: &ModeDocument) -> Held {
-        Held::Normal.next(Some(document), 0)
-    }
+    use crate::agent::fixtures::{document, held};
 
     #[test]
     fn each_mode_sets_the_acl_switch_reply_and_lifetime() {
         let (mode, retry) = render(&held(&document(Mode::TempFail, 452, "4.3.1")));
         assert_eq!(
             mode,
-            "mode=tempfail\nreply=\"452 4.3.1 Mailbox storage unavailable\"\n"
+            "mode=tempfail\nreply=\"452 4.3.1 Mailbox storage temporarily unavailable, try again later\"\n"
         );
         assert_eq!(retry.as_deref(), Some("MAIL_INCIDENT_LIFETIME = 30d\n"));
         let (mode, _) = render(&held(&document(Mode::HardReject, 550, "5.3.2")));

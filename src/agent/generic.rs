@@ -6,7 +6,7 @@
 //! or Releasing) and `MAIL_INCIDENT_FILE` in its environment; a non-zero exit is a failed
 //! apply, retried with the next change. The agent cannot measure such an MTA's queue.
 
-use super::{Mta, run_command, state::Held};
+use super::{Mta, run_command, state::Held, write_atomically};
 use crate::api::mode_document::QueueFigures;
 use std::{path::PathBuf, process::Command};
 
@@ -19,10 +19,7 @@ pub struct Generic {
 impl Mta for Generic {
     fn apply(&self, held: &Held) -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(held).map_err(std::io::Error::other)?;
-        // Written aside and renamed, so the MTA never reads half a file.
-        let partial = self.mode_file.with_extension("partial");
-        std::fs::write(&partial, text)?;
-        std::fs::rename(&partial, &self.mode_file)?;
+        write_atomically(&self.mode_file, &text)?;
         run_command(
             Command::new("sh")
                 .arg("-c")

@@ -360,12 +360,18 @@ fn load_state(path: &Path) -> Result<Held> {
 }
 
 fn save_state(path: &Path, held: &Held) -> std::io::Result<()> {
+    write_atomically(
+        path,
+        &serde_json::to_string_pretty(held).map_err(std::io::Error::other)?,
+    )
+}
+
+/// Replaces `path` with `text`, written aside and then renamed, so that neither the MTA
+/// nor a restarted agent ever reads half a file.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let partial = path.with_extension("partial");
-    std::fs::write(
-        &partial,
-        serde_json::to_string_pretty(held).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(partial, path)
+    std::fs::write(&partial, text)?;
+    std::fs::rename(&partial, path)
 }
 
 /// Runs a command; its standard output, or an error carrying its standard error.
@@ -378,4 +384,48 @@ fn run_command(command: &mut Command) -> std::io::Result<String> {
         )));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Mode documents for the renderers' and the state's unit tests.
+#[cfg(test)]
+mod fixtures {
+    use super::state::Held;
+    use crate::api::{
+        Mode,
+        mode_document::{
+            DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply, MODE_DOCUMENT_KIND,
+            MODE_DOCUMENT_VERSION, ModeDocument,
+        },
+    };
+
+    /// A document for `mode` with the given reply codes, lifetimes 30d and 10d, and a
+    /// release concurrency of 4.
+    pub fn document(mode: Mode, code: u16, enhanced: &str) -> ModeDocument {
+        ModeDocument {
+            api_version: MODE_DOCUMENT_VERSION.into(),
+            kind: MODE_DOCUMENT_KIND.into(),
+            mode,
+            reply: DocumentReply {
+                code,
+                enhanced_code: enhanced.into(),
+                text: "Mailbox storage temporarily unavailable, try again later".into(),
+            },
+            queue: DocumentQueue {
+                lifetime: "30d".into(),
+                bounce_lifetime: "10d".into(),
+            },
+            release: DocumentRelease { concurrency: 4 },
+            mta: None,
+            incident: DocumentIncident {
+                name: "outage".into(),
+                uid: "u".into(),
+                reason: "r".into(),
+            },
+        }
+    }
+
+    /// The state once `document` has been applied.
+    pub fn held(document: &ModeDocument) -> Held {
+        Held::Normal.next(Some(document), 0)
+    }
 }

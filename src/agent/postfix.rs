@@ -18,6 +18,7 @@
 use super::{
     Mta, run_command,
     state::{Held, Release},
+    write_atomically,
 };
 use crate::api::{
     Mode,
@@ -216,7 +217,7 @@ impl Postfix {
                 );
                 let text =
                     serde_json::to_string_pretty(&baseline).map_err(std::io::Error::other)?;
-                std::fs::write(baseline_file, text)?;
+                write_atomically(baseline_file, &text)?;
                 baseline
             }
         };
@@ -226,17 +227,15 @@ impl Postfix {
             baseline,
         })
     }
-
-    /// Applies `edits` to `main.cf` and `master.cf` and reloads: running smtpd processes
-    /// finish their sessions, new ones answer in the new mode; nothing restarts.
-    pub fn apply_edits(&self, edits: &Edits) -> std::io::Result<()> {
-        apply_edits(&self.config_dir, &self.mailbox_transport, edits)
-    }
 }
 
 impl Mta for Postfix {
     fn apply(&self, held: &Held) -> std::io::Result<()> {
-        self.apply_edits(&render(held, &self.baseline, &self.mailbox_transport))?;
+        apply_edits(
+            &self.config_dir,
+            &self.mailbox_transport,
+            &render(held, &self.baseline, &self.mailbox_transport),
+        )?;
         if let Held::Releasing { .. } = held {
             // Retry every deferred message now rather than at its next scheduled attempt.
             run_command(
@@ -276,7 +275,9 @@ fn process_limit_field(transport: &str) -> String {
     format!("{transport}/unix/process_limit")
 }
 
-/// `postconf -e`, `postconf -X`, `postconf -F -e`, then `postfix reload`.
+/// Applies `edits` to `main.cf` and `master.cf` (`postconf -e`, `-X`, `-F -e`) and
+/// reloads: running smtpd processes finish their sessions, new ones answer in the new
+/// mode; nothing restarts.
 pub fn apply_edits(
     config_dir: &Path,
     mailbox_transport: &str,
@@ -325,10 +326,7 @@ fn list_contains(list: &str, item: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::mode_document::{
-        DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply, MODE_DOCUMENT_KIND,
-        MODE_DOCUMENT_VERSION,
-    };
+    use crate::agent::fixtures::{document, held};
 
     const BASELINE: &str = "\
 alias_maps = hash:/etc/aliases
@@ -337,36 +335,8 @@ smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
 mydestination = example.org
 ";
 
-    fn document(mode: Mode, code: u16, enhanced: &str) -> ModeDocument {
-        ModeDocument {
-            api_version: MODE_DOCUMENT_VERSION.into(),
-            kind: MODE_DOCUMENT_KIND.into(),
-            mode,
-            reply: DocumentReply {
-                code,
-                enhanced_code: enhanced.into(),
-                text: "Mailbox storage temporarily unavailable, try again later".into(),
-            },
-            queue: DocumentQueue {
-                lifetime: "30d".into(),
-                bounce_lifetime: "10d".into(),
-            },
-            release: DocumentRelease { concurrency: 4 },
-            mta: None,
-            incident: DocumentIncident {
-                name: "outage".into(),
-                uid: "u".into(),
-                reason: "r".into(),
-            },
-        }
-    }
-
     fn baseline(postconf_n: &str) -> Baseline {
         Baseline::read(postconf_n, "lmtp/unix/process_limit = -")
-    }
-
-    fn held(document: &ModeDocument) -> Held {
-        Held::Normal.next(Some(document), 0)
     }
 
     #[test]

@@ -92,36 +92,10 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{
-        Mode,
-        mode_document::{
-            DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply, MODE_DOCUMENT_KIND,
-            MODE_DOCUMENT_VERSION,
-        },
-    };
+    use crate::{agent::fixtures, api::Mode};
 
     fn document(mode: Mode) -> ModeDocument {
-        ModeDocument {
-            api_version: MODE_DOCUMENT_VERSION.into(),
-            kind: MODE_DOCUMENT_KIND.into(),
-            mode,
-            reply: DocumentReply {
-                code: 452,
-                enhanced_code: "4.3.1".into(),
-                text: "try later".into(),
-            },
-            queue: DocumentQueue {
-                lifetime: "30d".into(),
-                bounce_lifetime: "7d".into(),
-            },
-            release: DocumentRelease { concurrency: 3 },
-            mta: None,
-            incident: DocumentIncident {
-                name: "outage".into(),
-                uid: "u".into(),
-                reason: "INC-1".into(),
-            },
-        }
+        fixtures::document(mode, 452, "4.3.1")
     }
 
     fn queue(messages: u64, oldest_age_seconds: u64) -> QueueFigures {
@@ -141,9 +115,9 @@ mod tests {
             released,
             Held::Releasing {
                 release: Release {
-                    concurrency: 3,
+                    concurrency: 4,
                     lifetime: "30d".into(),
-                    bounce_lifetime: "7d".into(),
+                    bounce_lifetime: "10d".into(),
                     since: 1000,
                 }
             }
