@@ -48,9 +48,10 @@ k -n mail apply -f "$repo/examples/mta-fleet.yaml" -f "$repo/examples/postfix-wi
 # No kubelet runs here: the Postfix pod stays Pending, and its MTA and agent run as local
 # processes instead, the agent with the example's ServiceAccount and the pod's name.
 smtp_port=42525
-log "starting a real Postfix on 127.0.0.1:$smtp_port and its agent"
+policy_port=42526
+log "starting a real Postfix on 127.0.0.1:$smtp_port and its agent (policy service on :$policy_port)"
 "$here/postfix-instance.sh" stop demo
-postfix_conf=$("$here/postfix-instance.sh" start demo "$smtp_port")
+postfix_conf=$("$here/postfix-instance.sh" start demo "$smtp_port" "$policy_port")
 echo demo >"$state/postfix-instance"
 pod=""
 for _ in $(seq 100); do
@@ -65,7 +66,8 @@ sed "s/^    token: .*/    token: $agent_token/" "$kubeconfig" >"$state/agent.kub
 if [ -f "$state/agent.pid" ]; then kill "$(cat "$state/agent.pid")" 2>/dev/null || true; fi
 KUBECONFIG="$state/agent.kubeconfig" NO_COLOR=1 "$repo/target/debug/mail-incident-operator" agent \
   --workload Deployment/postfix-inbound --namespace mail --pod "$pod" --postfix-config "$postfix_conf" \
-  --mailbox-transport virtual --state-dir "$state/agent" --report-seconds 2 --listen 127.0.0.1:18081 \
+  --mailbox-transport virtual --postfix-policy-listen "127.0.0.1:$policy_port" \
+  --state-dir "$state/agent" --report-seconds 2 --listen 127.0.0.1:18081 \
   >"$state/agent.log" 2>&1 &
 echo $! >"$state/agent.pid"
 

@@ -4,18 +4,23 @@
 # Mail to any address @e2e.test is delivered by the `virtual` transport to the Maildir
 # NAME/mailboxes/user/: the mailbox storage that incidents hold mail from.
 #
-#   e2e/postfix-instance.sh start NAME PORT   start it; prints its configuration directory
+# Its recipient restrictions ask the agent's policy service on POLICY_PORT first, as a
+# site's main.cf does (see README, "Postfix"); with no agent there, Postfix goes on
+# as if the service said DUNNO.
+#
+#   e2e/postfix-instance.sh start NAME PORT POLICY_PORT
+#                                             start it; prints its configuration directory
 #   e2e/postfix-instance.sh stop NAME         stop it
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 
 base=/tmp/mail-incident-operator-postfix
-name="${2:?usage: $0 start|stop NAME [PORT]}"
+name="${2:?usage: $0 start|stop NAME [PORT POLICY_PORT]}"
 root="$base/$name"
 conf="$root/conf"
 
 start() {
-  local port="${1:?a port is needed}"
+  local port="${1:?a port is needed}" policy_port="${2:?a policy service port is needed}"
   command -v postfix >/dev/null || die "postfix not found: apt-get install postfix (e2e/install-deps.sh does)"
   rm -rf "$root" && mkdir -p "$conf" "$root/queue" "$root/data" "$root/log" "$root/mailboxes"
   # Until its own logger runs, Postfix reports fatal errors to syslog only (absent here):
@@ -38,7 +43,7 @@ inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 alias_maps =
 alias_database =
-smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_recipient_restrictions = check_policy_service { inet:127.0.0.1:$policy_port, default_action=DUNNO }, permit_mynetworks, reject_unauth_destination
 maximal_queue_lifetime = 3d
 MAIN
   sed "s/^smtp \+inet .* smtpd$/127.0.0.1:$port inet n - n - - smtpd/" /etc/postfix/master.cf >"$conf/master.cf"
@@ -59,7 +64,7 @@ MAIN
 }
 
 case "${1:-}" in
-  start) start "${3:-}" ;;
+  start) start "${3:-}" "${4:-}" ;;
   stop) [ -d "$conf" ] && postfix -c "$conf" stop >/dev/null 2>&1 || true ;;
-  *) die "usage: $0 start NAME PORT | stop NAME" ;;
+  *) die "usage: $0 start NAME PORT POLICY_PORT | stop NAME" ;;
 esac

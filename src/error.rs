@@ -30,6 +30,9 @@ pub enum Error {
 
     #[error("agent: {0}")]
     Agent(String),
+
+    #[error("reconcile panicked: {0}")]
+    Panic(String),
 }
 
 impl Error {
@@ -44,6 +47,7 @@ impl Error {
             Self::Finalizer(_) => "finalizer",
             Self::LeadershipLost => "leadership",
             Self::Agent(_) => "agent",
+            Self::Panic(_) => "panic",
         }
     }
 }

@@ -12,13 +12,18 @@ use std::{
     },
 };
 
-/// Shared between the controller, which flips it, and `/readyz`, which reads it.
+/// Shared between the controller or the agent, which flips it, and `/readyz`, which
+/// reads it.
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.set(true);
+    }
+
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {

@@ -224,6 +224,13 @@ pub struct AgentMetrics {
     pub applies: prometheus::IntCounter,
     /// Failed attempts to apply a mode or to report it.
     pub errors: IntCounterVec,
+    /// 1 while the MTA runs the state the mode document asks for, 0 while it differs.
+    converged: IntGauge,
+    /// When the MTA began to differ from what the document asks (Unix seconds), 0 while
+    /// it does not: `time() - x` is how long an agent has been stuck.
+    diverged_since: IntGauge,
+    /// Postfix policy service answers, by kind.
+    policy_answers: IntCounterVec,
 }
 
 impl Default for AgentMetrics {
@@ -279,6 +286,33 @@ impl Default for AgentMetrics {
                 )
                 .expect("valid metric"),
             ),
+            converged: register(
+                &registry,
+                IntGauge::new(
+                    "mail_incident_agent_converged",
+                    "1 while the MTA runs the state its mode document asks for, 0 while it differs.",
+                )
+                .expect("valid metric"),
+            ),
+            diverged_since: register(
+                &registry,
+                IntGauge::new(
+                    "mail_incident_agent_diverged_since_seconds",
+                    "When the MTA began to differ from what its mode document asks (Unix time), 0 while it does not.",
+                )
+                .expect("valid metric"),
+            ),
+            policy_answers: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "mail_incident_agent_policy_answers_total",
+                        "Postfix policy service answers, by kind (dunno, tempfail, reject).",
+                    ),
+                    &["answer"],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         }
     }
@@ -303,6 +337,26 @@ impl AgentMetrics {
                 .with_label_values(&[name])
                 .set(i64::from(name == current));
         }
+    }
+
+    /// Records whether the MTA runs what the document asks, and since when it does not.
+    pub fn set_convergence(&self, converged: bool, diverged_since: Option<tokio::time::Instant>) {
+        self.converged.set(i64::from(converged));
+        let since = diverged_since.map_or(0, |since| {
+            let now = k8s_openapi::jiff::Timestamp::now().as_second();
+            now.saturating_sub(i64::try_from(since.elapsed().as_secs()).unwrap_or(i64::MAX))
+        });
+        self.diverged_since.set(since);
+    }
+
+    /// Counts one answer of the Postfix policy service (`DUNNO` or an SMTP reply).
+    pub fn count_policy_answer(&self, action: &str) {
+        let kind = match action.as_bytes().first() {
+            Some(b'4') => "tempfail",
+            Some(b'5') => "reject",
+            _ => "dunno",
+        };
+        self.policy_answers.with_label_values(&[kind]).inc();
     }
 
     /// Records a queue measurement.

@@ -4,10 +4,10 @@
 
 use crate::{
     support::{
-        Mta, apply_incident, apply_yaml, condition, incident_yaml, observed, status, summary,
-        wait_for,
+        Mta, apply_incident, apply_yaml, condition, incident_yaml, mode_document, observed, status,
+        summary, wait_for,
     },
-    world::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Scene, TestNamespace, World},
+    world::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Scene, TestNamespace, World, http_get},
 };
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -248,6 +248,12 @@ async fn the_api_server_refuses_schema_violations_naming_the_field() {
             "spec.expiresAt",
         ),
         (
+            // A valid date-time the controller could not read: one such object would
+            // fail the controller's whole watch.
+            format!("mode: TempFail\n{base}\nexpiresAt: '9999-12-31T23:59:59Z'"),
+            "spec.expiresAt",
+        ),
+        (
             "mode: TempFail\nreason: r\ntargets: {matchExpressions: [{key: app, operator: Like}]}"
                 .to_string(),
             "operator",
@@ -364,6 +370,77 @@ async fn the_controller_stalls_cross_field_errors_naming_the_field_then_recovers
         described.contains("Accepted") && described.contains("Generation 2 accepted: HardReject"),
         "{described}"
     );
+}
+
+#[tokio::test]
+async fn incidents_past_the_time_bounds_stall_and_the_operator_serves_the_next_one() {
+    let scene = Scene::start("bounds").await;
+    let Scene {
+        operator,
+        world,
+        ns,
+        client,
+        incidents: api,
+    } = &scene;
+    Mta::deployment("postfix", json!({"app": "mta"}))
+        .create(client, &ns.name)
+        .await;
+
+    // The 1.20 server drops the CEL rules and stores each of these. The first used to
+    // panic the operator (9999999 weeks overflow the creation time), in a loop.
+    let base = "reason: INC-13 storage down\ntargets: {matchLabels: {app: mta}}";
+    for (name, spec, field) in [
+        (
+            "forever",
+            format!("mode: TempFail\n{base}\nduration: 9999999w"),
+            "spec.duration",
+        ),
+        (
+            "centuries",
+            format!("mode: TempFail\n{base}\nduration: 999999d"),
+            "spec.duration",
+        ),
+        (
+            "far",
+            format!("mode: TempFail\n{base}\nexpiresAt: '2999-01-01T00:00:00Z'"),
+            "spec.expiresAt",
+        ),
+    ] {
+        apply_incident(world, &ns.name, name, &spec);
+        let stalled = wait_for(api, name, "Stalled", |i| {
+            observed(i) && condition(i, "Stalled").is_some_and(|c| c.0 == "True")
+        })
+        .await;
+        let (_, reason, message) = condition(&stalled, "Stalled").unwrap();
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            message.contains(field),
+            "{name}: Stalled message does not name {field}: {message}"
+        );
+        assert_eq!(status(&stalled).effective_mode, None);
+    }
+
+    apply_incident(
+        world,
+        &ns.name,
+        "outage",
+        &format!("mode: TempFail\n{base}\nduration: 100d"),
+    );
+    let active = wait_for(api, "outage", "active", |i| {
+        observed(i) && status(i).effective_mode == Some(EffectiveMode::TempFail)
+    })
+    .await;
+    assert_eq!(
+        status(&active).expires_at.clone().expect("expiresAt").0,
+        active.metadata.creation_timestamp.clone().unwrap().0 + Duration::from_secs(100 * 86_400)
+    );
+    let document = mode_document(client, &ns.name, "Deployment", "postfix")
+        .await
+        .expect("the valid incident's mode document");
+    assert_eq!(document.incident.name, "outage");
+    let health = http_get(&format!("{}/healthz", operator.http)).await;
+    assert_eq!(health.map(|(code, _)| code), Some(200));
+    assert!(!operator.log().contains("panicked"), "{}", operator.log());
 }
 
 #[tokio::test]

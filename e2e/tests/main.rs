@@ -1,8 +1,10 @@
 //! End-to-end tests against a real Kubernetes API server. Run with `make e2e`.
 
+mod convergence;
 mod delivery;
 mod exim;
 mod fakes;
+mod fault_proxy;
 mod foundation;
 mod generic;
 mod mta;

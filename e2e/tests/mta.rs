@@ -55,6 +55,15 @@ pub fn maildir_count(maildir: &Path) -> usize {
     std::fs::read_dir(maildir.join("new")).map_or(0, |entries| entries.count())
 }
 
+/// Every character a reply text may hold (printable ASCII less `{ } $ \\`), between two
+/// letters so that no space leads or trails.
+pub fn every_admitted_character() -> String {
+    let middle: String = (' '..='~')
+        .filter(|c| !matches!(c, '{' | '}' | '$' | '\\'))
+        .collect();
+    format!("a{middle}z")
+}
+
 /// One SMTP client session; QUIT is sent when it is dropped.
 pub struct SmtpSession {
     reader: BufReader<TcpStream>,
@@ -164,6 +173,8 @@ impl Smtp {
 pub struct AgentProcess {
     child: std::process::Child,
     dir: tempfile::TempDir,
+    /// Everything after the binary on its command line, for [`AgentProcess::restart`].
+    args: Vec<OsString>,
     pub http: String,
 }
 
@@ -171,39 +182,100 @@ impl AgentProcess {
     /// Starts `agent` with the MTA-specific `args`, reporting every second, with a state
     /// directory of its own.
     pub async fn start(world: &World, namespace: &str, pod: &str, args: &[OsString]) -> Self {
+        Self::start_through(world, namespace, pod, args, None).await
+    }
+
+    /// [`AgentProcess::start`], reaching the API server at `api_server` (an `https://`
+    /// URL, say a fault proxy's) instead of the kubeconfig's own address when given.
+    pub async fn start_through(
+        world: &World,
+        namespace: &str,
+        pod: &str,
+        args: &[OsString],
+        api_server: Option<&str>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("agent.kubeconfig");
-        let config = service_account_kubeconfig(world, namespace, "postfix-inbound-agent").await;
+        let mut config =
+            service_account_kubeconfig(world, namespace, "postfix-inbound-agent").await;
+        if let Some(server) = api_server {
+            let mut parsed: serde_yaml::Value = serde_yaml::from_str(&config).unwrap();
+            for cluster in parsed["clusters"].as_sequence_mut().expect("clusters") {
+                cluster["cluster"]["server"] = server.into();
+            }
+            config = serde_yaml::to_string(&parsed).unwrap();
+        }
         std::fs::write(&kubeconfig, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_mail-incident-operator"))
-            .args([
-                "agent",
-                "--workload",
-                "Deployment/postfix-inbound",
-                "--namespace",
-                namespace,
-                "--pod",
-                pod,
-                "--report-seconds",
-                "1",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(args)
-            .env("KUBECONFIG", &kubeconfig)
-            .env("NO_COLOR", "1")
-            .stderr(log)
-            .spawn()
-            .expect("the agent starts");
+        let mut full: Vec<OsString> = [
+            "agent",
+            "--workload",
+            "Deployment/postfix-inbound",
+            "--namespace",
+            namespace,
+            "--pod",
+            pod,
+            "--report-seconds",
+            "1",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state-dir",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        full.push(dir.path().join("state").into());
+        full.extend(args.iter().cloned());
+        let child = Self::spawn(dir.path(), &full);
         Self {
             child,
             dir,
+            args: full,
             http: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// Runs the agent binary with `args` in `dir` (its kubeconfig), appending to its log.
+    fn spawn(dir: &Path, args: &[OsString]) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_mail-incident-operator"))
+            .args(args)
+            .env("KUBECONFIG", dir.join("agent.kubeconfig"))
+            .env("NO_COLOR", "1")
+            .stderr(log)
+            .spawn()
+            .expect("the agent starts")
+    }
+
+    /// SIGKILL: the agent gets no chance to finish anything. Its state directory stays.
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    /// Starts the agent again, killing it first if it still runs, with the same command
+    /// line: the same state directory, kubeconfig, ports and log (appended to).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.dir.path(), &self.args);
+    }
+
+    /// Whether the process is still running (not exited, not killed).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The state the agent saved last (its state file), if any.
+    pub fn saved_state(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("state/agent-state.json")).ok()
     }
 
     pub fn log(&self) -> String {

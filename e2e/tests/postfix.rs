@@ -5,7 +5,8 @@
 
 use crate::{
     mta::{
-        AgentProcess, Smtp, free_port, instance_script, maildir_count, mta_with_agent_rbac, run,
+        AgentProcess, Smtp, every_admitted_character, free_port, instance_script, maildir_count,
+        mta_with_agent_rbac, run,
     },
     operations::promtool_check,
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
@@ -14,6 +15,7 @@ use crate::{
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use mail_incident_operator::agent::{
+    policy::PolicyService,
     postfix::{Baseline, apply_edits, render},
     state::Held,
 };
@@ -25,29 +27,41 @@ use mail_incident_operator::api::{
         MODE_DOCUMENT_VERSION, ModeDocument,
     },
 };
+use mail_incident_operator::metrics::AgentMetrics;
 use std::{
     ffi::OsString,
+    net::SocketAddr,
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
+use tokio::sync::watch;
 
 /// The transport of the instance's mailbox store.
 const MAILBOX_TRANSPORT: &str = "virtual";
 
-struct PostfixInstance {
+pub struct PostfixInstance {
     name: String,
-    conf: PathBuf,
-    smtp: Smtp,
+    pub conf: PathBuf,
+    pub smtp: Smtp,
+    /// Where its recipient restrictions ask the agent's policy service.
+    pub policy: SocketAddr,
 }
 
 const INSTANCE_SCRIPT: &str = "postfix-instance.sh";
 
 impl PostfixInstance {
-    /// Starts a private instance (see e2e/postfix-instance.sh) on a free loopback port.
-    fn start(name: &str) -> Self {
+    /// Starts a private instance (see e2e/postfix-instance.sh) on a free loopback port,
+    /// asking a policy service on another.
+    pub fn start(name: &str) -> Self {
         let port = free_port();
-        let conf = run(instance_script(INSTANCE_SCRIPT).args(["start", name, &port.to_string()]));
+        let policy_port = free_port();
+        let conf = run(instance_script(INSTANCE_SCRIPT).args([
+            "start",
+            name,
+            &port.to_string(),
+            &policy_port.to_string(),
+        ]));
         Self {
             name: name.into(),
             conf: PathBuf::from(conf.trim()),
@@ -55,27 +69,28 @@ impl PostfixInstance {
                 port,
                 recipient: "user@e2e.test",
             },
+            policy: SocketAddr::from(([127, 0, 0, 1], policy_port)),
         }
     }
 
-    fn postconf(&self) -> Command {
+    pub fn postconf(&self) -> Command {
         let mut command = Command::new("postconf");
         command.arg("-c").arg(&self.conf);
         command
     }
 
     /// `postconf -n` and `postconf -M`: main.cf's settings and master.cf's services.
-    fn configuration(&self) -> String {
+    pub fn configuration(&self) -> String {
         run(self.postconf().arg("-n")) + &run(self.postconf().arg("-M"))
     }
 
     /// The instance's Maildir store.
-    fn mailbox(&self) -> PathBuf {
+    pub fn mailbox(&self) -> PathBuf {
         self.conf.parent().unwrap().join("mailboxes/user")
     }
 
     /// `postqueue -j`: one JSON line per queued message.
-    fn queue(&self) -> Vec<serde_json::Value> {
+    pub fn queue(&self) -> Vec<serde_json::Value> {
         run(Command::new("postqueue")
             .arg("-c")
             .arg(&self.conf)
@@ -86,12 +101,14 @@ impl PostfixInstance {
     }
 
     /// The agent's command-line arguments for this instance.
-    fn agent_args(&self) -> Vec<OsString> {
+    pub fn agent_args(&self) -> Vec<OsString> {
         vec![
             "--postfix-config".into(),
             self.conf.clone().into(),
             "--mailbox-transport".into(),
             MAILBOX_TRANSPORT.into(),
+            "--postfix-policy-listen".into(),
+            self.policy.to_string().into(),
         ]
     }
 }
@@ -128,8 +145,8 @@ fn document(mode: Mode, code: u16, enhanced: &str, text: &str) -> ModeDocument {
     }
 }
 
-#[test]
-fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_answers_each_mode_through_the_policy_service_and_returns_to_its_baseline() {
     let postfix = PostfixInstance::start("render");
     let before = postfix.configuration();
     let baseline = Baseline::read(
@@ -138,7 +155,11 @@ fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
             .postconf()
             .args(["-F", "virtual/unix/process_limit"])),
     );
+    let (intents, answers) = watch::channel(Held::Normal);
+    let service = PolicyService::bind(postfix.policy).await.unwrap();
+    let policy = tokio::spawn(service.serve(answers, AgentMetrics::default()));
     let apply = |held: &Held| {
+        intents.send_replace(held.clone());
         apply_edits(
             &postfix.conf,
             MAILBOX_TRANSPORT,
@@ -158,12 +179,19 @@ fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
         "4.3.1",
         "Mailbox storage temporarily unavailable, try again later",
     );
+    // Postfix puts the recipient and its own words between the code and the text.
+    let rejected = "<user@e2e.test>: Recipient address rejected:";
     apply(&incident(&temp_fail));
-    let answer = postfix.smtp.rcpt_reply_once("452");
-    assert!(answer.starts_with("452 4.3.1 "), "{answer}");
-    assert!(
-        answer.ends_with("Mailbox storage temporarily unavailable, try again later"),
-        "{answer}"
+    assert_eq!(
+        postfix.smtp.rcpt_reply(),
+        format!("452 4.3.1 {rejected} Mailbox storage temporarily unavailable, try again later"),
+        "the policy service answers the very next RCPT"
+    );
+    let every = every_admitted_character();
+    apply(&incident(&document(Mode::TempFail, 451, "4.3.0", &every)));
+    assert_eq!(
+        postfix.smtp.rcpt_reply(),
+        format!("451 4.3.0 {rejected} {every}")
     );
 
     let hard_reject = document(
@@ -205,6 +233,11 @@ fn postfix_answers_each_rendered_mode_and_returns_to_its_baseline() {
         "normal service must restore main.cf and master.cf exactly"
     );
     assert!(postfix.smtp.rcpt_reply_once("250").starts_with("250 2.1.5"));
+
+    // With no policy service, Postfix goes on as the site chose (DUNNO): it accepts.
+    policy.abort();
+    policy.await.ok();
+    assert!(postfix.smtp.rcpt_reply().starts_with("250 2.1.5"));
 }
 
 #[tokio::test]

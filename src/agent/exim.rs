@@ -2,11 +2,12 @@
 //! edit it: the site's configuration reads two small files the agent writes (the
 //! fragments to paste are in `examples/exim/`):
 //!
-//! - the **mode file**, `key=value` lines read with `${readfile}` by the RCPT ACL and the
-//!   routers at every use: `mode` (normal, queue, tempfail, reject), `reply` (the
-//!   incident's full SMTP reply). The ACL answers `defer` or `deny` with that reply; in
-//!   every incident mode a router defers delivery to mailbox storage, so held mail stays
-//!   queued.
+//! - the **mode file**, read with `${readfile}` by the RCPT ACL and the routers at every
+//!   use: its first line is the mode (normal, queue, tempfail, reject), its second the
+//!   incident's full SMTP reply, taken with `${extract{2}{\n}...}` exactly as written,
+//!   with no quoting for any character to break (a reply is printable ASCII, so never
+//!   holds a line break). The ACL answers `defer` or `deny` with that reply; in every
+//!   incident mode a router defers delivery to mailbox storage, so held mail stays queued.
 //! - the **retry file**, `.include`d at the top of the configuration, sets the macro
 //!   `MAIL_INCIDENT_LIFETIME` used as the final time of the retry rule for local
 //!   deliveries, so held mail does not bounce before the incident's queue lifetime. Retry
@@ -20,7 +21,7 @@
 //! delivers one message at a time. Exim times retries and expiry from the first failure
 //! of each address, which the release does not reset.
 
-use super::{Mta, run_command, state::Held, write_atomically};
+use super::{Mta, command::run_command, files, state::Held};
 use crate::api::{Mode, mode_document::QueueFigures};
 use std::{
     path::{Path, PathBuf},
@@ -71,8 +72,8 @@ pub struct EximSettings {
 pub fn render(held: &Held) -> (String, Option<String>) {
     let lifetime = |lifetime: &str| Some(format!("{LIFETIME_MACRO} = {lifetime}\n"));
     match held {
-        Held::Normal => ("mode=normal\n".into(), None),
-        Held::Releasing { release } => ("mode=normal\n".into(), lifetime(&release.lifetime)),
+        Held::Normal => ("normal\n".into(), None),
+        Held::Releasing { release } => ("normal\n".into(), lifetime(&release.lifetime)),
         Held::Incident { document } => {
             let mode = match document.mode {
                 Mode::AcceptAndQueue => "queue",
@@ -82,7 +83,7 @@ pub fn render(held: &Held) -> (String, Option<String>) {
             let reply = &document.reply;
             (
                 format!(
-                    "mode={mode}\nreply=\"{} {} {}\"\n",
+                    "{mode}\n{} {} {}\n",
                     reply.code, reply.enhanced_code, reply.text
                 ),
                 lifetime(&document.queue.lifetime),
@@ -107,7 +108,7 @@ pub fn arrival_time(header: &str) -> Option<i64> {
 /// subdirectories when `split_spool_directory` is set): one `-H` file per message. Cheaper
 /// than `exim -bp` on a huge queue, and exact to the second.
 pub fn spool_figures(spool: &Path, now: i64) -> std::io::Result<QueueFigures> {
-    let mut arrivals = Vec::new();
+    let mut figures = QueueFigures::default();
     let mut directories = vec![spool.join("input")];
     while let Some(directory) = directories.pop() {
         let entries = match std::fs::read_dir(&directory) {
@@ -127,12 +128,12 @@ pub fn spool_figures(spool: &Path, now: i64) -> std::io::Result<QueueFigures> {
                     .as_deref()
                     .and_then(arrival_time)
                 {
-                    arrivals.push(("queue", arrival));
+                    figures.add("queue", arrival, now);
                 }
             }
         }
     }
-    Ok(QueueFigures::from_arrivals(arrivals, now))
+    Ok(figures)
 }
 
 /// An Exim installation, driven through its binary and its daemon's pid file.
@@ -168,18 +169,17 @@ impl Mta for Exim {
     fn apply(&self, held: &Held) -> std::io::Result<()> {
         let (mode, retry) = render(held);
         let retry_file = &self.settings.exim_retry_file;
-        let old_retry = std::fs::read_to_string(retry_file).ok();
+        let old_retry = files::read_if_exists(retry_file)?;
         match &retry {
-            Some(text) => write_atomically(retry_file, text)?,
-            None if old_retry.is_some() => std::fs::remove_file(retry_file)?,
-            None => {}
+            Some(text) => files::write_durably(retry_file, text)?,
+            None => files::remove_durably(retry_file)?,
         }
         // The mode file is read at each use: written after the lifetime is in force, so
         // that no message is held under the old, shorter lifetime.
         if retry != old_retry {
             self.reload()?;
         }
-        write_atomically(&self.settings.exim_mode_file, &mode)?;
+        files::write_durably(&self.settings.exim_mode_file, &mode)?;
         if let Held::Releasing { release } = held {
             for _ in 0..release.concurrency {
                 // Queue runners work on their own and exit when the queue is done; a
@@ -216,16 +216,13 @@ mod tests {
         let (mode, retry) = render(&held(&document(Mode::TempFail, 452, "4.3.1")));
         assert_eq!(
             mode,
-            "mode=tempfail\nreply=\"452 4.3.1 Mailbox storage temporarily unavailable, try again later\"\n"
+            "tempfail\n452 4.3.1 Mailbox storage temporarily unavailable, try again later\n"
         );
         assert_eq!(retry.as_deref(), Some("MAIL_INCIDENT_LIFETIME = 30d\n"));
         let (mode, _) = render(&held(&document(Mode::HardReject, 550, "5.3.2")));
-        assert!(
-            mode.starts_with("mode=reject\nreply=\"550 5.3.2 "),
-            "{mode}"
-        );
+        assert!(mode.starts_with("reject\n550 5.3.2 "), "{mode}");
         let (mode, _) = render(&held(&document(Mode::AcceptAndQueue, 452, "4.3.1")));
-        assert!(mode.starts_with("mode=queue\n"), "{mode}");
+        assert!(mode.starts_with("queue\n"), "{mode}");
     }
 
     #[test]
@@ -234,11 +231,11 @@ mod tests {
         assert_eq!(
             render(&releasing),
             (
-                "mode=normal\n".to_string(),
+                "normal\n".to_string(),
                 Some("MAIL_INCIDENT_LIFETIME = 30d\n".to_string())
             )
         );
-        assert_eq!(render(&Held::Normal), ("mode=normal\n".to_string(), None));
+        assert_eq!(render(&Held::Normal), ("normal\n".to_string(), None));
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! `{"state": "Releasing", "release": {"concurrency": 4, "lifetime": "5d", ...}}`.
 //! The hook also gets `MAIL_INCIDENT_STATE` (Normal, AcceptAndQueue, TempFail, HardReject
 //! or Releasing) and `MAIL_INCIDENT_FILE` in its environment; a non-zero exit is a failed
-//! apply, retried with the next change. The agent cannot measure such an MTA's queue.
+//! apply, retried with backoff. The agent cannot measure such an MTA's queue.
 
-use super::{Mta, run_command, state::Held, write_atomically};
+use super::{Mta, command::run_command, files, state::Held};
 use crate::api::mode_document::QueueFigures;
 use std::{path::PathBuf, process::Command};
 
@@ -19,7 +19,7 @@ pub struct Generic {
 impl Mta for Generic {
     fn apply(&self, held: &Held) -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(held).map_err(std::io::Error::other)?;
-        write_atomically(&self.mode_file, &text)?;
+        files::write_durably(&self.mode_file, &text)?;
         run_command(
             Command::new("sh")
                 .arg("-c")

@@ -1,56 +1,57 @@
 //! The MTA side (`mail-incident-operator agent`), a sidecar next to the MTA: it watches
 //! its workload's mode document through the API (a mounted ConfigMap would take the
-//! kubelet up to a minute), renders it for the MTA, applies it in place and reports the
-//! applied hash in the report object the controller created. Its token needs only get,
-//! list and watch on the document and patch on the report, both by name.
+//! kubelet up to a minute), converges the MTA on it (see [`converge`]) and reports the
+//! applied hash in the report object the controller created (see [`report`]). Its token
+//! needs only get, list and watch on the document and patch on the report, both by name.
 //!
 //! When an incident ends, the agent releases the held mail (see [`state`]) and only then
 //! returns the MTA to its own configuration.
 
+mod command;
+pub mod converge;
 pub mod exim;
+mod files;
 pub mod generic;
+pub mod policy;
 pub mod postfix;
+pub mod report;
 pub mod state;
 
 use crate::{
     Error, Result,
     api::mode_document::{
-        AgentReport, MODE_DOCUMENT_KEY, ModeDocument, QueueFigures, REPORT_SUFFIX, document_name,
+        MODE_DOCUMENT_KEY, ModeDocument, QueueFigures, REPORT_SUFFIX, document_name,
     },
     http::{self, Readiness},
     metrics::AgentMetrics,
     telemetry::LogFormat,
 };
-use futures::TryStreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams},
-    runtime::watcher::{self, Event, watcher},
+    runtime::{
+        WatchStreamExt,
+        watcher::{self, Event, watcher},
+    },
 };
 use state::Held;
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// In the state directory: what the agent holds the MTA in, so that a restarted agent
-/// still releases the mail of an incident that ended while it was down.
+/// In the state directory: the state the agent holds the MTA in, saved before each
+/// apply, so that a restarted agent picks up where it was (and still releases the mail
+/// of an incident that ended while it was down).
 const STATE_FILE: &str = "agent-state.json";
 /// In the state directory: the Postfix settings from before any incident.
 const POSTFIX_BASELINE_FILE: &str = "postfix-baseline.json";
 
-/// How long to wait before retrying a failed apply or report.
-const RETRY_AFTER: Duration = Duration::from_secs(2);
-
-/// What the agent needs of an MTA.
+/// What the agent needs of an MTA. Both run on blocking threads.
 pub trait Mta: Send + Sync {
     /// Configures the MTA for `held` and makes it take effect without a restart; for
-    /// `Releasing`, also starts delivering the held mail.
+    /// `Releasing`, also starts delivering the held mail. Idempotent: an apply cut short
+    /// by a crash is simply made again.
     fn apply(&self, held: &Held) -> std::io::Result<()>;
     /// The queue as it is now, or `None` if this MTA's queue cannot be measured.
     fn queue(&self) -> std::io::Result<Option<QueueFigures>>;
@@ -92,14 +93,8 @@ pub struct Settings {
     )]
     pub state_dir: PathBuf,
 
-    /// Postfix: the configuration directory (shared with the MTA container).
-    #[arg(long, env = "POSTFIX_CONFIG_DIR", default_value = "/etc/postfix")]
-    pub postfix_config: PathBuf,
-
-    /// Postfix: the master.cf transport that delivers to mailbox storage, held while an
-    /// incident lasts.
-    #[arg(long, env = "MAILBOX_TRANSPORT", default_value = "lmtp")]
-    pub mailbox_transport: String,
+    #[command(flatten)]
+    pub postfix: postfix::PostfixSettings,
 
     #[command(flatten)]
     pub exim: exim::EximSettings,
@@ -116,9 +111,19 @@ pub struct Settings {
     #[arg(long, env = "MAIL_INCIDENT_HOOK")]
     pub hook: Option<String>,
 
-    /// How often the queue is measured (and reported while a mode is applied).
-    #[arg(long, default_value_t = 30)]
+    /// How often the queue is measured (and reported while a mode is applied), in
+    /// seconds (1 to 3600).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub report_seconds: u64,
+
+    /// How long, in seconds, the MTA may differ from its mode document before /readyz
+    /// fails (1 to 3600).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ready_within_seconds: u64,
+
+    /// The longest wait, in seconds, between retries of a failed apply or report (1 to 600).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub retry_max_seconds: u64,
 
     /// Address of the agent's /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "AGENT_LISTEN_ADDRESS", default_value = "0.0.0.0:8081")]
@@ -129,20 +134,19 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-/// The MTA handle `settings` describe.
-fn open_mta(settings: &Settings) -> Result<Box<dyn Mta>> {
+/// The MTA handle `settings` describe. Runs MTA commands: call from a blocking thread.
+fn open_mta(settings: &Settings) -> Result<Arc<dyn Mta>> {
     let failed = |e: std::io::Error| Error::Agent(e.to_string());
     Ok(match settings.mta {
-        Software::Postfix => Box::new(
+        Software::Postfix => Arc::new(
             postfix::Postfix::open(
-                &settings.postfix_config,
-                &settings.mailbox_transport,
+                &settings.postfix,
                 &settings.state_dir.join(POSTFIX_BASELINE_FILE),
             )
             .map_err(failed)?,
         ),
-        Software::Exim => Box::new(exim::Exim::new(&settings.exim)),
-        Software::Generic => Box::new(generic::Generic {
+        Software::Exim => Arc::new(exim::Exim::new(&settings.exim)),
+        Software::Generic => Arc::new(generic::Generic {
             mode_file: settings.mode_file.clone(),
             hook: settings
                 .hook
@@ -152,7 +156,7 @@ fn open_mta(settings: &Settings) -> Result<Box<dyn Mta>> {
     })
 }
 
-/// Runs the agent until the watch ends or SIGTERM.
+/// Runs the agent until SIGTERM.
 pub async fn run(settings: Settings) -> Result<()> {
     let client = Client::try_default().await.map_err(Error::Connect)?;
     let (kind, workload) = settings.workload.split_once('/').ok_or_else(|| {
@@ -162,182 +166,116 @@ pub async fn run(settings: Settings) -> Result<()> {
         ))
     })?;
     let document = document_name(kind, workload);
-    std::fs::create_dir_all(&settings.state_dir)
-        .map_err(|e| Error::Agent(format!("{}: {e}", settings.state_dir.display())))?;
     let state_file = settings.state_dir.join(STATE_FILE);
+    let (mta, saved) = {
+        let settings = settings.clone();
+        let state_file = state_file.clone();
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            std::fs::create_dir_all(&settings.state_dir)
+                .map_err(|e| Error::Agent(format!("{}: {e}", settings.state_dir.display())))?;
+            let saved =
+                converge::load_state(&state_file).map_err(|e| Error::Agent(e.to_string()))?;
+            Ok((open_mta(&settings)?, saved))
+        })
+        .await
+        .map_err(|e| Error::Agent(e.to_string()))??
+    };
     let metrics = AgentMetrics::default();
     let readiness = Readiness::default();
     let http = http::Server::start(settings.listen, metrics.registry(), readiness.clone()).await?;
-    info!(%document, pod = %settings.pod, mta = ?settings.mta, "agent started");
-
-    let mut agent = Agent {
-        config_maps: Api::namespaced(client, &settings.namespace),
-        report: format!("{document}{REPORT_SUFFIX}"),
-        pod: &settings.pod,
-        mta: open_mta(&settings)?,
-        held: load_state(&state_file)?,
+    let (intents, intents_rx) = watch::channel(saved.clone());
+    let policy = match settings.mta {
+        Software::Postfix => {
+            let address = settings.postfix.postfix_policy_listen;
+            let service = policy::PolicyService::bind(address)
+                .await
+                .map_err(|source| Error::Listen { address, source })?;
+            Some(tokio::spawn(service.serve(intents_rx, metrics.clone())))
+        }
+        _ => None,
+    };
+    let config_maps: Api<ConfigMap> = Api::namespaced(client, &settings.namespace);
+    let (reports, reports_rx) = watch::channel(None);
+    let retry_max = Duration::from_secs(settings.retry_max_seconds);
+    let reporter = tokio::spawn(report::run(
+        report::ReportConfigMap {
+            config_maps: config_maps.clone(),
+            name: format!("{document}{REPORT_SUFFIX}"),
+            pod: settings.pod.clone(),
+        },
+        reports_rx,
+        metrics.clone(),
+        retry_max,
+    ));
+    info!(%document, pod = %settings.pod, mta = ?settings.mta, state = %saved.label(), "agent started");
+    let documents = document_updates(watcher(
+        config_maps,
+        watcher::Config::default().fields(&format!("metadata.name={document}")),
+    ));
+    converge::Loop {
+        mta,
         state_file,
         metrics,
-    };
-    let events = watcher(
-        agent.config_maps.clone(),
-        watcher::Config::default().fields(&format!("metadata.name={document}")),
-    );
-    futures::pin_mut!(events);
-    let mut ticks = tokio::time::interval(Duration::from_secs(settings.report_seconds.max(1)));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = crate::shutdown::signal();
-    futures::pin_mut!(stop);
-    let mut listed: Option<ConfigMap> = None;
-    // The first listing always applies, so that an agent restarted mid-incident or after
-    // one puts the MTA where it must be.
-    let mut applied_once = false;
-    loop {
-        let event = tokio::select! {
-            event = events.try_next() => event,
-            _ = ticks.tick() => {
-                agent.measure().await;
-                continue;
-            }
-            _ = &mut stop => break,
-        };
-        let current = match event {
-            Ok(Some(Event::Init)) => {
-                listed = None;
-                continue;
-            }
-            Ok(Some(Event::InitApply(object))) => {
-                listed = Some(object);
-                continue;
-            }
-            Ok(Some(Event::InitDone)) => listed.take(),
-            Ok(Some(Event::Apply(object))) => Some(object),
-            Ok(Some(Event::Delete(_))) => None,
-            Ok(None) => break,
-            Err(error) => {
-                warn!(%error, "watch failed; retrying");
-                tokio::time::sleep(RETRY_AFTER).await;
-                continue;
-            }
-        };
-        let document = match current.as_ref().map(parse_document).transpose() {
-            Ok(document) => document,
-            Err(error) => {
-                warn!(%error, "unreadable mode document; keeping the current mode");
-                continue;
-            }
-        };
-        let next = agent
-            .held
-            .next(document.as_ref(), Timestamp::now().as_second());
-        if applied_once && next == agent.held {
-            continue;
-        }
-        if agent.enter(next).await {
-            applied_once = true;
-            readiness.set_ready();
-        }
+        readiness,
+        timing: converge::Timing {
+            measure_every: Duration::from_secs(settings.report_seconds),
+            ready_within: Duration::from_secs(settings.ready_within_seconds),
+            retry_min: Duration::from_millis(500),
+            retry_max,
+        },
+        intents,
+        reports,
     }
+    .run(saved, documents, crate::shutdown::signal())
+    .await;
+    if let Some(policy) = policy {
+        policy.abort();
+    }
+    reporter.abort();
     http.stop().await;
     Ok(())
 }
 
-/// What the agent's loop acts on.
-struct Agent<'a> {
-    config_maps: Api<ConfigMap>,
-    report: String,
-    pod: &'a str,
-    mta: Box<dyn Mta>,
-    held: Held,
-    state_file: PathBuf,
-    metrics: AgentMetrics,
-}
-
-impl Agent<'_> {
-    /// Applies `next` and records it; on failure keeps the current state, to be tried
-    /// again with the next change or measurement. Returns whether it applied.
-    async fn enter(&mut self, next: Held) -> bool {
-        if let Err(error) = self.mta.apply(&next) {
-            self.metrics.errors.with_label_values(&["apply"]).inc();
-            warn!(%error, state = %next.label(), "cannot apply; keeping the previous state");
-            return false;
-        }
-        if let Err(error) = save_state(&self.state_file, &next) {
-            warn!(%error, "cannot save the agent state");
-        }
-        self.metrics.applies.inc();
-        self.metrics.set_mode(&next.label());
-        info!(state = %next.label(), hash = next.hash().as_deref().unwrap_or("-"), "applied");
-        self.held = next;
-        if let Some(hash) = self.held.hash() {
-            let queue = self.queue();
-            self.report(&hash, queue).await;
-        }
-        true
-    }
-
-    /// Measures the queue: reports it while a mode is applied, and ends a release once
-    /// the held mail is out.
-    async fn measure(&mut self) {
-        let Ok(queue) = self.queue_or_error() else {
-            return;
-        };
-        if let Some(hash) = self.held.hash() {
-            self.report(&hash, queue.clone()).await;
-        }
-        let next = self
-            .held
-            .after_measuring(queue.as_ref(), Timestamp::now().as_second());
-        if next != self.held {
-            self.enter(next).await;
-        }
-    }
-
-    fn queue(&self) -> Option<QueueFigures> {
-        self.queue_or_error().ok().flatten()
-    }
-
-    fn queue_or_error(&self) -> std::io::Result<Option<QueueFigures>> {
-        match self.mta.queue() {
-            Ok(queue) => {
-                if let Some(figures) = &queue {
-                    self.metrics.set_queue(figures);
+/// The document as the watch sees it: `Some` while it exists, `None` once it is gone,
+/// one item per change (a relist yields the listed state once it is complete). A
+/// document that cannot be read is skipped, keeping the current mode; watch errors are
+/// retried with the watcher's own backoff.
+fn document_updates(
+    events: impl Stream<Item = watcher::Result<Event<ConfigMap>>>,
+) -> impl Stream<Item = Option<ModeDocument>> {
+    events
+        .default_backoff()
+        .scan(None, |listed: &mut Option<ConfigMap>, event| {
+            let update = match event {
+                Ok(Event::Init) => {
+                    *listed = None;
+                    None
                 }
-                Ok(queue)
-            }
-            Err(error) => {
-                self.metrics.errors.with_label_values(&["queue"]).inc();
-                warn!(%error, "cannot read the queue");
-                Err(error)
-            }
-        }
-    }
-
-    /// Writes this pod's entry in the report: the applied hash and the queue. Retries
-    /// until the API server takes it (the controller creates the report right after the
-    /// document).
-    async fn report(&self, hash: &str, queue: Option<QueueFigures>) {
-        let entry = AgentReport {
-            hash: hash.into(),
-            queue,
-        };
-        let entry = serde_json::to_string(&entry).expect("a report serializes");
-        let patch = Patch::Merge(serde_json::json!({"data": {self.pod: entry}}));
-        loop {
-            match self
-                .config_maps
-                .patch(&self.report, &PatchParams::default(), &patch)
-                .await
-            {
-                Ok(_) => return,
+                Ok(Event::InitApply(object)) => {
+                    *listed = Some(object);
+                    None
+                }
+                Ok(Event::InitDone) => Some(listed.take()),
+                Ok(Event::Apply(object)) => Some(Some(object)),
+                Ok(Event::Delete(_)) => Some(None),
                 Err(error) => {
-                    self.metrics.errors.with_label_values(&["report"]).inc();
-                    warn!(%error, report = %self.report, "cannot report; retrying");
-                    tokio::time::sleep(RETRY_AFTER).await;
+                    warn!(%error, "watch of the mode document failed; retrying");
+                    None
                 }
-            }
-        }
-    }
+            };
+            futures::future::ready(Some(update))
+        })
+        .filter_map(|update| {
+            futures::future::ready(update.and_then(|current| {
+                match current.as_ref().map(parse_document).transpose() {
+                    Ok(document) => Some(document),
+                    Err(error) => {
+                        warn!(%error, "unreadable mode document; keeping the current mode");
+                        None
+                    }
+                }
+            }))
+        })
 }
 
 fn parse_document(config_map: &ConfigMap) -> std::result::Result<ModeDocument, String> {
@@ -347,43 +285,6 @@ fn parse_document(config_map: &ConfigMap) -> std::result::Result<ModeDocument, S
         .and_then(|data| data.get(MODE_DOCUMENT_KEY))
         .ok_or_else(|| format!("no {MODE_DOCUMENT_KEY} key"))?;
     serde_json::from_str(text).map_err(|e| e.to_string())
-}
-
-/// The state saved by the last agent, or `Normal` for a first start.
-fn load_state(path: &Path) -> Result<Held> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map_err(|e| Error::Agent(format!("{}: {e}", path.display()))),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Held::Normal),
-        Err(error) => Err(Error::Agent(format!("{}: {error}", path.display()))),
-    }
-}
-
-fn save_state(path: &Path, held: &Held) -> std::io::Result<()> {
-    write_atomically(
-        path,
-        &serde_json::to_string_pretty(held).map_err(std::io::Error::other)?,
-    )
-}
-
-/// Replaces `path` with `text`, written aside and then renamed, so that neither the MTA
-/// nor a restarted agent ever reads half a file.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, text)?;
-    std::fs::rename(&partial, path)
-}
-
-/// Runs a command; its standard output, or an error carrying its standard error.
-fn run_command(command: &mut Command) -> std::io::Result<String> {
-    let output = command.output()?;
-    if !output.status.success() {
-        return Err(std::io::Error::other(format!(
-            "{command:?}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Mode documents for the renderers' and the state's unit tests.

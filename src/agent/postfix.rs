@@ -2,13 +2,14 @@
 //! sets, and how normal service restores the baseline exactly. `render` is pure; the
 //! [`Postfix`] handle applies its result with `postconf` and `postfix reload`.
 //!
-//! Every incident mode holds the mail already queued (storage is down in all three): the
-//! mailbox transport is listed in `defer_transports`, the queue lifetimes are the
-//! incident's, and `soft_bounce = yes` turns any delivery failure into a retry. TempFail
-//! and HardReject also answer RCPT with the incident's reply, from a
-//! `check_recipient_access static:{...}` placed ahead of the existing recipient
-//! restrictions. HardReject sets `soft_bounce = no`, because with `yes` the Postfix SMTP
-//! server turns its own 5xx replies into 4xx.
+//! The RCPT answer does not go through `main.cf`: the agent's policy service (see
+//! [`super::policy`]) gives TempFail's and HardReject's reply at the next RCPT, with no
+//! reload. What `main.cf` carries is what must outlive a request: every incident mode
+//! holds the mail already queued (storage is down in all three): the mailbox transport is
+//! listed in `defer_transports`, the queue lifetimes are the incident's, and
+//! `soft_bounce = yes` turns any delivery failure into a retry. HardReject sets
+//! `soft_bounce = no`, because with `yes` the Postfix SMTP server turns every 5xx reply,
+//! the policy service's included, into a 4xx.
 //!
 //! Releasing lifts the hold but keeps the incident's lifetimes and `soft_bounce = yes`,
 //! and caps the mailbox transport's process limit (`master.cf`) at the release
@@ -16,9 +17,10 @@
 //! keeps its arrival time, so the lifetimes must stay long until it is all delivered.
 
 use super::{
-    Mta, run_command,
+    Mta,
+    command::{for_each_output_line, run_command},
+    files,
     state::{Held, Release},
-    write_atomically,
 };
 use crate::api::{
     Mode,
@@ -27,18 +29,37 @@ use crate::api::{
 use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
 };
 
 /// The `main.cf` parameters the agent manages; nothing else in `main.cf` is touched.
-pub const MANAGED: [&str; 5] = [
+pub const MANAGED: [&str; 4] = [
     "soft_bounce",
     "defer_transports",
     "maximal_queue_lifetime",
     "bounce_queue_lifetime",
-    "smtpd_recipient_restrictions",
 ];
+
+/// Command-line settings for Postfix.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PostfixSettings {
+    /// Postfix: the configuration directory (shared with the MTA container).
+    #[arg(long, env = "POSTFIX_CONFIG_DIR", default_value = "/etc/postfix")]
+    pub postfix_config: PathBuf,
+
+    /// Postfix: the master.cf transport that delivers to mailbox storage, held while an
+    /// incident lasts.
+    #[arg(long, env = "MAILBOX_TRANSPORT", default_value = "lmtp")]
+    pub mailbox_transport: String,
+
+    /// Postfix: where the agent serves the policy delegation protocol; main.cf's
+    /// smtpd_recipient_restrictions must start with
+    /// `check_policy_service { inet:ADDRESS, default_action=DUNNO }`.
+    #[arg(long, env = "POSTFIX_POLICY_LISTEN", default_value = "127.0.0.1:10040")]
+    pub postfix_policy_listen: SocketAddr,
+}
 
 /// The managed settings as they were before any incident.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,20 +143,6 @@ fn render_incident(
         Some(existing) if !existing.is_empty() => format!("{existing}, {mailbox_transport}"),
         _ => mailbox_transport.to_string(),
     };
-    if matches!(document.mode, Mode::TempFail | Mode::HardReject) {
-        let reply = &document.reply;
-        let check = format!(
-            "check_recipient_access static:{{{} {} {}}}",
-            reply.code, reply.enhanced_code, reply.text
-        );
-        let restrictions = match baseline.get("smtpd_recipient_restrictions") {
-            Some(existing) if !existing.is_empty() => format!("{check}, {existing}"),
-            _ => check,
-        };
-        edits
-            .main
-            .insert("smtpd_recipient_restrictions", Some(restrictions));
-    }
     let soft_bounce = if document.mode == Mode::HardReject {
         "no"
     } else {
@@ -167,25 +174,16 @@ fn render_release(edits: &mut Edits, release: &Release) {
     edits.process_limit = release.concurrency.to_string();
 }
 
-/// Queue figures from `postqueue -j` output: one JSON object per queued message, with
-/// `queue_name` and `arrival_time` (seconds since the epoch). Unreadable lines (the
-/// queue changes while it is listed) are skipped.
-pub fn queue_figures(listing: &str, now: i64) -> QueueFigures {
+/// One message of `postqueue -j` output (one JSON object per line), `None` for a line
+/// that cannot be read (the queue changes while it is listed).
+pub fn queued_message(line: &str) -> Option<(String, i64)> {
     #[derive(Deserialize)]
     struct Message {
         queue_name: String,
         arrival_time: i64,
     }
-    let messages: Vec<Message> = listing
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    QueueFigures::from_arrivals(
-        messages
-            .iter()
-            .map(|m| (m.queue_name.as_str(), m.arrival_time)),
-        now,
-    )
+    let message: Message = serde_json::from_str(line).ok()?;
+    Some((message.queue_name, message.arrival_time))
 }
 
 /// A Postfix instance, driven through its own commands.
@@ -196,34 +194,46 @@ pub struct Postfix {
 }
 
 impl Postfix {
-    /// The instance whose `main.cf` is in `config_dir`. Its baseline is read the first
-    /// time and kept in `baseline_file` from then on: an agent restarted during an
-    /// incident must not take the incident's settings for the MTA's own.
-    pub fn open(
-        config_dir: &Path,
-        mailbox_transport: &str,
-        baseline_file: &Path,
-    ) -> std::io::Result<Self> {
-        let baseline = match std::fs::read_to_string(baseline_file) {
-            Ok(text) => serde_json::from_str(&text).map_err(std::io::Error::other)?,
-            Err(_) => {
+    /// The instance `settings` describe. Its baseline is read the first time and kept in
+    /// `baseline_file` from then on: an agent restarted during an incident must not take
+    /// the incident's settings for the MTA's own, so only a missing file means "first
+    /// start". Refuses an instance whose recipient restrictions do not ask the agent's
+    /// policy service, which would never refuse a recipient.
+    pub fn open(settings: &PostfixSettings, baseline_file: &Path) -> std::io::Result<Self> {
+        let config_dir = &settings.postfix_config;
+        let restrictions =
+            run_command(postconf(config_dir).args(["-h", "smtpd_recipient_restrictions"]))?;
+        let service = format!("inet:{}", settings.postfix_policy_listen);
+        if !restrictions.contains(&service) {
+            return Err(std::io::Error::other(format!(
+                "{}/main.cf: smtpd_recipient_restrictions must start with \
+                 `check_policy_service {{ {service}, default_action=DUNNO }}` so that the agent \
+                 can answer RCPT in TempFail and HardReject; it is `{}`",
+                config_dir.display(),
+                restrictions.trim()
+            )));
+        }
+        let baseline = match files::read_if_exists(baseline_file)? {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", baseline_file.display())))?,
+            None => {
                 let baseline = Baseline::read(
                     &run_command(postconf(config_dir).arg("-n"))?,
                     &run_command(
                         postconf(config_dir)
                             .arg("-F")
-                            .arg(process_limit_field(mailbox_transport)),
+                            .arg(process_limit_field(&settings.mailbox_transport)),
                     )?,
                 );
                 let text =
                     serde_json::to_string_pretty(&baseline).map_err(std::io::Error::other)?;
-                write_atomically(baseline_file, &text)?;
+                files::write_durably(baseline_file, &text)?;
                 baseline
             }
         };
         Ok(Self {
-            config_dir: config_dir.into(),
-            mailbox_transport: mailbox_transport.into(),
+            config_dir: config_dir.clone(),
+            mailbox_transport: settings.mailbox_transport.clone(),
             baseline,
         })
     }
@@ -249,18 +259,23 @@ impl Mta for Postfix {
     }
 
     /// `postqueue -j` reads the queue files itself when the showq service is down, so
-    /// this also works on a stopped MTA.
+    /// this also works on a stopped MTA. Its output is read line by line: a huge queue is
+    /// counted, never held in memory.
     fn queue(&self) -> std::io::Result<Option<QueueFigures>> {
-        let listing = run_command(
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let mut figures = QueueFigures::default();
+        for_each_output_line(
             Command::new("postqueue")
                 .arg("-c")
                 .arg(&self.config_dir)
                 .arg("-j"),
+            |line| {
+                if let Some((queue, arrival)) = queued_message(line) {
+                    figures.add(&queue, arrival, now);
+                }
+            },
         )?;
-        Ok(Some(queue_figures(
-            &listing,
-            k8s_openapi::jiff::Timestamp::now().as_second(),
-        )))
+        Ok(Some(figures))
     }
 }
 
@@ -275,40 +290,63 @@ fn process_limit_field(transport: &str) -> String {
     format!("{transport}/unix/process_limit")
 }
 
-/// Applies `edits` to `main.cf` and `master.cf` (`postconf -e`, `-X`, `-F -e`) and
-/// reloads: running smtpd processes finish their sessions, new ones answer in the new
-/// mode; nothing restarts.
+/// The `postconf` edits that take Postfix from `current` (read just now) to `edits`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// `name = value` for `postconf -e`.
+    pub set: Vec<String>,
+    /// Names for `postconf -X`.
+    pub unset: Vec<&'static str>,
+    /// The mailbox transport's new process limit, for `postconf -F -e`.
+    pub process_limit: Option<String>,
+}
+
+/// Only what differs is edited: an unchanged file keeps its time stamp (see [`settle`]).
+pub fn changes(current: &Baseline, edits: &Edits) -> Changes {
+    let mut changes = Changes::default();
+    for (name, wanted) in &edits.main {
+        match (wanted, current.get(name)) {
+            (Some(value), now) if now != Some(value.as_str()) => {
+                changes.set.push(format!("{name} = {value}"))
+            }
+            (None, Some(_)) => changes.unset.push(name),
+            _ => {}
+        }
+    }
+    if current.process_limit != edits.process_limit {
+        changes.process_limit = Some(edits.process_limit.clone());
+    }
+    changes
+}
+
+/// Applies `edits` to `main.cf` and `master.cf` (`postconf -e`, `-X`, `-F -e`, only what
+/// differs from what the files say now) and reloads: running smtpd processes finish
+/// their sessions, new ones answer in the new mode; nothing restarts. The reload is
+/// always made, so that an apply cut short between the edit and the reload is completed.
 pub fn apply_edits(
     config_dir: &Path,
     mailbox_transport: &str,
     edits: &Edits,
 ) -> std::io::Result<()> {
-    let set: Vec<String> = edits
-        .main
-        .iter()
-        .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name} = {v}")))
-        .collect();
-    let unset: Vec<&str> = edits
-        .main
-        .iter()
-        .filter(|(_, value)| value.is_none())
-        .map(|(name, _)| *name)
-        .collect();
-    if !set.is_empty() {
-        run_command(postconf(config_dir).arg("-e").args(&set))?;
+    let field = process_limit_field(mailbox_transport);
+    let current = Baseline::read(
+        &run_command(postconf(config_dir).arg("-n"))?,
+        &run_command(postconf(config_dir).arg("-F").arg(&field))?,
+    );
+    let changes = changes(&current, edits);
+    if !changes.set.is_empty() {
+        run_command(postconf(config_dir).arg("-e").args(&changes.set))?;
     }
-    if !unset.is_empty() {
-        run_command(postconf(config_dir).arg("-X").args(&unset))?;
+    if !changes.unset.is_empty() {
+        run_command(postconf(config_dir).arg("-X").args(&changes.unset))?;
     }
-    run_command(postconf(config_dir).args([
-        "-F".to_string(),
-        "-e".to_string(),
-        format!(
-            "{}={}",
-            process_limit_field(mailbox_transport),
-            edits.process_limit
-        ),
-    ]))?;
+    if !changes.set.is_empty() || !changes.unset.is_empty() {
+        settle(&config_dir.join("main.cf"))?;
+    }
+    if let Some(limit) = &changes.process_limit {
+        run_command(postconf(config_dir).args(["-F", "-e", &format!("{field}={limit}")]))?;
+        settle(&config_dir.join("master.cf"))?;
+    }
     run_command(
         Command::new("postfix")
             .arg("-c")
@@ -316,6 +354,20 @@ pub fn apply_edits(
             .arg("reload"),
     )?;
     Ok(())
+}
+
+/// Marks a configuration file `postconf` has just replaced as settled. Every Postfix
+/// process that reads a configuration file changed less than about two seconds ago
+/// waits, 300 ms at a time, until it is older (a guard against half-edited files); the
+/// new smtpd processes of a reload would hold each new SMTP session that long, the
+/// RCPT answer of the policy service included. `postconf` replaces the file whole, so
+/// there is nothing to wait for.
+fn settle(path: &Path) -> std::io::Result<()> {
+    let settled = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(path)?
+        .set_modified(settled)
 }
 
 /// Whether a Postfix list (comma or whitespace separated) holds `item`.
@@ -353,10 +405,6 @@ mydestination = example.org
         let edits = render(&Held::Normal, &baseline, "lmtp");
         assert_eq!(edits.main.len(), MANAGED.len());
         assert_eq!(edits.value("maximal_queue_lifetime"), Some("3d"));
-        assert_eq!(
-            edits.value("smtpd_recipient_restrictions"),
-            Some("permit_mynetworks, reject_unauth_destination")
-        );
         // Not set before the incident: removed, so Postfix's default applies again.
         assert_eq!(edits.main.get("soft_bounce"), Some(&None));
         assert_eq!(edits.main.get("defer_transports"), Some(&None));
@@ -374,27 +422,17 @@ mydestination = example.org
         assert_eq!(edits.value("soft_bounce"), Some("yes"));
         assert_eq!(edits.value("maximal_queue_lifetime"), Some("30d"));
         assert_eq!(edits.value("bounce_queue_lifetime"), Some("10d"));
-        assert_eq!(
-            edits.value("smtpd_recipient_restrictions"),
-            Some("permit_mynetworks, reject_unauth_destination"),
-            "mail is still accepted"
-        );
     }
 
     #[test]
-    fn temp_fail_answers_rcpt_with_the_reply_ahead_of_existing_restrictions() {
+    fn temp_fail_holds_queued_mail_and_leaves_the_answer_to_the_policy_service() {
         let baseline = baseline(BASELINE);
         let edits = render(
             &held(&document(Mode::TempFail, 452, "4.3.1")),
             &baseline,
             "lmtp",
         );
-        assert_eq!(
-            edits.value("smtpd_recipient_restrictions"),
-            Some(
-                "check_recipient_access static:{452 4.3.1 Mailbox storage temporarily unavailable, try again later}, permit_mynetworks, reject_unauth_destination"
-            )
-        );
+        assert!(!edits.main.contains_key("smtpd_recipient_restrictions"));
         assert_eq!(edits.value("soft_bounce"), Some("yes"));
         assert_eq!(
             edits.value("defer_transports"),
@@ -411,12 +449,7 @@ mydestination = example.org
             "lmtp",
         );
         assert_eq!(edits.value("soft_bounce"), Some("no"));
-        assert_eq!(
-            edits.value("smtpd_recipient_restrictions"),
-            Some(
-                "check_recipient_access static:{550 5.3.2 Mailbox storage temporarily unavailable, try again later}"
-            )
-        );
+        assert_eq!(edits.value("defer_transports"), Some("lmtp"));
     }
 
     #[test]
@@ -426,12 +459,46 @@ mydestination = example.org
 {"queue_name": "active", "queue_id": "A3", "arrival_time": 4500, "message_size": 512}
 not json: the queue changed while it was listed
 "#;
-        let figures = queue_figures(listing, 5000);
+        let mut figures = QueueFigures::default();
+        for (queue, arrival) in listing.lines().filter_map(queued_message) {
+            figures.add(&queue, arrival, 5000);
+        }
         assert_eq!(figures.messages, 3);
         assert_eq!(figures.by_queue.get("deferred"), Some(&2));
         assert_eq!(figures.by_queue.get("active"), Some(&1));
         assert_eq!(figures.oldest_age_seconds, 4000);
-        assert_eq!(queue_figures("", 5000), QueueFigures::default());
+    }
+
+    #[test]
+    fn only_what_differs_is_edited() {
+        let now = baseline(BASELINE);
+        let unchanged = render(&Held::Normal, &now, "lmtp");
+        assert_eq!(changes(&now, &unchanged), Changes::default());
+        let hold = render(
+            &held(&document(Mode::AcceptAndQueue, 452, "4.3.1")),
+            &now,
+            "lmtp",
+        );
+        let changed = changes(&now, &hold);
+        assert_eq!(
+            changed.set,
+            [
+                "bounce_queue_lifetime = 10d",
+                "defer_transports = lmtp",
+                "maximal_queue_lifetime = 30d",
+                "soft_bounce = yes"
+            ]
+        );
+        assert!(changed.unset.is_empty() && changed.process_limit.is_none());
+        // And back: what the incident added is removed, its lifetime restored.
+        let during = Baseline::read(&changed.set.join("\n"), "lmtp/unix/process_limit = 4");
+        let back = changes(&during, &unchanged);
+        assert_eq!(back.set, ["maximal_queue_lifetime = 3d"]);
+        assert_eq!(
+            back.unset,
+            ["bounce_queue_lifetime", "defer_transports", "soft_bounce"]
+        );
+        assert_eq!(back.process_limit.as_deref(), Some("-"));
     }
 
     #[test]
@@ -461,11 +528,6 @@ not json: the queue changed while it was listed
             edits.main.get("defer_transports"),
             Some(&None),
             "no longer held"
-        );
-        assert_eq!(
-            edits.value("smtpd_recipient_restrictions"),
-            Some("permit_mynetworks, reject_unauth_destination"),
-            "mail is accepted again"
         );
         assert_eq!(edits.value("maximal_queue_lifetime"), Some("30d"));
         assert_eq!(edits.value("bounce_queue_lifetime"), Some("10d"));

@@ -9,10 +9,29 @@ use std::collections::BTreeMap;
 /// Pattern every time span field shares; `TimeSpan` parses the same grammar.
 const TIME_SPAN_PATTERN: &str = "^[0-9]{1,7}[smhdw]$";
 
+/// spec.expiresAt lies in the years 2000 to 2999. Every API server enforces this, unlike
+/// the controller's bound of 100 days after creation; it keeps out the last hours of year
+/// 9999, which the API server stores but the controller cannot read, and one unreadable
+/// object would fail the controller's whole watch.
+const EXPIRES_AT_PATTERN: &str = "^2[0-9]{3}-";
+
 /// The CEL expression turning a `TimeSpan` string into seconds, for range rules.
 macro_rules! time_span_seconds {
     () => {
         "int(self.substring(0, size(self) - 1)) * {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}[self.substring(size(self) - 1)]"
+    };
+}
+
+/// The CEL rule of a time span field: positive (a digit other than 0; the pattern admits
+/// `0d`, `TimeSpan` does not) and at most `$max_seconds`.
+macro_rules! time_span_at_most {
+    ($max_seconds:literal) => {
+        concat!(
+            "self.matches('[1-9]') && ",
+            time_span_seconds!(),
+            " <= ",
+            $max_seconds
+        )
     };
 }
 
@@ -122,14 +141,18 @@ pub struct MailIncidentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hard_reject: Option<HardRejectSettings>,
 
-    /// When the incident ends by itself (RFC 3339). Alternative to duration.
+    /// When the incident ends by itself (RFC 3339, in the years 2000 to 2999), at most 100d
+    /// after its creation (checked by the controller: no schema rule can see the creation
+    /// time). Alternative to duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = EXPIRES_AT_PATTERN))]
     pub expires_at: Option<Time>,
 
     /// How long after its creation the incident ends by itself (number and unit s, m, h,
-    /// d or w, e.g. 36h). Alternative to expiresAt.
+    /// d or w, e.g. 36h), at most 100d. Alternative to expiresAt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = TIME_SPAN_PATTERN))]
+    #[x_kube(validation = Rule::new(time_span_at_most!(8640000)).message("spec.duration must be more than 0 and at most 100d"))]
     pub duration: Option<String>,
 
     /// True ends the incident (targets go back to normal service) while keeping the object
@@ -232,14 +255,14 @@ pub struct QueueLifetimes {
     /// unit (s, m, h, d, w); default 5d, at most 100d.
     #[serde(default = "default_lifetime")]
     #[schemars(regex(pattern = TIME_SPAN_PATTERN))]
-    #[x_kube(validation = Rule::new(concat!(time_span_seconds!(), " <= 8640000")).message("spec.queue.lifetime must be at most 100d"))]
+    #[x_kube(validation = Rule::new(time_span_at_most!(8640000)).message("spec.queue.lifetime must be more than 0 and at most 100d"))]
     pub lifetime: String,
 
     /// How long a bounce (a non-delivery notice) may stay queued. Number and unit (s, m,
     /// h, d, w); default 5d, at most 100d.
     #[serde(default = "default_lifetime")]
     #[schemars(regex(pattern = TIME_SPAN_PATTERN))]
-    #[x_kube(validation = Rule::new(concat!(time_span_seconds!(), " <= 8640000")).message("spec.queue.bounceLifetime must be at most 100d"))]
+    #[x_kube(validation = Rule::new(time_span_at_most!(8640000)).message("spec.queue.bounceLifetime must be more than 0 and at most 100d"))]
     pub bounce_lifetime: String,
 }
 
@@ -286,15 +309,17 @@ impl Default for Release {
     .message("spec.escalation needs maxQueuedMessages or maxOldestMessageAge"))]
 #[serde(rename_all = "camelCase")]
 pub struct Escalation {
-    /// Messages queued on any one MTA of a target (all queues together).
+    /// Messages queued on any one MTA of a target (all queues together), at most
+    /// 100000000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 100_000_000))]
     pub max_queued_messages: Option<u64>,
 
     /// Age of the oldest message queued on any one MTA of a target (number and unit s,
-    /// m, h, d, w).
+    /// m, h, d, w), at most 100d.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = TIME_SPAN_PATTERN))]
+    #[x_kube(validation = Rule::new(time_span_at_most!(8640000)).message("spec.escalation.maxOldestMessageAge must be more than 0 and at most 100d"))]
     pub max_oldest_message_age: Option<String>,
 }
 

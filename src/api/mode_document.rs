@@ -80,17 +80,18 @@ pub struct QueueFigures {
 }
 
 impl QueueFigures {
-    /// The figures of a queue listed as (queue name, arrival time in seconds since the
-    /// epoch) per message, at `now`.
-    pub fn from_arrivals<'a>(messages: impl IntoIterator<Item = (&'a str, i64)>, now: i64) -> Self {
-        let mut figures = Self::default();
-        for (queue, arrival) in messages {
-            figures.messages += 1;
-            *figures.by_queue.entry(queue.to_string()).or_default() += 1;
-            let age = u64::try_from(now - arrival).unwrap_or(0);
-            figures.oldest_age_seconds = figures.oldest_age_seconds.max(age);
+    /// Counts one message of `queue` that arrived at `arrival` (seconds since the epoch),
+    /// measured at `now`.
+    pub fn add(&mut self, queue: &str, arrival: i64, now: i64) {
+        self.messages = self.messages.saturating_add(1);
+        match self.by_queue.get_mut(queue) {
+            Some(count) => *count = count.saturating_add(1),
+            None => {
+                self.by_queue.insert(queue.to_string(), 1);
+            }
         }
-        figures
+        let age = u64::try_from(now.saturating_sub(arrival)).unwrap_or(0);
+        self.oldest_age_seconds = self.oldest_age_seconds.max(age);
     }
 }
 

@@ -1,6 +1,10 @@
 use super::{
     MailIncident, Mode, crd, crd_yaml,
-    validation::{Reply, validate},
+    validation::{MAX_QUEUED_MESSAGES, Reply, validate},
+};
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::{SignedDuration, Timestamp},
 };
 use serde_json::Value;
 
@@ -132,6 +136,31 @@ const CROSS_FIELD_CASES: &[(&str, &str, &str)] = &[
         "mode: AcceptAndQueue\nreason: r\ntargets: {matchLabels: {app: mta}}\nqueue: {bounceLifetime: 15w}",
         "spec.queue.bounceLifetime",
     ),
+    (
+        "a duration of 101 days",
+        "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}\nduration: 101d",
+        "spec.duration",
+    ),
+    (
+        "a duration past the end of time",
+        "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}\nduration: 9999999w",
+        "spec.duration",
+    ),
+    (
+        "a zero duration",
+        "mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}\nduration: 0d",
+        "spec.duration",
+    ),
+    (
+        "a zero queue lifetime",
+        "mode: AcceptAndQueue\nreason: r\ntargets: {matchLabels: {app: mta}}\nqueue: {lifetime: 0000000m}",
+        "spec.queue.lifetime",
+    ),
+    (
+        "an oldest message age over 100 days",
+        "mode: AcceptAndQueue\nreason: r\ntargets: {matchLabels: {app: mta}}\nescalation: {maxOldestMessageAge: 8640001s}",
+        "spec.escalation.maxOldestMessageAge",
+    ),
 ];
 
 #[test]
@@ -151,6 +180,7 @@ fn cel_rules_and_the_controller_refuse_the_same_cross_field_errors() {
 fn limits_are_inclusive() {
     for spec in [
         "mode: AcceptAndQueue\nreason: r\ntargets: {matchLabels: {app: mta}}\nqueue: {lifetime: 100d, bounceLifetime: 2400h}",
+        "mode: AcceptAndQueue\nreason: r\ntargets: {matchLabels: {app: mta}}\nduration: 8640000s\nescalation: {maxQueuedMessages: 100000000, maxOldestMessageAge: 144000m}",
         "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}\nsmtpReply: {code: 554, enhancedCode: '5.3.2'}",
         "mode: TempFail\nreason: r\ntargets: {matchExpressions: [{key: app, operator: Exists}]}\nsmtpReply: {code: 421, enhancedCode: '4.4.5'}",
     ] {
@@ -261,6 +291,7 @@ fn schema_patterns_for_time_spans_agree_with_the_controller() {
         vec!["queue", "lifetime"],
         vec!["queue", "bounceLifetime"],
         vec!["duration"],
+        vec!["escalation", "maxOldestMessageAge"],
     ];
     for field in &fields {
         let pattern = pattern_of(field);
@@ -354,11 +385,66 @@ fn the_controller_reports_every_error_at_once() {
 #[test]
 fn duration_counts_from_creation() {
     let spec = format!("{VALID_TEMP_FAIL}duration: 36h\n");
-    let created: k8s_openapi::jiff::Timestamp = "2026-01-23T16:00:00Z".parse().unwrap();
+    let created: Timestamp = "2026-01-23T16:00:00Z".parse().unwrap();
     let valid = validate(&incident(&spec).spec, Some(created)).expect("valid");
     assert_eq!(
         valid.expires_at.unwrap().to_string(),
         "2026-01-25T04:00:00Z"
+    );
+}
+
+#[test]
+fn expiry_is_at_most_100_days_after_creation() {
+    let created: Timestamp = "2026-01-23T16:00:00Z".parse().unwrap();
+    for (expires_at, valid) in [
+        ("2026-01-01T00:00:00Z", true),
+        ("2026-05-03T16:00:00Z", true),
+        ("2026-05-03T16:00:01Z", false),
+        ("2999-12-31T23:59:59Z", false),
+    ] {
+        let spec = format!("{VALID_TEMP_FAIL}expiresAt: '{expires_at}'\n");
+        let result = validate(&incident(&spec).spec, Some(created));
+        match result {
+            Ok(incident) => {
+                assert!(valid, "{expires_at} accepted");
+                assert_eq!(incident.expires_at.unwrap().to_string(), expires_at);
+            }
+            Err(errors) => {
+                assert!(!valid, "{expires_at} refused: {errors:?}");
+                assert_eq!(errors[0].field, "spec.expiresAt");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_duration_ending_past_representable_time_is_an_error() {
+    let created = Timestamp::MAX - SignedDuration::from_hours(24);
+    let spec = format!("{VALID_TEMP_FAIL}duration: 2d\n");
+    let errors = validate(&incident(&spec).spec, Some(created)).expect_err("past the end");
+    assert_eq!(errors[0].field, "spec.duration");
+}
+
+#[test]
+fn schema_pattern_for_expires_at_admits_only_times_the_controller_can_read() {
+    let pattern = pattern_of(&["expiresAt"]);
+    for (text, admitted) in [
+        ("2026-01-25T04:00:00Z", true),
+        ("2000-01-01T00:00:00+14:00", true),
+        ("2999-12-31T23:59:59-23:59", true),
+        ("1999-12-31T23:59:59Z", false),
+        ("9999-12-31T23:59:59Z", false),
+    ] {
+        assert_eq!(pattern.is_match(text), admitted, "{text}");
+        if admitted {
+            let read: Result<Time, _> = serde_json::from_value(Value::from(text));
+            assert!(read.is_ok(), "{text}: {read:?}");
+        }
+    }
+    let unreadable: Result<Time, _> = serde_json::from_value(Value::from("9999-12-31T23:59:59Z"));
+    assert!(
+        unreadable.is_err(),
+        "the pattern keeps out what jiff cannot read"
     );
 }
 
@@ -421,4 +507,31 @@ fn schema_range_of_release_concurrency_is_what_the_controller_allows() {
     }
     let default = incident("mode: TempFail\nreason: r\ntargets: {matchLabels: {app: mta}}");
     assert_eq!(default.spec.release.concurrency, 4);
+}
+
+#[test]
+fn schema_range_of_max_queued_messages_is_what_the_controller_allows() {
+    let schema = schema_of(&["escalation", "maxQueuedMessages"]);
+    let (min, max) = (
+        schema["minimum"].as_f64().expect("minimum") as u64,
+        schema["maximum"].as_f64().expect("maximum") as u64,
+    );
+    assert_eq!((min, max), (1, MAX_QUEUED_MESSAGES));
+    for messages in [
+        0,
+        1,
+        1_000,
+        MAX_QUEUED_MESSAGES,
+        MAX_QUEUED_MESSAGES + 1,
+        u64::MAX,
+    ] {
+        let spec = format!(
+            "mode: AcceptAndQueue\nreason: r\ntargets: {{matchLabels: {{app: mta}}}}\nescalation: {{maxQueuedMessages: {messages}}}\n"
+        );
+        assert_eq!(
+            validate(&incident(&spec).spec, None).is_ok(),
+            (min..=max).contains(&messages),
+            "maxQueuedMessages {messages}"
+        );
+    }
 }

@@ -12,8 +12,17 @@ use kube::core::{Expression, Selector};
 use std::fmt;
 
 /// Longest queue lifetime accepted (Postfix accepts more, but past 100 days a message is
-/// better returned than kept).
+/// better returned than kept). The CEL rules say the same in seconds: 8640000.
 pub const MAX_QUEUE_LIFETIME: TimeSpan = TimeSpan::from_days(100);
+/// Longest an incident may last, by spec.duration or spec.expiresAt, counted from its
+/// creation: what a queue can hold. A longer outage takes a new incident, a new decision.
+pub const MAX_INCIDENT_DURATION: TimeSpan = MAX_QUEUE_LIFETIME;
+/// Largest spec.escalation.maxOldestMessageAge: an older message has been returned to its
+/// sender already, whatever the lifetimes.
+pub const MAX_OLDEST_MESSAGE_AGE: TimeSpan = MAX_QUEUE_LIFETIME;
+/// Largest spec.escalation.maxQueuedMessages (also in the schema): far past any real MTA
+/// queue, so a larger limit can only be a typo.
+pub const MAX_QUEUED_MESSAGES: u64 = 100_000_000;
 const MAX_REPLY_TEXT: usize = 200;
 const TEMP_FAIL_CODES: [u16; 4] = [421, 450, 451, 452];
 const HARD_REJECT_CODES: [u16; 6] = [521, 550, 552, 553, 554, 556];
@@ -128,10 +137,16 @@ pub fn validate(
         }
     };
 
-    let queue_lifetime = lifetime("spec.queue.lifetime", &spec.queue.lifetime, &mut fail);
-    let bounce_lifetime = lifetime(
+    let queue_lifetime = bounded_span(
+        "spec.queue.lifetime",
+        &spec.queue.lifetime,
+        MAX_QUEUE_LIFETIME,
+        &mut fail,
+    );
+    let bounce_lifetime = bounded_span(
         "spec.queue.bounceLifetime",
         &spec.queue.bounce_lifetime,
+        MAX_QUEUE_LIFETIME,
         &mut fail,
     );
 
@@ -161,14 +176,9 @@ pub fn validate(
             );
             None
         }
-        (Some(at), None) => Some(at.0),
-        (None, Some(text)) => match text.parse::<TimeSpan>() {
-            Ok(span) => created.map(|c| c + span.as_duration()),
-            Err(e) => {
-                fail("spec.duration", e.to_string());
-                None
-            }
-        },
+        (Some(at), None) => expiry_at(at.0, created, &mut fail),
+        (None, Some(text)) => bounded_span("spec.duration", text, MAX_INCIDENT_DURATION, &mut fail)
+            .and_then(|span| expiry_after(span, created?, &mut fail)),
         (None, None) => None,
     };
 
@@ -190,22 +200,70 @@ pub fn validate(
     }
 }
 
-fn lifetime(
+/// A time span field, parsed and at most `max`.
+fn bounded_span(
     field: &'static str,
     text: &str,
+    max: TimeSpan,
     fail: &mut impl FnMut(&'static str, String),
 ) -> Option<TimeSpan> {
     match text.parse::<TimeSpan>() {
-        Ok(span) if span <= MAX_QUEUE_LIFETIME => Some(span),
+        Ok(span) if span <= max => Some(span),
         Ok(_) => {
-            fail(
-                field,
-                format!("{text} is longer than the maximum of {MAX_QUEUE_LIFETIME}"),
-            );
+            fail(field, format!("{text} is longer than the maximum of {max}"));
             None
         }
         Err(e) => {
             fail(field, e.to_string());
+            None
+        }
+    }
+}
+
+/// The latest end an incident created at `created` may have. Saturates rather than
+/// overflows, for a creation time near the end of representable time.
+pub fn latest_expiry(created: Timestamp) -> Timestamp {
+    created
+        .checked_add(MAX_INCIDENT_DURATION.as_duration())
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// spec.expiresAt, at most MAX_INCIDENT_DURATION after creation. Without a creation time
+/// (an object no API server has stored) there is nothing to count from.
+fn expiry_at(
+    at: Timestamp,
+    created: Option<Timestamp>,
+    fail: &mut impl FnMut(&'static str, String),
+) -> Option<Timestamp> {
+    match created {
+        Some(created) if at > latest_expiry(created) => {
+            fail(
+                "spec.expiresAt",
+                format!(
+                    "{at} is more than {MAX_INCIDENT_DURATION} after the incident's creation at {created}: an incident lasts at most {MAX_INCIDENT_DURATION}"
+                ),
+            );
+            None
+        }
+        _ => Some(at),
+    }
+}
+
+/// The end of an incident lasting `span` from `created`, if it can be represented.
+fn expiry_after(
+    span: TimeSpan,
+    created: Timestamp,
+    fail: &mut impl FnMut(&'static str, String),
+) -> Option<Timestamp> {
+    match created.checked_add(span.as_duration()) {
+        Ok(at) => Some(at),
+        Err(_) => {
+            fail(
+                "spec.duration",
+                format!(
+                    "{span} after the creation at {created} is past the last representable time"
+                ),
+            );
             None
         }
     }
@@ -230,23 +288,23 @@ fn escalation_of(
         );
         return None;
     }
-    if escalation.max_queued_messages == Some(0) {
+    if let Some(max) = escalation
+        .max_queued_messages
+        .filter(|max| !(1..=MAX_QUEUED_MESSAGES).contains(max))
+    {
         fail(
             "spec.escalation.maxQueuedMessages",
-            "must be at least 1".into(),
+            format!("{max} is outside 1..={MAX_QUEUED_MESSAGES}"),
         );
         return None;
     }
-    let max_oldest_message_age = match escalation
-        .max_oldest_message_age
-        .as_deref()
-        .map(str::parse::<TimeSpan>)
-    {
-        Some(Err(e)) => {
-            fail("spec.escalation.maxOldestMessageAge", e.to_string());
-            return None;
-        }
-        Some(Ok(span)) => Some(span),
+    let max_oldest_message_age = match escalation.max_oldest_message_age.as_deref() {
+        Some(text) => Some(bounded_span(
+            "spec.escalation.maxOldestMessageAge",
+            text,
+            MAX_OLDEST_MESSAGE_AGE,
+            fail,
+        )?),
         None => None,
     };
     Some(EscalationLimits {

@@ -43,8 +43,10 @@ use kube::{
     },
 };
 use std::{
+    any::Any,
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
+    panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -272,23 +274,7 @@ async fn reconcile(incident: Arc<MailIncident>, context: Arc<Context>) -> Result
         .reconcile_duration
         .with_label_values(&[] as &[&str])
         .start_timer();
-    let namespace = incident.namespace().ok_or_else(|| Error::NotNamespaced {
-        kind: "MailIncident",
-        name: incident.name_any(),
-    })?;
-    debug!(%namespace, incident = %incident.name_any(), generation = incident.metadata.generation, "reconciling");
-    let api: Api<MailIncident> = Api::namespaced(context.client.clone(), &namespace);
-    // Both a live and a deleted incident sync the namespace; the finalizer is removed once
-    // the sync that no longer counts the deleted one has gone through.
-    let result = finalizer(&api, FINALIZER, incident, |_event| {
-        sync_namespace(&context, &namespace)
-    })
-    .await
-    .map_err(|error| match error {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
-        other => Error::Finalizer(other.to_string()),
-    });
+    let result = guard_panics(reconcile_incident(incident, &context)).await;
     timer.observe_duration();
     let outcome = if result.is_ok() { "ok" } else { "error" };
     context
@@ -297,6 +283,50 @@ async fn reconcile(incident: Arc<MailIncident>, context: Arc<Context>) -> Result
         .with_label_values(&[outcome])
         .inc();
     result
+}
+
+/// Turns a panic inside `work` into [`Error::Panic`]. Uncaught, a panic in one reconcile
+/// unwinds through the controller's stream and stops the operator, and after the restart
+/// the same object stops it again; caught, it fails that reconcile alone, which
+/// error_policy counts and retries with the others still served.
+async fn guard_panics<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+    // Unwind safety: a reconcile shares metrics (atomics), caches (locks that do not
+    // poison) and the Context's std mutexes, which are held only around map updates that
+    // cannot panic, so a panic leaves none of them poisoned or half-written.
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|payload| Err(Error::Panic(panic_message(payload.as_ref()))))
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        message.to_string()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+async fn reconcile_incident(incident: Arc<MailIncident>, context: &Context) -> Result<Action> {
+    let namespace = incident.namespace().ok_or_else(|| Error::NotNamespaced {
+        kind: "MailIncident",
+        name: incident.name_any(),
+    })?;
+    debug!(%namespace, incident = %incident.name_any(), generation = incident.metadata.generation, "reconciling");
+    let api: Api<MailIncident> = Api::namespaced(context.client.clone(), &namespace);
+    // Both a live and a deleted incident sync the namespace; the finalizer is removed once
+    // the sync that no longer counts the deleted one has gone through.
+    finalizer(&api, FINALIZER, incident, |_event| {
+        sync_namespace(context, &namespace)
+    })
+    .await
+    .map_err(|error| match error {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+        other => Error::Finalizer(other.to_string()),
+    })
 }
 
 /// Plans the namespace and carries the plan out: target writes first, then statuses and
@@ -506,5 +536,38 @@ fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_a_reconcile_becomes_an_error_of_its_own_category() {
+        let result: Result<Action> = guard_panics(async {
+            let limits: Vec<u32> = vec![];
+            panic!("no limit in {limits:?}")
+        })
+        .await;
+        let Err(error) = result else {
+            panic!("a panicking reconcile must fail, got {result:?}")
+        };
+        assert_eq!(error.category(), "panic");
+        assert_eq!(error.to_string(), "reconcile panicked: no limit in []");
+    }
+
+    #[tokio::test]
+    async fn a_panic_with_a_static_message_keeps_it() {
+        let result: Result<()> = guard_panics(async { panic!("static message") }).await;
+        assert!(matches!(result, Err(Error::Panic(m)) if m == "static message"));
+    }
+
+    #[tokio::test]
+    async fn results_pass_through_unchanged() {
+        let ok = guard_panics(async { Ok(Action::await_change()) }).await;
+        assert_eq!(ok.ok(), Some(Action::await_change()));
+        let failed: Result<()> = guard_panics(async { Err(Error::LeadershipLost) }).await;
+        assert!(matches!(failed, Err(Error::LeadershipLost)));
     }
 }

@@ -302,7 +302,10 @@ fn deliver(target: &Target, document: ModeDocument, hash: &str, owners: Vec<Owne
     let target_ref = target.target.clone();
     match target.delivery {
         Delivery::Reload => {
-            let put = (target.document_hash.as_deref() != Some(hash)).then(|| Write::PutDocument {
+            // A report deleted by anyone while the incident runs is created again: agents
+            // may only patch it.
+            let stale = target.document_hash.as_deref() != Some(hash);
+            let put = (stale || !target.report_exists).then(|| Write::PutDocument {
                 target: target_ref,
                 document,
                 owners,
@@ -356,5 +359,7 @@ fn clear_restart_env(target: &Target) -> Option<Write> {
     })
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -70,15 +70,15 @@ const HARD_REJECT: &str = "mode: HardReject\nreason: INC-8 rebuild\ntargets: {ma
 
 /// A small simulated cluster: incidents and targets that writes and statuses change as
 /// the API server and the agents would.
-struct World {
-    incidents: Vec<MailIncident>,
-    targets: Vec<Target>,
+pub(super) struct World {
+    pub(super) incidents: Vec<MailIncident>,
+    pub(super) targets: Vec<Target>,
     failures: BTreeMap<TargetRef, String>,
     events: Vec<(String, Note)>,
 }
 
 impl World {
-    fn new(incidents: Vec<MailIncident>, targets: Vec<Target>) -> Self {
+    pub(super) fn new(incidents: Vec<MailIncident>, targets: Vec<Target>) -> Self {
         Self {
             incidents,
             targets,
@@ -87,7 +87,7 @@ impl World {
         }
     }
 
-    fn plan(&self, now: Timestamp) -> Plan {
+    pub(super) fn plan(&self, now: Timestamp) -> Plan {
         plan(&Namespace {
             name: "mail",
             incidents: self.incidents.iter().collect(),
@@ -99,7 +99,7 @@ impl World {
 
     /// Plans and carries out writes and statuses until nothing changes; agents and
     /// rollouts take up every mode at once when `agents_ack`.
-    fn settle(&mut self, now: Timestamp, agents_ack: bool) -> Plan {
+    pub(super) fn settle(&mut self, now: Timestamp, agents_ack: bool) -> Plan {
         for _ in 0..10 {
             let plan = self.plan(now);
             let mut changed = !plan.writes.is_empty();
@@ -626,6 +626,77 @@ fn a_new_pod_without_a_report_makes_its_target_pending_again() {
         "2/3"
     );
     assert_eq!(world.condition("outage", "Ready").reason, "Applying");
+}
+
+#[test]
+fn a_deleted_report_is_created_again_with_the_unchanged_document() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    world.targets[0].report_exists = false;
+    world.targets[0].pod_reports = vec![None];
+    let plan = world.plan(at(1));
+    let [
+        Write::PutDocument {
+            target,
+            document,
+            exists,
+            create_report,
+            ..
+        },
+    ] = plan.writes.as_slice()
+    else {
+        panic!("expected one document write, got {:?}", plan.writes);
+    };
+    assert_eq!(target, &world.targets[0].target);
+    assert_eq!(Some(document.hash()), world.targets[0].document_hash);
+    assert!(*exists && *create_report);
+
+    world.settle(at(1), true);
+    assert!(world.targets[0].report_exists);
+    assert_eq!(world.condition("outage", "Ready").reason, "Applied");
+    assert!(world.plan(at(2)).writes.is_empty());
+}
+
+#[test]
+fn an_incident_past_the_time_bounds_stalls_while_its_neighbours_are_served() {
+    let mut world = World::new(
+        vec![
+            incident(
+                "forever",
+                0,
+                1,
+                "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}\nduration: 9999999w",
+            ),
+            incident(
+                "far",
+                0,
+                1,
+                "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}\nexpiresAt: '4764-01-01T00:00:00Z'",
+            ),
+            incident("outage", 0, 1, TEMP_FAIL),
+        ],
+        fleet(),
+    );
+    world.settle(at(0), true);
+    for (name, field) in [("forever", "spec.duration"), ("far", "spec.expiresAt")] {
+        let stalled = world.condition(name, "Stalled");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "InvalidSpec"),
+            "{name}"
+        );
+        assert!(
+            stalled.message.contains(field),
+            "{name}: {}",
+            stalled.message
+        );
+        assert_eq!(world.event_reasons(name), ["InvalidSpec"]);
+    }
+    assert_eq!(world.condition("outage", "Ready").reason, "Applied");
+    assert_eq!(
+        world.target("postfix-b").source_incident.as_deref(),
+        Some("outage")
+    );
 }
 
 #[test]

@@ -1,0 +1,194 @@
+//! `make bench`: how long senders wait for a mode change, from `kubectl apply` to the new
+//! answer at RCPT, on a real Postfix and a real Exim, each with its agent, against a real
+//! API server and the operator. Each transition starts from a settled MTA (the agent
+//! reports the previous state applied). Prints p50 and p99 per MTA and transition.
+
+// The shared test world and MTA harness (with their tests, compiled out here); the
+// benchmark uses only part of them.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/exim.rs"]
+mod exim;
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/fakes.rs"]
+mod fakes;
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/mta.rs"]
+mod mta;
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/operations.rs"]
+mod operations;
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/postfix.rs"]
+mod postfix;
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/support.rs"]
+mod support;
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/world.rs"]
+mod world;
+
+use exim::EximInstance;
+use mta::{AgentProcess, Smtp, mta_with_agent_rbac};
+use postfix::PostfixInstance;
+use std::{
+    ffi::OsString,
+    time::{Duration, Instant},
+};
+use support::apply_incident;
+use world::{Scene, http_get};
+
+/// Measured changes per MTA and transition (BENCH_LATENCY_ROUNDS).
+const DEFAULT_ROUNDS: usize = 20;
+const TARGETS: &str = "targets: {matchLabels: {app.kubernetes.io/component: mta}}";
+
+/// One transition: the incident spec to apply (`None`: resolve it), the reply prefix it
+/// must bring, and the agent state to wait for before the next one.
+struct Transition {
+    name: &'static str,
+    spec: Option<&'static str>,
+    answer: &'static str,
+    settled: &'static str,
+}
+
+const TRANSITIONS: [Transition; 4] = [
+    Transition {
+        name: "Normal → TempFail",
+        spec: Some("mode: TempFail"),
+        answer: "452",
+        settled: "TempFail",
+    },
+    Transition {
+        name: "TempFail → Normal",
+        spec: None,
+        answer: "250",
+        settled: "Normal",
+    },
+    Transition {
+        name: "Normal → HardReject",
+        spec: Some("mode: HardReject\nhardReject: {acknowledgeBounces: true}"),
+        answer: "550",
+        settled: "HardReject",
+    },
+    Transition {
+        name: "HardReject → Normal",
+        spec: None,
+        answer: "250",
+        settled: "Normal",
+    },
+];
+
+#[tokio::main]
+async fn main() {
+    let rounds: usize = std::env::var("BENCH_LATENCY_ROUNDS").map_or(DEFAULT_ROUNDS, |r| {
+        r.parse().expect("BENCH_LATENCY_ROUNDS is a number")
+    });
+    let mut rows = Vec::new();
+    {
+        let scene = Scene::start("latency-postfix").await;
+        let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
+        let postfix = PostfixInstance::start(&format!("latency-{}", scene.ns.name));
+        let agent =
+            AgentProcess::start(scene.world, &scene.ns.name, &pod, &postfix.agent_args()).await;
+        rows.extend(measure("Postfix", &scene, &agent, &postfix.smtp, rounds).await);
+    }
+    {
+        let scene = Scene::start("latency-exim").await;
+        let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
+        let exim = EximInstance::start(&format!("latency-{}", scene.ns.name));
+        let args: Vec<OsString> = exim.agent_args();
+        let agent = AgentProcess::start(scene.world, &scene.ns.name, &pod, &args).await;
+        rows.extend(measure("Exim", &scene, &agent, &exim.smtp, rounds).await);
+    }
+    println!();
+    println!("`kubectl apply` to the new RCPT answer, {rounds} changes each:");
+    println!();
+    println!("| MTA | transition | p50 | p99 | max |");
+    println!("|---|---|---:|---:|---:|");
+    for (mta, transition, mut samples) in rows {
+        samples.sort();
+        println!(
+            "| {mta} | {transition} | {:.3} s | {:.3} s | {:.3} s |",
+            percentile(&samples, 50).as_secs_f64(),
+            percentile(&samples, 99).as_secs_f64(),
+            samples.last().copied().unwrap_or_default().as_secs_f64(),
+        );
+    }
+}
+
+/// Runs every transition `rounds` times; the samples per transition.
+async fn measure(
+    mta: &'static str,
+    scene: &Scene,
+    agent: &AgentProcess,
+    smtp: &Smtp,
+    rounds: usize,
+) -> Vec<(&'static str, &'static str, Vec<Duration>)> {
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); TRANSITIONS.len()];
+    let mut last_spec = "mode: TempFail";
+    wait_settled(agent, "Normal").await;
+    for round in 0..rounds {
+        eprintln!("[bench] {mta}: round {}/{rounds}", round + 1);
+        for (i, transition) in TRANSITIONS.iter().enumerate() {
+            let spec = match transition.spec {
+                Some(spec) => {
+                    last_spec = spec;
+                    format!("{spec}\nreason: bench\n{TARGETS}")
+                }
+                None => format!("{last_spec}\nreason: bench\n{TARGETS}\nresolved: true"),
+            };
+            let started = Instant::now();
+            apply_incident(scene.world, &scene.ns.name, "latency", &spec);
+            samples[i].push(first_answer(smtp, transition.answer, started));
+            wait_settled(agent, transition.settled).await;
+        }
+    }
+    TRANSITIONS
+        .iter()
+        .zip(samples)
+        .map(|(t, s)| (mta, t.name, s))
+        .collect()
+}
+
+/// How long after `started` RCPT was first answered with `prefix` (probed back to back).
+fn first_answer(smtp: &Smtp, prefix: &str, started: Instant) -> Duration {
+    let deadline = started + Duration::from_secs(30);
+    loop {
+        let answer = smtp.rcpt_reply();
+        if answer.starts_with(prefix) {
+            return started.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {prefix} within 30 s; last answer {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until the agent reports `state` applied and converged (its metrics).
+async fn wait_settled(agent: &AgentProcess, state: &str) {
+    let wanted = format!("mail_incident_agent_mode{{mode=\"{state}\"}} 1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((_, metrics)) = http_get(&format!("{}/metrics", agent.http)).await
+            && metrics.contains(&wanted)
+            && metrics.contains("mail_incident_agent_converged 1")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never settled on {state}:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], percent: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (sorted.len() * percent).div_ceil(100).max(1);
+    sorted[rank.min(sorted.len()) - 1]
+}

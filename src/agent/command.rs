@@ -1,0 +1,109 @@
+//! The MTA's own commands (`postconf`, `postfix reload`, `exim -bV`, a site's hook), run
+//! with a deadline: a command that hangs fails the apply, which the agent retries with
+//! backoff, instead of holding the MTA in the middle of a change for good. Called from
+//! blocking threads only, never from the async workers.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+use wait_timeout::ChildExt;
+
+/// How long one MTA command may run.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `command` to its end within [`COMMAND_DEADLINE`]; its standard output, or an
+/// error carrying its standard error.
+pub fn run_command(command: &mut Command) -> std::io::Result<String> {
+    let described = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{described}: {e}")))?;
+    // Both pipes are drained on their own threads, so a chatty command cannot block on a
+    // full pipe while we wait for it.
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    let Some(status) = child.wait_timeout(COMMAND_DEADLINE)? else {
+        child.kill()?;
+        child.wait()?;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{described}: still running after {COMMAND_DEADLINE:?}; killed"),
+        ));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "{described}: {status}: {}",
+            String::from_utf8_lossy(&stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        pipe.read_to_end(&mut bytes).ok();
+        bytes
+    })
+}
+
+/// Runs `command` and hands each line of its standard output to `line` as it comes, so
+/// that a listing of a million queued messages is never held in memory whole.
+pub fn for_each_output_line(
+    command: &mut Command,
+    mut line: impl FnMut(&str),
+) -> std::io::Result<()> {
+    let described = format!("{command:?}");
+    let mut child: Child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{described}: {e}")))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for text in BufReader::new(stdout).lines() {
+        line(&text?);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!("{described}: {status}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_and_failures_are_reported() {
+        assert_eq!(
+            run_command(Command::new("sh").args(["-c", "echo out"])).unwrap(),
+            "out\n"
+        );
+        let failed = run_command(Command::new("sh").args(["-c", "echo why >&2; exit 3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(failed.contains("why") && failed.contains('3'), "{failed}");
+        let missing = run_command(&mut Command::new("/nonexistent/postconf")).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn output_lines_stream_one_by_one() {
+        let mut lines = Vec::new();
+        for_each_output_line(Command::new("sh").args(["-c", "echo a; echo b"]), |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
+        assert_eq!(lines, ["a", "b"]);
+        assert!(for_each_output_line(&mut Command::new("false"), |_| {}).is_err());
+    }
+}

@@ -1,0 +1,545 @@
+//! The agent's control loop, a small controller of its own. The mode document (from the
+//! watch) decides the **intent**, the [`Held`] state the MTA must run; the loop applies
+//! the intent until what the MTA runs (**applied**) matches it, retrying a failed apply
+//! with backoff on its own.
+//!
+//! Crash safety: the intent is saved to the state file (durably) before the MTA is
+//! touched, and applies are idempotent, so an agent killed at any instant restarts from
+//! the saved intent, applies it again and then follows the document. Nothing waits on
+//! the API: reports go to the reporter through a channel that never blocks, and MTA
+//! commands and queue scans run on blocking threads, so SIGTERM, the watch and
+//! `/healthz` are served whatever the MTA or the API server do.
+
+use super::{Mta, files, state::Held};
+use crate::{
+    api::mode_document::{AgentReport, ModeDocument, QueueFigures},
+    http::Readiness,
+    metrics::AgentMetrics,
+};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures::{Stream, StreamExt};
+use k8s_openapi::jiff::Timestamp;
+use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
+use tokio::{
+    sync::watch,
+    task::JoinHandle,
+    time::{Instant, MissedTickBehavior},
+};
+use tracing::{info, warn};
+
+/// The loop's clocks.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// How often the queue is measured (and reported while an incident is applied).
+    pub measure_every: Duration,
+    /// How long the MTA may differ from the intent before `/readyz` fails.
+    pub ready_within: Duration,
+    /// First and longest wait before retrying a failed apply.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl Timing {
+    fn backoff(&self) -> ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(self.retry_min)
+            .with_max_delay(self.retry_max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// Everything the loop acts on.
+pub struct Loop {
+    pub mta: Arc<dyn Mta>,
+    /// Where the intent is saved before each apply.
+    pub state_file: PathBuf,
+    pub metrics: AgentMetrics,
+    pub readiness: Readiness,
+    pub timing: Timing,
+    /// The intent as soon as it is decided, for what follows it live (the Postfix policy
+    /// service answers from it).
+    pub intents: watch::Sender<Held>,
+    /// This pod's report entry, taken by the reporter when it can.
+    pub reports: watch::Sender<Option<AgentReport>>,
+}
+
+/// The outcome of one apply, on its blocking thread.
+type Applying = JoinHandle<(Held, std::io::Result<()>)>;
+type Measuring = JoinHandle<std::io::Result<Option<QueueFigures>>>;
+
+impl Loop {
+    /// Converges the MTA on `intent` (the saved state, at start) and then on what each
+    /// update of the mode document makes it (`None`: no document, normal service), until
+    /// `stop` resolves.
+    pub async fn run(
+        self,
+        mut intent: Held,
+        documents: impl Stream<Item = Option<ModeDocument>>,
+        stop: impl Future<Output = ()>,
+    ) {
+        futures::pin_mut!(documents);
+        futures::pin_mut!(stop);
+        self.intents.send_replace(intent.clone());
+        let mut applied: Option<Held> = None;
+        let mut diverged_since = Some(Instant::now());
+        let mut applying: Option<Applying> = None;
+        let mut measuring: Option<Measuring> = None;
+        let mut retry_at = Instant::now();
+        let mut backoff = self.timing.backoff();
+        let mut queue: Option<QueueFigures> = None;
+        let mut documents_open = true;
+        let mut ticks = tokio::time::interval(self.timing.measure_every);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let converged = applied.as_ref() == Some(&intent);
+            let ready_until = diverged_since.map(|since| since + self.timing.ready_within);
+            self.readiness
+                .set(ready_until.is_none_or(|until| Instant::now() < until));
+            self.metrics.set_convergence(converged, diverged_since);
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                outcome = join(&mut applying), if applying.is_some() => {
+                    applying = None;
+                    match outcome {
+                        Ok(held) => {
+                            info!(state = %held.label(), hash = held.hash().as_deref().unwrap_or("-"), "applied");
+                            self.metrics.applies.inc();
+                            self.metrics.set_mode(&held.label());
+                            backoff = self.timing.backoff();
+                            retry_at = Instant::now();
+                            applied = Some(held);
+                            self.report(applied.as_ref(), &queue);
+                        }
+                        Err((held, error)) => {
+                            let wait = backoff.next().unwrap_or(self.timing.retry_max);
+                            warn!(%error, state = %held.label(), retry_in = ?wait, "cannot apply; retrying");
+                            self.metrics.errors.with_label_values(&["apply"]).inc();
+                            // Part of the change may have been made: what the MTA runs is unknown.
+                            applied = None;
+                            retry_at = Instant::now() + wait;
+                        }
+                    }
+                    if applied.as_ref() == Some(&intent) {
+                        diverged_since = None;
+                    }
+                }
+                update = documents.next(), if documents_open => match update {
+                    Some(document) => {
+                        let next = intent.next(document.as_ref(), Timestamp::now().as_second());
+                        self.set_intent(&mut intent, next, &mut diverged_since, &applied);
+                    }
+                    None => documents_open = false,
+                },
+                measured = join_measure(&mut measuring), if measuring.is_some() => {
+                    measuring = None;
+                    match measured {
+                        Ok(figures) => {
+                            if let Some(figures) = &figures {
+                                self.metrics.set_queue(figures);
+                            }
+                            let next = intent.after_measuring(figures.as_ref(), Timestamp::now().as_second());
+                            queue = figures;
+                            self.report(applied.as_ref(), &queue);
+                            self.set_intent(&mut intent, next, &mut diverged_since, &applied);
+                        }
+                        Err(error) => {
+                            self.metrics.errors.with_label_values(&["queue"]).inc();
+                            warn!(%error, "cannot read the queue");
+                        }
+                    }
+                }
+                _ = ticks.tick(), if measuring.is_none() => {
+                    let mta = self.mta.clone();
+                    measuring = Some(tokio::task::spawn_blocking(move || mta.queue()));
+                }
+                _ = tokio::time::sleep_until(retry_at), if applying.is_none() && !converged => {
+                    applying = Some(self.start_apply(intent.clone()));
+                }
+                _ = tokio::time::sleep_until(ready_until.unwrap_or(retry_at)), if ready_until.is_some_and(|until| until > Instant::now()) => {}
+            }
+        }
+        if let Some(apply) = applying {
+            // Let a change under way finish rather than leave it to the next start.
+            tokio::time::timeout(Duration::from_secs(10), apply)
+                .await
+                .ok();
+        }
+    }
+
+    /// Makes `next` the intent; the MTA now differs from it unless it already runs it.
+    fn set_intent(
+        &self,
+        intent: &mut Held,
+        next: Held,
+        diverged_since: &mut Option<Instant>,
+        applied: &Option<Held>,
+    ) {
+        if next == *intent {
+            return;
+        }
+        info!(from = %intent.label(), to = %next.label(), "new intent");
+        *intent = next;
+        self.intents.send_replace(intent.clone());
+        if applied.as_ref() != Some(intent) {
+            diverged_since.get_or_insert_with(Instant::now);
+        } else {
+            *diverged_since = None;
+        }
+    }
+
+    /// Saves `held` as the intent, then applies it, on a blocking thread.
+    fn start_apply(&self, held: Held) -> Applying {
+        let mta = self.mta.clone();
+        let state_file = self.state_file.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = save_state(&state_file, &held).and_then(|()| mta.apply(&held));
+            (held, result)
+        })
+    }
+
+    /// Hands the reporter this pod's entry: the applied hash and the queue, while an
+    /// incident is applied. Never waits.
+    fn report(&self, applied: Option<&Held>, queue: &Option<QueueFigures>) {
+        if let Some(held) = applied {
+            self.reports
+                .send_replace(held.hash().map(|hash| AgentReport {
+                    hash,
+                    queue: queue.clone(),
+                }));
+        }
+    }
+}
+
+async fn join(applying: &mut Option<Applying>) -> Result<Held, (Held, std::io::Error)> {
+    let Some(task) = applying.as_mut() else {
+        return std::future::pending().await;
+    };
+    match task.await {
+        Ok((held, Ok(()))) => Ok(held),
+        Ok((held, Err(error))) => Err((held, error)),
+        // The apply panicked: what it did is unknown, so the intent is applied again.
+        Err(error) => Err((Held::Normal, std::io::Error::other(error.to_string()))),
+    }
+}
+
+async fn join_measure(measuring: &mut Option<Measuring>) -> std::io::Result<Option<QueueFigures>> {
+    let Some(task) = measuring.as_mut() else {
+        return std::future::pending().await;
+    };
+    task.await.map_err(std::io::Error::other)?
+}
+
+/// The intent saved by the last agent, `Normal` for a first start. A state file that
+/// exists but cannot be read or parsed is an error: starting from `Normal` would release
+/// an incident's hold on a guess.
+pub fn load_state(path: &std::path::Path) -> std::io::Result<Held> {
+    match files::read_if_exists(path)? {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display()))),
+        None => Ok(Held::Normal),
+    }
+}
+
+fn save_state(path: &std::path::Path, held: &Held) -> std::io::Result<()> {
+    files::write_durably(
+        path,
+        &serde_json::to_string_pretty(held).map_err(std::io::Error::other)?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        agent::fixtures::document,
+        api::{Mode, mode_document::QueueFigures},
+    };
+    use futures::channel::mpsc;
+    use std::sync::Mutex;
+
+    /// An MTA that records what it is told, reads the state file at each apply (to see
+    /// that the intent was saved first), fails the first `failures` applies and takes
+    /// `apply_time` for each.
+    #[derive(Default)]
+    struct FakeMta {
+        applied: Mutex<Vec<Held>>,
+        saved_at_apply: Mutex<Vec<Held>>,
+        failures: Mutex<u32>,
+        apply_time: Duration,
+        queue: Mutex<QueueFigures>,
+        state_file: PathBuf,
+    }
+
+    impl Mta for FakeMta {
+        fn apply(&self, held: &Held) -> std::io::Result<()> {
+            self.saved_at_apply
+                .lock()
+                .unwrap()
+                .push(load_state(&self.state_file).unwrap());
+            std::thread::sleep(self.apply_time);
+            let mut failures = self.failures.lock().unwrap();
+            if *failures > 0 {
+                *failures -= 1;
+                return Err(std::io::Error::other("postfix reload: fatal"));
+            }
+            self.applied.lock().unwrap().push(held.clone());
+            Ok(())
+        }
+
+        fn queue(&self) -> std::io::Result<Option<QueueFigures>> {
+            Ok(Some(self.queue.lock().unwrap().clone()))
+        }
+    }
+
+    struct Harness {
+        mta: Arc<FakeMta>,
+        documents: mpsc::UnboundedSender<Option<ModeDocument>>,
+        intents: watch::Receiver<Held>,
+        reports: watch::Receiver<Option<AgentReport>>,
+        readiness: Readiness,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: JoinHandle<()>,
+        _directory: tempfile::TempDir,
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            measure_every: Duration::from_millis(50),
+            ready_within: Duration::from_millis(300),
+            retry_min: Duration::from_millis(20),
+            retry_max: Duration::from_millis(100),
+        }
+    }
+
+    fn start(saved: Held, configure: impl FnOnce(&mut FakeMta)) -> Harness {
+        let directory = tempfile::tempdir().unwrap();
+        let state_file = directory.path().join("agent-state.json");
+        save_state(&state_file, &saved).unwrap();
+        let mut mta = FakeMta {
+            state_file: state_file.clone(),
+            ..FakeMta::default()
+        };
+        configure(&mut mta);
+        let mta = Arc::new(mta);
+        let (documents, updates) = mpsc::unbounded();
+        let (intents, intents_rx) = watch::channel(Held::Normal);
+        let (reports, reports_rx) = watch::channel(None);
+        let readiness = Readiness::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let agent = Loop {
+            mta: mta.clone(),
+            state_file,
+            metrics: AgentMetrics::default(),
+            readiness: readiness.clone(),
+            timing: timing(),
+            intents,
+            reports,
+        };
+        let task = tokio::spawn(agent.run(saved, updates, async {
+            stopped.await.ok();
+        }));
+        Harness {
+            mta,
+            documents,
+            intents: intents_rx,
+            reports: reports_rx,
+            readiness,
+            stop: Some(stop),
+            task,
+            _directory: directory,
+        }
+    }
+
+    impl Harness {
+        fn send(&self, document: Option<ModeDocument>) {
+            self.documents.unbounded_send(document).unwrap();
+        }
+
+        fn last_applied(&self) -> Option<Held> {
+            self.mta.applied.lock().unwrap().last().cloned()
+        }
+
+        /// Waits (at most 5 s) until the MTA last applied a state `matches` accepts.
+        async fn settles_on(&self, what: &str, matches: impl Fn(&Held) -> bool) -> Held {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Some(held) = self.last_applied().filter(|h| matches(h)) {
+                    return held;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "never applied {what}; applied: {:?}",
+                    self.mta.applied.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        async fn stop(mut self) -> Arc<FakeMta> {
+            self.stop.take().unwrap().send(()).ok();
+            tokio::time::timeout(Duration::from_secs(2), self.task)
+                .await
+                .expect("the loop stops at once")
+                .unwrap();
+            self.mta
+        }
+    }
+
+    fn is_mode(mode: Mode) -> impl Fn(&Held) -> bool {
+        move |held| matches!(held, Held::Incident { document } if document.mode == mode)
+    }
+
+    fn tempfail() -> ModeDocument {
+        document(Mode::TempFail, 452, "4.3.1")
+    }
+
+    #[tokio::test]
+    async fn reordered_and_duplicated_events_end_on_the_last_document() {
+        let agent = start(Held::Normal, |_| {});
+        let reject = document(Mode::HardReject, 550, "5.3.2");
+        for update in [
+            Some(tempfail()),
+            Some(tempfail()),
+            None,
+            Some(reject.clone()),
+            Some(tempfail()),
+            Some(reject.clone()),
+            Some(reject.clone()),
+        ] {
+            agent.send(update);
+        }
+        agent
+            .settles_on("HardReject", is_mode(Mode::HardReject))
+            .await;
+        // Duplicates changed nothing: once applied, nothing more is done.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let applies = agent.mta.applied.lock().unwrap().len();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(agent.mta.applied.lock().unwrap().len(), applies);
+        assert_eq!(
+            agent.reports.borrow().as_ref().map(|r| r.hash.clone()),
+            Some(reject.hash())
+        );
+        assert!(agent.readiness.is_ready());
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_incident_that_ends_while_it_is_applied_still_ends() {
+        let agent = start(Held::Normal, |mta| {
+            mta.apply_time = Duration::from_millis(150);
+            *mta.queue.get_mut().unwrap() = QueueFigures {
+                messages: 2,
+                oldest_age_seconds: 600,
+                ..QueueFigures::default()
+            };
+        });
+        agent.send(Some(tempfail()));
+        // The document goes away while TempFail is being applied.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        agent.send(None);
+        agent
+            .settles_on("Releasing", |h| matches!(h, Held::Releasing { .. }))
+            .await;
+        assert_eq!(*agent.reports.borrow(), None, "no incident left to report");
+        // The held mail is delivered: normal service.
+        *agent.mta.queue.lock().unwrap() = QueueFigures::default();
+        agent
+            .settles_on("Normal", |held| *held == Held::Normal)
+            .await;
+        let labels: Vec<String> = agent
+            .mta
+            .applied
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Held::label)
+            .collect();
+        assert_eq!(labels, ["TempFail", "Releasing", "Normal"]);
+        assert_eq!(*agent.intents.borrow(), Held::Normal);
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_apply_is_retried_on_its_own_and_readiness_tells_the_truth() {
+        let agent = start(Held::Normal, |mta| *mta.failures.get_mut().unwrap() = 1000);
+        agent.send(Some(tempfail()));
+        // Failing for longer than ready_within: not ready, and still retrying.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!agent.readiness.is_ready());
+        let saves = agent.mta.saved_at_apply.lock().unwrap().len();
+        assert!(saves >= 4, "retried only {saves} times");
+        // The fault clears: the very next retry applies, with no new event.
+        *agent.mta.failures.lock().unwrap() = 0;
+        agent.settles_on("TempFail", is_mode(Mode::TempFail)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(agent.readiness.is_ready());
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_intent_is_saved_before_the_mta_is_touched() {
+        let agent = start(Held::Normal, |_| {});
+        agent.send(Some(tempfail()));
+        let held = agent.settles_on("TempFail", is_mode(Mode::TempFail)).await;
+        let mta = agent.stop().await;
+        assert_eq!(mta.saved_at_apply.lock().unwrap().last(), Some(&held));
+    }
+
+    #[tokio::test]
+    async fn a_restart_applies_the_saved_intent_before_any_document_arrives() {
+        // The API server is unreachable: no document ever comes.
+        let saved = crate::agent::fixtures::held(&tempfail());
+        let agent = start(saved.clone(), |_| {});
+        agent
+            .settles_on("the saved TempFail", |h| *h == saved)
+            .await;
+        assert_eq!(*agent.intents.borrow(), saved);
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_restart_after_the_incident_ended_releases_then_returns_to_normal() {
+        // Killed mid-incident; the incident ended while the agent was down.
+        let saved = crate::agent::fixtures::held(&tempfail());
+        let agent = start(saved, |mta| {
+            *mta.queue.get_mut().unwrap() = QueueFigures {
+                messages: 3,
+                oldest_age_seconds: 3600,
+                ..QueueFigures::default()
+            }
+        });
+        agent.send(None);
+        agent
+            .settles_on("Releasing", |h| matches!(h, Held::Releasing { .. }))
+            .await;
+        // Held mail is still queued: the release goes on.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(agent.last_applied().unwrap().label(), "Releasing");
+        *agent.mta.queue.lock().unwrap() = QueueFigures::default();
+        agent
+            .settles_on("Normal", |held| *held == Held::Normal)
+            .await;
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stop_is_served_while_an_apply_keeps_failing() {
+        let agent = start(Held::Normal, |mta| *mta.failures.get_mut().unwrap() = 1000);
+        agent.send(Some(tempfail()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        agent.stop().await;
+    }
+
+    #[test]
+    fn an_unreadable_state_file_is_an_error_not_a_first_start() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("agent-state.json");
+        assert_eq!(load_state(&path).unwrap(), Held::Normal);
+        std::fs::write(&path, "{\"state\": \"Incid").unwrap();
+        assert!(load_state(&path).is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! Files the agent depends on after a crash (its state, the Postfix baseline) and files
+//! an MTA reads while it runs (Exim's mode and retry files, the generic mode file).
+
+use std::{
+    fs::Permissions,
+    io::{ErrorKind, Write},
+    os::unix::fs::PermissionsExt,
+    path::Path,
+};
+
+/// Replaces `path` with `text` durably: written aside in the same directory, flushed to
+/// disk, renamed over `path`, and the rename itself flushed, so that neither the MTA nor
+/// a restarted agent ever reads half a file, and a crash or power loss leaves the old
+/// file or the new one. Readable by all (0644): the MTA may run as another user.
+pub fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut aside = tempfile::Builder::new()
+        .prefix(".mail-incident-")
+        .permissions(Permissions::from_mode(0o644))
+        .tempfile_in(directory)?;
+    aside.write_all(text.as_bytes())?;
+    aside.as_file().sync_all()?;
+    aside.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(directory)?.sync_all()
+}
+
+/// The file's text, `None` if it does not exist. Any other failure is an error: a file
+/// that exists but cannot be read must not be taken for a missing one.
+pub fn read_if_exists(path: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Removes `path` durably; a missing file is already removed.
+pub fn remove_durably(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    }
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => std::fs::File::open(parent)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_durable_write_replaces_the_whole_file_readable_by_all_and_leaves_nothing_aside() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("state.json");
+        write_durably(&path, "first").unwrap();
+        write_durably(&path, "second").unwrap();
+        assert_eq!(read_if_exists(&path).unwrap().as_deref(), Some("second"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let names: Vec<_> = std::fs::read_dir(directory.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn only_a_missing_file_reads_as_none() {
+        let directory = tempfile::tempdir().unwrap();
+        assert_eq!(
+            read_if_exists(&directory.path().join("absent")).unwrap(),
+            None
+        );
+        // A directory where a file is expected cannot be read: an error, not "absent".
+        assert!(read_if_exists(directory.path()).is_err());
+        remove_durably(&directory.path().join("absent")).unwrap();
+    }
+}
