@@ -641,10 +641,13 @@ async fn exim_incidents_ended_while_the_agent_is_killed_end_when_it_restarts() {
 /// When the agent is killed after the resolve.
 #[derive(Clone, Copy, Debug)]
 enum Kill {
-    /// As soon as its log says it turned to Releasing (its apply is under way).
-    OnReleasing,
+    /// As soon as its log says it turned to Releasing (before it saves that state).
+    OnReleasingIntent,
+    /// This many milliseconds after its state file says Releasing: the state is saved
+    /// and the apply (postconf, postfix reload, postqueue -f) under way.
+    OnReleasingSaved(u64),
     /// This many milliseconds after `kubectl apply` of the resolve returned.
-    After(u64),
+    AfterResolve(u64),
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -660,17 +663,23 @@ async fn postfix_delivers_all_held_mail_when_the_agent_is_killed_during_the_rele
     const HELD: usize = 10;
     let started = Instant::now();
     let mut delivered = 0;
-    for (n, kill) in [
-        Kill::OnReleasing,
-        Kill::After(0),
-        Kill::After(100),
-        Kill::After(200),
-        Kill::After(300),
-        Kill::OnReleasing,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    let kills = [
+        Kill::OnReleasingIntent,
+        Kill::OnReleasingSaved(0),
+        Kill::OnReleasingSaved(10),
+        Kill::OnReleasingSaved(25),
+        Kill::OnReleasingSaved(50),
+        Kill::OnReleasingSaved(75),
+        Kill::OnReleasingSaved(100),
+        Kill::AfterResolve(0),
+        Kill::AfterResolve(100),
+        Kill::AfterResolve(200),
+        Kill::AfterResolve(300),
+        Kill::OnReleasingSaved(0),
+        Kill::OnReleasingSaved(25),
+        Kill::OnReleasingSaved(50),
+    ];
+    for (n, kill) in kills.into_iter().enumerate() {
         let name = format!("release-{n}");
         let spec = format!(
             "mode: AcceptAndQueue\nreason: INC-7 storage down\n{TARGETS}\nqueue: {{lifetime: 40d, \
@@ -693,37 +702,41 @@ async fn postfix_delivers_all_held_mail_when_the_agent_is_killed_during_the_rele
         let log_before = agent.log().len();
         let resolve = format!("{spec}\nresolved: true");
         let released_seen;
-        match kill {
-            Kill::OnReleasing => {
-                let world = scene.world;
-                let namespace = scene.ns.name.clone();
-                let name = name.clone();
-                let resolve = resolve.clone();
-                let resolving = std::thread::spawn(move || {
-                    apply_incident(world, &namespace, &name, &resolve);
-                });
-                let deadline = Instant::now() + Duration::from_secs(15);
-                loop {
-                    let log = agent.log();
-                    if log[log_before..].contains("to=Releasing") {
-                        break;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "the agent never turned to Releasing:\n{}",
-                        log_tail(&agent, 20)
-                    );
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                agent.kill();
-                resolving.join().expect("kubectl apply of the resolve");
+        let resolving = {
+            let (world, namespace) = (scene.world, scene.ns.name.clone());
+            let (name, resolve) = (name.clone(), resolve.clone());
+            std::thread::spawn(move || apply_incident(world, &namespace, &name, &resolve))
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let until = |what: &str, done: &dyn Fn() -> bool| {
+            while !done() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} never came:\n{}",
+                    log_tail(&agent, 20)
+                );
+                std::thread::sleep(Duration::from_millis(1));
             }
-            Kill::After(millis) => {
-                apply_incident(scene.world, &scene.ns.name, &name, &resolve);
+        };
+        match kill {
+            Kill::OnReleasingIntent => until("the Releasing intent", &|| {
+                agent.log()[log_before..].contains("to=Releasing")
+            }),
+            Kill::OnReleasingSaved(millis) => {
+                until("the Releasing state saved", &|| {
+                    agent
+                        .saved_state()
+                        .is_some_and(|saved| saved.contains("\"Releasing\""))
+                });
                 std::thread::sleep(Duration::from_millis(millis));
-                agent.kill();
+            }
+            Kill::AfterResolve(millis) => {
+                until("kubectl apply of the resolve", &|| resolving.is_finished());
+                std::thread::sleep(Duration::from_millis(millis));
             }
         }
+        agent.kill();
+        resolving.join().expect("kubectl apply of the resolve");
         {
             let log = agent.log();
             let since = &log[log_before..];
@@ -748,17 +761,37 @@ async fn postfix_delivers_all_held_mail_when_the_agent_is_killed_during_the_rele
         agent.restart();
         let restarted = Instant::now();
         delivered += HELD;
-        let all_delivered = eventually_within(
-            Duration::from_secs(30),
-            "every held message delivered after the restart",
-            || async {
-                (maildir_count(&mailbox) == delivered && postfix.queue().is_empty())
-                    .then(|| restarted.elapsed())
-            },
-        );
-        let all_delivered = tokio::time::timeout(Duration::from_secs(31), all_delivered)
-            .await
-            .expect("bounded");
+        let all_delivered = async |bound: Duration| {
+            let deadline = Instant::now() + bound;
+            loop {
+                if maildir_count(&mailbox) == delivered && postfix.queue().is_empty() {
+                    return Some(restarted.elapsed());
+                }
+                if Instant::now() > deadline {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let Some(all_delivered) = all_delivered(Duration::from_secs(30)).await else {
+            // For the record: the state of things now, and whether Postfix gets there by
+            // itself within a few more minutes (its deferred queue's backoff).
+            let queue = postfix.queue();
+            let maillog = Mta::log_tail(&postfix);
+            let agent_log = log_tail(&agent, 30);
+            let later = all_delivered(Duration::from_secs(330)).await;
+            panic!(
+                "release #{n}, agent killed {kill:?} (it had seen (Releasing intent, Releasing \
+                 applied) = {released_seen:?}, saved {saved_state}; restarted from {}): 30 s \
+                 after the restart {} of {HELD} held messages delivered, {} queued; \
+                 everything delivered {later:?} after the restart\n--- queue\n{queue:#?}\n\
+                 --- Postfix log at 30 s (tail)\n{maillog}\n--- agent log at 30 s (tail)\n\
+                 {agent_log}",
+                started_state(&agent),
+                maildir_count(&mailbox) + HELD - delivered,
+                queue.len(),
+            )
+        };
         let settled = settles(&postfix, &baseline, &agent, SETTLE).await;
         eprintln!(
             "Postfix release #{n}, agent killed {kill:?}: it had seen (Releasing intent, \
@@ -776,8 +809,9 @@ async fn postfix_delivers_all_held_mail_when_the_agent_is_killed_during_the_rele
     }
     assert_eq!(maildir_count(&mailbox), delivered);
     eprintln!(
-        "Postfix: 6 releases with the agent SIGKILLed, {delivered} messages held and {} \
+        "Postfix: {} releases with the agent SIGKILLed, {delivered} messages held and {} \
          delivered, 0 lost; {:.0} s in all",
+        kills.len(),
         maildir_count(&mailbox),
         started.elapsed().as_secs_f64()
     );

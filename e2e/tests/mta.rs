@@ -71,30 +71,46 @@ pub struct SmtpSession {
 }
 
 impl SmtpSession {
-    /// Connects and reads the greeting. A refused connection is retried for a while, as
-    /// a sending MTA would: Exim re-executing itself on SIGHUP listens again ~0.1 s later.
+    /// Connects and reads the greeting. A refused or reset connection is retried for a
+    /// while, as a sending MTA would: Exim re-executing itself on SIGHUP listens again
+    /// ~0.1 s later.
     pub fn open(port: u16) -> Self {
         let deadline = Instant::now() + Duration::from_secs(5);
-        let stream = loop {
-            match TcpStream::connect(("127.0.0.1", port)) {
+        loop {
+            match Self::try_open(port) {
+                Ok(session) => return session,
                 Err(e)
-                    if e.kind() == std::io::ErrorKind::ConnectionRefused
-                        && Instant::now() < deadline =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::UnexpectedEof
+                    ) && Instant::now() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                connected => break connected.unwrap(),
+                Err(e) => panic!("SMTP session with 127.0.0.1:{port}: {e}"),
             }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        }
+    }
+
+    /// One attempt: connected and greeted. A connection queued on a listening socket that
+    /// Exim closes to re-execute itself is reset before the greeting.
+    fn try_open(port: u16) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut session = Self {
-            reader: BufReader::new(stream.try_clone().unwrap()),
+            reader: BufReader::new(stream.try_clone()?),
             writer: stream,
         };
-        session.reply();
-        session
+        let mut greeting = String::new();
+        if session.reader.read_line(&mut greeting)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if greeting.as_bytes().get(3) == Some(&b'-') {
+            session.reply();
+        }
+        Ok(session)
     }
 
     /// Sends one line; the last line of the reply.

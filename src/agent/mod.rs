@@ -330,3 +330,58 @@ mod fixtures {
         Held::Normal.next(Some(document), 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Mode;
+    use futures::stream;
+
+    fn config_map(document: Option<&ModeDocument>) -> ConfigMap {
+        let mut object = ConfigMap::default();
+        object.metadata.name = Some("mail-mode-deployment-postfix".into());
+        object.data = Some(
+            [(
+                MODE_DOCUMENT_KEY.to_string(),
+                document.map_or_else(|| "{not json".to_string(), ModeDocument::to_json),
+            )]
+            .into(),
+        );
+        object
+    }
+
+    fn updates(events: Vec<watcher::Result<Event<ConfigMap>>>) -> Vec<Option<Mode>> {
+        futures::executor::block_on(
+            document_updates(stream::iter(events))
+                .map(|update| update.map(|document| document.mode))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_relist_yields_what_exists_once_it_is_complete_even_after_a_missed_delete() {
+        let tempfail = fixtures::document(Mode::TempFail, 452, "4.3.1");
+        let listed = updates(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(config_map(Some(&tempfail)))),
+            Ok(Event::InitDone),
+            // The watch broke and the Delete was missed: the relist finds nothing.
+            Ok(Event::Init),
+            Ok(Event::InitDone),
+        ]);
+        assert_eq!(listed, [Some(Mode::TempFail), None]);
+    }
+
+    #[test]
+    fn an_unreadable_document_keeps_the_current_mode() {
+        let reject = fixtures::document(Mode::HardReject, 550, "5.3.2");
+        let seen = updates(vec![
+            Ok(Event::Init),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(config_map(None))),
+            Ok(Event::Apply(config_map(Some(&reject)))),
+            Ok(Event::Delete(config_map(Some(&reject)))),
+        ]);
+        assert_eq!(seen, [None, Some(Mode::HardReject), None]);
+    }
+}
