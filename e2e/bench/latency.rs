@@ -28,6 +28,7 @@ mod support;
 mod world;
 
 use exim::EximInstance;
+use k8s_openapi::jiff::Timestamp;
 use mta::{AgentProcess, Smtp, mta_with_agent_rbac};
 use postfix::PostfixInstance;
 use std::{
@@ -42,11 +43,13 @@ const DEFAULT_ROUNDS: usize = 20;
 const TARGETS: &str = "targets: {matchLabels: {app.kubernetes.io/component: mta}}";
 
 /// One transition: the incident spec to apply (`None`: resolve it), the reply prefix it
-/// must bring, and the agent state to wait for before the next one.
+/// must bring, the intent the agent takes on (its log says when), and the agent state to
+/// wait for before the next one.
 struct Transition {
     name: &'static str,
     spec: Option<&'static str>,
     answer: &'static str,
+    intent: &'static str,
     settled: &'static str,
 }
 
@@ -55,24 +58,28 @@ const TRANSITIONS: [Transition; 4] = [
         name: "Normal → TempFail",
         spec: Some("mode: TempFail"),
         answer: "452",
+        intent: "TempFail",
         settled: "TempFail",
     },
     Transition {
         name: "TempFail → Normal",
         spec: None,
         answer: "250",
+        intent: "Releasing",
         settled: "Normal",
     },
     Transition {
         name: "Normal → HardReject",
         spec: Some("mode: HardReject\nhardReject: {acknowledgeBounces: true}"),
         answer: "550",
+        intent: "HardReject",
         settled: "HardReject",
     },
     Transition {
         name: "HardReject → Normal",
         spec: None,
         answer: "250",
+        intent: "Releasing",
         settled: "Normal",
     },
 ];
@@ -102,18 +109,27 @@ async fn main() {
     println!();
     println!("`kubectl apply` to the new RCPT answer, {rounds} changes each:");
     println!();
-    println!("| MTA | transition | p50 | p99 | max |");
-    println!("|---|---|---:|---:|---:|");
-    for (mta, transition, mut samples) in rows {
+    println!("| MTA | transition | p50 | p99 | max | agent told (p50 / p99) |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (mta, transition, mut samples, mut told) in rows {
         samples.sort();
+        told.sort();
         println!(
-            "| {mta} | {transition} | {:.3} s | {:.3} s | {:.3} s |",
+            "| {mta} | {transition} | {:.3} s | {:.3} s | {:.3} s | {:.3} s / {:.3} s |",
             percentile(&samples, 50).as_secs_f64(),
             percentile(&samples, 99).as_secs_f64(),
             samples.last().copied().unwrap_or_default().as_secs_f64(),
+            percentile(&told, 50).as_secs_f64(),
+            percentile(&told, 99).as_secs_f64(),
         );
     }
+    println!();
+    println!("(agent told: from `kubectl apply` to the agent's log line taking on the new intent)");
 }
+
+/// Per transition: the MTA, its name, the times to the new answer and the times until the
+/// agent took on the new intent.
+type Samples = (&'static str, &'static str, Vec<Duration>, Vec<Duration>);
 
 /// Runs every transition `rounds` times; the samples per transition.
 async fn measure(
@@ -122,8 +138,9 @@ async fn measure(
     agent: &AgentProcess,
     smtp: &Smtp,
     rounds: usize,
-) -> Vec<(&'static str, &'static str, Vec<Duration>)> {
+) -> Vec<Samples> {
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); TRANSITIONS.len()];
+    let mut told: Vec<Vec<Duration>> = vec![Vec::new(); TRANSITIONS.len()];
     let mut last_spec = "mode: TempFail";
     wait_settled(agent, "Normal").await;
     for round in 0..rounds {
@@ -137,16 +154,29 @@ async fn measure(
                 None => format!("{last_spec}\nreason: bench\n{TARGETS}\nresolved: true"),
             };
             let started = Instant::now();
+            let wall = Timestamp::now();
             apply_incident(scene.world, &scene.ns.name, "latency", &spec);
             samples[i].push(first_answer(smtp, transition.answer, started));
             wait_settled(agent, transition.settled).await;
+            told[i].push(intent_taken(&agent.log(), wall, transition.intent));
         }
     }
     TRANSITIONS
         .iter()
-        .zip(samples)
-        .map(|(t, s)| (mta, t.name, s))
+        .zip(samples.into_iter().zip(told))
+        .map(|(t, (s, k))| (mta, t.name, s, k))
         .collect()
+}
+
+/// How long after `since` the agent's log first says it took on the intent `state`.
+fn intent_taken(log: &str, since: Timestamp, state: &str) -> Duration {
+    let wanted = format!("to={state}");
+    log.lines()
+        .filter(|line| line.contains("new intent") && line.contains(&wanted))
+        .filter_map(|line| line.split_whitespace().next()?.parse::<Timestamp>().ok())
+        .find(|at| *at >= since)
+        .and_then(|at| Duration::try_from(at.duration_since(since)).ok())
+        .unwrap_or_else(|| panic!("the agent's log never took on {state}:\n{log}"))
 }
 
 /// How long after `started` RCPT was first answered with `prefix` (probed back to back).

@@ -89,6 +89,9 @@ impl Loop {
         let mut retry_at = Instant::now();
         let mut backoff = self.timing.backoff();
         let mut queue: Option<QueueFigures> = None;
+        // The queue as first measured after the last apply: a release is judged on what it
+        // delivered after it was applied.
+        let mut measured_since_apply: Option<QueueFigures> = None;
         let mut documents_open = true;
         let mut ticks = tokio::time::interval(self.timing.measure_every);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -110,12 +113,13 @@ impl Loop {
                             self.metrics.set_mode(&held.label());
                             backoff = self.timing.backoff();
                             retry_at = Instant::now();
+                            measured_since_apply = None;
                             applied = Some(held);
                             self.report(applied.as_ref(), &queue);
                         }
-                        Err((held, error)) => {
+                        Err((state, error)) => {
                             let wait = backoff.next().unwrap_or(self.timing.retry_max);
-                            warn!(%error, state = %held.label(), retry_in = ?wait, "cannot apply; retrying");
+                            warn!(%error, %state, retry_in = ?wait, "cannot apply; retrying");
                             self.metrics.errors.with_label_values(&["apply"]).inc();
                             // Part of the change may have been made: what the MTA runs is unknown.
                             applied = None;
@@ -140,6 +144,14 @@ impl Loop {
                             if let Some(figures) = &figures {
                                 self.metrics.set_queue(figures);
                             }
+                            if applied.as_ref() == Some(&intent)
+                                && intent.release_stalled(measured_since_apply.as_ref(), figures.as_ref())
+                            {
+                                info!("the release delivered nothing since the last measurement; applying it again");
+                                applied = None;
+                                diverged_since.get_or_insert_with(Instant::now);
+                            }
+                            measured_since_apply.clone_from(&figures);
                             let next = intent.after_measuring(figures.as_ref(), Timestamp::now().as_second());
                             queue = figures;
                             self.report(applied.as_ref(), &queue);
@@ -213,15 +225,16 @@ impl Loop {
     }
 }
 
-async fn join(applying: &mut Option<Applying>) -> Result<Held, (Held, std::io::Error)> {
+/// The applied state, or the label of the state that could not be applied and why.
+async fn join(applying: &mut Option<Applying>) -> Result<Held, (String, std::io::Error)> {
     let Some(task) = applying.as_mut() else {
         return std::future::pending().await;
     };
     match task.await {
         Ok((held, Ok(()))) => Ok(held),
-        Ok((held, Err(error))) => Err((held, error)),
+        Ok((held, Err(error))) => Err((held.label(), error)),
         // The apply panicked: what it did is unknown, so the intent is applied again.
-        Err(error) => Err((Held::Normal, std::io::Error::other(error.to_string()))),
+        Err(error) => Err(("unknown".into(), std::io::Error::other(error.to_string()))),
     }
 }
 
@@ -523,6 +536,38 @@ mod tests {
         agent
             .settles_on("Normal", |held| *held == Held::Normal)
             .await;
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_release_that_delivers_nothing_is_flushed_again() {
+        let saved = crate::agent::fixtures::held(&tempfail());
+        let agent = start(saved, |mta| {
+            *mta.queue.get_mut().unwrap() = QueueFigures {
+                messages: 10,
+                oldest_age_seconds: 3600,
+                ..QueueFigures::default()
+            }
+        });
+        agent.send(None);
+        // Measured every 50 ms with nothing delivered: Releasing is applied again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while agent
+            .mta
+            .applied
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.label() == "Releasing")
+            .count()
+            < 2
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the stalled release was never applied again"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         agent.stop().await;
     }
 

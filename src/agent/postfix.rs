@@ -202,7 +202,7 @@ impl Postfix {
     pub fn open(settings: &PostfixSettings, baseline_file: &Path) -> std::io::Result<Self> {
         let config_dir = &settings.postfix_config;
         let restrictions =
-            run_command(postconf(config_dir).args(["-h", "smtpd_recipient_restrictions"]))?;
+            run_command(postconf(config_dir).args(["-hx", "smtpd_recipient_restrictions"]))?;
         let service = format!("inet:{}", settings.postfix_policy_listen);
         if !restrictions.contains(&service) {
             return Err(std::io::Error::other(format!(

@@ -71,6 +71,20 @@ impl Held {
         }
     }
 
+    /// Whether a release applied since the `previous` measurement has delivered nothing
+    /// at all while held mail is still queued: its flush may have been lost (a reload
+    /// cut short, the agent restarted in the middle), and the MTA would otherwise wait
+    /// for its own next queue scan, minutes away. The agent then applies it again.
+    pub fn release_stalled(
+        &self,
+        previous: Option<&QueueFigures>,
+        now: Option<&QueueFigures>,
+    ) -> bool {
+        matches!(self, Held::Releasing { .. })
+            && matches!((previous, now), (Some(before), Some(after))
+                if after.messages > 0 && after.messages >= before.messages)
+    }
+
     /// The mode document's hash while an incident is applied: what the agent reports.
     pub fn hash(&self) -> Option<String> {
         match self {
@@ -151,6 +165,26 @@ mod tests {
         );
         // An MTA that cannot measure its queue has nothing to wait for.
         assert_eq!(releasing.after_measuring(None, 1001), Held::Normal);
+    }
+
+    #[test]
+    fn a_release_that_delivers_nothing_between_two_measurements_is_stalled() {
+        let releasing = Held::Normal
+            .next(Some(&document(Mode::AcceptAndQueue)), 0)
+            .next(None, 1000);
+        let (ten, seven) = (queue(10, 500), queue(7, 500));
+        assert!(releasing.release_stalled(Some(&ten), Some(&ten)));
+        assert!(
+            !releasing.release_stalled(Some(&ten), Some(&seven)),
+            "progress"
+        );
+        assert!(
+            !releasing.release_stalled(None, Some(&ten)),
+            "first measurement"
+        );
+        assert!(!releasing.release_stalled(Some(&ten), Some(&queue(0, 0))));
+        let incident = Held::Normal.next(Some(&document(Mode::TempFail)), 0);
+        assert!(!incident.release_stalled(Some(&ten), Some(&ten)), "holding");
     }
 
     #[test]
