@@ -62,11 +62,16 @@ async fn live_metrics_pass_promtool_and_describe_the_fleet() {
             .create(client, &ns.name)
             .await;
     }
+    // Within the 100 days an incident may last, to the second.
+    let expires = k8s_openapi::jiff::Timestamp::now().as_second() + 30 * 86_400;
+    let expires_at = k8s_openapi::jiff::Timestamp::from_second(expires).unwrap();
     apply_incident(
         world,
         &ns.name,
         "outage",
-        "mode: TempFail\nreason: INC-10\ntargets: {matchLabels: {app: mta}}\nexpiresAt: '2030-01-01T00:00:00Z'",
+        &format!(
+            "mode: TempFail\nreason: INC-10\ntargets: {{matchLabels: {{app: mta}}}}\nexpiresAt: '{expires_at}'"
+        ),
     );
     wait_for(incidents, "outage", "applied", |i| {
         ready_because("Applied")(i) && summary(i) == Some("3/3")
@@ -108,7 +113,7 @@ async fn live_metrics_pass_promtool_and_describe_the_fleet() {
     );
     assert_eq!(
         sample("mail_incident_expiry_timestamp_seconds", &[&ns_label]),
-        Some(1_893_456_000.0)
+        Some(expires as f64)
     );
     assert_eq!(
         sample("mail_incident_apply_duration_seconds_count", &[]),
