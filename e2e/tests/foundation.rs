@@ -275,6 +275,27 @@ async fn the_api_server_refuses_schema_violations_naming_the_field() {
     assert_eq!(listed, "", "nothing invalid was stored");
 }
 
+/// Waits until incident `name` is Stalled for an invalid spec whose message names
+/// `field`, with its mode left alone; the incident as it then is.
+async fn stalled_naming(api: &Api<MailIncident>, name: &str, field: &str) -> MailIncident {
+    let stalled = wait_for(api, name, "Stalled", |i| {
+        observed(i) && condition(i, "Stalled").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let (_, reason, message) = condition(&stalled, "Stalled").unwrap();
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.contains(field),
+        "{name}: Stalled message does not name {field}: {message}"
+    );
+    assert_eq!(
+        status(&stalled).effective_mode,
+        None,
+        "{name}: an invalid spec changed the mode"
+    );
+    stalled
+}
+
 #[tokio::test]
 async fn the_controller_stalls_cross_field_errors_naming_the_field_then_recovers() {
     let scene = Scene::start("stall").await;
@@ -323,22 +344,8 @@ async fn the_controller_stalls_cross_field_errors_naming_the_field_then_recovers
             "client-side CEL accepted {name}"
         );
         apply_yaml(world, &ns.name, &yaml);
-        let stalled = wait_for(api, name, "Stalled", |i| {
-            observed(i) && condition(i, "Stalled").is_some_and(|c| c.0 == "True")
-        })
-        .await;
-        let (_, reason, message) = condition(&stalled, "Stalled").unwrap();
-        assert_eq!(reason, "InvalidSpec");
-        assert!(
-            message.contains(field),
-            "{name}: Stalled message does not name {field}: {message}"
-        );
+        let stalled = stalled_naming(api, name, field).await;
         assert_eq!(condition(&stalled, "Ready").unwrap().0, "False");
-        assert_eq!(
-            status(&stalled).effective_mode,
-            None,
-            "{name}: an invalid spec changed the mode"
-        );
         let described = world.kubectl_ok(&["describe", "mailinc", name, "-n", &ns.name]);
         assert!(
             described.contains("Warning")
@@ -407,17 +414,7 @@ async fn incidents_past_the_time_bounds_stall_and_the_operator_serves_the_next_o
         ),
     ] {
         apply_incident(world, &ns.name, name, &spec);
-        let stalled = wait_for(api, name, "Stalled", |i| {
-            observed(i) && condition(i, "Stalled").is_some_and(|c| c.0 == "True")
-        })
-        .await;
-        let (_, reason, message) = condition(&stalled, "Stalled").unwrap();
-        assert_eq!(reason, "InvalidSpec");
-        assert!(
-            message.contains(field),
-            "{name}: Stalled message does not name {field}: {message}"
-        );
-        assert_eq!(status(&stalled).effective_mode, None);
+        stalled_naming(api, name, field).await;
     }
 
     apply_incident(
