@@ -193,49 +193,12 @@ fn tail(path: &std::path::Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The reply to RCPT TO in a fresh SMTP session, or why there was none (an MTA that is
-/// not listening is an answer here, not a panic).
-fn rcpt_probe(smtp: &Smtp) -> Result<String, String> {
-    use std::io::{BufRead, BufReader, Write};
-    let stream = std::net::TcpStream::connect(("127.0.0.1", smtp.port))
-        .map_err(|e| format!("connect to port {}: {e}", smtp.port))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut reply = |line: Option<&str>| -> Result<String, String> {
-        if let Some(line) = line {
-            write!(writer, "{line}\r\n").map_err(|e| format!("send {line}: {e}"))?;
-        }
-        loop {
-            let mut text = String::new();
-            match reader.read_line(&mut text) {
-                Ok(0) => return Err(format!("closed after {line:?}")),
-                Ok(_) if text.len() >= 4 && text.as_bytes()[3] == b'-' => {}
-                Ok(_) => return Ok(text.trim_end().to_string()),
-                Err(e) => return Err(format!("read after {line:?}: {e}")),
-            }
-        }
-    };
-    reply(None)?;
-    for line in ["EHLO client.e2e.test", "MAIL FROM:<sender@example.net>"] {
-        let answer = reply(Some(line))?;
-        if !answer.starts_with("250") {
-            return Err(format!("{line}: {answer}"));
-        }
-    }
-    let answer = reply(Some(&format!("RCPT TO:<{}>", smtp.recipient)));
-    let _ = reply(Some("QUIT"));
-    answer
-}
-
 /// The RCPT answer once it starts with `code` (at most 10 s); otherwise the last
 /// answer, or why there was none, with the MTA's log.
 fn answers(mta: &dyn Mta, code: &str) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let probe = rcpt_probe(mta.smtp());
+        let probe = mta.smtp().try_rcpt_reply();
         if probe.as_ref().is_ok_and(|a| a.starts_with(code)) {
             return probe;
         }
@@ -288,7 +251,10 @@ async fn settles(
     let started = Instant::now();
     let mut refusals = 0;
     loop {
-        let answer = rcpt_probe(mta.smtp()).unwrap_or_else(|e| format!("no answer: {e}"));
+        let answer = mta
+            .smtp()
+            .try_rcpt_reply()
+            .unwrap_or_else(|e| format!("no answer: {e}"));
         let configuration = mta.configuration();
         let ready = http_get(&format!("{}/readyz", agent.http))
             .await
@@ -613,7 +579,7 @@ async fn incidents_ended_while_the_agent_is_down<M: Mta>(
             .await;
             // With the agent down, Postfix's policy lookup says DUNNO (250) and Exim
             // still reads the incident's mode file.
-            let while_down = rcpt_probe(mta.smtp()).unwrap_or_else(|e| e);
+            let while_down = mta.smtp().try_rcpt_reply().unwrap_or_else(|e| e);
 
             agent.restart();
             let settled = settles(mta, &baseline, &agent, SETTLE).await;
@@ -910,7 +876,7 @@ async fn api_server_lost_for_30_seconds(outage: Outage, prefix: &str) {
             cut.elapsed().as_secs_f64()
         );
         health_checks += 1;
-        let answer = rcpt_probe(&postfix.smtp).unwrap_or_else(|e| e);
+        let answer = postfix.smtp.try_rcpt_reply().unwrap_or_else(|e| e);
         assert!(
             answer.starts_with("452 4.3.1"),
             "the MTA keeps the incident's answer while its agent cannot know it ended \

@@ -95,37 +95,39 @@ impl SmtpSession {
     }
 
     /// One attempt: connected and greeted. A connection queued on a listening socket that
-    /// Exim closes to re-execute itself is reset before the greeting.
-    fn try_open(port: u16) -> std::io::Result<Self> {
+    /// Exim closes to re-execute itself is reset (or closed) before the greeting.
+    pub fn try_open(port: u16) -> std::io::Result<Self> {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut session = Self {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
         };
-        let mut greeting = String::new();
-        if session.reader.read_line(&mut greeting)? == 0 {
+        if session.try_reply()?.is_empty() {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if greeting.as_bytes().get(3) == Some(&b'-') {
-            session.reply();
         }
         Ok(session)
     }
 
     /// Sends one line; the last line of the reply.
     pub fn command(&mut self, line: &str) -> String {
-        write!(self.writer, "{line}\r\n").unwrap();
-        self.reply()
+        self.try_command(line)
+            .unwrap_or_else(|e| panic!("SMTP {line}: {e}"))
+    }
+
+    /// Sends one line; the last line of the reply (empty if the server closed).
+    pub fn try_command(&mut self, line: &str) -> std::io::Result<String> {
+        write!(self.writer, "{line}\r\n")?;
+        self.try_reply()
     }
 
     /// A reply's last line has a space, not a dash, after the code.
-    fn reply(&mut self) -> String {
+    fn try_reply(&mut self) -> std::io::Result<String> {
         loop {
             let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
+            self.reader.read_line(&mut line)?;
             if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return line.trim_end().to_string();
+                return Ok(line.trim_end().to_string());
             }
         }
     }
@@ -160,13 +162,34 @@ impl Smtp {
         ))
     }
 
-    /// The reply to RCPT TO in a fresh SMTP session.
+    /// The reply to RCPT TO in a fresh SMTP session (a refused connect is retried).
     pub fn rcpt_reply(&self) -> String {
-        let mut session = SmtpSession::open(self.port);
+        self.ask_rcpt(&mut SmtpSession::open(self.port))
+            .unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// The reply to RCPT TO in a fresh SMTP session, or why there was none: an MTA that
+    /// is not listening is an answer here, not a panic.
+    pub fn try_rcpt_reply(&self) -> Result<String, String> {
+        let mut session = SmtpSession::try_open(self.port)
+            .map_err(|e| format!("connect to port {}: {e}", self.port))?;
+        self.ask_rcpt(&mut session)
+    }
+
+    /// EHLO and MAIL FROM, each answered 250, then RCPT TO: its reply.
+    fn ask_rcpt(&self, session: &mut SmtpSession) -> Result<String, String> {
         for command in ["EHLO client.e2e.test", "MAIL FROM:<sender@example.net>"] {
-            assert!(session.command(command).starts_with("250"));
+            let answer = session
+                .try_command(command)
+                .map_err(|e| format!("{command}: {e}"))?;
+            if !answer.starts_with("250") {
+                return Err(format!("{command}: {answer}"));
+            }
         }
-        session.command(&format!("RCPT TO:<{}>", self.recipient))
+        let rcpt = format!("RCPT TO:<{}>", self.recipient);
+        session
+            .try_command(&rcpt)
+            .map_err(|e| format!("{rcpt}: {e}"))
     }
 
     /// The RCPT reply once it starts with `prefix` (or the last one after 10 s): a
@@ -301,8 +324,7 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
+        self.kill();
         if std::thread::panicking() {
             eprintln!("--- agent log\n{}", self.log());
         }

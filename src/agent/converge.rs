@@ -16,7 +16,7 @@ use crate::{
     http::Readiness,
     metrics::AgentMetrics,
 };
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::ExponentialBackoff;
 use futures::{Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
 use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
@@ -41,12 +41,7 @@ pub struct Timing {
 
 impl Timing {
     fn backoff(&self) -> ExponentialBackoff {
-        ExponentialBuilder::default()
-            .with_min_delay(self.retry_min)
-            .with_max_delay(self.retry_max)
-            .with_jitter()
-            .without_max_times()
-            .build()
+        super::retry_delays(self.retry_min, self.retry_max)
     }
 }
 
@@ -83,7 +78,8 @@ impl Loop {
         futures::pin_mut!(stop);
         self.intents.send_replace(intent.clone());
         let mut applied: Option<Held> = None;
-        let mut diverged_since = Some(Instant::now());
+        // Since when the MTA has differed from the intent (`None` while it does not).
+        let mut diverged_since: Option<Instant> = None;
         let mut applying: Option<Applying> = None;
         let mut measuring: Option<Measuring> = None;
         let mut retry_at = Instant::now();
@@ -97,6 +93,11 @@ impl Loop {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let converged = applied.as_ref() == Some(&intent);
+            if converged {
+                diverged_since = None;
+            } else {
+                diverged_since.get_or_insert_with(Instant::now);
+            }
             let ready_until = diverged_since.map(|since| since + self.timing.ready_within);
             self.readiness
                 .set(ready_until.is_none_or(|until| Instant::now() < until));
@@ -104,9 +105,9 @@ impl Loop {
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
-                outcome = join(&mut applying), if applying.is_some() => {
+                outcome = finished(&mut applying), if applying.is_some() => {
                     applying = None;
-                    match outcome {
+                    match apply_outcome(outcome) {
                         Ok(held) => {
                             info!(state = %held.label(), hash = held.hash().as_deref().unwrap_or("-"), "applied");
                             self.metrics.applies.inc();
@@ -126,20 +127,17 @@ impl Loop {
                             retry_at = Instant::now() + wait;
                         }
                     }
-                    if applied.as_ref() == Some(&intent) {
-                        diverged_since = None;
-                    }
                 }
                 update = documents.next(), if documents_open => match update {
                     Some(document) => {
                         let next = intent.next(document.as_ref(), Timestamp::now().as_second());
-                        self.set_intent(&mut intent, next, &mut diverged_since, &applied);
+                        self.set_intent(&mut intent, next);
                     }
                     None => documents_open = false,
                 },
-                measured = join_measure(&mut measuring), if measuring.is_some() => {
+                measured = finished(&mut measuring), if measuring.is_some() => {
                     measuring = None;
-                    match measured {
+                    match measured.map_err(std::io::Error::other).and_then(|queue| queue) {
                         Ok(figures) => {
                             if let Some(figures) = &figures {
                                 self.metrics.set_queue(figures);
@@ -149,13 +147,12 @@ impl Loop {
                             {
                                 info!("the release delivered nothing since the last measurement; applying it again");
                                 applied = None;
-                                diverged_since.get_or_insert_with(Instant::now);
                             }
                             measured_since_apply.clone_from(&figures);
                             let next = intent.after_measuring(figures.as_ref(), Timestamp::now().as_second());
                             queue = figures;
                             self.report(applied.as_ref(), &queue);
-                            self.set_intent(&mut intent, next, &mut diverged_since, &applied);
+                            self.set_intent(&mut intent, next);
                         }
                         Err(error) => {
                             self.metrics.errors.with_label_values(&["queue"]).inc();
@@ -181,25 +178,14 @@ impl Loop {
         }
     }
 
-    /// Makes `next` the intent; the MTA now differs from it unless it already runs it.
-    fn set_intent(
-        &self,
-        intent: &mut Held,
-        next: Held,
-        diverged_since: &mut Option<Instant>,
-        applied: &Option<Held>,
-    ) {
+    /// Makes `next` the intent, and tells what follows it live.
+    fn set_intent(&self, intent: &mut Held, next: Held) {
         if next == *intent {
             return;
         }
         info!(from = %intent.label(), to = %next.label(), "new intent");
         *intent = next;
         self.intents.send_replace(intent.clone());
-        if applied.as_ref() != Some(intent) {
-            diverged_since.get_or_insert_with(Instant::now);
-        } else {
-            *diverged_since = None;
-        }
     }
 
     /// Saves `held` as the intent, then applies it, on a blocking thread.
@@ -225,24 +211,24 @@ impl Loop {
     }
 }
 
+/// What a blocking task returned, once it has finished; never, if there is none.
+async fn finished<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task.as_mut() {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The applied state, or the label of the state that could not be applied and why.
-async fn join(applying: &mut Option<Applying>) -> Result<Held, (String, std::io::Error)> {
-    let Some(task) = applying.as_mut() else {
-        return std::future::pending().await;
-    };
-    match task.await {
+fn apply_outcome(
+    outcome: Result<(Held, std::io::Result<()>), tokio::task::JoinError>,
+) -> Result<Held, (String, std::io::Error)> {
+    match outcome {
         Ok((held, Ok(()))) => Ok(held),
         Ok((held, Err(error))) => Err((held.label(), error)),
         // The apply panicked: what it did is unknown, so the intent is applied again.
         Err(error) => Err(("unknown".into(), std::io::Error::other(error.to_string()))),
     }
-}
-
-async fn join_measure(measuring: &mut Option<Measuring>) -> std::io::Result<Option<QueueFigures>> {
-    let Some(task) = measuring.as_mut() else {
-        return std::future::pending().await;
-    };
-    task.await.map_err(std::io::Error::other)?
 }
 
 /// The intent saved by the last agent, `Normal` for a first start. A state file that

@@ -13,10 +13,7 @@ use std::{
 /// a restarted agent ever reads half a file, and a crash or power loss leaves the old
 /// file or the new one. Readable by all (0644): the MTA may run as another user.
 pub fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
+    let directory = directory_of(path);
     let mut aside = tempfile::Builder::new()
         .prefix(".mail-incident-")
         .permissions(Permissions::from_mode(0o644))
@@ -44,9 +41,14 @@ pub fn remove_durably(path: &Path) -> std::io::Result<()> {
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(()),
         Err(error) => return Err(error),
     }
+    std::fs::File::open(directory_of(path))?.sync_all()
+}
+
+/// The directory holding `path`, whose entry a rename or removal changes.
+fn directory_of(path: &Path) -> &Path {
     match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => std::fs::File::open(parent)?.sync_all(),
-        _ => Ok(()),
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
     }
 }
 

@@ -236,6 +236,18 @@ pub async fn run(settings: Settings) -> Result<()> {
     Ok(())
 }
 
+/// Waits between retries of the agent's applies, reports and watch: from `first`,
+/// doubling to `longest`, each with jitter, never giving up.
+fn retry_delays(first: Duration, longest: Duration) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(longest)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Backoff of the document watch: 0.5 s doubling to 4 s, with jitter. kube's default
 /// grows to 30 s (and up to twice that with its jitter), so an agent could learn that an
 /// incident ended up to a minute after an API server outage; one watch per MTA pod at
@@ -244,15 +256,10 @@ struct WatchBackoff(backon::ExponentialBackoff);
 
 impl WatchBackoff {
     fn new() -> Self {
-        use backon::BackoffBuilder;
-        Self(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(500))
-                .with_max_delay(Duration::from_secs(4))
-                .with_jitter()
-                .without_max_times()
-                .build(),
-        )
+        Self(retry_delays(
+            Duration::from_millis(500),
+            Duration::from_secs(4),
+        ))
     }
 }
 

@@ -93,6 +93,18 @@ impl Baseline {
         }
     }
 
+    /// What the instance in `config_dir` runs now (`postconf -n`, `postconf -F`).
+    fn of_instance(config_dir: &Path, mailbox_transport: &str) -> std::io::Result<Self> {
+        Ok(Self::read(
+            &run_command(postconf(config_dir).arg("-n"))?,
+            &run_command(
+                postconf(config_dir)
+                    .arg("-F")
+                    .arg(process_limit_field(mailbox_transport)),
+            )?,
+        ))
+    }
+
     fn get(&self, name: &str) -> Option<&str> {
         self.main.get(name).and_then(|v| v.as_deref())
     }
@@ -217,14 +229,7 @@ impl Postfix {
             Some(text) => serde_json::from_str(&text)
                 .map_err(|e| std::io::Error::other(format!("{}: {e}", baseline_file.display())))?,
             None => {
-                let baseline = Baseline::read(
-                    &run_command(postconf(config_dir).arg("-n"))?,
-                    &run_command(
-                        postconf(config_dir)
-                            .arg("-F")
-                            .arg(process_limit_field(&settings.mailbox_transport)),
-                    )?,
-                );
+                let baseline = Baseline::of_instance(config_dir, &settings.mailbox_transport)?;
                 let text =
                     serde_json::to_string_pretty(&baseline).map_err(std::io::Error::other)?;
                 files::write_durably(baseline_file, &text)?;
@@ -328,11 +333,7 @@ pub fn apply_edits(
     mailbox_transport: &str,
     edits: &Edits,
 ) -> std::io::Result<()> {
-    let field = process_limit_field(mailbox_transport);
-    let current = Baseline::read(
-        &run_command(postconf(config_dir).arg("-n"))?,
-        &run_command(postconf(config_dir).arg("-F").arg(&field))?,
-    );
+    let current = Baseline::of_instance(config_dir, mailbox_transport)?;
     let changes = changes(&current, edits);
     if !changes.set.is_empty() {
         run_command(postconf(config_dir).arg("-e").args(&changes.set))?;
@@ -344,6 +345,7 @@ pub fn apply_edits(
         settle(&config_dir.join("main.cf"))?;
     }
     if let Some(limit) = &changes.process_limit {
+        let field = process_limit_field(mailbox_transport);
         run_command(postconf(config_dir).args(["-F", "-e", &format!("{field}={limit}")]))?;
         settle(&config_dir.join("master.cf"))?;
     }

@@ -5,7 +5,6 @@
 //! re-creates it, and the next measurement brings a new entry to write.
 
 use crate::{api::mode_document::AgentReport, metrics::AgentMetrics};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
@@ -67,14 +66,7 @@ pub async fn run(
     metrics: AgentMetrics,
     retry_max: Duration,
 ) {
-    let backoff = || {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(retry_max)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
+    let backoff = || super::retry_delays(Duration::from_millis(200), retry_max);
     'entries: loop {
         if entries.changed().await.is_err() {
             return;
