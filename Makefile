@@ -30,7 +30,8 @@ unit:
 e2e:
 	e2e/run-tests.sh
 
-## The fleet benchmark (10, 100, 1000 targets) against a local control plane.
+## The fleet benchmark (10, 100, 1000, 5000 targets) and the RCPT latency benchmark,
+## against a local control plane of their own.
 bench:
 	e2e/bench.sh
 

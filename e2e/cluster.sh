@@ -2,9 +2,14 @@
 # A real, local Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver (RBAC, token
 # file, service-account keys) and kube-controller-manager, with no kubelet.
 #
-#   e2e/cluster.sh up     start it (building the binaries once) and print the kubeconfig path
-#   e2e/cluster.sh down   stop it and delete its state
-#   e2e/cluster.sh env    print `export` lines for E2E_KUBECONFIG and E2E_KUBECTL
+#   e2e/cluster.sh up               start it (building the binaries once) and print the
+#                                   kubeconfig path
+#   e2e/cluster.sh down             stop it and delete its state
+#   e2e/cluster.sh stop-apiserver   stop only its kube-apiserver (etcd, its data and the
+#                                   controller manager stay)
+#   e2e/cluster.sh start-apiserver  start that kube-apiserver again, as it was, and wait
+#                                   until it answers /readyz
+#   e2e/cluster.sh env              print `export` lines for E2E_KUBECONFIG and E2E_KUBECTL
 #
 # State lives in $E2E_STATE (default /tmp/mail-incident-operator-e2e); ports come from
 # $E2E_PORT_BASE (default 46443: API server, +1 etcd client, +2 etcd peer).
@@ -23,7 +28,7 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 start_daemon() { # name, command...
   local name=$1; shift
-  "$@" >"$state/$name.log" 2>&1 &
+  "$@" >>"$state/$name.log" 2>&1 &
   echo $! >"$state/$name.pid"
 }
 
@@ -37,6 +42,59 @@ wait_for() { # what, command...
     fi
     sleep 0.3
   done
+}
+
+start_apiserver() {
+  local pki="$state/pki"
+  log "starting kube-apiserver on https://127.0.0.1:$api_port"
+  start_daemon kube-apiserver "$KUBE_BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --insecure-port 0 \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --authorization-mode RBAC --token-auth-file "$state/tokens.csv" \
+    --service-account-key-file "$pki/sa.pub" \
+    --service-account-signing-key-file "$pki/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc \
+    --api-audiences https://kubernetes.default.svc \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --enable-priority-and-fairness=false \
+    --profiling=false
+}
+
+stop_daemon() { # name [grace in tenths of a second, default 50]: SIGTERM, then SIGKILL
+  local pidfile="$state/$1.pid"
+  [ -f "$pidfile" ] || return 0
+  local pid
+  pid=$(cat "$pidfile")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq "${2:-50}"); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+running() { # name
+  [ -f "$state/$1.pid" ] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null
+}
+
+# The API server alone, for tests of what clients do while it is away: etcd keeps the data.
+# On SIGTERM a 1.20 kube-apiserver stops listening at once, then lingers for many seconds
+# trying to remove itself from the `kubernetes` Endpoints through its own closed port: it
+# gets 1 s, then SIGKILL.
+stop_apiserver() {
+  running etcd || die "no control plane runs in $state"
+  running kube-apiserver || die "kube-apiserver of $state is not running"
+  stop_daemon kube-apiserver 10
+  log "kube-apiserver stopped ($state)"
+}
+
+restart_apiserver() {
+  running etcd || die "no control plane runs in $state"
+  running kube-apiserver && die "kube-apiserver of $state is already running"
+  for _ in $(seq 50); do port_in_use "$api_port" || break; sleep 0.1; done
+  start_apiserver
+  wait_for kube-apiserver "$KUBE_BIN/kubectl" --kubeconfig "$kubeconfig" get --raw /readyz
+  log "kube-apiserver answers /readyz again ($state)"
 }
 
 up() {
@@ -80,20 +138,7 @@ up() {
     --unsafe-no-fsync
   wait_for etcd curl -fsS "http://127.0.0.1:$etcd_port/health"
 
-  log "starting kube-apiserver on https://127.0.0.1:$api_port"
-  start_daemon kube-apiserver "$KUBE_BIN/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-    --insecure-port 0 \
-    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-    --authorization-mode RBAC --token-auth-file "$state/tokens.csv" \
-    --service-account-key-file "$pki/sa.pub" \
-    --service-account-signing-key-file "$pki/sa.key" \
-    --service-account-issuer https://kubernetes.default.svc \
-    --api-audiences https://kubernetes.default.svc \
-    --service-cluster-ip-range 10.96.0.0/16 \
-    --enable-priority-and-fairness=false \
-    --profiling=false
+  start_apiserver
   cat >"$kubeconfig" <<KUBECONFIG
 apiVersion: v1
 kind: Config
@@ -135,13 +180,7 @@ down() {
     "$here/postfix-instance.sh" stop "$(cat "$state/postfix-instance")"
   fi
   for name in agent operator kube-controller-manager kube-apiserver etcd; do
-    local pidfile="$state/$name.pid"
-    [ -f "$pidfile" ] || continue
-    local pid
-    pid=$(cat "$pidfile")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+    stop_daemon "$name"
   done
   rm -rf "$state"
 }
@@ -149,9 +188,11 @@ down() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  stop-apiserver) stop_apiserver ;;
+  start-apiserver) restart_apiserver ;;
   env)
     echo "export E2E_KUBECONFIG=$kubeconfig"
     echo "export E2E_KUBECTL=$KUBE_BIN/kubectl"
     ;;
-  *) die "usage: $0 up|down|env" ;;
+  *) die "usage: $0 up|down|stop-apiserver|start-apiserver|env" ;;
 esac

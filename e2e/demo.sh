@@ -85,7 +85,7 @@ echo "Before the incident, Postfix answers RCPT with: $(rcpt_answer)"
 queued() { postqueue -c "$postfix_conf" -j | wc -l; }
 delivered() { find "$(dirname "$postfix_conf")/mailboxes/user/new" -type f 2>/dev/null | wc -l; }
 log "applying examples/accept-and-queue-incident.yaml: storage is down, hold the mail"
-k -n mail apply --validate=false -f "$repo/examples/accept-and-queue-incident.yaml"
+k -n mail apply -f "$repo/examples/accept-and-queue-incident.yaml"
 # Applied: the agent has reconfigured and reloaded Postfix (the other three workloads of
 # the fleet have no MTA to acknowledge).
 for _ in $(seq 100); do
@@ -111,7 +111,7 @@ k -n mail delete mailinc storage-outage-queue >/dev/null
 
 log "applying examples/tempfail-incident.yaml"
 started=$(date +%s%N)
-k -n mail apply --validate=false -f "$repo/examples/tempfail-incident.yaml"
+k -n mail apply -f "$repo/examples/tempfail-incident.yaml"
 answer=""
 for _ in $(seq 100); do
   answer=$(rcpt_answer)

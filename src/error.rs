@@ -7,6 +7,14 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 
+    /// A call to the API server that failed, named with its verb and object.
+    #[error("{call}: {source}")]
+    Api {
+        call: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("cannot connect to Kubernetes: {0}")]
     Connect(#[source] kube::Error),
 
@@ -22,11 +30,8 @@ pub enum Error {
     #[error("the watch of {0} ended before its cache was filled")]
     CacheNeverReady(&'static str),
 
-    #[error("finalizer: {0}")]
-    Finalizer(String),
-
-    #[error("lost the leader Lease; another replica may be writing")]
-    LeadershipLost,
+    #[error("this replica does not hold the leader Lease (any more); it writes nothing")]
+    NotLeader,
 
     #[error("agent: {0}")]
     Agent(String),
@@ -39,16 +44,23 @@ impl Error {
     /// A stable, low-cardinality name for the kind of failure.
     pub fn category(&self) -> &'static str {
         match self {
-            Self::Kube(_) => "kube_api",
+            Self::Kube(_) | Self::Api { .. } => "kube_api",
             Self::Connect(_) => "connect",
             Self::NotNamespaced { .. } => "invalid_object",
             Self::Listen { .. } => "startup",
             Self::CacheNeverReady(_) => "cache",
-            Self::Finalizer(_) => "finalizer",
-            Self::LeadershipLost => "leadership",
+            Self::NotLeader => "leadership",
             Self::Agent(_) => "agent",
             Self::Panic(_) => "panic",
         }
+    }
+}
+
+impl Error {
+    /// Wraps a failed API call with what it was: `call` names the verb and the object.
+    pub fn api(call: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let call = call.into();
+        move |source| Self::Api { call, source }
     }
 }
 

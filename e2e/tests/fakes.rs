@@ -3,12 +3,9 @@
 //! real ones do, with the administrator's credentials.
 
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::{
-    api::{
-        apps::v1::{Deployment, StatefulSet},
-        core::v1::{ConfigMap, Node, Pod},
-    },
-    apimachinery::pkg::apis::meta::v1::LabelSelector,
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::{ConfigMap, Node, Pod},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -155,8 +152,37 @@ async fn run_agents(client: Client, namespace: String) {
     tokio::spawn(statefulset_events);
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     loop {
+        // Indexed once per pass, so that a pass costs the size of the namespace, not its
+        // square: each document looks up its workload, its report and its pods.
+        let config_maps_now = config_maps.state();
+        let config_maps_by_name: std::collections::HashMap<String, &ConfigMap> = config_maps_now
+            .iter()
+            .map(|c| (c.name_any(), c.as_ref()))
+            .collect();
+        let deployments_now = deployments.state();
+        let deployments_by_name: std::collections::HashMap<String, &Deployment> = deployments_now
+            .iter()
+            .map(|d| (d.name_any(), d.as_ref()))
+            .collect();
+        let statefulsets_now = statefulsets.state();
+        let statefulsets_by_name: std::collections::HashMap<String, &StatefulSet> =
+            statefulsets_now
+                .iter()
+                .map(|s| (s.name_any(), s.as_ref()))
+                .collect();
+        let pods_now = pods.state();
+        let mut pods_by_label: std::collections::HashMap<(&str, &str), Vec<&Pod>> =
+            std::collections::HashMap::new();
+        for pod in pods_now
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+        {
+            for (key, value) in pod.labels() {
+                pods_by_label.entry((key, value)).or_default().push(pod);
+            }
+        }
         let mut reports = Vec::new();
-        for document in config_maps.state() {
+        for document in config_maps_now.iter() {
             if document.labels().get(ROLE_LABEL).map(String::as_str) != Some(ROLE_DOCUMENT) {
                 continue;
             }
@@ -167,29 +193,46 @@ async fn run_agents(client: Client, namespace: String) {
             ) else {
                 continue;
             };
-            let selector = match workload.split_once('/') {
-                Some(("Deployment", name)) => deployments
-                    .find(|d| d.name_any() == name)
+            let label_selector = match workload.split_once('/') {
+                Some(("Deployment", name)) => deployments_by_name
+                    .get(name)
                     .and_then(|d| d.spec.as_ref().map(|s| s.selector.clone())),
-                Some(("StatefulSet", name)) => statefulsets
-                    .find(|s| s.name_any() == name)
+                Some(("StatefulSet", name)) => statefulsets_by_name
+                    .get(name)
                     .and_then(|s| s.spec.as_ref().map(|s| s.selector.clone())),
                 _ => None,
             };
-            let Some(selector) = selector.and_then(|s: LabelSelector| Selector::try_from(s).ok())
-            else {
+            let Some(label_selector) = label_selector else {
+                continue;
+            };
+            let first_label = label_selector
+                .match_labels
+                .as_ref()
+                .and_then(|m| m.iter().next())
+                .map(|(k, v)| (k.clone(), v.clone()));
+            let Ok(selector) = Selector::try_from(label_selector) else {
                 continue;
             };
             let report_name = format!("{}{REPORT_SUFFIX}", document.name_any());
-            let Some(report) = config_maps.find(|c| c.name_any() == report_name) else {
+            let Some(report) = config_maps_by_name.get(&report_name) else {
                 continue;
             };
             let data = report.data.clone().unwrap_or_default();
             let entry = json!({"hash": hash}).to_string();
-            let stale: serde_json::Map<String, serde_json::Value> = pods
-                .state()
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none() && selector.matches(p.labels()))
+            let candidates: Vec<&Pod> = match &first_label {
+                Some((k, v)) => pods_by_label
+                    .get(&(k.as_str(), v.as_str()))
+                    .cloned()
+                    .unwrap_or_default(),
+                None => pods_now
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .map(AsRef::as_ref)
+                    .collect(),
+            };
+            let stale: serde_json::Map<String, serde_json::Value> = candidates
+                .into_iter()
+                .filter(|p| selector.matches(p.labels()))
                 .filter(|p| data.get(&p.name_any()) != Some(&entry))
                 .map(|p| (p.name_any(), entry.clone().into()))
                 .collect();

@@ -105,7 +105,7 @@ async fn deploy_installs_a_hardened_operator_with_least_privilege_rbac() {
         ("delete", "pods"),
         ("create", "pods/exec"),
         ("create", "events"),
-        ("update", "leases.coordination.k8s.io"),
+        ("patch", "leases.coordination.k8s.io"),
     ] {
         assert!(
             !can(verb, resource),
@@ -116,7 +116,7 @@ async fn deploy_installs_a_hardened_operator_with_least_privilege_rbac() {
         &[
             "auth",
             "can-i",
-            "update",
+            "patch",
             "leases.coordination.k8s.io",
             "-n",
             OPERATOR_NAMESPACE,
@@ -259,10 +259,14 @@ async fn the_api_server_refuses_schema_violations_naming_the_field() {
             "operator",
         ),
     ] {
+        let yaml = incident_yaml("bad", &spec);
+        // A plain `kubectl apply` refuses it (kubectl itself refuses some, by other names).
+        let plain = world.kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&yaml));
+        assert!(!plain.status.success(), "kubectl apply accepted:\n{spec}");
         let output = world.kubectl(
-            // The server is the judge: kubectl 1.20 would also refuse some of these itself.
+            // The server is the judge: without kubectl's own check, it refuses each too.
             &["apply", "--validate=false", "-n", &ns.name, "-f", "-"],
-            Some(&incident_yaml("bad", &spec)),
+            Some(&yaml),
         );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "the API server accepted:\n{spec}");
@@ -273,6 +277,54 @@ async fn the_api_server_refuses_schema_violations_naming_the_field() {
     }
     let listed = world.kubectl_ok(&["get", "mailinc", "-n", &ns.name, "-o", "name"]);
     assert_eq!(listed, "", "nothing invalid was stored");
+}
+
+#[tokio::test]
+async fn kubectl_apply_refuses_a_misspelt_field_naming_it() {
+    let world = World::get();
+    let ns = TestNamespace::new(world, "typo");
+    let base = "reason: INC-14 storage down\ntargets: {matchLabels: {app: mta}}";
+    // Without client-side validation, a 1.20 server prunes unknown fields silently: the
+    // second would be stored without its duration, an incident that never expires.
+    for (spec, field) in [
+        (format!("modee: TempFail\n{base}"), "modee"),
+        (format!("mode: TempFail\n{base}\nduraton: 2h"), "duraton"),
+        (
+            format!("mode: TempFail\n{base}\nsmtpReply: {{code: 451, txet: try later}}"),
+            "txet",
+        ),
+    ] {
+        let output = world.kubectl(
+            &["apply", "-n", &ns.name, "-f", "-"],
+            Some(&incident_yaml("typo", &spec)),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "kubectl apply accepted:\n{spec}");
+        assert!(
+            stderr.contains(&format!("unknown field \"{field}\"")),
+            "the refusal of\n{spec}\ndoes not name {field}: {stderr}"
+        );
+    }
+    let listed = world.kubectl_ok(&["get", "mailinc", "-n", &ns.name, "-o", "name"]);
+    assert_eq!(listed, "", "an incident with a misspelt field was stored");
+
+    // The same incident spelt right goes through a plain `kubectl apply`.
+    apply_incident(
+        world,
+        &ns.name,
+        "typo",
+        &format!("mode: TempFail\n{base}\nduration: 2h"),
+    );
+    let stored = world.kubectl_ok(&[
+        "get",
+        "mailinc",
+        "typo",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.spec.duration}",
+    ]);
+    assert_eq!(stored, "2h");
 }
 
 /// Waits until incident `name` is Stalled for an invalid spec whose message names

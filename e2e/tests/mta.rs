@@ -297,9 +297,17 @@ impl AgentProcess {
     }
 
     /// Starts the agent again, killing it first if it still runs, with the same command
-    /// line: the same state directory, kubeconfig, ports and log (appended to).
+    /// line but its HTTP port: the same state directory, kubeconfig, policy port and log
+    /// (appended to).
     pub fn restart(&mut self) {
         self.kill();
+        // A fresh HTTP port: the old one may be some client socket's ephemeral port by
+        // now (the policy port stays: Postfix's main.cf names it).
+        let port = free_port();
+        if let Some(at) = self.args.iter().position(|a| a == "--listen") {
+            self.args[at + 1] = format!("127.0.0.1:{port}").into();
+            self.http = format!("http://127.0.0.1:{port}");
+        }
         self.child = Self::spawn(self.dir.path(), &self.args);
     }
 

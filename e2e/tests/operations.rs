@@ -6,7 +6,7 @@ use crate::{
     support::{apply_incident, eventually, observed, ready_because, summary, wait_for},
     world::{OPERATOR_NAMESPACE, Operator, Scene, TestNamespace, World, http_get, lease_name},
 };
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::{coordination::v1::Lease, events::v1::Event as KubeEvent};
 use kube::Api;
 use mail_incident_operator::api::MailIncident;
 use serde_json::json;
@@ -148,8 +148,13 @@ async fn two_replicas_share_one_lease_and_only_the_leader_writes() {
             .spec?
             .holder_identity
     };
-    assert_eq!(holder().await.as_deref(), Some(first.identity.as_str()));
-    assert!(first.log().contains("leading"), "{}", first.log());
+    // Both are ready at once (a standby is ready to take over); the first one leads.
+    let leader = eventually("a leader", || async { holder().await }).await;
+    assert_eq!(leader, first.identity);
+    eventually("the leader says so", || async {
+        first.log().contains("leading").then_some(())
+    })
+    .await;
 
     let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
     let _agents = FakeAgents::start(client.clone(), &ns.name).await;
@@ -209,5 +214,59 @@ async fn two_replicas_share_one_lease_and_only_the_leader_writes() {
     assert_eq!(
         sample(&metrics(&second).await, "mail_incident_leader"),
         Some(1.0)
+    );
+}
+
+/// An incident with the longest name Kubernetes takes still gets its events (kube's
+/// Recorder would name them past the limit), and one whose selector matches nothing is
+/// warned about, once.
+#[tokio::test]
+async fn events_reach_the_longest_names_and_warn_of_an_incident_without_targets() {
+    let scene = Scene::start("events").await;
+    let name = "a".repeat(253);
+    apply_incident(
+        scene.world,
+        &scene.ns.name,
+        &name,
+        "mode: TempFail\nreason: INC-13 typo in the selector\ntargets: {matchLabels: {app: mtaa}}",
+    );
+    let events: Api<KubeEvent> = Api::namespaced(scene.client.clone(), &scene.ns.name);
+    let reasons = || async {
+        let listed = events.list(&Default::default()).await.expect("list events");
+        let mut reasons: Vec<(String, String)> = listed
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(&name))
+            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+            .collect();
+        reasons.sort();
+        reasons
+    };
+    let seen = eventually("the Warning event NoTargets", || async {
+        let seen = reasons().await;
+        seen.contains(&("Warning".into(), "NoTargets".into()))
+            .then_some(seen)
+    })
+    .await;
+    assert!(
+        seen.contains(&("Normal".into(), "Accepted".into())),
+        "{seen:?}"
+    );
+    // Warned once: later syncs (a status echo, a new pod) do not repeat it.
+    Mta::deployment("unrelated", json!({"app": "webmail"}))
+        .create(&scene.client, &scene.ns.name)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let warnings = reasons()
+        .await
+        .into_iter()
+        .filter(|(_, reason)| reason == "NoTargets")
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "{:?}\n{}",
+        reasons().await,
+        scene.operator.log()
     );
 }

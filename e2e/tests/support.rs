@@ -21,7 +21,18 @@ pub async fn wait_for(
     what: &str,
     done: impl Fn(&MailIncident) -> bool,
 ) -> MailIncident {
-    let deadline = Instant::now() + WAIT;
+    wait_for_within(WAIT, api, name, what, done).await
+}
+
+/// [`wait_for`] with a bound of its own.
+pub async fn wait_for_within(
+    bound: Duration,
+    api: &Api<MailIncident>,
+    name: &str,
+    what: &str,
+    done: impl Fn(&MailIncident) -> bool,
+) -> MailIncident {
+    let deadline = Instant::now() + bound;
     let mut last = None;
     while Instant::now() < deadline {
         if let Some(incident) = api.get_opt(name).await.expect("get incident") {
@@ -33,7 +44,7 @@ pub async fn wait_for(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!(
-        "{name}: not {what} within {WAIT:?}; last status:\n{}",
+        "{name}: not {what} within {bound:?}; last status:\n{}",
         serde_yaml::to_string(&last.and_then(|i| i.status)).unwrap()
     );
 }
@@ -109,11 +120,10 @@ pub fn summary(incident: &MailIncident) -> Option<&str> {
         .map(|t| t.summary.as_str())
 }
 
+/// `kubectl apply`, validated by kubectl against the schema the server publishes, so a
+/// misspelt field is refused rather than silently dropped.
 pub fn apply_yaml(world: &World, namespace: &str, yaml: &str) {
-    let output = world.kubectl(
-        &["apply", "--validate=false", "-n", namespace, "-f", "-"],
-        Some(yaml),
-    );
+    let output = world.kubectl(&["apply", "-n", namespace, "-f", "-"], Some(yaml));
     assert!(
         output.status.success(),
         "kubectl apply failed: {}",

@@ -1,6 +1,9 @@
 //! The real test world: a Kubernetes API server (`E2E_KUBECONFIG`, started by
 //! `e2e/run-tests.sh` when not given), `kubectl`, `deploy/` installed with kustomize, and
 //! the operator binary run as the ServiceAccount `deploy/` creates.
+//!
+//! Tests that stop the API server itself get a control plane of their own
+//! ([`PrivateControlPlane`]), so the shared one stays up for every other test.
 
 use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
 use kube::{
@@ -12,8 +15,8 @@ use mail_incident_operator::api::MailIncident;
 use std::{
     io::Write,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::OnceLock,
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -21,6 +24,7 @@ pub const OPERATOR_NAMESPACE: &str = "mail-incident-operator";
 pub const OPERATOR_ACCOUNT: &str = "mail-incident-operator";
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
+#[derive(Clone)]
 pub struct World {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
@@ -42,37 +46,41 @@ impl World {
                 "E2E_KUBECONFIG={} is not a file",
                 kubeconfig.display()
             );
-            let kubectl = std::env::var_os("E2E_KUBECTL")
-                .map_or_else(|| PathBuf::from("kubectl"), PathBuf::from);
-            let world = World {
-                kubeconfig,
-                kubectl,
-            };
-            // kubectl 1.20 validates client-side against a schema that predates
-            // x-kubernetes-validations; the server is the judge here.
-            world.kubectl_ok(&["apply", "--validate=false", "-k", &format!("{REPO}/deploy")]);
-            world.kubectl_ok(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                "crd/mailincidents.mailops.dev",
-            ]);
-            // The API server publishes a new CRD's OpenAPI (what `kubectl explain` reads)
-            // a few seconds after it is Established.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !world
-                .kubectl(&["explain", "mailincident.spec"], None)
-                .status
-                .success()
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "MailIncident OpenAPI not published within 30s"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            world
+            World::install(kubeconfig, kubectl_path())
         })
+    }
+
+    /// The world of the cluster `kubeconfig` names, with `deploy/` installed in it and the
+    /// MailIncident API ready to use (`kubectl explain` included).
+    pub fn install(kubeconfig: PathBuf, kubectl: PathBuf) -> World {
+        let world = World {
+            kubeconfig,
+            kubectl,
+        };
+        // kubectl 1.20 validates client-side against a schema that predates
+        // x-kubernetes-validations; the server is the judge here.
+        world.kubectl_ok(&["apply", "--validate=false", "-k", &format!("{REPO}/deploy")]);
+        world.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/mailincidents.mailops.dev",
+        ]);
+        // The API server publishes a new CRD's OpenAPI (what `kubectl explain` reads)
+        // a few seconds after it is Established.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !world
+            .kubectl(&["explain", "mailincident.spec"], None)
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "MailIncident OpenAPI not published within 30s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        world
     }
 
     /// A client with the cluster administrator's credentials, for test set-up and checks.
@@ -119,6 +127,11 @@ impl World {
     }
 }
 
+/// `E2E_KUBECTL`, or `kubectl` on the PATH.
+fn kubectl_path() -> PathBuf {
+    std::env::var_os("E2E_KUBECTL").map_or_else(|| PathBuf::from("kubectl"), PathBuf::from)
+}
+
 async fn client_from(kubeconfig: &Path) -> Client {
     let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("kubeconfig parses");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -130,6 +143,8 @@ async fn client_from(kubeconfig: &Path) -> Client {
 /// A namespace of one's own, deleted when dropped.
 pub struct TestNamespace {
     pub name: String,
+    /// The world it was made in (the shared one, or a private control plane's).
+    world: World,
 }
 
 impl TestNamespace {
@@ -137,17 +152,21 @@ impl TestNamespace {
         let suffix: u32 = rand_suffix();
         let name = format!("e2e-{prefix}-{suffix:06x}");
         world.kubectl_ok(&["create", "namespace", &name]);
-        Self { name }
+        Self {
+            name,
+            world: world.clone(),
+        }
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        World::get().kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+        self.world
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
     }
 }
 
-fn rand_suffix() -> u32 {
+pub fn rand_suffix() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     (RandomState::new().hash_one(Instant::now()) & 0xff_ffff) as u32
 }
@@ -180,23 +199,42 @@ impl Scene {
 }
 
 /// The operator binary, running as the ServiceAccount from `deploy/`, watching one
-/// namespace. Killed when dropped; its log is printed if the test failed.
+/// namespace. Killed when dropped (continued first if frozen); its log is printed if the
+/// test failed.
 pub struct Operator {
     child: Child,
     dir: tempfile::TempDir,
     pub http: String,
     /// Its name in the leader Lease.
     pub identity: String,
+    /// Stopped with SIGSTOP and not yet continued.
+    frozen: bool,
 }
 
 impl Operator {
+    /// Starts one and waits until it answers /readyz 200 (leader or hot standby).
     pub async fn start(world: &World, namespace: &str) -> Self {
+        let operator = Self::spawn(world, namespace, None).await;
+        operator.wait_ready().await;
+        operator
+    }
+
+    /// Starts one under a given Lease identity (the pod name, which a container restarted
+    /// in its pod keeps) and waits until it answers /readyz 200.
+    pub async fn start_as(world: &World, namespace: &str, identity: &str) -> Self {
+        let operator = Self::spawn(world, namespace, Some(identity)).await;
+        operator.wait_ready().await;
+        operator
+    }
+
+    /// Starts one without waiting for anything: it may not answer yet.
+    pub async fn spawn(world: &World, namespace: &str, identity: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let kubeconfig = dir.path().join("operator.kubeconfig");
         let config = service_account_kubeconfig(world, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
         std::fs::write(&kubeconfig, config).expect("kubeconfig written");
         let port = free_port();
-        let identity = format!("operator-{port}");
+        let identity = identity.map_or_else(|| format!("operator-{port}"), str::to_string);
         let log = std::fs::File::create(dir.path().join("operator.log")).expect("log file");
         // Replicas for one namespace share its Lease; a short lease keeps failover quick.
         let child = Command::new(env!("CARGO_BIN_EXE_mail-incident-operator"))
@@ -216,17 +254,17 @@ impl Operator {
             .stderr(log)
             .spawn()
             .expect("operator binary starts");
-        let operator = Self {
+        Self {
             child,
             dir,
             http: format!("http://127.0.0.1:{port}"),
             identity,
-        };
-        operator.wait_ready().await;
-        operator
+            frozen: false,
+        }
     }
 
-    async fn wait_ready(&self) {
+    /// Waits (at most 30 s) until it answers /readyz 200.
+    pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let url = format!("{}/readyz", self.http);
         while Instant::now() < deadline {
@@ -242,24 +280,70 @@ impl Operator {
     }
 
     /// Its process id (the benchmark reads its CPU time and peak RSS from /proc).
-    #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How it exited, if it has (it is reaped then; a killed one too).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .try_wait()
+            .expect("the operator can be waited for")
+    }
+
+    /// SIGKILL, as an OOM kill or a node loss does: no shutdown of any kind. Waits for it.
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        self.frozen = false;
+    }
+
+    /// SIGSTOP: the process stays, frozen, as on a paused VM or a long GC pause; its
+    /// sockets stay open and it notices nothing until [`Operator::thaw`].
+    pub fn freeze(&mut self) {
+        signal(self.pid(), "STOP");
+        self.frozen = true;
+    }
+
+    /// SIGCONT: it runs on from where it was frozen, its timers all due at once.
+    pub fn thaw(&mut self) {
+        signal(self.pid(), "CONT");
+        self.frozen = false;
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("operator.log")).unwrap_or_default()
     }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        if self.frozen {
+            signal(self.pid(), "CONT");
+        }
         self.child.kill().ok();
         self.child.wait().ok();
         if std::thread::panicking() {
-            eprintln!("--- operator log\n{}", self.log());
+            eprintln!("--- operator {} log\n{}", self.identity, self.log());
         }
     }
+}
+
+/// Sends `SIG<name>` to a process of ours with kill(1).
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 /// The Lease the operators of one test namespace share.
@@ -330,4 +414,129 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// A control plane of one test's own (etcd, kube-apiserver and kube-controller-manager,
+/// started by `e2e/cluster.sh up` on a state directory and port base of its own), with
+/// `deploy/` installed: for tests that stop its API server while the shared one serves
+/// every other test. Stopped, and its state deleted, when dropped, pass or fail.
+pub struct PrivateControlPlane {
+    pub world: World,
+    state: PathBuf,
+    pub port_base: u16,
+}
+
+/// Port bases handed out in this process (cluster.sh itself refuses ports in use).
+static PORT_BASES: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+impl PrivateControlPlane {
+    /// Starts one on `preferred_port_base` (API server; +1 and +2 for etcd) or, when one
+    /// of those ports is taken, the next free base 10 below it. Takes some 10-30 s.
+    pub async fn start(preferred_port_base: u16) -> Self {
+        let port_base = free_port_base(preferred_port_base);
+        let shared_state = std::env::var("E2E_STATE")
+            .unwrap_or_else(|_| "/tmp/mail-incident-operator-e2e".to_string());
+        let state = PathBuf::from(format!("{shared_state}-private-{port_base}"));
+        let mut plane = Self {
+            world: World {
+                kubeconfig: state.join("admin.kubeconfig"),
+                kubectl: kubectl_path(),
+            },
+            state,
+            port_base,
+        };
+        let started = Instant::now();
+        let output = plane.cluster_sh("up").await;
+        let kubeconfig = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .map(PathBuf::from)
+            .expect("cluster.sh up prints the kubeconfig path");
+        let world = {
+            let (kubeconfig, kubectl) = (kubeconfig, plane.world.kubectl.clone());
+            tokio::task::spawn_blocking(move || World::install(kubeconfig, kubectl))
+                .await
+                .expect("deploy/ installs in the private control plane")
+        };
+        plane.world = world;
+        eprintln!(
+            "private control plane on port base {port_base} ({}) up in {:.1} s",
+            plane.state.display(),
+            started.elapsed().as_secs_f64()
+        );
+        plane
+    }
+
+    /// Stops its kube-apiserver (SIGTERM, SIGKILL after 5 s); etcd and its data stay.
+    pub async fn stop_api_server(&self) {
+        self.cluster_sh("stop-apiserver").await;
+    }
+
+    /// Starts its kube-apiserver again and returns once it answers /readyz.
+    pub async fn start_api_server(&self) {
+        self.cluster_sh("start-apiserver").await;
+    }
+
+    /// Runs `e2e/cluster.sh <command>` for this control plane off the test's runtime (the
+    /// test's tasks, fake agents included, keep running); panics with its output unless
+    /// it succeeds.
+    async fn cluster_sh(&self, command: &'static str) -> Output {
+        let mut cluster = Command::new(format!("{REPO}/e2e/cluster.sh"));
+        cluster
+            .arg(command)
+            .env("E2E_STATE", &self.state)
+            .env("E2E_PORT_BASE", self.port_base.to_string())
+            .stdin(Stdio::null());
+        let output = tokio::task::spawn_blocking(move || cluster.output())
+            .await
+            .expect("cluster.sh runs")
+            .expect("cluster.sh starts");
+        assert!(
+            output.status.success(),
+            "e2e/cluster.sh {command} (E2E_STATE={}, E2E_PORT_BASE={}) failed: {}",
+            self.state.display(),
+            self.port_base,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        let stopped = Command::new(format!("{REPO}/e2e/cluster.sh"))
+            .arg("down")
+            .env("E2E_STATE", &self.state)
+            .env("E2E_PORT_BASE", self.port_base.to_string())
+            .stdin(Stdio::null())
+            .output();
+        if !stopped.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!(
+                "cannot stop the private control plane in {}: {stopped:?}",
+                self.state.display()
+            );
+        }
+        PORT_BASES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|base| *base != self.port_base);
+    }
+}
+
+/// A port base whose three ports are free on loopback and that no other private control
+/// plane of this process holds: `preferred`, or the first free one 10, 20, ... below.
+fn free_port_base(preferred: u16) -> u16 {
+    let mut held = PORT_BASES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let base = (0..100)
+        .map(|step| preferred - 10 * step)
+        .find(|base| {
+            !held.iter().any(|h| h.abs_diff(*base) < 3)
+                && (*base..*base + 3)
+                    .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        })
+        .unwrap_or_else(|| panic!("no free port base at or below {preferred}"));
+    held.push(base);
+    base
 }

@@ -41,7 +41,7 @@ pub struct Timing {
 
 impl Timing {
     fn backoff(&self) -> ExponentialBackoff {
-        super::retry_delays(self.retry_min, self.retry_max)
+        crate::retry::retry_delays(self.retry_min, self.retry_max)
     }
 }
 

@@ -236,56 +236,15 @@ pub async fn run(settings: Settings) -> Result<()> {
     Ok(())
 }
 
-/// Waits between retries of the agent's applies, reports and watch: from `first`,
-/// doubling to `longest`, each with jitter, never giving up.
-fn retry_delays(first: Duration, longest: Duration) -> backon::ExponentialBackoff {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(first)
-        .with_max_delay(longest)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-/// Backoff of the document watch: 0.5 s doubling to 4 s, with jitter. kube's default
-/// grows to 30 s (and up to twice that with its jitter), so an agent could learn that an
-/// incident ended up to a minute after an API server outage; one watch per MTA pod at
-/// most every few seconds is little for a recovering server.
-struct WatchBackoff(backon::ExponentialBackoff);
-
-impl WatchBackoff {
-    fn new() -> Self {
-        Self(retry_delays(
-            Duration::from_millis(500),
-            Duration::from_secs(4),
-        ))
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        self.0.next()
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        *self = Self::new();
-    }
-}
-
 /// The document as the watch sees it: `Some` while it exists, `None` once it is gone,
 /// one item per change (a relist yields the listed state once it is complete). A
 /// document that cannot be read is skipped, keeping the current mode; watch errors are
-/// retried with [`WatchBackoff`].
+/// retried with [`crate::retry::WatchBackoff`].
 fn document_updates(
     events: impl Stream<Item = watcher::Result<Event<ConfigMap>>>,
 ) -> impl Stream<Item = Option<ModeDocument>> {
     events
-        .backoff(WatchBackoff::new())
+        .backoff(crate::retry::WatchBackoff::new())
         .scan(None, |listed: &mut Option<ConfigMap>, event| {
             let update = match event {
                 Ok(Event::Init) => {
@@ -397,16 +356,6 @@ mod tests {
                 .map(|update| update.map(|document| document.mode))
                 .collect(),
         )
-    }
-
-    #[test]
-    fn the_watch_retries_within_seconds_however_long_the_outage() {
-        let delays: Vec<Duration> = WatchBackoff::new().take(20).collect();
-        assert!(delays[0] <= Duration::from_secs(1), "{delays:?}");
-        assert!(
-            delays.iter().all(|d| *d <= Duration::from_secs(8)),
-            "{delays:?}"
-        );
     }
 
     #[test]

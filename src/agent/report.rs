@@ -66,7 +66,7 @@ pub async fn run(
     metrics: AgentMetrics,
     retry_max: Duration,
 ) {
-    let backoff = || super::retry_delays(Duration::from_millis(200), retry_max);
+    let backoff = || crate::retry::retry_delays(Duration::from_millis(200), retry_max);
     'entries: loop {
         if entries.changed().await.is_err() {
             return;

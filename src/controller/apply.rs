@@ -6,8 +6,9 @@
 //! the field manager `mail-incident-operator`, never forced, so a conflict with another
 //! manager is reported rather than overwritten.
 
-use super::FIELD_MANAGER;
+use super::{FIELD_MANAGER, leader::Leadership, observe::Versions};
 use crate::{
+    Error, Result,
     api::mode_document::{
         INCIDENT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, MODE_DOCUMENT_KEY, MODE_HASH_ANNOTATION,
         ModeDocument, REPORT_SUFFIX, ROLE_DOCUMENT, ROLE_LABEL, ROLE_REPORT, WORKLOAD_ANNOTATION,
@@ -22,9 +23,11 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    core::Status,
 };
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 /// Writes in flight at once, per namespace sync: enough to keep an API server busy (the
 /// benchmark's fastest raw PATCH rate is reached between 16 and 64), few enough not to
@@ -34,20 +37,40 @@ const WRITE_CONCURRENCY: usize = 64;
 /// What became of one write.
 pub enum Outcome {
     Done,
+    /// The object changed since the caches showed it (409 on the resource version the
+    /// write was conditional on): the change is on its way as a watch event, and the sync
+    /// it triggers plans again from the newer view.
+    Stale,
     /// The API server refused it for a reason only a person can fix (a conflict with
     /// another field manager, a validation error): it shows in the incident's status.
     Refused(TargetRef, String),
 }
 
-/// Carries out `writes` with bounded concurrency. Refusals are returned; any other
-/// failure is returned as the error, so the reconcile is retried.
+/// Carries out `writes` with bounded concurrency, each conditional on the resource
+/// versions the plan was made from, and each only while `leadership` holds: a replica
+/// that lost its claim mid-sync (frozen, cut off) sends none of the rest, and one of its
+/// requests already on its way when it froze is refused by the API server if the new
+/// leader has written since. Refusals are returned; any other failure is returned as the
+/// error, naming the call, so the sync is retried.
 pub async fn apply_all(
     client: &Client,
+    leadership: &Leadership,
     namespace: &str,
+    versions: &HashMap<TargetRef, Versions>,
     writes: Vec<Write>,
-) -> Result<Vec<Outcome>, kube::Error> {
+) -> Result<Vec<Outcome>> {
     stream::iter(writes)
-        .map(|write| apply(client, namespace, write))
+        .map(|write| async move {
+            leadership.fence()?;
+            let call = describe(namespace, &write);
+            let seen = versions
+                .get(write_target(&write))
+                .cloned()
+                .unwrap_or_default();
+            apply(client, namespace, write, seen)
+                .await
+                .map_err(Error::api(call))
+        })
         .buffer_unordered(WRITE_CONCURRENCY)
         .collect::<Vec<_>>()
         .await
@@ -55,7 +78,32 @@ pub async fn apply_all(
         .collect()
 }
 
-async fn apply(client: &Client, namespace: &str, write: Write) -> Result<Outcome, kube::Error> {
+/// The call a write makes, for its error: verb, kind, namespace and name.
+fn describe(namespace: &str, write: &Write) -> String {
+    match write {
+        Write::PutDocument { target, .. } => format!(
+            "write the mode document of {target} in {namespace} (ConfigMap {})",
+            document_name(target.kind.as_str(), &target.name)
+        ),
+        Write::DeleteDocument { target } => format!(
+            "delete the mode document of {target} in {namespace} (ConfigMap {})",
+            document_name(target.kind.as_str(), &target.name)
+        ),
+        Write::SetRestartEnv { target, .. } => {
+            format!("apply the restart env vars of {target} in {namespace}")
+        }
+        Write::ClearRestartEnv { target } => {
+            format!("clear the restart env vars of {target} in {namespace}")
+        }
+    }
+}
+
+async fn apply(
+    client: &Client,
+    namespace: &str,
+    write: Write,
+    seen: Versions,
+) -> Result<Outcome, kube::Error> {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let (target, result) = match write {
         Write::PutDocument {
@@ -65,19 +113,20 @@ async fn apply(client: &Client, namespace: &str, write: Write) -> Result<Outcome
             exists,
             create_report,
         } => {
+            let existing = seen.document.filter(|_| exists);
             let result = put_document(
                 &config_maps,
                 &target,
                 &document,
                 &owners,
-                exists,
+                existing,
                 create_report,
             )
             .await;
             (target, result)
         }
         Write::DeleteDocument { target } => {
-            let result = delete_document(&config_maps, &target).await;
+            let result = delete_document(&config_maps, &target, seen.document).await;
             (target, result)
         }
         Write::SetRestartEnv {
@@ -85,23 +134,45 @@ async fn apply(client: &Client, namespace: &str, write: Write) -> Result<Outcome
             container,
             document,
         } => {
-            let patch = restart_env_patch(&target, &container, &document);
+            let patch = restart_env_patch(&target, &container, &document, seen.workload);
             let result = apply_to_workload(client, namespace, &target, patch).await;
             (target, result)
         }
         Write::ClearRestartEnv { target } => {
             // Applying nothing under our field manager drops every field it owned.
-            let patch = workload_object(&target, json!({}));
+            let patch = workload_object(&target, seen.workload, json!({}));
             let result = apply_to_workload(client, namespace, &target, patch).await;
             (target, result)
         }
     };
     match result {
         Ok(()) => Ok(Outcome::Done),
+        Err(kube::Error::Api(status)) if is_stale(&status) => Ok(Outcome::Stale),
         Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => {
             Ok(Outcome::Refused(target, status.message))
         }
         Err(error) => Err(error),
+    }
+}
+
+/// Whether a refusal says only that the object changed since it was read (or exists
+/// already), as opposed to a conflict with another field manager, which a person must
+/// resolve.
+fn is_stale(status: &Status) -> bool {
+    let manager_conflict = status
+        .details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "FieldManagerConflict"));
+    status.code == 409 && !manager_conflict
+}
+
+/// The target a write is for.
+pub fn write_target(write: &Write) -> &TargetRef {
+    match write {
+        Write::PutDocument { target, .. }
+        | Write::DeleteDocument { target }
+        | Write::SetRestartEnv { target, .. }
+        | Write::ClearRestartEnv { target } => target,
     }
 }
 
@@ -110,7 +181,7 @@ async fn put_document(
     target: &TargetRef,
     document: &ModeDocument,
     owners: &[Owner],
-    exists: bool,
+    existing: Option<String>,
     create_report: bool,
 ) -> Result<(), kube::Error> {
     let name = document_name(target.kind.as_str(), &target.name);
@@ -137,21 +208,32 @@ async fn put_document(
         },
         "data": {MODE_DOCUMENT_KEY: document.to_json()},
     });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    if exists && !create_report {
-        // A merge patch replaces the owner list whole: exactly the current owners.
-        let update = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        api.patch(&name, &update, &Patch::Merge(&document_object))
-            .await?;
-        return Ok(());
-    }
-    let stored = api
-        .patch(&name, &params, &Patch::Apply(&document_object))
-        .await?;
+    let stored = match existing {
+        Some(version) => {
+            // A merge patch replaces the owner list whole: exactly the current owners.
+            let mut document_object = document_object;
+            document_object["metadata"]["resourceVersion"] = version.into();
+            let update = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            api.patch(&name, &update, &Patch::Merge(&document_object))
+                .await?
+        }
+        None => {
+            // Created, never applied over: one that appeared since the caches looked is
+            // someone else's newer write (409 AlreadyExists).
+            let created = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            let object: ConfigMap =
+                serde_json::from_value(document_object).map_err(kube::Error::SerdeError)?;
+            api.create(&created, &object).await?
+        }
+    };
     if create_report {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
         // Agents may patch the report, never create it, so it exists before they need
         // it; it belongs to the document and goes with it.
         let report_object = json!({
@@ -176,10 +258,23 @@ async fn put_document(
     Ok(())
 }
 
-async fn delete_document(api: &Api<ConfigMap>, target: &TargetRef) -> Result<(), kube::Error> {
+/// Deletes the document (only as seen: `version`), then its report.
+async fn delete_document(
+    api: &Api<ConfigMap>,
+    target: &TargetRef,
+    version: Option<String>,
+) -> Result<(), kube::Error> {
     let name = document_name(target.kind.as_str(), &target.name);
-    for object in [name.clone(), format!("{name}{REPORT_SUFFIX}")] {
-        match api.delete(&object, &DeleteParams::default()).await {
+    let as_seen = DeleteParams {
+        preconditions: version.map(|resource_version| Preconditions {
+            resource_version: Some(resource_version),
+            uid: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let report = format!("{name}{REPORT_SUFFIX}");
+    for (object, params) in [(&name, &as_seen), (&report, &DeleteParams::default())] {
+        match api.delete(object, params).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => return Err(error),
@@ -188,7 +283,12 @@ async fn delete_document(api: &Api<ConfigMap>, target: &TargetRef) -> Result<(),
     Ok(())
 }
 
-fn restart_env_patch(target: &TargetRef, container: &str, document: &ModeDocument) -> Value {
+fn restart_env_patch(
+    target: &TargetRef,
+    container: &str,
+    document: &ModeDocument,
+    version: Option<String>,
+) -> Value {
     let env: Vec<Value> = document
         .env()
         .into_iter()
@@ -196,6 +296,7 @@ fn restart_env_patch(target: &TargetRef, container: &str, document: &ModeDocumen
         .collect();
     workload_object(
         target,
+        version,
         json!({"spec": {"template": {
             "metadata": {"annotations": {
                 MODE_HASH_ANNOTATION: document.hash(),
@@ -206,8 +307,9 @@ fn restart_env_patch(target: &TargetRef, container: &str, document: &ModeDocumen
     )
 }
 
-/// An apply configuration for the workload: identity plus `fields`.
-fn workload_object(target: &TargetRef, fields: Value) -> Value {
+/// An apply configuration for the workload: identity plus `fields`, conditional on the
+/// workload's `version` as seen (server-side apply honours it as a precondition).
+fn workload_object(target: &TargetRef, version: Option<String>, fields: Value) -> Value {
     let (api_version, kind) = match target.kind {
         WorkloadKind::Deployment => (Deployment::api_version(&()), Deployment::kind(&())),
         WorkloadKind::StatefulSet => (StatefulSet::api_version(&()), StatefulSet::kind(&())),
@@ -216,6 +318,9 @@ fn workload_object(target: &TargetRef, fields: Value) -> Value {
         "apiVersion": api_version, "kind": kind,
         "metadata": {"name": target.name},
     });
+    if let Some(version) = version {
+        object["metadata"]["resourceVersion"] = version.into();
+    }
     if let (Some(object), Value::Object(fields)) = (object.as_object_mut(), fields) {
         object.extend(fields);
     }

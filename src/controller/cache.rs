@@ -3,9 +3,13 @@
 //! documents and agent reports. Every cached object is stripped of its managedFields,
 //! which would otherwise be most of the memory.
 
-use crate::{Error, Result, api::mode_document};
+use crate::{
+    Error, Result,
+    api::{MailIncident, mode_document},
+    retry::WatchBackoff,
+};
 use futures::{
-    FutureExt, Stream,
+    FutureExt, Stream, StreamExt, future,
     future::{BoxFuture, Shared},
 };
 use k8s_openapi::{
@@ -26,6 +30,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use std::{fmt::Debug, pin::Pin};
+use tracing::warn;
 
 /// kubectl's copy of the whole last applied manifest: large, and never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -33,12 +38,15 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Objects per page of a watch's initial listing.
 const LIST_PAGE_SIZE: u32 = 100;
 
-/// A stream of changed objects that keeps a cache filled as it is polled.
-pub type Changes<K> = Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
+/// A stream of changed objects that keeps a cache filled as it is polled. Watch errors
+/// stop at the cache: its watch retries within seconds on its own, and what waits for
+/// changes sees only objects, so one watch's trouble never delays another's triggers.
+pub type Changes<K> = Pin<Box<dyn Stream<Item = K> + Send>>;
 
 /// Every cache the plan reads; cheap to clone.
 #[derive(Clone)]
 pub struct Caches {
+    pub incidents: Store<MailIncident>,
     pub deployments: Store<Deployment>,
     pub statefulsets: Store<StatefulSet>,
     pub pods: Store<PartialObjectMeta<Pod>>,
@@ -53,13 +61,15 @@ pub struct Caches {
 
 impl Caches {
     pub fn new(
+        incidents: Store<MailIncident>,
         deployments: Store<Deployment>,
         statefulsets: Store<StatefulSet>,
         pods: Store<PartialObjectMeta<Pod>>,
         config_maps: Store<ConfigMap>,
     ) -> Self {
         let ready = {
-            let (deployments, statefulsets, pods, config_maps) = (
+            let (incidents, deployments, statefulsets, pods, config_maps) = (
+                incidents.clone(),
                 deployments.clone(),
                 statefulsets.clone(),
                 pods.clone(),
@@ -68,6 +78,7 @@ impl Caches {
             async move {
                 let ready =
                     |r: Result<(), reflector::store::WriterDropped>, what| r.map_err(|_| what);
+                ready(incidents.wait_until_ready().await, "mailincidents")?;
                 ready(deployments.wait_until_ready().await, "deployments")?;
                 ready(statefulsets.wait_until_ready().await, "statefulsets")?;
                 ready(pods.wait_until_ready().await, "pods")?;
@@ -77,6 +88,7 @@ impl Caches {
             .shared()
         };
         Self {
+            incidents,
             deployments,
             statefulsets,
             pods,
@@ -99,16 +111,26 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    // Small pages: a first listing of a thousand workloads is never in memory at once.
-    let changes = watcher(api, config.any_semantic().page_size(LIST_PAGE_SIZE))
-        .default_backoff()
+    // Small pages, so a listing of thousands of workloads is never in memory at once. A
+    // list served from the API server's watch cache (`resourceVersion=0`, kube's "any"
+    // semantic) ignores the page size and comes as one response: at 5000 targets that
+    // one response was most of the operator's peak memory. A consistent list is paged.
+    let changes = watcher(api, config.page_size(LIST_PAGE_SIZE))
+        .backoff(WatchBackoff::new())
         .modify(|object| {
             object.managed_fields_mut().clear();
             object.annotations_mut().remove(LAST_APPLIED);
             object.slim();
         })
         .reflect(writer)
-        .touched_objects();
+        .touched_objects()
+        .filter_map(|change| {
+            future::ready(change.map_err(|error| {
+                // A 410 Expired after an API server restart is routine: the watch relists.
+                warn!(kind = K::kind(&K::DynamicType::default()).as_ref(), %error, "watch failed; retrying");
+            })
+            .ok())
+        });
     (store, Box::pin(changes))
 }
 
@@ -199,6 +221,11 @@ impl Slim for PartialObjectMeta<Pod> {
     }
 }
 
+impl Slim for MailIncident {
+    /// Everything of an incident is read: its spec, its status (the last decision).
+    fn slim(&mut self) {}
+}
+
 impl Slim for ConfigMap {
     /// A mode document's content is known by its hash annotation; reports keep their data.
     fn slim(&mut self) {
@@ -221,11 +248,12 @@ mod tests {
     /// wake when the listings complete.
     #[tokio::test]
     async fn every_waiter_wakes_when_the_caches_fill() {
+        let (incidents, mut incident_writer) = reflector::store();
         let (deployments, mut deployment_writer) = reflector::store();
         let (statefulsets, mut statefulset_writer) = reflector::store();
         let (pods, mut pod_writer) = reflector::store();
         let (config_maps, mut config_map_writer) = reflector::store();
-        let caches = Caches::new(deployments, statefulsets, pods, config_maps);
+        let caches = Caches::new(incidents, deployments, statefulsets, pods, config_maps);
         let waiters: Vec<_> = (0..2)
             .map(|_| {
                 let caches = caches.clone();
@@ -238,6 +266,7 @@ mod tests {
             "ready before any listing"
         );
 
+        incident_writer.apply_watcher_event(&watcher::Event::InitDone);
         deployment_writer.apply_watcher_event(&watcher::Event::InitDone);
         statefulset_writer.apply_watcher_event(&watcher::Event::InitDone);
         pod_writer.apply_watcher_event(&watcher::Event::InitDone);

@@ -2,14 +2,17 @@
 //! events and the finalizer. Decisions are made in [`crate::plan`]; this module observes,
 //! asks the plan, and carries it out.
 //!
-//! A reconcile of any incident syncs its whole namespace: precedence between incidents
-//! makes one incident's change another's business. Syncs of one namespace are serialized;
-//! different namespaces proceed concurrently, up to `--concurrency`.
+//! A reconcile syncs one namespace ([`triggers`] says why and when). Every replica keeps
+//! its caches warm and runs the loop; only the one whose Lease claim holds writes, and
+//! each write checks the claim first ([`leader`]).
 
 mod apply;
 mod cache;
+mod events;
+mod finalizers;
 mod leader;
 mod observe;
+mod triggers;
 
 use crate::{
     Error, Result,
@@ -17,15 +20,17 @@ use crate::{
     http::{self, Readiness},
     metrics::Metrics,
     plan::{self, TargetRef},
+    retry::retry_delays,
     shutdown,
     telemetry::LogFormat,
 };
 use cache::Caches;
+use events::Events;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
-        core::v1::{ConfigMap, Pod},
+        core::v1::{ConfigMap, Namespace, Pod},
     },
     jiff::{Timestamp, TimestampRound, Unit},
 };
@@ -36,12 +41,10 @@ use kube::{
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
-        finalizer::{self, finalizer},
-        reflector::{ObjectRef, Store},
         watcher,
     },
 };
+use leader::Leadership;
 use std::{
     any::Any,
     collections::{BTreeMap, HashMap},
@@ -56,15 +59,12 @@ use tracing::{debug, info, warn};
 /// ignore the fields this manager owns.
 pub const FIELD_MANAGER: &str = "mail-incident-operator";
 
-/// The finalizer that lets the controller return an incident's targets to normal service
-/// (or to the next incident's mode) before the incident disappears.
-pub const FINALIZER: &str = "mailops.dev/restore-targets";
-
 /// How long in-flight reconciles may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// How often a failed reconcile is retried.
-const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
+/// First and longest wait before a failed sync of a namespace is tried again.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_LONGEST: Duration = Duration::from_secs(120);
 
 /// Command-line settings of `mail-incident-operator run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -90,7 +90,7 @@ pub struct Settings {
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
 
-    /// The Lease replicas hold to lead: only the holder watches and writes.
+    /// The Lease replicas hold to lead: only the holder writes.
     #[arg(long, env = "LEASE_NAME", default_value = "mail-incident-operator")]
     pub lease_name: String,
 
@@ -98,24 +98,26 @@ pub struct Settings {
     #[arg(long, env = "POD_NAMESPACE", default_value = "mail-incident-operator")]
     pub lease_namespace: String,
 
-    /// Seconds a leader may go without renewing before another replica takes over.
-    #[arg(long, default_value_t = 15)]
+    /// Seconds a leader may go without renewing before another replica takes over
+    /// (3 to 300). The leader renews when two thirds are left and stops writing when a
+    /// fifth is left.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_seconds: u64,
 }
 
 /// What every reconcile shares.
 struct Context {
     client: Client,
-    recorder: Recorder,
+    events: Events,
     metrics: Metrics,
-    incidents: Store<MailIncident>,
     caches: Caches,
-    /// Serializes the syncs of each namespace.
-    namespace_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    leadership: Leadership,
     /// Writes the API server refused, per namespace and target, until they succeed.
     write_failures: Mutex<HashMap<String, BTreeMap<TargetRef, String>>>,
     /// When each incident generation was first seen, to time its delivery.
     first_seen: Mutex<HashMap<(String, String), (i64, Instant)>>,
+    /// The next waits before retrying each namespace whose last sync failed.
+    retries: Mutex<HashMap<String, backon::ExponentialBackoff>>,
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
@@ -129,35 +131,19 @@ pub async fn run(settings: Settings) -> Result<()> {
     info!(listen = %settings.listen, namespace = namespace.unwrap_or("(all)"), %identity, "starting");
     let stop = shutdown::signal().shared();
 
-    // Stand by until this replica holds the Lease; only the leader watches and writes.
-    let lease_duration = Duration::from_secs(settings.lease_seconds.max(3));
-    let elector = leader::LeaderElector::new(
-        Api::namespaced(client.clone(), &settings.lease_namespace),
-        settings.lease_name.clone(),
-        identity.clone(),
-        lease_duration,
-        lease_duration / 3,
+    let (leadership, elector) = leader::start(
+        client.clone(),
+        leader::LeaseSettings {
+            namespace: settings.lease_namespace.clone(),
+            name: settings.lease_name.clone(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(settings.lease_seconds),
+        },
+        metrics.clone(),
     );
-    readiness.set_ready();
-    let leadership = tokio::select! {
-        leadership = elector.acquire() => leadership?,
-        () = stop.clone() => {
-            http.stop().await;
-            return Ok(());
-        }
-    };
-    metrics.leader.set(1);
-    info!(lease = %settings.lease_name, "leading");
 
-    let incidents: Api<MailIncident> = scoped(&client, namespace);
-    let controller = Controller::new(incidents, watcher::Config::default().any_semantic())
-        .with_config(
-            // No debounce: it would delay every mode change; bursts of changes are folded
-            // anyway, since a queued reconcile is not queued twice and syncs of one
-            // namespace run one at a time.
-            controller::Config::default().concurrency(settings.concurrency),
-        );
-    let incident_store = controller.store();
+    let (incidents, incident_changes) =
+        cache::watch::<MailIncident>(scoped(&client, namespace), watcher::Config::default());
     let (deployments, deployment_changes) =
         cache::watch::<Deployment>(scoped(&client, namespace), watcher::Config::default());
     let (statefulsets, statefulset_changes) =
@@ -174,38 +160,53 @@ pub async fn run(settings: Settings) -> Result<()> {
             mode_document::MANAGED_BY
         )),
     );
-    let caches = Caches::new(deployments, statefulsets, pods, config_maps);
-    let reporter = Reporter {
-        controller: FIELD_MANAGER.into(),
-        instance: Some(identity),
-    };
+    let caches = Caches::new(incidents, deployments, statefulsets, pods, config_maps);
+    let namespaces = triggers::Namespaces::new();
+    let to_sync = triggers::namespaces_to_sync(
+        namespaces.clone(),
+        &caches,
+        triggers::AllChanges {
+            incidents: incident_changes,
+            deployments: deployment_changes,
+            statefulsets: statefulset_changes,
+            pods: pod_changes,
+            config_maps: config_map_changes,
+        },
+    );
     let context = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        events: Events::new(client.clone(), identity),
         client,
         metrics: metrics.clone(),
-        incidents: incident_store.clone(),
         caches: caches.clone(),
-        namespace_locks: Mutex::default(),
+        leadership: leadership.clone(),
         write_failures: Mutex::default(),
         first_seen: Mutex::default(),
+        retries: Mutex::default(),
     });
 
+    // Ready once the caches are filled, leading or standing by: a standby is a replica
+    // that can take over at once.
     tokio::spawn(async move {
         if caches.wait_until_ready().await.is_ok() {
             info!("caches filled");
+            readiness.set_ready();
         }
     });
-    let controller = controller
-        .watches_stream(deployment_changes, incidents_of_namespace(&incident_store))
-        .watches_stream(statefulset_changes, incidents_of_namespace(&incident_store))
-        .watches_stream(pod_changes, incidents_of_namespace(&incident_store))
-        .watches_stream(config_map_changes, incidents_of_namespace(&incident_store))
+    let controller = Controller::for_stream(to_sync, namespaces.store())
+        .with_config(
+            // No debounce: it would delay every mode change; bursts of changes fold anyway,
+            // since a namespace queued or being synced is not queued twice.
+            controller::Config::default().concurrency(settings.concurrency),
+        )
+        // Whatever happened while another replica led, or none did, is caught up on.
+        .reconcile_all_on(leadership.gained())
         .graceful_shutdown_on(stop.clone())
-        .graceful_shutdown_on(leadership.lost())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "reconcile failed");
+            match result {
+                // error_policy has logged and counted it.
+                Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => warn!(%error, "controller error"),
             }
         });
     let deadline = {
@@ -219,18 +220,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         () = controller => {},
         () = deadline => warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; exiting anyway"),
     }
-    metrics.leader.set(0);
-    // Lost leadership means another replica may already be writing: exit at once and
-    // let the restart stand by again.
-    let lost = leadership.lost().now_or_never().is_some() && stop.clone().now_or_never().is_none();
-    if !lost {
-        leadership.release().await;
-    }
+    elector.stop().await;
     info!("controller stopped; shutting down");
     http.stop().await;
-    if lost {
-        return Err(Error::LeadershipLost);
-    }
     Ok(())
 }
 
@@ -252,29 +244,18 @@ where
     }
 }
 
-/// Maps a changed object to every incident of its namespace: each sync covers the whole
-/// namespace, and only the plan can tell which incidents a change concerns.
-fn incidents_of_namespace<K: Resource>(
-    incidents: &Store<MailIncident>,
-) -> impl Fn(K) -> Vec<ObjectRef<MailIncident>> + Send + Sync + 'static {
-    let incidents = incidents.clone();
-    move |object| {
-        let namespace = object.namespace();
-        incidents
-            .state_filter(|incident| incident.namespace() == namespace)
-            .iter()
-            .map(|incident| ObjectRef::from_obj(incident.as_ref()))
-            .collect()
+async fn reconcile(key: Arc<Namespace>, context: Arc<Context>) -> Result<Action> {
+    // A standby syncs nothing; taking the lead syncs every namespace.
+    if !context.leadership.holds() {
+        return Ok(Action::await_change());
     }
-}
-
-async fn reconcile(incident: Arc<MailIncident>, context: Arc<Context>) -> Result<Action> {
+    let namespace = triggers::name_of(&key);
     let timer = context
         .metrics
         .reconcile_duration
         .with_label_values(&[] as &[&str])
         .start_timer();
-    let result = guard_panics(reconcile_incident(incident, &context)).await;
+    let result = guard_panics(sync_namespace(&context, &namespace)).await;
     timer.observe_duration();
     let outcome = if result.is_ok() { "ok" } else { "error" };
     context
@@ -282,6 +263,13 @@ async fn reconcile(incident: Arc<MailIncident>, context: Arc<Context>) -> Result
         .reconciles
         .with_label_values(&[outcome])
         .inc();
+    if result.is_ok() {
+        context
+            .retries
+            .lock()
+            .expect("lock poisoned")
+            .remove(&namespace);
+    }
     result
 }
 
@@ -309,43 +297,24 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-async fn reconcile_incident(incident: Arc<MailIncident>, context: &Context) -> Result<Action> {
-    let namespace = incident.namespace().ok_or_else(|| Error::NotNamespaced {
-        kind: "MailIncident",
-        name: incident.name_any(),
-    })?;
-    debug!(%namespace, incident = %incident.name_any(), generation = incident.metadata.generation, "reconciling");
-    let api: Api<MailIncident> = Api::namespaced(context.client.clone(), &namespace);
-    // Both a live and a deleted incident sync the namespace; the finalizer is removed once
-    // the sync that no longer counts the deleted one has gone through.
-    finalizer(&api, FINALIZER, incident, |_event| {
-        sync_namespace(context, &namespace)
-    })
-    .await
-    .map_err(|error| match error {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
-        other => Error::Finalizer(other.to_string()),
-    })
-}
-
-/// Plans the namespace and carries the plan out: target writes first, then statuses and
-/// events (which describe what the caches show, so they follow the writes' echoes).
+/// Plans the namespace and carries the plan out: finalizers on new incidents, target
+/// writes, then statuses and events (which describe what the caches show, so they follow
+/// the writes' echoes), then finalizers off deleted incidents whose targets are restored.
 async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
-    let lock = context
-        .namespace_locks
-        .lock()
-        .expect("lock poisoned")
-        .entry(namespace.to_string())
-        .or_default()
-        .clone();
-    let _serialized = lock.lock().await;
     context.caches.wait_until_ready().await?;
-
-    let incidents = context
+    let started = Instant::now();
+    let mut incidents = context
+        .caches
         .incidents
         .state_filter(|i| i.namespace().as_deref() == Some(namespace));
-    let targets = observe::targets(&context.caches, namespace);
+    incidents.sort_by_key(|i| i.name_any());
+    let api: Api<MailIncident> = Api::namespaced(context.client.clone(), namespace);
+    for incident in incidents.iter().filter(|i| finalizers::missing(i)) {
+        context.leadership.fence()?;
+        finalizers::add(&api, incident).await?;
+    }
+
+    let observed = observe::observe(&context.caches, namespace);
     let failures = context
         .write_failures
         .lock()
@@ -359,19 +328,33 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
     let plan = plan::plan(&plan::Namespace {
         name: namespace,
         incidents: incidents.iter().map(AsRef::as_ref).collect(),
-        targets: &targets,
+        targets: &observed.targets,
         write_failures: &failures,
+        orphaned_documents: &observed.orphans,
         now,
     });
+    let planned = started.elapsed();
 
-    let written: Vec<TargetRef> = plan.writes.iter().map(write_target).cloned().collect();
-    let started = Instant::now();
-    let outcomes = apply::apply_all(&context.client, namespace, plan.writes).await?;
+    let written: Vec<TargetRef> = plan
+        .writes
+        .iter()
+        .map(apply::write_target)
+        .cloned()
+        .collect();
+    let writing = Instant::now();
+    let outcomes = apply::apply_all(
+        &context.client,
+        &context.leadership,
+        namespace,
+        &observed.versions,
+        plan.writes,
+    )
+    .await?;
     if !written.is_empty() {
         info!(
             namespace,
             writes = written.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = writing.elapsed().as_millis() as u64,
             "targets written"
         );
     }
@@ -392,25 +375,32 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
     for (incident, decision) in incidents.iter().zip(plan.incidents) {
         record(context, incident, &decision);
         if incident.status.as_ref() != Some(&decision.status) {
+            context.leadership.fence()?;
             write_status(&context.client, incident, &decision.status).await?;
         }
-        publish(context, incident, &decision.events).await;
+        for note in &decision.events {
+            context.leadership.fence()?;
+            context.events.publish(incident, note).await;
+        }
     }
+    for incident in incidents.iter().filter(|i| finalizers::awaited(i)) {
+        context.leadership.fence()?;
+        finalizers::remove(&api, incident).await?;
+    }
+    debug!(
+        namespace,
+        incidents = incidents.len(),
+        targets = observed.targets.len(),
+        plan_ms = planned.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "synced"
+    );
     Ok(match plan.wake_at {
         Some(at) => Action::requeue(Duration::from_secs(
             (at.as_second() - now.as_second()).max(1) as u64,
         )),
         None => Action::await_change(),
     })
-}
-
-fn write_target(write: &plan::Write) -> &TargetRef {
-    match write {
-        plan::Write::PutDocument { target, .. }
-        | plan::Write::DeleteDocument { target }
-        | plan::Write::SetRestartEnv { target, .. }
-        | plan::Write::ClearRestartEnv { target } => target,
-    }
 }
 
 /// Updates the metrics an incident's decision affects.
@@ -472,27 +462,6 @@ fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision)
     }
 }
 
-async fn publish(context: &Context, incident: &MailIncident, notes: &[plan::Note]) {
-    let reference = incident.object_ref(&());
-    for note in notes {
-        let event = Event {
-            type_: if note.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: note.reason.into(),
-            note: Some(truncate(&note.message, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(error) = context.recorder.publish(&event, &reference).await {
-            // The status already carries the facts; a lost event is not worth a retry.
-            warn!(%error, incident = %incident.name_any(), reason = note.reason, "cannot record event");
-        }
-    }
-}
-
 /// Server-side apply of the whole status. The status is the controller's alone, so
 /// `force` takes it back from anyone who wrote to it by hand.
 async fn write_status(
@@ -502,9 +471,12 @@ async fn write_status(
 ) -> Result<()> {
     let api: Api<MailIncident> =
         Api::namespaced(client.clone(), &incident.namespace().unwrap_or_default());
+    // Conditional on the incident as seen: a status decided on an older view (a leader
+    // frozen mid-sync) never replaces a newer one; the newer view syncs again anyway.
     let patch = serde_json::json!({
         "apiVersion": MailIncident::api_version(&()),
         "kind": MailIncident::kind(&()),
+        "metadata": {"resourceVersion": incident.metadata.resource_version},
         "status": status,
     });
     match api
@@ -516,27 +488,46 @@ async fn write_status(
         .await
     {
         Ok(_) => Ok(()),
-        // Deleted since the cache saw it: nothing left to describe.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(error) => Err(error.into()),
+        // Deleted since the cache saw it (nothing left to describe), or changed since
+        // (the change brings another sync).
+        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => Ok(()),
+        Err(source) => Err(Error::Api {
+            call: format!(
+                "apply the status of MailIncident {}/{}",
+                incident.namespace().unwrap_or_default(),
+                incident.name_any()
+            ),
+            source,
+        }),
     }
 }
 
-fn error_policy(incident: Arc<MailIncident>, error: &Error, context: Arc<Context>) -> Action {
+/// Retries a failed sync of a namespace after a delay of its own, growing while it keeps
+/// failing: one namespace's trouble neither floods the API server nor delays the others.
+fn error_policy(key: Arc<Namespace>, error: &Error, context: Arc<Context>) -> Action {
+    let namespace = triggers::name_of(&key);
+    if matches!(error, Error::NotLeader) {
+        info!(
+            namespace,
+            "sync stopped: this replica's lease claim ran out; writes stop"
+        );
+        return Action::await_change();
+    }
     context
         .metrics
         .reconcile_errors
         .with_label_values(&[error.category()])
         .inc();
-    warn!(incident = %incident.name_any(), category = error.category(), %error, "reconcile error; retrying");
-    Action::requeue(RETRY_AFTER_ERROR)
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_string(),
-    }
+    let delay = context
+        .retries
+        .lock()
+        .expect("lock poisoned")
+        .entry(namespace.clone())
+        .or_insert_with(|| retry_delays(RETRY_FIRST, RETRY_LONGEST))
+        .next()
+        .unwrap_or(RETRY_LONGEST);
+    warn!(namespace, category = error.category(), %error, retry_in = ?delay, "sync failed; retrying");
+    Action::requeue(delay)
 }
 
 #[cfg(test)]
@@ -567,7 +558,7 @@ mod tests {
     async fn results_pass_through_unchanged() {
         let ok = guard_panics(async { Ok(Action::await_change()) }).await;
         assert_eq!(ok.ok(), Some(Action::await_change()));
-        let failed: Result<()> = guard_panics(async { Err(Error::LeadershipLost) }).await;
-        assert!(matches!(failed, Err(Error::LeadershipLost)));
+        let failed: Result<()> = guard_panics(async { Err(Error::NotLeader) }).await;
+        assert!(matches!(failed, Err(Error::NotLeader)));
     }
 }

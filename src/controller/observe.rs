@@ -7,7 +7,7 @@ use crate::{
         mode_document::{
             AgentReport, DELIVERY_ANNOTATION, INCIDENT_ANNOTATION, MODE_HASH_ANNOTATION,
             MTA_ANNOTATION, MTA_CONTAINER_ANNOTATION, QUEUE_PATH_ANNOTATION, REPORT_SUFFIX,
-            document_name,
+            WORKLOAD_ANNOTATION, document_name,
         },
     },
     plan::{Delivery, QueueStorage, Target, TargetRef, WorkloadKind},
@@ -24,7 +24,7 @@ use kube::{
     ResourceExt,
     core::{PartialObjectMeta, Selector, SelectorExt},
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The parts of a Deployment or StatefulSet that planning reads.
 struct Workload<'a> {
@@ -37,8 +37,27 @@ struct Workload<'a> {
     rollout_complete: bool,
 }
 
-/// Every Deployment and StatefulSet of `namespace`, as targets, in a stable order.
-pub fn targets(caches: &Caches, namespace: &str) -> Vec<Target> {
+/// What a sync sees of a namespace.
+pub struct Observed {
+    /// Every Deployment and StatefulSet, in a stable order.
+    pub targets: Vec<Target>,
+    /// Workloads that are gone but still have a mode document or report of ours.
+    pub orphans: Vec<TargetRef>,
+    /// The resource versions seen, which writes are conditional on.
+    pub versions: HashMap<TargetRef, Versions>,
+}
+
+/// The resource versions a sync saw for one workload: a write made on this view fails
+/// with 409 Conflict if the object changed since, so a write that was delayed (a leader
+/// frozen mid-sync) can never overwrite a newer one.
+#[derive(Debug, Clone, Default)]
+pub struct Versions {
+    pub document: Option<String>,
+    pub workload: Option<String>,
+}
+
+/// Observes `namespace` in the caches.
+pub fn observe(caches: &Caches, namespace: &str) -> Observed {
     let in_ns = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(namespace);
     let deployments = caches.deployments.state_filter(|d| in_ns(&d.metadata));
     let statefulsets = caches.statefulsets.state_filter(|s| in_ns(&s.metadata));
@@ -64,6 +83,7 @@ pub fn targets(caches: &Caches, namespace: &str) -> Vec<Target> {
         .iter()
         .map(|d| deployment(d))
         .chain(statefulsets.iter().map(|s| statefulset(s)));
+    let mut versions = HashMap::new();
     let mut targets: Vec<Target> = workloads
         .map(|w| {
             let live_pods: Vec<String> = match w.selector.cloned().map(Selector::try_from) {
@@ -89,11 +109,48 @@ pub fn targets(caches: &Caches, namespace: &str) -> Vec<Target> {
                 // A workload always has a non-empty selector; an unreadable one selects nothing.
                 _ => vec![],
             };
-            target(&w, &config_maps, &live_pods)
+            let target = target(&w, &config_maps, &live_pods);
+            versions.insert(
+                target.target.clone(),
+                Versions {
+                    document: version_of_document(&config_maps, &target.target),
+                    workload: w.meta.resource_version.clone(),
+                },
+            );
+            target
         })
         .collect();
     targets.sort_by(|a, b| a.target.cmp(&b.target));
-    targets
+    let orphans: BTreeSet<TargetRef> = config_maps
+        .values()
+        .filter_map(|c| TargetRef::parse(c.annotations().get(WORKLOAD_ANNOTATION)?))
+        .filter(|workload| !versions.contains_key(workload))
+        .collect();
+    for orphan in &orphans {
+        versions.insert(
+            orphan.clone(),
+            Versions {
+                document: version_of_document(&config_maps, orphan),
+                workload: None,
+            },
+        );
+    }
+    Observed {
+        targets,
+        orphans: orphans.into_iter().collect(),
+        versions,
+    }
+}
+
+fn version_of_document(
+    config_maps: &BTreeMap<String, std::sync::Arc<ConfigMap>>,
+    target: &TargetRef,
+) -> Option<String> {
+    config_maps
+        .get(&document_name(target.kind.as_str(), &target.name))?
+        .metadata
+        .resource_version
+        .clone()
 }
 
 fn deployment(d: &Deployment) -> Workload<'_> {

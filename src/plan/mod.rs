@@ -35,6 +35,8 @@ pub struct Namespace<'a> {
     /// Targets whose last write was refused by the API server, and why (e.g. a
     /// server-side apply conflict with a GitOps tool).
     pub write_failures: &'a BTreeMap<TargetRef, String>,
+    /// Workloads that no longer exist but still have a mode document or report.
+    pub orphaned_documents: &'a [TargetRef],
     pub now: Timestamp,
 }
 
@@ -115,11 +117,15 @@ enum Standing {
 /// Plans one namespace.
 pub fn plan(ns: &Namespace<'_>) -> Plan {
     let standings: Vec<Standing> = ns.incidents.iter().map(|i| standing(i, ns.now)).collect();
+    // A deleted incident never freezes its targets, whatever its spec: once it is gone,
+    // nothing would ever restore them.
     let frozen: BTreeSet<&str> = ns
         .incidents
         .iter()
         .zip(&standings)
-        .filter(|(_, s)| matches!(s, Standing::Invalid(_)))
+        .filter(|(i, s)| {
+            matches!(s, Standing::Invalid(_)) && i.metadata.deletion_timestamp.is_none()
+        })
         .map(|(i, _)| i.metadata.name.as_deref().unwrap_or_default())
         .collect();
 
@@ -179,6 +185,16 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
             escalated,
         });
     }
+
+    // Nothing can run a document whose workload is gone; one with its name created later
+    // would start in that mode.
+    writes.extend(
+        ns.orphaned_documents
+            .iter()
+            .map(|target| Write::DeleteDocument {
+                target: target.clone(),
+            }),
+    );
 
     let incidents = ns
         .incidents

@@ -346,6 +346,10 @@ impl Builder<'_> {
         if reason == "Applied" && !self.was_ready_because("Applied") {
             self.note(false, "Applied", message.clone());
         }
+        if reason == "NoTargets" && !self.was_because("NoTargets") {
+            // Most often a typo in spec.targets: the incident protects nothing.
+            self.note(true, "NoTargets", message.clone());
+        }
         self.set(ready, reconciling, stalled, reason, &message);
     }
 
@@ -394,6 +398,14 @@ impl Builder<'_> {
             let stuck = !self.status.failed_targets.is_empty();
             self.set(false, !stuck, stuck, ended_by, &message);
         }
+    }
+
+    /// Whether the last status gave `reason` for Ready, whatever its value.
+    fn was_because(&self, reason: &str) -> bool {
+        self.previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == reason)
     }
 
     fn was_ready_because(&self, reason: &str) -> bool {

@@ -26,6 +26,21 @@ pub struct TargetRef {
     pub name: String,
 }
 
+impl TargetRef {
+    /// Reads back what [`Display`](fmt::Display) writes (`Deployment/name`), as the
+    /// operator's objects record their workload.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (kind, name) = text.split_once('/')?;
+        let kind = [WorkloadKind::Deployment, WorkloadKind::StatefulSet]
+            .into_iter()
+            .find(|k| k.as_str() == kind)?;
+        (!name.is_empty()).then(|| Self {
+            kind,
+            name: name.into(),
+        })
+    }
+}
+
 impl fmt::Display for TargetRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.kind.as_str(), self.name)

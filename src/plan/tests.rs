@@ -93,6 +93,7 @@ impl World {
             incidents: self.incidents.iter().collect(),
             targets: &self.targets,
             write_failures: &self.failures,
+            orphaned_documents: &[],
             now,
         })
     }
@@ -456,6 +457,79 @@ fn a_deleted_incident_releases_its_targets() {
 }
 
 #[test]
+fn an_incident_deleted_while_its_spec_is_invalid_releases_its_targets() {
+    let mut targets = fleet();
+    targets[0].delivery = Delivery::Restart;
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], targets);
+    world.settle(at(0), true);
+    let invalid = "mode: HardReject\nreason: r\ntargets: {matchLabels: {app: mta}}";
+    world.replace(incident("outage", 0, 2, invalid));
+    world.settle(at(1), true);
+    assert!(world.target("postfix-a").template_hash.is_some());
+    let mut deleting = incident("outage", 0, 2, invalid);
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(2)));
+    world.replace(deleting);
+    world.settle(at(2), true);
+    assert!(
+        world
+            .targets
+            .iter()
+            .all(|t| t.document_hash.is_none() && t.template_hash.is_none()),
+        "a deleted invalid incident left its mode on {:?}",
+        world.targets
+    );
+}
+
+#[test]
+fn leftovers_no_incident_accounts_for_are_restored() {
+    let mut targets = fleet();
+    targets[0].document_hash = Some("h1".into());
+    targets[0].source_incident = Some("gone".into());
+    targets[1].delivery = Delivery::Restart;
+    targets[1].template_hash = Some("h2".into());
+    let plan = World::new(vec![], targets).plan(at(0));
+    assert_eq!(
+        plan.writes,
+        [
+            Write::DeleteDocument {
+                target: TargetRef {
+                    kind: WorkloadKind::Deployment,
+                    name: "postfix-a".into()
+                }
+            },
+            Write::ClearRestartEnv {
+                target: TargetRef {
+                    kind: WorkloadKind::Deployment,
+                    name: "postfix-b".into()
+                }
+            },
+        ]
+    );
+}
+
+#[test]
+fn documents_of_workloads_that_are_gone_are_deleted() {
+    let world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    let gone = TargetRef::parse("StatefulSet/old-mx").expect("a workload reference");
+    let plan = plan(&Namespace {
+        name: "mail",
+        incidents: world.incidents.iter().collect(),
+        targets: &world.targets,
+        write_failures: &BTreeMap::new(),
+        orphaned_documents: std::slice::from_ref(&gone),
+        now: at(0),
+    });
+    assert!(
+        plan.writes
+            .contains(&Write::DeleteDocument { target: gone })
+    );
+    for text in ["", "Deployment/", "Pod/x", "deployment/x", "x"] {
+        assert_eq!(TargetRef::parse(text), None, "{text:?}");
+    }
+}
+
+#[test]
 fn expiry_wakes_the_controller_exactly_then_and_restores_targets() {
     let mut world = World::new(
         vec![incident(
@@ -723,6 +797,12 @@ fn no_targets_is_not_ready_and_not_reconciling() {
     );
     assert!(ready.message.contains("namespace mail"));
     assert_eq!(world.condition("outage", "Reconciling").status, "False");
+    // Warned once, not at every sync.
+    world.settle(at(5), true);
+    assert_eq!(
+        world.event_reasons("outage"),
+        ["Accepted", "ModeChanged", "NoTargets"]
+    );
 }
 
 #[test]

@@ -1,0 +1,229 @@
+//! What to sync. The unit of work is a namespace: precedence between incidents makes one
+//! incident's change another's business, so a sync plans all of a namespace at once.
+//! Keying reconciles on the namespace lets kube's controller do what a lock did before,
+//! without holding a slot while waiting: a namespace is synced by one task at a time,
+//! changes arriving meanwhile fold into one more sync, and different namespaces proceed
+//! concurrently.
+//!
+//! Every change the caches see is routed to its namespace, or dropped when it cannot
+//! matter: a workload or pod in a namespace with no incident is none of ours, unless the
+//! workload still carries our marks (a leftover to sweep). The operator's own ConfigMaps
+//! always count, so documents and reports left behind are swept too, at start (the first
+//! listing is a change of every object) as at any later time.
+
+use super::cache::{Caches, Changes};
+use crate::api::{MailIncident, mode_document::MODE_HASH_ANNOTATION};
+use futures::{Stream, StreamExt, future, stream};
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{ConfigMap, Namespace, Pod},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Resource, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        reflector::{self, ObjectRef, Store, store::Writer},
+        watcher,
+    },
+};
+use std::sync::{Arc, Mutex};
+
+/// The namespaces there is something to sync in, as objects kube's controller can key
+/// its reconciles on (a name only; no Namespace is read from the API server).
+#[derive(Clone)]
+pub struct Namespaces {
+    store: Store<Namespace>,
+    writer: Arc<Mutex<Writer<Namespace>>>,
+}
+
+impl Namespaces {
+    pub fn new() -> Self {
+        let (store, mut writer) = reflector::store();
+        // Complete from the start: a namespace is known once something names it.
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        Self {
+            store,
+            writer: Arc::new(Mutex::new(writer)),
+        }
+    }
+
+    pub fn store(&self) -> Store<Namespace> {
+        self.store.clone()
+    }
+
+    /// The key of namespace `name`, registered for the controller to find. Namespaces
+    /// are few and tiny, so keys are never removed.
+    fn key(&self, name: &str) -> Namespace {
+        let key = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        if self.store.get(&ObjectRef::new(name)).is_none() {
+            self.writer
+                .lock()
+                .expect("lock poisoned")
+                .apply_watcher_event(&watcher::Event::Apply(key.clone()));
+        }
+        key
+    }
+}
+
+/// The changes of every cache, as they come.
+pub struct AllChanges {
+    pub incidents: Changes<MailIncident>,
+    pub deployments: Changes<Deployment>,
+    pub statefulsets: Changes<StatefulSet>,
+    pub pods: Changes<PartialObjectMeta<Pod>>,
+    pub config_maps: Changes<ConfigMap>,
+}
+
+/// The namespaces to sync, one per change that can matter, in the form kube's
+/// controller takes (it never errs: watch errors stop at the caches).
+pub fn namespaces_to_sync(
+    namespaces: Namespaces,
+    caches: &Caches,
+    changes: AllChanges,
+) -> impl Stream<Item = Result<Namespace, watcher::Error>> + Send + 'static {
+    let with_incidents = {
+        let incidents = caches.incidents.clone();
+        move |namespace: &str| {
+            incidents
+                .find(|i| i.namespace().as_deref() == Some(namespace))
+                .is_some()
+        }
+    };
+    let workload = {
+        let with_incidents = with_incidents.clone();
+        move |meta: &ObjectMeta, template: Option<&ObjectMeta>| {
+            let namespace = meta.namespace.as_deref()?;
+            (with_incidents(namespace) || carries_our_marks(template)).then(|| namespace.into())
+        }
+    };
+    let deployment_workload = workload.clone();
+    let routed: Vec<stream::BoxStream<'static, Option<String>>> = vec![
+        changes.incidents.map(|i| i.namespace()).boxed(),
+        changes.config_maps.map(|c| c.namespace()).boxed(),
+        changes
+            .deployments
+            .map(move |d| {
+                let template = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
+                deployment_workload(&d.metadata, template)
+            })
+            .boxed(),
+        changes
+            .statefulsets
+            .map(move |s| {
+                let template = s.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
+                workload(&s.metadata, template)
+            })
+            .boxed(),
+        changes
+            .pods
+            .map(move |p| p.namespace().filter(|namespace| with_incidents(namespace)))
+            .boxed(),
+    ];
+    stream::select_all(routed)
+        .filter_map(move |namespace| future::ready(namespace.map(|name| Ok(namespaces.key(&name)))))
+}
+
+/// Whether a workload's pod template carries a mode (our hash annotation, set with the
+/// env vars of restart delivery).
+fn carries_our_marks(template: Option<&ObjectMeta>) -> bool {
+    template
+        .and_then(|t| t.annotations.as_ref())
+        .is_some_and(|a| a.contains_key(MODE_HASH_ANNOTATION))
+}
+
+/// The namespace of a synced key.
+pub fn name_of(key: &Namespace) -> String {
+    key.meta().name.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::cache::Caches;
+    use futures::stream::BoxStream;
+    use serde_json::json;
+
+    fn object<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
+        serde_json::from_value(value).expect("test object deserializes")
+    }
+
+    fn changes<K: Send + 'static>(items: Vec<K>) -> BoxStream<'static, K> {
+        stream::iter(items).boxed()
+    }
+
+    /// Caches holding one incident, in namespace `mail`.
+    fn caches() -> Caches {
+        let (incidents, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(object::<MailIncident>(json!({
+            "apiVersion": "mailops.dev/v1alpha1", "kind": "MailIncident",
+            "metadata": {"name": "outage", "namespace": "mail"},
+            "spec": {"mode": "TempFail", "reason": "r", "targets": {"matchLabels": {"app": "mta"}}},
+        }))));
+        Caches::new(
+            incidents,
+            reflector::store().0,
+            reflector::store().0,
+            reflector::store().0,
+            reflector::store().0,
+        )
+    }
+
+    fn deployment(
+        namespace: &str,
+        name: &str,
+        template_annotations: serde_json::Value,
+    ) -> Deployment {
+        object(json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"annotations": template_annotations}},
+            },
+        }))
+    }
+
+    #[tokio::test]
+    async fn changes_route_to_their_namespace_only_when_they_can_matter() {
+        let namespaces = Namespaces::new();
+        let pod = |namespace: &str| -> PartialObjectMeta<Pod> {
+            object(
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": namespace}}),
+            )
+        };
+        let all = AllChanges {
+            incidents: changes(vec![]),
+            deployments: changes(vec![
+                deployment("mail", "in-incident-namespace", json!({})),
+                deployment("web", "unrelated", json!({})),
+                deployment("old", "leftover", json!({MODE_HASH_ANNOTATION: "h"})),
+            ]),
+            statefulsets: changes(vec![]),
+            pods: changes(vec![pod("mail"), pod("web")]),
+            config_maps: changes(vec![object(
+                json!({"metadata": {"name": "d", "namespace": "gone"}}),
+            )]),
+        };
+        let mut synced: Vec<String> = namespaces_to_sync(namespaces.clone(), &caches(), all)
+            .map(|key| name_of(&key.expect("never an error")))
+            .collect()
+            .await;
+        synced.sort();
+        assert_eq!(synced, ["gone", "mail", "mail", "old"]);
+        for name in ["gone", "mail", "old"] {
+            assert!(
+                namespaces.store().get(&ObjectRef::new(name)).is_some(),
+                "{name} is not registered for the controller to find"
+            );
+        }
+        assert!(namespaces.store().get(&ObjectRef::new("web")).is_none());
+    }
+}
