@@ -274,6 +274,19 @@ impl Rng {
     }
 }
 
+/// Waits, within the time a fleet's first mode may take, until the incident `outage`
+/// applies to the whole test fleet.
+async fn wait_for_first_mode(incidents: &Api<MailIncident>) {
+    wait_for_within(
+        FIRST_MODE,
+        incidents,
+        "outage",
+        "applied to the whole fleet",
+        |i| applied_everywhere(i, FLEET),
+    )
+    .await;
+}
+
 /// A namespace of its own holding the test fleet, with fake agents acknowledging modes.
 async fn fleet_with_agents(
     world: &World,
@@ -300,14 +313,7 @@ async fn operator_killed_at_random_points_of_a_200_target_switch() {
         "outage",
         &spec(Mode::AcceptAndQueue, "run 0"),
     );
-    wait_for_within(
-        FIRST_MODE,
-        &incidents,
-        "outage",
-        "applied to the whole fleet",
-        |i| applied_everywhere(i, FLEET),
-    )
-    .await;
+    wait_for_first_mode(&incidents).await;
 
     let kills: usize = std::env::var("E2E_CHAOS_KILLS")
         .ok()
@@ -487,14 +493,7 @@ async fn a_frozen_leader_writes_nothing_after_failover() {
             .holder_identity
     };
     apply_incident(world, &ns.name, "outage", &spec(Mode::TempFail, "A"));
-    wait_for_within(
-        FIRST_MODE,
-        &incidents,
-        "outage",
-        "applied to the whole fleet",
-        |i| applied_everywhere(i, FLEET),
-    )
-    .await;
+    wait_for_first_mode(&incidents).await;
     let leading = holder().await.expect("a replica holds the Lease");
     let (mut leader, standby) = if leading == first.identity {
         (first, second)
