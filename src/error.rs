@@ -18,9 +18,6 @@ pub enum Error {
     #[error("cannot connect to Kubernetes: {0}")]
     Connect(#[source] kube::Error),
 
-    #[error("{kind} {name} has no namespace")]
-    NotNamespaced { kind: &'static str, name: String },
-
     #[error("cannot serve HTTP on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -46,7 +43,6 @@ impl Error {
         match self {
             Self::Kube(_) | Self::Api { .. } => "kube_api",
             Self::Connect(_) => "connect",
-            Self::NotNamespaced { .. } => "invalid_object",
             Self::Listen { .. } => "startup",
             Self::CacheNeverReady(_) => "cache",
             Self::NotLeader => "leadership",

@@ -100,13 +100,7 @@ pub fn start(client: Client, settings: LeaseSettings, metrics: Metrics) -> (Lead
 impl Leadership {
     /// Whether this replica may write now.
     pub fn holds(&self) -> bool {
-        claim_holds(
-            self.lease.borrow().as_ref(),
-            &self.identity,
-            Timestamp::now(),
-            self.margin,
-        )
-        .is_some()
+        self.holds_for().is_some()
     }
 
     /// The fence before every write: an error once the claim no longer holds.

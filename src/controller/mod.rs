@@ -314,6 +314,7 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
         finalizers::add(&api, incident).await?;
     }
 
+    let planning = Instant::now();
     let observed = observe::observe(&context.caches, namespace);
     let failures = context
         .write_failures
@@ -333,7 +334,7 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
         orphaned_documents: &observed.orphans,
         now,
     });
-    let planned = started.elapsed();
+    let planned = planning.elapsed();
 
     let written: Vec<TargetRef> = plan
         .writes
