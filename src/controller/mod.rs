@@ -374,11 +374,15 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
     }
 
     for (incident, decision) in incidents.iter().zip(plan.incidents) {
-        record(context, incident, &decision);
         if incident.status.as_ref() != Some(&decision.status) {
             context.leadership.fence()?;
-            write_status(&context.client, incident, &decision.status).await?;
+            if !write_status(&context.client, incident, &decision.status).await? {
+                // Decided on an older view of the incident: the sync its change brings
+                // decides again, and only a stored decision is counted and announced.
+                continue;
+            }
         }
+        record(context, incident, &decision);
         for note in &decision.events {
             context.leadership.fence()?;
             context.events.publish(incident, note).await;
@@ -464,12 +468,13 @@ fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision)
 }
 
 /// Server-side apply of the whole status. The status is the controller's alone, so
-/// `force` takes it back from anyone who wrote to it by hand.
+/// `force` takes it back from anyone who wrote to it by hand. False when the incident
+/// changed since the caches showed it, so the status was not stored.
 async fn write_status(
     client: &Client,
     incident: &MailIncident,
     status: &MailIncidentStatus,
-) -> Result<()> {
+) -> Result<bool> {
     let api: Api<MailIncident> =
         Api::namespaced(client.clone(), &incident.namespace().unwrap_or_default());
     // Conditional on the incident as seen: a status decided on an older view (a leader
@@ -488,10 +493,11 @@ async fn write_status(
         )
         .await
     {
-        Ok(_) => Ok(()),
-        // Deleted since the cache saw it (nothing left to describe), or changed since
-        // (the change brings another sync).
-        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => Ok(()),
+        Ok(_) => Ok(true),
+        // Deleted since the cache saw it: nothing left to describe.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(true),
+        // Changed since: the change brings another sync.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(source) => Err(Error::Api {
             call: format!(
                 "apply the status of MailIncident {}/{}",
