@@ -5,7 +5,7 @@
 CARGO ?= cargo
 OPERATOR := target/debug/mail-incident-operator
 
-.PHONY: all build crds fmt clippy unit e2e bench test demo cluster-up cluster-down clean
+.PHONY: all build crds fmt clippy unit e2e e2e-node images bench test demo cluster-up cluster-down clean
 
 all: build
 
@@ -30,13 +30,22 @@ unit:
 e2e:
 	e2e/run-tests.sh
 
+## End-to-end tests on a real node (kubelet, containerd): the operator and the example
+## MTAs as pods from the images the Dockerfiles build.
+e2e-node:
+	e2e/run-node-tests.sh
+
+## The operator's image and the example MTA images, with buildah, as docker-archives.
+images:
+	e2e/images.sh build
+
 ## The fleet benchmark (10, 100, 1000, 5000 targets) and the RCPT latency benchmark,
 ## against a local control plane of their own.
 bench:
 	e2e/bench.sh
 
 ## Everything CI runs.
-test: fmt clippy unit e2e
+test: fmt clippy unit e2e e2e-node
 
 ## A local control plane, the operator, sample MTA workloads and an incident.
 demo:

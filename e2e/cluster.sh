@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # A real, local Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver (RBAC, token
-# file, service-account keys) and kube-controller-manager, with no kubelet.
+# file, service-account keys) and kube-controller-manager, with no kubelet unless asked
+# for one (e2e/node.sh).
 #
 #   e2e/cluster.sh up               start it (building the binaries once) and print the
 #                                   kubeconfig path
-#   e2e/cluster.sh down             stop it and delete its state
+#   e2e/cluster.sh up --with-node   the same, then a real node (e2e/node.sh up: kubelet,
+#                                   kube-scheduler, containerd), Ready before this returns
+#   e2e/cluster.sh down             stop it, and its node if it has one, and delete its state
 #   e2e/cluster.sh stop-apiserver   stop only its kube-apiserver (etcd, its data and the
 #                                   controller manager stay)
 #   e2e/cluster.sh start-apiserver  start that kube-apiserver again, as it was, and wait
@@ -12,37 +15,16 @@
 #   e2e/cluster.sh env              print `export` lines for E2E_KUBECONFIG and E2E_KUBECTL
 #
 # State lives in $E2E_STATE (default /tmp/mail-incident-operator-e2e); ports come from
-# $E2E_PORT_BASE (default 46443: API server, +1 etcd client, +2 etcd peer).
+# $E2E_PORT_BASE (default 46443: API server, +1 etcd client, +2 etcd peer; the node takes
+# +3 and +4, see e2e/node.sh).
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 
-state="${E2E_STATE:-/tmp/mail-incident-operator-e2e}"
-port_base="${E2E_PORT_BASE:-46443}"
-api_port="$port_base"
+world_settings
 etcd_port=$((port_base + 1))
 etcd_peer_port=$((port_base + 2))
-kubeconfig="$state/admin.kubeconfig"
-startup_timeout=60
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-start_daemon() { # name, command...
-  local name=$1; shift
-  "$@" >>"$state/$name.log" 2>&1 &
-  echo $! >"$state/$name.pid"
-}
-
-wait_for() { # what, command...
-  local what=$1; shift
-  local deadline=$((SECONDS + startup_timeout))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then
-      for f in "$state"/*.log; do echo "--- $f" >&2; tail -n 20 "$f" >&2; done
-      die "$what did not come up within ${startup_timeout}s"
-    fi
-    sleep 0.3
-  done
-}
+daemon_dir="$state"
+node_net "$port_base"
 
 start_apiserver() {
   local pki="$state/pki"
@@ -60,21 +42,6 @@ start_apiserver() {
     --service-cluster-ip-range 10.96.0.0/16 \
     --enable-priority-and-fairness=false \
     --profiling=false
-}
-
-stop_daemon() { # name [grace in tenths of a second, default 50]: SIGTERM, then SIGKILL
-  local pidfile="$state/$1.pid"
-  [ -f "$pidfile" ] || return 0
-  local pid
-  pid=$(cat "$pidfile")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq "${2:-50}"); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-}
-
-running() { # name
-  [ -f "$state/$1.pid" ] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null
 }
 
 # The API server alone, for tests of what clients do while it is away: etcd keeps the data.
@@ -118,7 +85,9 @@ up() {
     -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
     -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
-  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+  # It also names the node's bridge gateway, where pods off the host network reach it
+  # (through e2e/node.sh's forward), inert without a node.
+  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:$NODE_GATEWAY" "basicConstraints=CA:FALSE" \
     "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$pki/apiserver.ext"
   openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
     -CAcreateserial -days 30 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
@@ -176,6 +145,9 @@ KUBECONFIG
 }
 
 down() {
+  # The node first: its kubelet and pods talk to this API server, and its mounts live
+  # under $state.
+  if [ -d "$state/node" ]; then "$here/node.sh" down; fi
   if [ -f "$state/postfix-instance" ]; then
     "$here/postfix-instance.sh" stop "$(cat "$state/postfix-instance")"
   fi
@@ -186,7 +158,17 @@ down() {
 }
 
 case "${1:-}" in
-  up) up ;;
+  up)
+    case "${2:-}" in
+      "") up ;;
+      --with-node)
+        "$here/build-kubernetes.sh" --with-node
+        up
+        "$here/node.sh" up
+        ;;
+      *) die "usage: $0 up [--with-node]" ;;
+    esac
+    ;;
   down) down ;;
   stop-apiserver) stop_apiserver ;;
   start-apiserver) restart_apiserver ;;
@@ -194,5 +176,5 @@ case "${1:-}" in
     echo "export E2E_KUBECONFIG=$kubeconfig"
     echo "export E2E_KUBECTL=$KUBE_BIN/kubectl"
     ;;
-  *) die "usage: $0 up|down|stop-apiserver|start-apiserver|env" ;;
+  *) die "usage: $0 up [--with-node]|down|stop-apiserver|start-apiserver|env" ;;
 esac

@@ -1,129 +1,169 @@
 #!/usr/bin/env bash
-# `make demo`: a local control plane, deploy/ installed, the operator running as its
-# ServiceAccount, a sample MTA fleet plus a real Postfix with its agent; an
-# AcceptAndQueue incident holding mail and its release, then a TempFail incident, what
-# kubectl shows and what Postfix now answers.
+# `make demo`: a local control plane with a real node (kubelet, containerd, runc); the
+# images built from the repository's Dockerfiles; the operator installed from deploy/ as
+# its two pods; a small real fleet in namespace `mail` (two Postfix Deployments and an Exim
+# StatefulSet from examples/, each with its agent as a sidecar); then an AcceptAndQueue
+# incident holding mail and its release, and a TempFail incident: what kubectl shows and
+# what each MTA answers over SMTP from the host.
 # Everything keeps running afterwards; `make cluster-down` stops it all, and the next
-# `make demo` starts from a clean control plane.
+# `make demo` starts from a clean cluster.
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 repo="$(cd "$here/.." && pwd)"
+demo_started=$SECONDS
 
 "$here/cluster.sh" down
-kubeconfig="$("$here/cluster.sh" up)"
+log "building the images (operator, example Postfix and Exim) with buildah; cached once built"
+archives="$("$here/images.sh" build)"
+kubeconfig="$("$here/cluster.sh" up --with-node)"
 eval "$("$here/cluster.sh" env)"
+eval "$("$here/node.sh" env)"
 state="$(dirname "$kubeconfig")"
+# shellcheck disable=SC2086 # one archive path per word
+"$here/node.sh" import $archives
 k() { "$E2E_KUBECTL" --kubeconfig "$kubeconfig" "$@"; }
 
-log "building the operator"
-(cd "$repo" && cargo build --locked --quiet)
+# What the one-machine node forces on a manifest: images imported rather than pulled, and
+# pods reaching the API server through the node's bridge (no kube-proxy here).
+node_forced() {
+  sed -e 's/^\( *\)image: \(.*\)$/\1image: \2\n\1imagePullPolicy: Never/' \
+    -e "s/^\( *\)env:$/\1env:\n\1- {name: KUBERNETES_SERVICE_HOST, value: \"$E2E_NODE_API_HOST\"}\n\1- {name: KUBERNETES_SERVICE_PORT, value: \"$E2E_NODE_API_PORT\"}/"
+}
 
-log "installing deploy/ (CRD, namespace, ServiceAccount, RBAC, Deployment)"
-# kubectl 1.20 validates client-side against a schema without x-kubernetes-validations.
-k apply --validate=false -k "$repo/deploy" >/dev/null
+log "installing deploy/ through e2e/real-node: CRD, RBAC, the operator's two replicas"
+k kustomize "$here/real-node" \
+  | sed -e "s/@API_HOST@/$E2E_NODE_API_HOST/" -e "s/@API_PORT@/$E2E_NODE_API_PORT/" \
+  | k apply --validate=false -f - >/dev/null
 k wait --for=condition=Established --timeout=30s crd/mailincidents.mailops.dev >/dev/null
-
-log "running the operator as ServiceAccount mail-incident-operator/mail-incident-operator"
-if [ -f "$state/operator.pid" ]; then kill "$(cat "$state/operator.pid")" 2>/dev/null || true; fi
-token=$(echo '{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":86400}}' \
-  | k create --raw /api/v1/namespaces/mail-incident-operator/serviceaccounts/mail-incident-operator/token -f - \
-  | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
-[ -n "$token" ] || die "no token for the operator's ServiceAccount"
-sed "s/^    token: .*/    token: $token/" "$kubeconfig" >"$state/operator.kubeconfig"
-KUBECONFIG="$state/operator.kubeconfig" NO_COLOR=1 \
-  "$repo/target/debug/mail-incident-operator" run --listen 127.0.0.1:18080 \
-  >"$state/operator.log" 2>&1 &
-echo $! >"$state/operator.pid"
+k -n mail-incident-operator rollout status deploy/mail-incident-operator --timeout=120s >/dev/null
 for _ in $(seq 100); do
-  curl -fs http://127.0.0.1:18080/readyz >/dev/null && break
+  leader=$(k -n mail-incident-operator get lease mail-incident-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
+  [ -n "$leader" ] && break
   sleep 0.2
 done
-curl -fs http://127.0.0.1:18080/readyz >/dev/null || { cat "$state/operator.log" >&2; die "operator not ready"; }
+echo
+echo "\$ kubectl get pods -n mail-incident-operator   (leader: $leader)"
+k -n mail-incident-operator get pods -o wide
 
-log "applying deploy/agent, examples/mta-fleet.yaml and examples/postfix-with-agent.yaml in namespace mail"
-k create namespace mail --dry-run=client -o yaml | k apply -f - >/dev/null
-k -n mail apply -k "$repo/deploy/agent"
-k -n mail apply -f "$repo/examples/mta-fleet.yaml" -f "$repo/examples/postfix-with-agent.yaml"
+# A hostPath PersistentVolume bound in advance to a claim of namespace mail.
+queue_volume() { # claim, mode
+  local path="$state/volumes/mail-$1"
+  mkdir -p "$path" && chmod "$2" "$path"
+  k apply -f - >/dev/null <<PV
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: mail-$1}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: $path, type: Directory}
+  claimRef: {namespace: mail, name: $1}
+PV
+}
 
-# No kubelet runs here: the Postfix pod stays Pending, and its MTA and agent run as local
-# processes instead, the agent with the example's ServiceAccount and the pod's name.
-smtp_port=42525
-policy_port=42526
-log "starting a real Postfix on 127.0.0.1:$smtp_port and its agent (policy service on :$policy_port)"
-"$here/postfix-instance.sh" stop demo
-postfix_conf=$("$here/postfix-instance.sh" start demo "$smtp_port" "$policy_port")
-echo demo >"$state/postfix-instance"
-pod=""
-for _ in $(seq 100); do
-  pod=$(k -n mail get pods -l app.kubernetes.io/instance=postfix-inbound -o jsonpath='{.items[0].metadata.name}' 2>/dev/null) && [ -n "$pod" ] && break
+log "the fleet in namespace mail: Postfix postfix-inbound and postfix-relay, Exim exim-inbound"
+k create namespace mail >/dev/null
+# Postfix wants its queue root-owned and closed to others; Exim's spool is Debian-exim's.
+queue_volume postfix-inbound-queue 0755
+queue_volume postfix-relay-queue 0755
+queue_volume spool-exim-inbound-0 0777
+k -n mail apply -k "$repo/deploy/agent" >/dev/null
+node_forced <"$repo/examples/postfix-with-agent.yaml" | k -n mail apply -f - >/dev/null
+# A second Postfix workload: a copy of the example and of its agent's identity, renamed
+# (deploy/agent's header says so).
+k kustomize "$repo/deploy/agent" | sed 's/postfix-inbound/postfix-relay/g' | k -n mail apply -f - >/dev/null
+node_forced <"$repo/examples/postfix-with-agent.yaml" | sed 's/postfix-inbound/postfix-relay/g' \
+  | k -n mail apply -f - >/dev/null
+node_forced <"$repo/examples/exim-with-agent.yaml" | k -n mail apply -f - >/dev/null
+for _ in $(seq 300); do
+  [ "$(k -n mail get pods -l app.kubernetes.io/component=mta -o name 2>/dev/null | wc -l)" = 3 ] && break
   sleep 0.2
 done
-[ -n "$pod" ] || die "kube-controller-manager created no pod for postfix-inbound"
-agent_token=$(echo '{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":86400}}' \
-  | k create --raw /api/v1/namespaces/mail/serviceaccounts/postfix-inbound-agent/token -f - \
-  | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
-sed "s/^    token: .*/    token: $agent_token/" "$kubeconfig" >"$state/agent.kubeconfig"
-if [ -f "$state/agent.pid" ]; then kill "$(cat "$state/agent.pid")" 2>/dev/null || true; fi
-KUBECONFIG="$state/agent.kubeconfig" NO_COLOR=1 "$repo/target/debug/mail-incident-operator" agent \
-  --workload Deployment/postfix-inbound --namespace mail --pod "$pod" --postfix-config "$postfix_conf" \
-  --mailbox-transport virtual --postfix-policy-listen "127.0.0.1:$policy_port" \
-  --state-dir "$state/agent" --report-seconds 2 --listen 127.0.0.1:18081 \
-  >"$state/agent.log" 2>&1 &
-echo $! >"$state/agent.pid"
+k -n mail wait --for=condition=Ready pod -l app.kubernetes.io/component=mta --timeout=180s >/dev/null \
+  || { k -n mail get pods >&2; die "the MTA pods did not turn Ready"; }
+echo
+echo "\$ kubectl get pods -n mail -o wide   (each pod: the MTA and its agent)"
+k -n mail get pods -o wide
 
-# The RCPT answer of one SMTP session.
-rcpt_answer() {
-  exec 3<>"/dev/tcp/127.0.0.1/$smtp_port"
-  printf 'EHLO demo.example\r\nMAIL FROM:<sender@example.net>\r\nRCPT TO:<user@e2e.test>\r\nQUIT\r\n' >&3
+# name ip recipient, one line per MTA.
+mtas=()
+for pod in $(k -n mail get pods -l app.kubernetes.io/component=mta -o jsonpath='{.items[*].metadata.name}'); do
+  recipient=user@e2e.test
+  case "$pod" in exim-*) recipient=user@local.test ;; esac
+  mtas+=("$pod $(k -n mail get pod "$pod" -o jsonpath='{.status.podIP}') $recipient")
+done
+
+rcpt_answer() { # ip recipient: the RCPT answer of one SMTP session
+  exec 3<>"/dev/tcp/$1/25"
+  printf 'EHLO demo.example\r\nMAIL FROM:<sender@example.net>\r\nRCPT TO:<%s>\r\nQUIT\r\n' "$2" >&3
   timeout 3 cat <&3 | tr -d '\r' | grep -E '^(250 2\.1\.5|[45][0-9][0-9] [45]\.)' | head -n 1
   exec 3<&-
 }
-echo
-echo "Before the incident, Postfix answers RCPT with: $(rcpt_answer)"
+answers() { # what
+  echo
+  echo "$1:"
+  local m
+  for m in "${mtas[@]}"; do
+    set -- $m
+    printf '  %-34s %-15s %s\n' "$1" "$2" "$(rcpt_answer "$2" "$3")"
+  done
+}
+# Messages in a pod's Maildir, read through its MTA's process (the kubelet names each
+# container's /etc/hostname after the pod).
+delivered() { # pod
+  local proc
+  for proc in /proc/[0-9]*; do
+    [ "$(cat "$proc/root/etc/hostname" 2>/dev/null)" = "$1" ] || continue
+    find "$proc/root/var/mail/vhosts" -path '*/new/*' -type f 2>/dev/null | wc -l
+    return
+  done
+  echo "?"
+}
 
-# Storage goes down: hold the mail, then release it when the incident is resolved.
-queued() { postqueue -c "$postfix_conf" -j | wc -l; }
-delivered() { find "$(dirname "$postfix_conf")/mailboxes/user/new" -type f 2>/dev/null | wc -l; }
+postfix_ip=$(k -n mail get pods -l app.kubernetes.io/instance=postfix-inbound -o jsonpath='{.items[0].status.podIP}')
+
+answers "Before any incident, each MTA answers RCPT with"
+
 log "applying examples/accept-and-queue-incident.yaml: storage is down, hold the mail"
 k -n mail apply -f "$repo/examples/accept-and-queue-incident.yaml"
-# Applied: the agent has reconfigured and reloaded Postfix (the other three workloads of
-# the fleet have no MTA to acknowledge).
-for _ in $(seq 100); do
-  [ "$(k -n mail get mailinc storage-outage-queue -o jsonpath='{.status.targets.applied}')" = "1" ] && break
-  sleep 0.1
+k -n mail wait --for=condition=Ready --timeout=60s mailinc/storage-outage-queue >/dev/null \
+  || die "the AcceptAndQueue incident did not turn Ready"
+for m in "${mtas[@]}"; do
+  set -- $m
+  for n in 1 2 3; do
+    swaks --server "$2:25" --from sender@example.net --to "$3" --header "Subject: held $n" \
+      >/dev/null 2>&1 || die "$1 refused message $n"
+  done
 done
-sleep 1 # the queue manager restarts with the new configuration after the reload
-for n in 1 2 3 4 5; do
-  swaks --server "127.0.0.1:$smtp_port" --from sender@example.net --to user@e2e.test \
-    --header "Subject: held $n" >/dev/null 2>&1 || die "Postfix refused message $n"
-done
-sleep 1
-echo "AcceptAndQueue: 5 messages answered 250; queued $(queued), delivered $(delivered)"
-echo "  maximal_queue_lifetime = $(postconf -c "$postfix_conf" -h maximal_queue_lifetime)"
-log "resolving it: the agent releases the held mail"
+sleep 2
+echo
+echo "AcceptAndQueue: 3 messages sent to each MTA and answered 250; delivered to mailbox storage:"
+for m in "${mtas[@]}"; do set -- $m; echo "  $1: $(delivered "$1")"; done
+echo
+echo "\$ kubectl get mailinc -n mail"
+k -n mail get mailinc
+
+log "resolving it: each agent releases its held mail, then restores its MTA's own configuration"
 k -n mail patch mailinc storage-outage-queue --type merge -p '{"spec":{"resolved":true}}' >/dev/null
-for _ in $(seq 30); do
-  echo "  queued $(queued), delivered $(delivered)"
-  [ "$(queued)" -eq 0 ] && break
+for _ in $(seq 60); do
+  total=0
+  for m in "${mtas[@]}"; do set -- $m; total=$((total + $(delivered "$1"))); done
+  [ "$total" -ge 9 ] && break
   sleep 0.5
 done
+echo
+echo "Resolved: delivered to mailbox storage:"
+for m in "${mtas[@]}"; do set -- $m; echo "  $1: $(delivered "$1")"; done
 k -n mail delete mailinc storage-outage-queue >/dev/null
 
 log "applying examples/tempfail-incident.yaml"
-started=$(date +%s%N)
+applied=$(date +%s%N)
 k -n mail apply -f "$repo/examples/tempfail-incident.yaml"
-answer=""
-for _ in $(seq 100); do
-  answer=$(rcpt_answer)
-  case "$answer" in 452*) break ;; esac
-  sleep 0.1
-done
-elapsed_ms=$((($(date +%s%N) - started) / 1000000))
-echo "After the incident, Postfix answers RCPT with: $answer  (${elapsed_ms} ms after kubectl apply)"
-for _ in $(seq 50); do
-  [ "$(k -n mail get mailinc storage-outage -o jsonpath='{.status.targets.summary}')" = "1/4" ] && break
-  sleep 0.2
-done
+k -n mail wait --for=condition=Ready --timeout=60s mailinc/storage-outage >/dev/null \
+  || die "the TempFail incident did not turn Ready"
+echo "Ready 3/3 $((($(date +%s%N) - applied) / 1000000)) ms after kubectl apply"
+answers "During the TempFail incident, each MTA answers RCPT with"
 
 echo
 echo "\$ kubectl get mailinc -n mail -o wide"
@@ -135,17 +175,14 @@ echo
 echo "\$ kubectl get configmaps -n mail -l mailops.dev/role=mode-document   (one mode document per MTA workload)"
 k -n mail get configmaps -l mailops.dev/role=mode-document
 echo
-echo "\$ kubectl get configmap mail-mode-deployment-postfix-inbound-a -n mail -o jsonpath='{.data.mode\.json}'"
-k -n mail get configmap mail-mode-deployment-postfix-inbound-a -o jsonpath='{.data.mode\.json}'
-echo
-echo
-echo "Only postfix-inbound runs an agent here, so Applied shows 1/4: the other three"
-echo "workloads of examples/mta-fleet.yaml have no MTA to acknowledge their mode."
+echo "make demo took $((SECONDS - demo_started)) s (the first run on a machine also builds"
+echo "Kubernetes and the images: about 25 minutes more)."
 cat <<DONE
-The control plane and the operator keep running. Try it:
+
+The cluster, the node and the pods keep running. Try it:
   export KUBECONFIG=$kubeconfig PATH=$(dirname "$E2E_KUBECTL"):\$PATH
   kubectl -n mail patch mailinc storage-outage --type merge -p '{"spec":{"resolved":true}}'
-  kubectl -n mail get mailinc
-  swaks --server 127.0.0.1:$smtp_port --to user@e2e.test     # talk to Postfix by hand
-Logs: $state/operator.log, $state/agent.log. Stop everything: make cluster-down
+  kubectl -n mail get mailinc,pods
+  swaks --server $postfix_ip --to user@e2e.test     # talk to Postfix by hand
+Container logs: /var/log/pods/. Stop everything: make cluster-down
 DONE

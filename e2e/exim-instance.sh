@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A private Exim from Debian's exim4-daemon-light (unpacked by e2e/install-deps.sh), on a
 # loopback port, with its own configuration, spool, log and Maildir under
-# /tmp/mail-incident-operator-exim/NAME. Its configuration is e2e/exim.conf, which reads
-# the agent's files as examples/exim/mail-incident.conf shows.
+# /tmp/mail-incident-operator-exim/NAME. Its configuration is the example image's
+# (examples/images/exim/exim4.conf), with this instance's paths and port.
 #
 #   e2e/exim-instance.sh start NAME PORT   start it; prints its directory
 #   e2e/exim-instance.sh stop NAME         stop it and every process it started
@@ -26,8 +26,17 @@ start() {
   stop
   rm -rf "$root" && mkdir -p "$root/spool" "$root/log" "$root/Maildir" "$root/Bounces" "$root/mail-incident"
   chmod 0755 "$root" "$root/mail-incident"
-  sed -e "s|@@DIR@@|$root|g" -e "s|@@PORT@@|$port|g" -e "s|@@EXIM@@|$exim|g" \
-    "$here/exim.conf" >"$root/exim.conf"
+  # The example image's configuration, with this instance's paths and port.
+  sed -e "s|/etc/exim4/mail-incident|$root/mail-incident|g" \
+    -e "s|^exim_path = .*|exim_path = $exim|" \
+    -e "s|/var/spool/exim4|$root/spool|" -e "s|/var/log/exim4|$root/log|" \
+    -e "s|/run/exim4/exim.pid|$root/exim.pid|" \
+    -e "s|^local_interfaces = .*|local_interfaces = 127.0.0.1|" \
+    -e "s|^daemon_smtp_ports = .*|daemon_smtp_ports = $port|" \
+    -e "s|/var/mail/vhosts|$root|g" \
+    "$here/../examples/images/exim/exim4.conf" >"$root/exim.conf"
+  ! grep -v '^#' "$root/exim.conf" | grep -qE '/etc/exim4|/var/spool|/var/mail|/run/exim4' \
+    || die "examples/images/exim/exim4.conf has a path this script does not redirect"
   # Exim trusts a -C configuration only if root owns it and nobody else may write it.
   chmod 0644 "$root/exim.conf"
   chown -R Debian-exim:Debian-exim "$root/spool" "$root/log" "$root/Maildir" "$root/Bounces"

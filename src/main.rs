@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 use mail_incident_operator::{agent, api, controller, telemetry};
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 /// Switches a fleet of MTAs among mail incident modes from one MailIncident resource.
 #[derive(Parser)]
@@ -16,6 +16,9 @@ enum Command {
     Run(controller::Settings),
     /// Run the MTA sidecar: apply the workload's mode document to its Postfix, Exim or other MTA.
     Agent(Box<agent::Settings>),
+    /// Copy this binary into DIRECTORY (an init container's step: the agent then runs
+    /// from the site's own MTA image, next to that image's MTA tools).
+    InstallAgent { directory: PathBuf },
     /// Print the MailIncident CustomResourceDefinition as YAML.
     Crd,
 }
@@ -27,6 +30,19 @@ async fn main() -> ExitCode {
             print!("{}", api::crd_yaml());
             Ok(())
         }
+        Command::InstallAgent { directory } => match agent::install_agent(&directory) {
+            Ok(installed) => {
+                println!("installed {}", installed.display());
+                return ExitCode::SUCCESS;
+            }
+            Err(error) => {
+                eprintln!(
+                    "cannot install the agent into {}: {error}",
+                    directory.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
         Command::Run(settings) => {
             telemetry::init(settings.log_format);
             controller::run(settings).await

@@ -30,7 +30,7 @@ impl EximInstance {
             name: name.into(),
             root: PathBuf::from(root.trim()),
             smtp: Smtp {
-                port,
+                address: ([127, 0, 0, 1], port).into(),
                 recipient: "user@local.test",
             },
         }

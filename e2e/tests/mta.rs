@@ -11,7 +11,7 @@ use kube::{Api, Client, ResourceExt, api::ListParams};
 use std::{
     ffi::OsString,
     io::{BufRead, BufReader, Write},
-    net::TcpStream,
+    net::{SocketAddr, TcpStream},
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -74,10 +74,10 @@ impl SmtpSession {
     /// Connects and reads the greeting. A refused or reset connection is retried for a
     /// while, as a sending MTA would: Exim re-executing itself on SIGHUP listens again
     /// ~0.1 s later.
-    pub fn open(port: u16) -> Self {
+    pub fn open(address: SocketAddr) -> Self {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match Self::try_open(port) {
+            match Self::try_open(address) {
                 Ok(session) => return session,
                 Err(e)
                     if matches!(
@@ -89,15 +89,15 @@ impl SmtpSession {
                 {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) => panic!("SMTP session with 127.0.0.1:{port}: {e}"),
+                Err(e) => panic!("SMTP session with {address}: {e}"),
             }
         }
     }
 
     /// One attempt: connected and greeted. A connection queued on a listening socket that
     /// Exim closes to re-execute itself is reset (or closed) before the greeting.
-    pub fn try_open(port: u16) -> std::io::Result<Self> {
-        let stream = TcpStream::connect(("127.0.0.1", port))?;
+    pub fn try_open(address: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut session = Self {
             reader: BufReader::new(stream.try_clone()?),
@@ -139,16 +139,16 @@ impl Drop for SmtpSession {
     }
 }
 
-/// An MTA listening on a loopback port, for one recipient address.
+/// An MTA's SMTP address, for one recipient address.
 pub struct Smtp {
-    pub port: u16,
+    pub address: SocketAddr,
     pub recipient: &'static str,
 }
 
 impl Smtp {
     /// Sends one message; the reply to the end of DATA.
     pub fn send(&self, subject: &str) -> String {
-        let mut session = SmtpSession::open(self.port);
+        let mut session = SmtpSession::open(self.address);
         for command in [
             "EHLO client.e2e.test",
             "MAIL FROM:<sender@example.net>",
@@ -164,15 +164,15 @@ impl Smtp {
 
     /// The reply to RCPT TO in a fresh SMTP session (a refused connect is retried).
     pub fn rcpt_reply(&self) -> String {
-        self.ask_rcpt(&mut SmtpSession::open(self.port))
+        self.ask_rcpt(&mut SmtpSession::open(self.address))
             .unwrap_or_else(|why| panic!("{why}"))
     }
 
     /// The reply to RCPT TO in a fresh SMTP session, or why there was none: an MTA that
     /// is not listening is an answer here, not a panic.
     pub fn try_rcpt_reply(&self) -> Result<String, String> {
-        let mut session = SmtpSession::try_open(self.port)
-            .map_err(|e| format!("connect to port {}: {e}", self.port))?;
+        let mut session = SmtpSession::try_open(self.address)
+            .map_err(|e| format!("connect to {}: {e}", self.address))?;
         self.ask_rcpt(&mut session)
     }
 

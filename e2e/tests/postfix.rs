@@ -66,7 +66,7 @@ impl PostfixInstance {
             name: name.into(),
             conf: PathBuf::from(conf.trim()),
             smtp: Smtp {
-                port,
+                address: ([127, 0, 0, 1], port).into(),
                 recipient: "user@e2e.test",
             },
             policy: SocketAddr::from(([127, 0, 0, 1], policy_port)),

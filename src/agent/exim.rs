@@ -1,6 +1,6 @@
 //! Exim rendering. Exim's configuration is one file the site owns, so the agent does not
 //! edit it: the site's configuration reads two small files the agent writes (the
-//! fragments to paste are in `examples/exim/`):
+//! stanzas to add are marked "mail-incident" in `examples/images/exim/exim4.conf`):
 //!
 //! - the **mode file**, read with `${readfile}` by the RCPT ACL and the routers at every
 //!   use: its first line is the mode (normal, queue, tempfail, reject), its second the
@@ -156,12 +156,33 @@ impl Exim {
         command
     }
 
-    /// SIGHUP to the daemon, once its new configuration has been checked.
+    /// SIGHUP to the daemon, once its new configuration has been checked. Sent by the
+    /// agent itself: an MTA image need not have a `kill` program (Debian's slim has none).
     fn reload(&self) -> std::io::Result<()> {
         run_command(self.exim().arg("-bV").stdout(Stdio::null()))?;
-        let pid = std::fs::read_to_string(&self.settings.exim_pid_file)?;
-        run_command(Command::new("kill").args(["-HUP", pid.trim()]))?;
+        let pid_file = &self.settings.exim_pid_file;
+        let text = std::fs::read_to_string(pid_file)?;
+        let pid = text
+            .trim()
+            .parse()
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: not a process id: {text:?}", pid_file.display()),
+                )
+            })?;
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP)?;
         Ok(())
+    }
+
+    /// Where the agent notes the retry file the daemon last re-read (absent: none): a
+    /// reload that failed, or was cut short by a crash, is made again at the next apply.
+    fn reloaded_marker(&self) -> PathBuf {
+        let mut name = self.settings.exim_retry_file.as_os_str().to_owned();
+        name.push(".reloaded");
+        PathBuf::from(name)
     }
 }
 
@@ -169,15 +190,19 @@ impl Mta for Exim {
     fn apply(&self, held: &Held) -> std::io::Result<()> {
         let (mode, retry) = render(held);
         let retry_file = &self.settings.exim_retry_file;
-        let old_retry = files::read_if_exists(retry_file)?;
         match &retry {
             Some(text) => files::write_durably(retry_file, text)?,
             None => files::remove_durably(retry_file)?,
         }
         // The mode file is read at each use: written after the lifetime is in force, so
         // that no message is held under the old, shorter lifetime.
-        if retry != old_retry {
+        let marker = self.reloaded_marker();
+        if retry != files::read_if_exists(&marker)? {
             self.reload()?;
+            match &retry {
+                Some(text) => files::write_durably(&marker, text)?,
+                None => files::remove_durably(&marker)?,
+            }
         }
         files::write_durably(&self.settings.exim_mode_file, &mode)?;
         if let Held::Releasing { release } = held {
@@ -210,6 +235,57 @@ impl Mta for Exim {
 mod tests {
     use super::*;
     use crate::agent::fixtures::{document, held};
+
+    /// An Exim whose binary is a script that accepts any configuration, in a directory.
+    fn exim_in(directory: &Path) -> Exim {
+        let binary = directory.join("exim4");
+        std::fs::write(&binary, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        Exim::new(&EximSettings {
+            exim_binary: binary,
+            exim_config: None,
+            exim_mode_file: directory.join("mode"),
+            exim_retry_file: directory.join("retry.conf"),
+            exim_spool_dir: directory.join("spool"),
+            exim_pid_file: directory.join("exim.pid"),
+        })
+    }
+
+    #[test]
+    fn a_reload_that_failed_is_made_at_the_next_apply_and_only_a_change_reloads() {
+        use std::os::unix::process::ExitStatusExt;
+        let directory = tempfile::tempdir().unwrap();
+        let exim = exim_in(directory.path());
+        let holding = held(&document(Mode::AcceptAndQueue, 452, "4.3.1"));
+        // No daemon (no pid file): the lifetime is written, the reload fails.
+        assert!(exim.apply(&holding).is_err());
+        assert!(directory.path().join("retry.conf").exists());
+
+        let daemon = |directory: &Path| {
+            let child = Command::new("sleep").arg("30").spawn().unwrap();
+            std::fs::write(directory.join("exim.pid"), format!("{}\n", child.id())).unwrap();
+            child
+        };
+        // The same apply again: the retry file is already there, yet the daemon is reloaded.
+        let mut first = daemon(directory.path());
+        exim.apply(&holding).unwrap();
+        assert_eq!(
+            first.wait().unwrap().signal(),
+            Some(rustix::process::Signal::HUP.as_raw())
+        );
+
+        // Nothing changed: no reload. Normal service drops the lifetime: a reload.
+        let mut second = daemon(directory.path());
+        exim.apply(&holding).unwrap();
+        assert_eq!(second.try_wait().unwrap(), None, "not signalled");
+        exim.apply(&Held::Normal).unwrap();
+        assert_eq!(
+            second.wait().unwrap().signal(),
+            Some(rustix::process::Signal::HUP.as_raw())
+        );
+        assert!(!directory.path().join("retry.conf").exists());
+    }
 
     #[test]
     fn each_mode_sets_the_acl_switch_reply_and_lifetime() {

@@ -13,12 +13,17 @@ use std::{
 /// a restarted agent ever reads half a file, and a crash or power loss leaves the old
 /// file or the new one. Readable by all (0644): the MTA may run as another user.
 pub fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
+    replace_durably(path, text.as_bytes(), 0o644)
+}
+
+/// Replaces `path` with `bytes` durably (as [`write_durably`]), with permissions `mode`.
+pub fn replace_durably(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let directory = directory_of(path);
     let mut aside = tempfile::Builder::new()
         .prefix(".mail-incident-")
-        .permissions(Permissions::from_mode(0o644))
+        .permissions(Permissions::from_mode(mode))
         .tempfile_in(directory)?;
-    aside.write_all(text.as_bytes())?;
+    aside.write_all(bytes)?;
     aside.as_file().sync_all()?;
     aside.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(directory)?.sync_all()

@@ -12,6 +12,7 @@ pub mod converge;
 pub mod exim;
 mod files;
 pub mod generic;
+mod install;
 pub mod policy;
 pub mod postfix;
 pub mod report;
@@ -27,6 +28,7 @@ use crate::{
     telemetry::LogFormat,
 };
 use futures::{Stream, StreamExt};
+pub use install::install_agent;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, Client,

@@ -1,0 +1,480 @@
+//! The example MTAs with their agents as real pods: a Postfix Deployment and an Exim
+//! StatefulSet from `examples/`, with only what a one-machine node forces changed (images
+//! imported rather than pulled, hostPath stores the test can break and count, hostPath
+//! PersistentVolumes for their queues). Over SMTP from the host each answers 250 normally,
+//! the incident's exact reply in TempFail and HardReject, holds mail in AcceptAndQueue with
+//! its store broken and delivers all of it after resolve, its configuration then back to
+//! its baseline.
+
+use crate::{
+    mta::{Smtp, maildir_count},
+    node::{Node, container_pid, pod_ip, pods_ready, set_mode, smtp_address},
+    support::{apply_incident, apply_yaml, eventually_within, ready_because, wait_for_within},
+    world::TestNamespace,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client};
+use mail_incident_operator::api::MailIncident;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// Agents apply within a second or two; Postfix's reload reaches new smtpd processes only.
+const CONVERGE: Duration = Duration::from_secs(60);
+/// A release delivers at once (Postfix: `postqueue -f`; Exim: `exim -qff` runners). Well
+/// under the agent's 50-second second try, and under Exim's own retry schedule, which
+/// would otherwise deliver the mail of a release that failed.
+const RELEASE: Duration = Duration::from_secs(20);
+const HELD: usize = 5;
+
+/// One example MTA running on the node.
+struct PodMta {
+    label: &'static str,
+    selector: &'static str,
+    smtp: Smtp,
+    /// The hostPath directory its Maildir store is in.
+    store: PathBuf,
+    /// The store's Maildir (where `new/` fills).
+    maildir: PathBuf,
+    /// The MTA's main process, for reading its configuration through /proc.
+    process_word: &'static str,
+    /// Its configuration files, as the MTA container sees them.
+    configuration: &'static [&'static str],
+    /// What the MTA puts between a refusal's codes and the incident's text.
+    refusal_words: &'static str,
+    /// The agent's state file, on the queue's PersistentVolume.
+    state_file: PathBuf,
+}
+
+impl PodMta {
+    /// Its configuration files, each line's fields separated by one space: `postconf -F`
+    /// rewrites a master.cf line it edits with its own spacing, and fields are what count.
+    fn configuration(&self, pod: &Pod) -> String {
+        let pid = container_pid(pod, self.process_word)
+            .unwrap_or_else(|| panic!("{}: no {} process", self.label, self.process_word));
+        self.configuration
+            .iter()
+            .map(|file| {
+                let path = format!("/proc/{pid}/root{file}");
+                let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "(absent)".into());
+                let lines: Vec<String> = text
+                    .lines()
+                    .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .collect();
+                format!("== {file}\n{}\n", lines.join("\n"))
+            })
+            .collect()
+    }
+
+    fn delivered(&self) -> usize {
+        maildir_count(&self.maildir)
+    }
+}
+
+/// The documents of an example file, with what the one-machine node forces: every image
+/// taken from the node (no registry), and the agent reaching the API server through the
+/// bridge's gateway (no kube-proxy makes the `kubernetes` Service's ClusterIP work).
+pub fn example(file: &str) -> Vec<Value> {
+    let api = |name| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    let api_env = json!([
+        {"name": "KUBERNETES_SERVICE_HOST", "value": api("E2E_NODE_API_HOST")},
+        {"name": "KUBERNETES_SERVICE_PORT", "value": api("E2E_NODE_API_PORT")},
+    ]);
+    let text = std::fs::read_to_string(format!("{REPO}/examples/{file}")).expect("example");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            let mut doc = Value::deserialize(d).expect("example parses");
+            for list in ["initContainers", "containers"] {
+                if let Some(Value::Array(containers)) =
+                    doc.pointer_mut(&format!("/spec/template/spec/{list}"))
+                {
+                    for container in containers {
+                        container["imagePullPolicy"] = json!("Never");
+                        if container["name"] == "agent" {
+                            let env = container["env"].as_array_mut().expect("agent env");
+                            env.extend(api_env.as_array().unwrap().iter().cloned());
+                        }
+                    }
+                }
+            }
+            doc
+        })
+        .collect()
+}
+
+/// Replaces the named volume of a workload document with a hostPath directory.
+pub fn host_volume(workload: &mut Value, name: &str, path: &Path) {
+    let volumes = workload
+        .pointer_mut("/spec/template/spec/volumes")
+        .and_then(Value::as_array_mut)
+        .expect("volumes");
+    let volume = volumes
+        .iter_mut()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no volume {name}"));
+    *volume = json!({"name": name, "hostPath": {"path": path, "type": "Directory"}});
+}
+
+/// A hostPath PersistentVolume bound in advance to the claim `claim` of `namespace`, and
+/// its directory.
+pub fn volume_for(node: &Node, namespace: &str, claim: &str, mode: u32) -> (Value, PathBuf) {
+    let path = node.volume(&format!("{namespace}-{claim}"));
+    set_mode(&path, mode);
+    let volume = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": format!("{namespace}-{claim}")},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": path, "type": "Directory"},
+            "claimRef": {"namespace": namespace, "name": claim},
+        }
+    });
+    (volume, path)
+}
+
+pub fn apply_values(node: &Node, namespace: &str, documents: &[Value]) {
+    let yaml: String = documents
+        .iter()
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect();
+    apply_yaml(&node.world, namespace, &yaml);
+}
+
+/// The example Postfix Deployment (with deploy/agent's identity) and Exim StatefulSet,
+/// running and ready.
+async fn start_examples(node: &Node, namespace: &str) -> Vec<PodMta> {
+    node.world.kubectl_ok(&[
+        "apply",
+        "-n",
+        namespace,
+        "-k",
+        &format!("{REPO}/deploy/agent"),
+    ]);
+    let postfix_store = node.volume(&format!("{namespace}-postfix-mailboxes"));
+    // The virtual transport writes as vmail (5000).
+    std::os::unix::fs::chown(&postfix_store, Some(5000), Some(5000)).expect("chown");
+    let exim_store = node.volume(&format!("{namespace}-exim-mailboxes"));
+
+    let mut postfix = example("postfix-with-agent.yaml");
+    host_volume(&mut postfix[1], "mailboxes", &postfix_store);
+    // Postfix wants its queue directory root-owned and closed to others.
+    let (queue_volume, postfix_queue) = volume_for(node, namespace, "postfix-inbound-queue", 0o755);
+    postfix.push(queue_volume);
+    let mut exim = example("exim-with-agent.yaml");
+    host_volume(&mut exim[3], "mailboxes", &exim_store);
+    let (spool_volume, exim_spool) = volume_for(node, namespace, "spool-exim-inbound-0", 0o777);
+    exim.push(spool_volume);
+    apply_values(node, namespace, &postfix);
+    apply_values(node, namespace, &exim);
+
+    let pods: Api<Pod> = Api::namespaced(node.client().await, namespace);
+    let mut started = Vec::new();
+    for mut mta in [
+        PodMta {
+            label: "Postfix",
+            selector: "app.kubernetes.io/instance=postfix-inbound",
+            smtp: Smtp {
+                address: smtp_address([0, 0, 0, 0].into()),
+                recipient: "user@e2e.test",
+            },
+            store: postfix_store.clone(),
+            maildir: postfix_store.join("user"),
+            process_word: "/master",
+            configuration: &["/etc/postfix/main.cf", "/etc/postfix/master.cf"],
+            refusal_words: "<user@e2e.test>: Recipient address rejected: ",
+            state_file: postfix_queue.join("mail-incident-agent/agent-state.json"),
+        },
+        PodMta {
+            label: "Exim",
+            selector: "app.kubernetes.io/instance=exim-inbound",
+            smtp: Smtp {
+                address: smtp_address([0, 0, 0, 0].into()),
+                recipient: "user@local.test",
+            },
+            store: exim_store.clone(),
+            maildir: exim_store.join("Maildir"),
+            process_word: "exim4",
+            configuration: &[
+                "/etc/exim4/mail-incident/mode",
+                "/etc/exim4/mail-incident/retry.conf",
+            ],
+            refusal_words: "",
+            state_file: exim_spool.join("mail-incident-agent/agent-state.json"),
+        },
+    ] {
+        let name = pods_ready(&pods, mta.selector, 1).await.remove(0);
+        mta.smtp.address = smtp_address(pod_ip(&pods, &name).await);
+        started.push(mta);
+    }
+    started
+}
+
+/// Waits until the MTA's configuration is its baseline again; panics showing both if not.
+async fn back_to_baseline(mta: &PodMta, pod: &Pod, baseline: &str) {
+    let deadline = std::time::Instant::now() + CONVERGE;
+    while mta.configuration(pod) != baseline && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        mta.configuration(pod),
+        baseline,
+        "{}: its configuration back to its baseline",
+        mta.label
+    );
+}
+
+async fn the_pod(client: &Client, namespace: &str, mta: &PodMta) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let name = pods_ready(&pods, mta.selector, 1).await.remove(0);
+    pods.get(&name).await.expect("pod")
+}
+
+/// Every MTA's RCPT answer, once each starts with `code` (or panics with the last one).
+async fn answer_all(mtas: &[PodMta], code: &str) -> Vec<String> {
+    let mut answers = Vec::new();
+    for mta in mtas {
+        let answer = eventually_within(
+            CONVERGE,
+            &format!("{} answering RCPT with {code}", mta.label),
+            || async {
+                let smtp = Smtp {
+                    address: mta.smtp.address,
+                    recipient: mta.smtp.recipient,
+                };
+                tokio::task::spawn_blocking(move || smtp.try_rcpt_reply().ok())
+                    .await
+                    .expect("SMTP task")
+                    .filter(|a| a.starts_with(code))
+            },
+        )
+        .await;
+        answers.push(answer);
+    }
+    answers
+}
+
+/// Each MTA's configuration before any incident.
+async fn baselines(client: &Client, namespace: &str, mtas: &[PodMta]) -> Vec<String> {
+    let mut baselines = Vec::new();
+    for mta in mtas {
+        baselines.push(mta.configuration(&the_pod(client, namespace, mta).await));
+    }
+    baselines
+}
+
+/// Breaks every store, declares AcceptAndQueue (released `concurrency` at a time), and
+/// sends [`HELD`] messages to each MTA, every one answered 250.
+async fn hold_mail(
+    node: &Node,
+    namespace: &str,
+    incidents: &Api<MailIncident>,
+    mtas: &[PodMta],
+    concurrency: u32,
+) {
+    for mta in mtas {
+        set_mode(&mta.store, 0o000);
+    }
+    apply_incident(
+        &node.world,
+        namespace,
+        "outage",
+        &format!(
+            "mode: AcceptAndQueue\nreason: INC-9 storage down\n{TARGETS}\nqueue: {{lifetime: 40d, \
+             bounceLifetime: 8d}}\nrelease: {{concurrency: {concurrency}}}"
+        ),
+    );
+    wait_for_within(
+        CONVERGE,
+        incidents,
+        "outage",
+        "Ready with both MTAs",
+        ready_because("Applied"),
+    )
+    .await;
+    answer_all(mtas, "250").await;
+    for mta in mtas {
+        for n in 0..HELD {
+            let smtp = Smtp {
+                address: mta.smtp.address,
+                recipient: mta.smtp.recipient,
+            };
+            let reply = tokio::task::spawn_blocking(move || smtp.send(&format!("held {n}")))
+                .await
+                .expect("SMTP task");
+            assert!(reply.starts_with("250"), "{}: {reply}", mta.label);
+        }
+    }
+}
+
+/// Every held message delivered by each MTA (count in = count delivered), its
+/// configuration back to its baseline, and normal answers.
+async fn delivered_and_back_to_baseline(
+    client: &Client,
+    namespace: &str,
+    mtas: &[PodMta],
+    baselines: &[String],
+) {
+    for (mta, baseline) in mtas.iter().zip(baselines) {
+        eventually_within(
+            RELEASE,
+            &format!("{}: all {HELD} held messages delivered", mta.label),
+            || async { (mta.delivered() == HELD).then_some(()) },
+        )
+        .await;
+        let pod = the_pod(client, namespace, mta).await;
+        back_to_baseline(mta, &pod, baseline).await;
+    }
+    answer_all(mtas, "250").await;
+}
+
+const TARGETS: &str = "targets: {matchLabels: {app.kubernetes.io/component: mta}}";
+
+#[tokio::test]
+async fn postfix_and_exim_pods_answer_each_mode_hold_mail_and_deliver_it_after_resolve() {
+    let node = Node::get();
+    let client = node.client().await;
+    let ns = TestNamespace::new(&node.world, "node-mtas");
+    let mtas = start_examples(node, &ns.name).await;
+    let incidents: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
+
+    // Normal service, and the configuration it starts from.
+    answer_all(&mtas, "250").await;
+    let baselines = baselines(&client, &ns.name, &mtas).await;
+
+    for (spec, codes, text) in [
+        (
+            "mode: TempFail\nsmtpReply: {code: 452, enhancedCode: 4.3.1, text: 'Mailbox storage down, try later'}",
+            "452 4.3.1",
+            "Mailbox storage down, try later",
+        ),
+        (
+            "mode: HardReject\nhardReject: {acknowledgeBounces: true}",
+            "550 5.3.2",
+            "Mailbox storage unavailable, message not accepted",
+        ),
+    ] {
+        apply_incident(
+            &node.world,
+            &ns.name,
+            "outage",
+            &format!("{spec}\nreason: INC-9 storage down\n{TARGETS}"),
+        );
+        wait_for_within(
+            CONVERGE,
+            &incidents,
+            "outage",
+            "Ready with both MTAs",
+            ready_because("Applied"),
+        )
+        .await;
+        let answers = answer_all(&mtas, &codes[..3]).await;
+        for (mta, answer) in mtas.iter().zip(answers) {
+            assert_eq!(answer, format!("{codes} {}{text}", mta.refusal_words));
+        }
+    }
+
+    // AcceptAndQueue with the stores broken: mail is accepted and held, none delivered.
+    hold_mail(node, &ns.name, &incidents, &mtas, 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for mta in &mtas {
+        set_mode(&mta.store, 0o777);
+        assert_eq!(
+            mta.delivered(),
+            0,
+            "{}: nothing delivered while held",
+            mta.label
+        );
+        set_mode(&mta.store, 0o000);
+    }
+
+    // The store is back; resolve: every held message is delivered, the MTAs are back to
+    // their own configuration.
+    for mta in &mtas {
+        set_mode(&mta.store, 0o777);
+    }
+    node.world
+        .kubectl_ok(&["delete", "mailincident", "-n", &ns.name, "outage"]);
+    delivered_and_back_to_baseline(&client, &ns.name, &mtas, &baselines).await;
+}
+
+/// SIGKILLs the agent process of the MTA's pod; the kubelet restarts its container.
+async fn kill_agent(client: &Client, namespace: &str, mta: &PodMta) -> i32 {
+    let pod = the_pod(client, namespace, mta).await;
+    let restarts = agent_restarts(&pod);
+    let pid = container_pid(&pod, "/mail-incident-operator")
+        .unwrap_or_else(|| panic!("{}: no agent process", mta.label));
+    crate::mta::run(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]));
+    restarts
+}
+
+fn agent_restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "agent"))
+        .map_or(0, |c| c.restart_count)
+}
+
+/// Waits until the kubelet has restarted the agent container (after `before` restarts)
+/// and the pod is ready again.
+async fn agent_restarted(client: &Client, namespace: &str, mta: &PodMta, before: i32) {
+    eventually_within(
+        CONVERGE,
+        &format!("{}: the agent container restarted and ready", mta.label),
+        || async {
+            let pod = the_pod(client, namespace, mta).await;
+            (agent_restarts(&pod) > before).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_agent_killed_mid_incident_and_mid_release_is_restarted_and_no_message_is_lost() {
+    let node = Node::get();
+    let client = node.client().await;
+    let ns = TestNamespace::new(&node.world, "node-kills");
+    let mtas = start_examples(node, &ns.name).await;
+    let incidents: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
+    answer_all(&mtas, "250").await;
+    let baselines = baselines(&client, &ns.name, &mtas).await;
+
+    hold_mail(node, &ns.name, &incidents, &mtas, 1).await;
+
+    // Mid-incident: the restarted agent holds the MTA where it was.
+    for mta in &mtas {
+        let before = kill_agent(&client, &ns.name, mta).await;
+        agent_restarted(&client, &ns.name, mta, before).await;
+    }
+    answer_all(&mtas, "250").await;
+    for mta in &mtas {
+        set_mode(&mta.store, 0o777);
+        assert_eq!(
+            mta.delivered(),
+            0,
+            "{}: still held after the kill",
+            mta.label
+        );
+    }
+
+    // Mid-release: killed as soon as its saved state says Releasing.
+    node.world
+        .kubectl_ok(&["delete", "mailincident", "-n", &ns.name, "outage"]);
+    for mta in &mtas {
+        eventually_within(CONVERGE, &format!("{}: releasing", mta.label), || async {
+            std::fs::read_to_string(&mta.state_file)
+                .ok()
+                .filter(|state| state.contains("Releasing"))
+                .map(|_| ())
+        })
+        .await;
+        let before = kill_agent(&client, &ns.name, mta).await;
+        agent_restarted(&client, &ns.name, mta, before).await;
+    }
+    delivered_and_back_to_baseline(&client, &ns.name, &mtas, &baselines).await;
+}
