@@ -109,16 +109,17 @@ answers() { # what
     printf '  %-34s %-15s %s\n' "$1" "$2" "$(rcpt_answer "$2" "$3")"
   done
 }
-# Messages in a pod's Maildir, read through its MTA's process (the kubelet names each
-# container's /etc/hostname after the pod).
+# Messages in a pod's Maildir, read through its MTA's daemon (Postfix's master, Exim's
+# -bd), found by the pod name the kubelet puts in each container's /etc/hostname.
 delivered() { # pod
   local proc
   for proc in /proc/[0-9]*; do
     [ "$(cat "$proc/root/etc/hostname" 2>/dev/null)" = "$1" ] || continue
+    tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | grep -qE '/master |exim4 -bd' || continue
     find "$proc/root/var/mail/vhosts" -path '*/new/*' -type f 2>/dev/null | wc -l
     return
   done
-  echo "?"
+  die "no MTA daemon found for pod $1"
 }
 
 postfix_ip=$(k -n mail get pods -l app.kubernetes.io/instance=postfix-inbound -o jsonpath='{.items[0].status.podIP}')
@@ -146,12 +147,14 @@ k -n mail get mailinc
 
 log "resolving it: each agent releases its held mail, then restores its MTA's own configuration"
 k -n mail patch mailinc storage-outage-queue --type merge -p '{"spec":{"resolved":true}}' >/dev/null
+total=0
 for _ in $(seq 60); do
   total=0
   for m in "${mtas[@]}"; do set -- $m; total=$((total + $(delivered "$1"))); done
   [ "$total" -ge 9 ] && break
   sleep 0.5
 done
+[ "$total" -ge 9 ] || die "only $total of the 9 held messages were delivered after the release"
 echo
 echo "Resolved: delivered to mailbox storage:"
 for m in "${mtas[@]}"; do set -- $m; echo "  $1: $(delivered "$1")"; done

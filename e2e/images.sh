@@ -67,6 +67,10 @@ build() { # name:tag, context, files of the context the image is built from...
 case "${1:-}" in
   build)
     "$here/install-deps.sh"
+    # One build at a time on the shared store and archives (a demo beside a test run).
+    mkdir -p "$images"
+    exec 9>"$images/.lock"
+    flock 9
     command -v buildah >/dev/null || die "buildah not found: apt-get install buildah (e2e/install-deps.sh does)"
     base_image
     log "building the operator's static release binary"

@@ -19,7 +19,6 @@ packages=(
   containerd runc                       # the container runtime the kubelet drives (CRI)
   containernetworking-plugins           # bridge, host-local, loopback: pods' own netns
   buildah                               # builds the pause image and test images, with no daemon
-  busybox-static                        # a static httpd/shell for throwaway test images
   debootstrap                           # a Debian rootfs for images that need one (FROM bookworm)
   gcc libc6-dev                         # the pause binary, static, from the kubernetes tree
   socat                                 # forwards the bridge's gateway to the API server on loopback
@@ -38,12 +37,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # Where the package scripts could start Debian's own Postfix, stop it: tests and the
   # demo run private instances on loopback ports only.
   if as_root postfix status >/dev/null 2>&1; then as_root postfix stop >/dev/null 2>&1 || true; fi
-  # Debian's containerd ships a systemd unit only, so without systemd its scripts start
-  # nothing; should a system containerd run anyway (one without --config, on the default
-  # /run/containerd socket), stop it: the node runs its own under its state directory.
-  for pid in $(pgrep -x containerd || true); do
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- '--config' || as_root kill "$pid" 2>/dev/null || true
-  done
+  # Debian's containerd ships a systemd unit only; where it runs, it is left alone: the
+  # node runs a containerd of its own, on its own socket, root and state.
 fi
 
 # Exim: exim4-daemon-light conflicts with postfix (both are the mail-transport-agent), so

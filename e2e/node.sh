@@ -8,8 +8,7 @@
 #                             cgroups, pod logs), then delete its state; idempotent
 #   e2e/node.sh import TAR... import docker-archive tars into its containerd (k8s.io)
 #   e2e/node.sh env           print `export` lines: E2E_NODE_API_HOST and E2E_NODE_API_PORT
-#                             (the API server as pods off the host network reach it),
-#                             E2E_NODE_CONTAINERD (containerd's socket), E2E_NODE_NAME
+#                             (the API server as pods off the host network reach it)
 #
 # Pods with `hostNetwork: true` share the host's loopback. Other pods get a network
 # namespace of their own on bridge mio<port base>, subnet 10.<base / 256>.<base % 256>.0/24
@@ -153,6 +152,9 @@ node_ready() {
 up() {
   "$here/build-kubernetes.sh" --with-node
   "$here/install-deps.sh"
+  # The node's cgroupfs set-up and its clean-up are for cgroup v1 (or hybrid) hosts, as
+  # the machines it was made on; on a unified (v2-only) host kubelet 1.20 would need more.
+  [ -d /sys/fs/cgroup/memory ] || die "this host has no cgroup v1 hierarchy (/sys/fs/cgroup/memory): the real node needs cgroup v1 or hybrid"
   [ -f "$state/kube-apiserver.pid" ] && alive "$(cat "$state/kube-apiserver.pid")" \
     || die "no control plane runs in $state: e2e/cluster.sh up first (same E2E_STATE, E2E_PORT_BASE)"
   if running kubelet; then
@@ -383,8 +385,6 @@ down() {
 env_lines() {
   echo "export E2E_NODE_API_HOST=$NODE_GATEWAY"
   echo "export E2E_NODE_API_PORT=$api_port"
-  echo "export E2E_NODE_CONTAINERD=$sock"
-  echo "export E2E_NODE_NAME=$node_name"
 }
 
 case "${1:-}" in

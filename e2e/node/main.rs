@@ -1,6 +1,6 @@
 //! End-to-end tests on a real node: the operator and the example MTAs with their agents run
 //! as real pods (kubelet 1.20, containerd, runc) from the images the repository's
-//! Dockerfiles build. `e2e/run-tests.sh` starts the world (`e2e/cluster.sh up --with-node`),
+//! Dockerfiles build. `make e2e-node` (`e2e/run-node-tests.sh`) starts the world (`e2e/cluster.sh up --with-node`),
 //! builds the images (`e2e/images.sh build`) and imports them into the node.
 //!
 //! The tests share one node and one operator installation, so they run one at a time.

@@ -35,6 +35,7 @@ const HELD: usize = 5;
 struct PodMta {
     label: &'static str,
     selector: &'static str,
+    /// Its SMTP address (its pod's IP, set once the pod runs) and recipient.
     smtp: Smtp,
     /// The hostPath directory its Maildir store is in.
     store: PathBuf,
@@ -48,6 +49,9 @@ struct PodMta {
     refusal_words: &'static str,
     /// The agent's state file, on the queue's PersistentVolume.
     state_file: PathBuf,
+    /// Where, under the queue's PersistentVolume, the MTA writes why it defers each
+    /// message, and the words that say the incident's hold deferred it.
+    hold_log: (PathBuf, &'static str),
 }
 
 impl PodMta {
@@ -72,6 +76,25 @@ impl PodMta {
 
     fn delivered(&self) -> usize {
         maildir_count(&self.maildir)
+    }
+
+    /// Messages the MTA says it defers because the incident holds them (not because the
+    /// store fails).
+    fn held(&self) -> usize {
+        fn files(directory: &Path, words: &str) -> usize {
+            std::fs::read_dir(directory).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| match e.file_type() {
+                        Ok(t) if t.is_dir() => files(&e.path(), words),
+                        _ => usize::from(
+                            std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(words)),
+                        ),
+                    })
+                    .sum()
+            })
+        }
+        files(&self.hold_log.0, self.hold_log.1)
     }
 }
 
@@ -188,6 +211,8 @@ async fn start_examples(node: &Node, namespace: &str) -> Vec<PodMta> {
             configuration: &["/etc/postfix/main.cf", "/etc/postfix/master.cf"],
             refusal_words: "<user@e2e.test>: Recipient address rejected: ",
             state_file: postfix_queue.join("mail-incident-agent/agent-state.json"),
+            // defer_transports: qmgr's "deferred transport".
+            hold_log: (postfix_queue.join("defer"), "deferred transport"),
         },
         PodMta {
             label: "Exim",
@@ -205,6 +230,8 @@ async fn start_examples(node: &Node, namespace: &str) -> Vec<PodMta> {
             ],
             refusal_words: "",
             state_file: exim_spool.join("mail-incident-agent/agent-state.json"),
+            // The hold router's :defer: text (examples/images/exim/exim4.conf).
+            hold_log: (exim_spool.join("msglog"), "held by a mail incident"),
         },
     ] {
         let name = pods_ready(&pods, mta.selector, 1).await.remove(0);
@@ -275,8 +302,9 @@ async fn hold_mail(
     incidents: &Api<MailIncident>,
     mtas: &[PodMta],
     concurrency: u32,
+    store_broken: bool,
 ) {
-    for mta in mtas {
+    for mta in mtas.iter().filter(|_| store_broken) {
         set_mode(&mta.store, 0o000);
     }
     apply_incident(
@@ -308,6 +336,20 @@ async fn hold_mail(
                 .expect("SMTP task");
             assert!(reply.starts_with("250"), "{}: {reply}", mta.label);
         }
+    }
+    for mta in mtas {
+        eventually_within(
+            CONVERGE,
+            &format!("{}: {HELD} messages deferred by the hold", mta.label),
+            || async { (mta.held() == HELD).then_some(()) },
+        )
+        .await;
+        assert_eq!(
+            mta.delivered(),
+            0,
+            "{}: nothing delivered while held",
+            mta.label
+        );
     }
 }
 
@@ -378,25 +420,11 @@ async fn postfix_and_exim_pods_answer_each_mode_hold_mail_and_deliver_it_after_r
         }
     }
 
-    // AcceptAndQueue with the stores broken: mail is accepted and held, none delivered.
-    hold_mail(node, &ns.name, &incidents, &mtas, 2).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for mta in &mtas {
-        set_mode(&mta.store, 0o777);
-        assert_eq!(
-            mta.delivered(),
-            0,
-            "{}: nothing delivered while held",
-            mta.label
-        );
-        set_mode(&mta.store, 0o000);
-    }
-
-    // The store is back; resolve: every held message is delivered, the MTAs are back to
-    // their own configuration.
-    for mta in &mtas {
-        set_mode(&mta.store, 0o777);
-    }
+    // AcceptAndQueue with the stores working: mail is accepted and held (deferred by the
+    // hold, not by a failing store), none delivered.
+    hold_mail(node, &ns.name, &incidents, &mtas, 2, false).await;
+    // Resolve: every held message is delivered, the MTAs are back to their own
+    // configuration.
     node.world
         .kubectl_ok(&["delete", "mailincident", "-n", &ns.name, "outage"]);
     delivered_and_back_to_baseline(&client, &ns.name, &mtas, &baselines).await;
@@ -444,7 +472,7 @@ async fn an_agent_killed_mid_incident_and_mid_release_is_restarted_and_no_messag
     answer_all(&mtas, "250").await;
     let baselines = baselines(&client, &ns.name, &mtas).await;
 
-    hold_mail(node, &ns.name, &incidents, &mtas, 1).await;
+    hold_mail(node, &ns.name, &incidents, &mtas, 1, true).await;
 
     // Mid-incident: the restarted agent holds the MTA where it was.
     for mta in &mtas {
@@ -454,6 +482,17 @@ async fn an_agent_killed_mid_incident_and_mid_release_is_restarted_and_no_messag
     answer_all(&mtas, "250").await;
     for mta in &mtas {
         set_mode(&mta.store, 0o777);
+    }
+    // The restarted agents keep the hold in force: their MTAs do not run their baseline,
+    // and the store, working again, has received nothing.
+    for (mta, baseline) in mtas.iter().zip(&baselines) {
+        let pod = the_pod(&client, &ns.name, mta).await;
+        assert_ne!(
+            mta.configuration(&pod),
+            *baseline,
+            "{}: still held",
+            mta.label
+        );
         assert_eq!(
             mta.delivered(),
             0,

@@ -34,8 +34,8 @@ impl Node {
             let var = |name: &str| {
                 std::env::var(name).unwrap_or_else(|_| {
                     panic!(
-                        "{name} is not set: run these tests with `make e2e` (e2e/run-tests.sh \
-                         starts a control plane with a real node)"
+                        "{name} is not set: run these tests with `make e2e-node` \
+                         (e2e/run-node-tests.sh starts a control plane with a real node)"
                     )
                 })
             };

@@ -165,10 +165,24 @@ async fn restart_delivery_rolls_out_and_the_mail_queued_before_it_is_delivered_a
     // Storage is back: the new pod delivers what the old one queued, once asked to retry
     // (`postqueue -f` in the MTA container, as an SRE would with kubectl exec; deferred
     // mail otherwise waits out Postfix's 5-minute backoff).
+    // The incident's end rolls the workload out once more, without the env vars: flush in
+    // that pod, once it runs.
     set_mode(&store, 0o777);
     node.world
         .kubectl_ok(&["delete", "mailincident", "-n", &ns.name, "outage"]);
-    let pid = crate::node::container_pid(&after_pod, "/master").expect("the Postfix master");
+    let normal_pod = eventually_within(ROLLOUT, "a pod without the env vars", || async {
+        let name = pods_ready(&pods, selector, 1).await.remove(0);
+        let pod = pods.get(&name).await.ok()?;
+        let spec = serde_json::to_string(&pod.spec).unwrap();
+        (!spec.contains("MAIL_INCIDENT_MODE")).then_some(pod)
+    })
+    .await;
+    assert_eq!(
+        queued(&normal_pod),
+        QUEUED,
+        "the queue survived both rollouts"
+    );
+    let pid = crate::node::container_pid(&normal_pod, "/master").expect("the Postfix master");
     crate::mta::run(std::process::Command::new("nsenter").args([
         "--target",
         &pid.to_string(),

@@ -162,10 +162,12 @@ impl Exim {
         run_command(self.exim().arg("-bV").stdout(Stdio::null()))?;
         let pid_file = &self.settings.exim_pid_file;
         let text = std::fs::read_to_string(pid_file)?;
+        // A positive process id only: 0, -1 or -N would signal a whole process group.
         let pid = text
             .trim()
-            .parse()
+            .parse::<u32>()
             .ok()
+            .and_then(|pid| i32::try_from(pid).ok())
             .and_then(rustix::process::Pid::from_raw)
             .ok_or_else(|| {
                 std::io::Error::new(
@@ -236,14 +238,11 @@ mod tests {
     use super::*;
     use crate::agent::fixtures::{document, held};
 
-    /// An Exim whose binary is a script that accepts any configuration, in a directory.
+    /// An Exim in a directory: `true` accepts any configuration check, and the daemon is a
+    /// shell that counts the SIGHUPs it gets.
     fn exim_in(directory: &Path) -> Exim {
-        let binary = directory.join("exim4");
-        std::fs::write(&binary, "#!/bin/sh\nexit 0\n").unwrap();
-        std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
         Exim::new(&EximSettings {
-            exim_binary: binary,
+            exim_binary: "true".into(),
             exim_config: None,
             exim_mode_file: directory.join("mode"),
             exim_retry_file: directory.join("retry.conf"),
@@ -254,7 +253,6 @@ mod tests {
 
     #[test]
     fn a_reload_that_failed_is_made_at_the_next_apply_and_only_a_change_reloads() {
-        use std::os::unix::process::ExitStatusExt;
         let directory = tempfile::tempdir().unwrap();
         let exim = exim_in(directory.path());
         let holding = held(&document(Mode::AcceptAndQueue, 452, "4.3.1"));
@@ -262,29 +260,41 @@ mod tests {
         assert!(exim.apply(&holding).is_err());
         assert!(directory.path().join("retry.conf").exists());
 
-        let daemon = |directory: &Path| {
-            let child = Command::new("sleep").arg("30").spawn().unwrap();
-            std::fs::write(directory.join("exim.pid"), format!("{}\n", child.id())).unwrap();
-            child
+        let hangups = directory.path().join("hangups");
+        let mut daemon = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap 'echo >> {}' HUP; while :; do sleep 0.05; done",
+                hangups.display()
+            ))
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            directory.path().join("exim.pid"),
+            format!("{}\n", daemon.id()),
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200)); // the trap is set
+        let count = || {
+            std::thread::sleep(std::time::Duration::from_millis(300)); // the trap has run
+            std::fs::read_to_string(&hangups).map_or(0, |t| t.lines().count())
         };
         // The same apply again: the retry file is already there, yet the daemon is reloaded.
-        let mut first = daemon(directory.path());
         exim.apply(&holding).unwrap();
-        assert_eq!(
-            first.wait().unwrap().signal(),
-            Some(rustix::process::Signal::HUP.as_raw())
-        );
-
+        assert_eq!(count(), 1);
         // Nothing changed: no reload. Normal service drops the lifetime: a reload.
-        let mut second = daemon(directory.path());
         exim.apply(&holding).unwrap();
-        assert_eq!(second.try_wait().unwrap(), None, "not signalled");
+        assert_eq!(count(), 1);
         exim.apply(&Held::Normal).unwrap();
-        assert_eq!(
-            second.wait().unwrap().signal(),
-            Some(rustix::process::Signal::HUP.as_raw())
-        );
+        assert_eq!(count(), 2);
         assert!(!directory.path().join("retry.conf").exists());
+        // A pid file that names no single process is refused, never sent a signal.
+        for pid in ["-1", "0", "x"] {
+            std::fs::write(directory.path().join("exim.pid"), pid).unwrap();
+            assert!(exim.apply(&holding).is_err(), "{pid}");
+        }
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub fn replace_durably(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<
         .permissions(Permissions::from_mode(mode))
         .tempfile_in(directory)?;
     aside.write_all(bytes)?;
+    // The mode asked for, whatever the umask took from it at creation.
+    aside
+        .as_file()
+        .set_permissions(Permissions::from_mode(mode))?;
     aside.as_file().sync_all()?;
     aside.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(directory)?.sync_all()

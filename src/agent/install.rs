@@ -13,9 +13,14 @@ pub const INSTALLED_NAME: &str = "mail-incident-operator";
 /// replaced whole: an agent container starting at the same moment runs the old copy or
 /// the new one, never half of one. Returns the installed path.
 pub fn install_agent(directory: &Path) -> std::io::Result<PathBuf> {
-    let binary = std::fs::read(std::env::current_exe()?)?;
+    install_from(&std::env::current_exe()?, directory)
+}
+
+/// Copies `binary` to `directory/mail-incident-operator`, as [`install_agent`].
+fn install_from(binary: &Path, directory: &Path) -> std::io::Result<PathBuf> {
+    let bytes = std::fs::read(binary)?;
     let target = directory.join(INSTALLED_NAME);
-    files::replace_durably(&target, &binary, 0o755)?;
+    files::replace_durably(&target, &bytes, 0o755)?;
     Ok(target)
 }
 
@@ -25,14 +30,19 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn the_installed_copy_is_this_binary_executable_by_all_with_nothing_aside() {
+    fn the_installed_copy_is_the_binary_executable_by_all_with_nothing_aside() {
+        let source = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(source.path(), b"\x7fELF a binary").unwrap();
         let directory = tempfile::tempdir().unwrap();
-        let installed = install_agent(directory.path()).unwrap();
+        let installed = install_from(source.path(), directory.path()).unwrap();
         // A second install replaces the first (an init container that ran before).
-        let installed_again = install_agent(directory.path()).unwrap();
+        std::fs::write(source.path(), b"\x7fELF a newer binary").unwrap();
+        let installed_again = install_from(source.path(), directory.path()).unwrap();
         assert_eq!(installed, installed_again);
-        let running = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert_eq!(std::fs::read(&installed).unwrap(), running);
+        assert_eq!(
+            std::fs::read(&installed).unwrap(),
+            b"\x7fELF a newer binary"
+        );
         let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
         let names: Vec<_> = std::fs::read_dir(directory.path())
@@ -45,6 +55,7 @@ mod tests {
     #[test]
     fn a_missing_directory_is_an_error() {
         let directory = tempfile::tempdir().unwrap();
-        assert!(install_agent(&directory.path().join("absent")).is_err());
+        let source = tempfile::NamedTempFile::new().unwrap();
+        assert!(install_from(source.path(), &directory.path().join("absent")).is_err());
     }
 }
