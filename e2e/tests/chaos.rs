@@ -34,14 +34,18 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::watcher,
 };
-use mail_incident_operator::api::{
-    MailIncident, Mode,
-    mode_document::{
-        DELIVERY_ANNOTATION, DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply,
-        INCIDENT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, MODE_DOCUMENT_KEY, MODE_DOCUMENT_KIND,
-        MODE_DOCUMENT_VERSION, MODE_HASH_ANNOTATION, ModeDocument, REPORT_SUFFIX, ROLE_DOCUMENT,
-        ROLE_LABEL, ROLE_REPORT, WORKLOAD_ANNOTATION, document_name,
+use mail_incident_operator::{
+    api::{
+        MailIncident, Mode,
+        mode_document::{
+            DELIVERY_ANNOTATION, DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply,
+            INCIDENT_ANNOTATION, MODE_DOCUMENT_KEY, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION,
+            MODE_HASH_ANNOTATION, ModeDocument, REPORT_SUFFIX, ROLE_DOCUMENT, ROLE_LABEL,
+            document_name,
+        },
     },
+    controller::{document_object, report_object},
+    plan::TargetRef,
 };
 use serde_json::json;
 use std::{
@@ -767,52 +771,30 @@ fn leftover_document(incident: &str) -> ModeDocument {
 }
 
 /// Plants a mode document and its report for `Deployment/workload` by server-side apply
-/// under the operator's field manager, with the labels, annotations and owner reference
-/// (report to document) the operator gives them. The document has no owner: its
-/// incident is long gone, so there is nothing for the garbage collector to follow.
+/// under the operator's field manager, built as the operator builds them. The document has
+/// no owner: its incident is long gone, so there is nothing for the garbage collector to
+/// follow.
 async fn plant_document(config_maps: &Api<ConfigMap>, workload: &str) {
     let document = leftover_document("long-gone");
-    let name = document_name("Deployment", workload);
-    let target = format!("Deployment/{workload}");
+    let target = TargetRef::parse(&format!("Deployment/{workload}")).expect("a target");
     let force = PatchParams::apply(FIELD_MANAGER).force();
     let stored = config_maps
         .patch(
-            &name,
+            &document_name("Deployment", workload),
             &force,
-            &Patch::Apply(json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {
-                    "name": name,
-                    "labels": {MANAGED_BY_LABEL: MANAGED_BY, ROLE_LABEL: ROLE_DOCUMENT},
-                    "annotations": {
-                        MODE_HASH_ANNOTATION: document.hash(),
-                        INCIDENT_ANNOTATION: document.incident.name,
-                        WORKLOAD_ANNOTATION: target,
-                    },
-                },
-                "data": {MODE_DOCUMENT_KEY: document.to_json()},
-            })),
+            &Patch::Apply(document_object(&target, &document, &[])),
         )
         .await
         .expect("plant a mode document");
-    let report = format!("{name}{REPORT_SUFFIX}");
+    let mut report = report_object(&target, stored.metadata.uid.clone());
+    report["data"] = json!({
+        format!("{workload}-5d8f7c-x2x9q"): json!({"hash": document.hash()}).to_string()
+    });
     config_maps
         .patch(
-            &report,
+            &format!("{}{REPORT_SUFFIX}", stored.name_any()),
             &force,
-            &Patch::Apply(json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {
-                    "name": report,
-                    "labels": {MANAGED_BY_LABEL: MANAGED_BY, ROLE_LABEL: ROLE_REPORT},
-                    "annotations": {WORKLOAD_ANNOTATION: target},
-                    "ownerReferences": [{
-                        "apiVersion": "v1", "kind": "ConfigMap",
-                        "name": name, "uid": stored.uid(),
-                    }],
-                },
-                "data": {format!("{workload}-5d8f7c-x2x9q"): json!({"hash": document.hash()}).to_string()},
-            })),
+            &Patch::Apply(report),
         )
         .await
         .expect("plant a report");

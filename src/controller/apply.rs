@@ -176,15 +176,9 @@ pub fn write_target(write: &Write) -> &TargetRef {
     }
 }
 
-async fn put_document(
-    api: &Api<ConfigMap>,
-    target: &TargetRef,
-    document: &ModeDocument,
-    owners: &[Owner],
-    existing: Option<String>,
-    create_report: bool,
-) -> Result<(), kube::Error> {
-    let name = document_name(target.kind.as_str(), &target.name);
+/// The mode document of `target` as the operator stores it: its labels, the annotations
+/// the sweep and the agents read, owned by `owners`.
+pub fn document_object(target: &TargetRef, document: &ModeDocument, owners: &[Owner]) -> Value {
     let owned_by_incidents: Vec<Value> = owners
         .iter()
         .map(|o| {
@@ -194,10 +188,10 @@ async fn put_document(
             })
         })
         .collect();
-    let document_object = json!({
+    json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {
-            "name": name,
+            "name": document_name(target.kind.as_str(), &target.name),
             "labels": {MANAGED_BY_LABEL: MANAGED_BY, ROLE_LABEL: ROLE_DOCUMENT},
             "annotations": {
                 MODE_HASH_ANNOTATION: document.hash(),
@@ -207,7 +201,36 @@ async fn put_document(
             "ownerReferences": owned_by_incidents,
         },
         "data": {MODE_DOCUMENT_KEY: document.to_json()},
-    });
+    })
+}
+
+/// The (empty) report object of `target`, owned by its mode document (`document_uid`).
+pub fn report_object(target: &TargetRef, document_uid: Option<String>) -> Value {
+    let name = document_name(target.kind.as_str(), &target.name);
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {
+            "name": format!("{name}{REPORT_SUFFIX}"),
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY, ROLE_LABEL: ROLE_REPORT},
+            "annotations": {WORKLOAD_ANNOTATION: target.to_string()},
+            "ownerReferences": [{
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "name": name, "uid": document_uid,
+            }],
+        },
+    })
+}
+
+async fn put_document(
+    api: &Api<ConfigMap>,
+    target: &TargetRef,
+    document: &ModeDocument,
+    owners: &[Owner],
+    existing: Option<String>,
+    create_report: bool,
+) -> Result<(), kube::Error> {
+    let name = document_name(target.kind.as_str(), &target.name);
+    let document_object = document_object(target, document, owners);
     let stored = match existing {
         Some(version) => {
             // A merge patch replaces the owner list whole: exactly the current owners.
@@ -236,18 +259,7 @@ async fn put_document(
         let params = PatchParams::apply(FIELD_MANAGER).force();
         // Agents may patch the report, never create it, so it exists before they need
         // it; it belongs to the document and goes with it.
-        let report_object = json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {
-                "name": format!("{name}{REPORT_SUFFIX}"),
-                "labels": {MANAGED_BY_LABEL: MANAGED_BY, ROLE_LABEL: ROLE_REPORT},
-                "annotations": {WORKLOAD_ANNOTATION: target.to_string()},
-                "ownerReferences": [{
-                    "apiVersion": "v1", "kind": "ConfigMap",
-                    "name": name, "uid": stored.metadata.uid,
-                }],
-            },
-        });
+        let report_object = report_object(target, stored.metadata.uid);
         api.patch(
             &format!("{name}{REPORT_SUFFIX}"),
             &params,

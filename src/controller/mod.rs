@@ -14,6 +14,9 @@ mod leader;
 mod observe;
 mod triggers;
 
+/// The objects the operator writes, for tests that plant what it would have written.
+pub use apply::{document_object, report_object};
+
 use crate::{
     Error, Result,
     api::{MailIncident, MailIncidentStatus, mode_document},
