@@ -8,7 +8,7 @@
 
 use crate::{
     mta::{Smtp, maildir_count},
-    node::{Node, container_pid, pod_ip, pods_ready, set_mode, smtp_address},
+    node::{Node, container_pid, count_files, pod_ip, pods_ready, set_mode, smtp_address},
     support::{apply_incident, apply_yaml, eventually_within, ready_because, wait_for_within},
     world::TestNamespace,
 };
@@ -81,20 +81,10 @@ impl PodMta {
     /// Messages the MTA says it defers because the incident holds them (not because the
     /// store fails).
     fn held(&self) -> usize {
-        fn files(directory: &Path, words: &str) -> usize {
-            std::fs::read_dir(directory).map_or(0, |entries| {
-                entries
-                    .flatten()
-                    .map(|e| match e.file_type() {
-                        Ok(t) if t.is_dir() => files(&e.path(), words),
-                        _ => usize::from(
-                            std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(words)),
-                        ),
-                    })
-                    .sum()
-            })
-        }
-        files(&self.hold_log.0, self.hold_log.1)
+        let (log, words) = &self.hold_log;
+        count_files(log, &|entry| {
+            std::fs::read_to_string(entry).is_ok_and(|text| text.contains(words))
+        })
     }
 }
 

@@ -92,6 +92,23 @@ impl Node {
     }
 }
 
+/// The files under `directory`, at any depth, for which `counts` holds (a queue's
+/// messages, a log's entries); 0 for a directory that does not exist (yet).
+pub fn count_files(
+    directory: &std::path::Path,
+    counts: &dyn Fn(&std::path::Path) -> bool,
+) -> usize {
+    std::fs::read_dir(directory).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => count_files(&e.path(), counts),
+                _ => usize::from(counts(&e.path())),
+            })
+            .sum()
+    })
+}
+
 pub fn set_mode(path: &std::path::Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");

@@ -51,22 +51,7 @@ fn postfix_without_agent(name: &str, queue: Value) -> Value {
 fn queued(pod: &Pod) -> usize {
     let pid = crate::node::container_pid(pod, "/master").expect("the Postfix master");
     let deferred = format!("/proc/{pid}/root/var/spool/postfix/deferred");
-    walk_files(std::path::Path::new(&deferred))
-}
-
-fn walk_files(directory: &std::path::Path) -> usize {
-    std::fs::read_dir(directory).map_or(0, |entries| {
-        entries
-            .flatten()
-            .map(|e| {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    walk_files(&e.path())
-                } else {
-                    1
-                }
-            })
-            .sum()
-    })
+    crate::node::count_files(std::path::Path::new(&deferred), &|_| true)
 }
 
 #[tokio::test]
