@@ -5,7 +5,7 @@
 CARGO ?= cargo
 OPERATOR := target/debug/mail-incident-operator
 
-.PHONY: all build crds fmt clippy unit e2e e2e-node images bench test demo cluster-up cluster-down clean
+.PHONY: all build crds fmt clippy unit artefacts e2e e2e-node images bench test demo cluster-up cluster-down clean
 
 all: build
 
@@ -26,6 +26,11 @@ clippy:
 unit:
 	$(CARGO) test --locked --lib --bins
 
+## What SREs' tools read, tested by those tools: the Helm chart (Helm's engine), the alert
+## rules (promtool), the dashboard's structure, Argo CD's health and actions (Lua 5.1).
+artefacts:
+	e2e/run-artefact-tests.sh
+
 ## End-to-end tests against a real API server (local unless E2E_KUBECONFIG is set).
 e2e:
 	e2e/run-tests.sh
@@ -45,7 +50,7 @@ bench:
 	e2e/bench.sh
 
 ## Everything CI runs.
-test: fmt clippy unit e2e e2e-node
+test: fmt clippy unit artefacts e2e e2e-node
 
 ## A local control plane, the operator, sample MTA workloads and an incident.
 demo:

@@ -9,7 +9,9 @@ packages=(
   golang-1.19-go rsync                  # to build kube-apiserver/kubectl from Debian's source
   golang-github-modern-go-reflect2-dev  # reflect2 1.0.2, replaces the vendored 1.0.1 (Go >= 1.18 crash)
   openssl                               # service-account key pair and serving certificate
-  prometheus                            # promtool, to check the exported metrics
+  prometheus                            # promtool (rule tests), and the Prometheus the dashboard is proven on
+  lua5.1                                # Argo CD's health and action scripts run on Lua 5.1
+  python3 python3-venv                  # Helm's engine (helm-python-sdk) for the chart tests
   postfix                               # a real MTA the agent's rendering is proven on
   swaks                                 # to talk SMTP to it by hand after `make demo`
   libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 libpcre2-8-0 perl
@@ -56,4 +58,16 @@ fi
 if ! getent passwd Debian-exim >/dev/null; then
   as_root useradd --system --user-group --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin Debian-exim
+fi
+
+# Helm's engine and a YAML parser, in a virtualenv of their own (e2e/requirements.txt),
+# rebuilt when the requirements change.
+python_env="$E2E_CACHE/python"
+if ! cmp -s "$here/requirements.txt" "$python_env/requirements.txt"; then
+  log "installing e2e/requirements.txt into $python_env"
+  rm -rf "$python_env"
+  /usr/bin/python3 -m venv "$python_env" || die "python3 -m venv failed (apt-get install python3-venv)"
+  "$python_env/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt" \
+    || die "pip install -r e2e/requirements.txt failed"
+  cp "$here/requirements.txt" "$python_env/requirements.txt"
 fi

@@ -7,6 +7,8 @@
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 export E2E_STATE=/tmp/mail-incident-operator-e2e-node E2E_PORT_BASE=42443
+# Helm's engine renders the chart for the chart test (e2e/install-deps.sh creates it).
+export E2E_PYTHON="$E2E_CACHE/python/bin/python"
 "$here/cluster.sh" down
 trap '"'"$here"'/cluster.sh" down' EXIT
 archives="$("$here/images.sh" build)"

@@ -2,7 +2,10 @@
 //! Labels name incidents, never pods or targets, so cardinality follows the number of
 //! incidents, not the size of the fleet.
 
-use crate::api::{EffectiveMode, MailIncidentStatus};
+use crate::{
+    api::{EffectiveMode, TimeSpan},
+    plan::Decision,
+};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     core::Collector,
@@ -19,6 +22,33 @@ const MODES: [EffectiveMode; 4] = [
     EffectiveMode::HardReject,
 ];
 
+/// The `figure` label values of the queue gauges.
+const MESSAGES: &str = "messages";
+const OLDEST_MESSAGE_AGE: &str = "oldest_message_age_seconds";
+
+fn mode_name(mode: EffectiveMode) -> &'static str {
+    match mode {
+        EffectiveMode::Normal => "Normal",
+        EffectiveMode::AcceptAndQueue => "AcceptAndQueue",
+        EffectiveMode::TempFail => "TempFail",
+        EffectiveMode::HardReject => "HardReject",
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Sets the series of `labels` to `value`, or removes it when there is none.
+fn set_or_remove(gauge: &IntGaugeVec, labels: &[&str], value: Option<i64>) {
+    match value {
+        Some(value) => gauge.with_label_values(labels).set(value),
+        None => {
+            gauge.remove_label_values(labels).ok();
+        }
+    }
+}
+
 /// The operator's metrics; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -29,7 +59,7 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// Reconcile wall time.
     pub reconcile_duration: HistogramVec,
-    /// Mode transitions of incidents, by from and to.
+    /// Mode transitions of incidents, by incident, from and to.
     pub transitions: IntCounterVec,
     /// Targets switched from AcceptAndQueue to TempFail by an escalation limit.
     pub escalations: IntCounterVec,
@@ -38,8 +68,13 @@ pub struct Metrics {
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
     incidents_by_mode: IntGaugeVec,
+    mode: IntGaugeVec,
     targets: IntGaugeVec,
     expiry: IntGaugeVec,
+    created: IntGaugeVec,
+    queue_lifetime: IntGaugeVec,
+    escalation_limit: IntGaugeVec,
+    queue_peak: IntGaugeVec,
     /// The effective mode of each incident, to count incidents by mode.
     modes: Arc<Mutex<HashMap<(String, String), EffectiveMode>>>,
 }
@@ -102,8 +137,8 @@ impl Default for Metrics {
             ),
             transitions: counter(
                 "mail_incident_transitions_total",
-                "Mode transitions of incidents, by previous and new effective mode.",
-                &["from", "to"],
+                "Mode transitions of incidents, by incident, previous and new effective mode.",
+                &["namespace", "incident", "from", "to"],
             ),
             escalations: counter(
                 "mail_incident_escalations_total",
@@ -134,6 +169,11 @@ impl Default for Metrics {
                 "Incidents by effective mode (Normal: resolved or expired, kept as records).",
                 &["mode"],
             ),
+            mode: gauge(
+                "mail_incident_mode",
+                "1 for the effective mode of each incident (Normal once it has ended), 0 for the other modes.",
+                &["namespace", "incident", "mode"],
+            ),
             targets: gauge(
                 "mail_incident_targets",
                 "Targets of each incident by state: matched, applied, failed, superseded.",
@@ -143,6 +183,26 @@ impl Default for Metrics {
                 "mail_incident_expiry_timestamp_seconds",
                 "When each incident ends by itself, as a Unix timestamp.",
                 &["namespace", "incident"],
+            ),
+            created: gauge(
+                "mail_incident_created_timestamp_seconds",
+                "When each incident was declared (its creation), as a Unix timestamp.",
+                &["namespace", "incident"],
+            ),
+            queue_lifetime: gauge(
+                "mail_incident_queue_lifetime_seconds",
+                "The queue lifetime each incident gives accepted mail (spec.queue.lifetime).",
+                &["namespace", "incident"],
+            ),
+            escalation_limit: gauge(
+                "mail_incident_escalation_limit",
+                "Each incident's escalation limits, by figure: messages (spec.escalation.maxQueuedMessages) and oldest_message_age_seconds (spec.escalation.maxOldestMessageAge).",
+                &["namespace", "incident", "figure"],
+            ),
+            queue_peak: gauge(
+                "mail_incident_queue_peak",
+                "The fullest queue among the targets whose mode each incident decides, as their agents report it, by figure: messages, oldest_message_age_seconds.",
+                &["namespace", "incident", "figure"],
             ),
             modes: Arc::default(),
             registry,
@@ -156,8 +216,16 @@ impl Metrics {
         self.registry.clone()
     }
 
-    /// Records the status just decided for an incident.
-    pub fn observe_incident(&self, namespace: &str, incident: &str, status: &MailIncidentStatus) {
+    /// Records what was just decided for an incident created at `created` (Unix seconds).
+    pub fn observe_incident(
+        &self,
+        namespace: &str,
+        incident: &str,
+        created: Option<i64>,
+        decision: &Decision,
+    ) {
+        let status = &decision.status;
+        let labels = [namespace, incident];
         if let Some(targets) = &status.targets {
             for (state, count) in [
                 ("matched", targets.matched),
@@ -170,14 +238,42 @@ impl Metrics {
                     .set(count.into());
             }
         }
-        match &status.expires_at {
-            Some(at) => self
-                .expiry
-                .with_label_values(&[namespace, incident])
-                .set(at.0.as_second()),
-            None => {
-                self.expiry.remove_label_values(&[namespace, incident]).ok();
-            }
+        set_or_remove(
+            &self.expiry,
+            &labels,
+            status.expires_at.as_ref().map(|at| at.0.as_second()),
+        );
+        set_or_remove(&self.created, &labels, created);
+        let watch = decision.queue_watch.as_ref();
+        set_or_remove(
+            &self.queue_lifetime,
+            &labels,
+            watch.map(|w| saturating_i64(w.lifetime.seconds())),
+        );
+        let limits = watch.and_then(|w| w.escalation);
+        for (figure, limit, peak) in [
+            (
+                MESSAGES,
+                limits.and_then(|l| l.max_queued_messages),
+                watch.map(|w| w.peak_messages),
+            ),
+            (
+                OLDEST_MESSAGE_AGE,
+                limits.and_then(|l| l.max_oldest_message_age.map(|age| age.seconds())),
+                watch.map(|w| w.peak_oldest_age_seconds),
+            ),
+        ] {
+            let labels = [namespace, incident, figure];
+            set_or_remove(&self.escalation_limit, &labels, limit.map(saturating_i64));
+            set_or_remove(&self.queue_peak, &labels, peak.map(saturating_i64));
+        }
+        for mode in MODES {
+            let labels = [namespace, incident, mode_name(mode)];
+            set_or_remove(
+                &self.mode,
+                &labels,
+                status.effective_mode.map(|m| i64::from(m == mode)),
+            );
         }
         let mut modes = self.modes.lock().expect("lock poisoned");
         match status.effective_mode {
@@ -187,14 +283,56 @@ impl Metrics {
         self.count_modes(&modes);
     }
 
+    /// Counts a mode transition of an incident (`None`: its first mode).
+    pub fn count_transition(
+        &self,
+        namespace: &str,
+        incident: &str,
+        from: Option<EffectiveMode>,
+        to: EffectiveMode,
+    ) {
+        self.transitions
+            .with_label_values(&[
+                namespace,
+                incident,
+                from.map_or("None", mode_name),
+                mode_name(to),
+            ])
+            .inc();
+    }
+
     /// Drops every series of an incident that no longer exists.
     pub fn forget_incident(&self, namespace: &str, incident: &str) {
+        let labels = [namespace, incident];
         for state in ["matched", "applied", "failed", "superseded"] {
             self.targets
                 .remove_label_values(&[namespace, incident, state])
                 .ok();
         }
-        self.expiry.remove_label_values(&[namespace, incident]).ok();
+        for gauge in [&self.expiry, &self.created, &self.queue_lifetime] {
+            gauge.remove_label_values(&labels).ok();
+        }
+        for figure in [MESSAGES, OLDEST_MESSAGE_AGE] {
+            for gauge in [&self.escalation_limit, &self.queue_peak] {
+                gauge
+                    .remove_label_values(&[namespace, incident, figure])
+                    .ok();
+            }
+        }
+        for mode in MODES {
+            self.mode
+                .remove_label_values(&[namespace, incident, mode_name(mode)])
+                .ok();
+        }
+        for from in MODES.map(Some).into_iter().chain([None]) {
+            for to in MODES {
+                let from = from.map_or("None", mode_name);
+                self.transitions
+                    .remove_label_values(&[namespace, incident, from, mode_name(to)])
+                    .ok();
+            }
+        }
+        self.escalations.remove_label_values(&labels).ok();
         let mut modes = self.modes.lock().expect("lock poisoned");
         modes.remove(&(namespace.into(), incident.into()));
         self.count_modes(&modes);
@@ -204,7 +342,7 @@ impl Metrics {
         for mode in MODES {
             let count = modes.values().filter(|m| **m == mode).count();
             self.incidents_by_mode
-                .with_label_values(&[format!("{mode:?}").as_str()])
+                .with_label_values(&[mode_name(mode)])
                 .set(count as i64);
         }
     }
@@ -220,6 +358,8 @@ pub struct AgentMetrics {
     pub queue_messages: IntGaugeVec,
     /// Age of the oldest queued message.
     pub oldest_message_age: IntGauge,
+    /// The queue lifetime the applied mode gives mail (absent in Normal).
+    queue_lifetime: IntGaugeVec,
     /// Modes applied to the MTA (a reconfiguration and reload each).
     pub applies: prometheus::IntCounter,
     /// Failed attempts to apply a mode or to report it.
@@ -264,6 +404,17 @@ impl Default for AgentMetrics {
                 IntGauge::new(
                     "mail_incident_agent_oldest_message_age_seconds",
                     "Age of the oldest message in the MTA's queue.",
+                )
+                .expect("valid metric"),
+            ),
+            queue_lifetime: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mail_incident_agent_queue_lifetime_seconds",
+                        "The queue lifetime the MTA gives mail under the applied incident mode or release; absent in Normal.",
+                    ),
+                    &[],
                 )
                 .expect("valid metric"),
             ),
@@ -339,6 +490,15 @@ impl AgentMetrics {
         }
     }
 
+    /// Records the queue lifetime now in force (`None`: the MTA's own).
+    pub fn set_queue_lifetime(&self, lifetime: Option<TimeSpan>) {
+        set_or_remove(
+            &self.queue_lifetime,
+            &[],
+            lifetime.map(|l| saturating_i64(l.seconds())),
+        );
+    }
+
     /// Records whether the MTA runs what the document asks, and since when it does not.
     pub fn set_convergence(&self, converged: bool, diverged_since: Option<tokio::time::Instant>) {
         self.converged.set(i64::from(converged));
@@ -369,5 +529,141 @@ impl AgentMetrics {
         }
         self.oldest_message_age
             .set(figures.oldest_age_seconds as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::{MailIncidentStatus, validation::EscalationLimits},
+        plan::QueueWatch,
+    };
+    use prometheus::{Encoder, TextEncoder};
+
+    fn exposition(registry: &Registry) -> String {
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        String::from_utf8(text).unwrap()
+    }
+
+    fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|line| {
+                line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+            })
+            .collect()
+    }
+
+    fn decision(mode: EffectiveMode, watch: Option<QueueWatch>) -> Decision {
+        Decision {
+            status: MailIncidentStatus {
+                effective_mode: Some(mode),
+                ..Default::default()
+            },
+            events: vec![],
+            transition: None,
+            escalations: 0,
+            queue_watch: watch,
+        }
+    }
+
+    #[test]
+    fn an_incident_exports_its_mode_queue_watch_and_creation_until_forgotten() {
+        let metrics = Metrics::default();
+        let watch = QueueWatch {
+            lifetime: "5d".parse().unwrap(),
+            escalation: Some(EscalationLimits {
+                max_queued_messages: Some(1_000),
+                max_oldest_message_age: None,
+            }),
+            peak_messages: 250,
+            peak_oldest_age_seconds: 3_600,
+        };
+        let hold = decision(EffectiveMode::AcceptAndQueue, Some(watch));
+        metrics.observe_incident("mail", "hold", Some(1_700_000_000), &hold);
+        metrics.count_transition("mail", "hold", None, EffectiveMode::AcceptAndQueue);
+        let text = exposition(&metrics.registry());
+        assert_eq!(
+            series(&text, "mail_incident_mode"),
+            [
+                r#"mail_incident_mode{incident="hold",mode="AcceptAndQueue",namespace="mail"} 1"#,
+                r#"mail_incident_mode{incident="hold",mode="HardReject",namespace="mail"} 0"#,
+                r#"mail_incident_mode{incident="hold",mode="Normal",namespace="mail"} 0"#,
+                r#"mail_incident_mode{incident="hold",mode="TempFail",namespace="mail"} 0"#,
+            ]
+        );
+        assert_eq!(
+            series(&text, "mail_incident_queue_lifetime_seconds"),
+            [r#"mail_incident_queue_lifetime_seconds{incident="hold",namespace="mail"} 432000"#]
+        );
+        // Only the limit that is set has a series: an alert on the other finds none.
+        assert_eq!(
+            series(&text, "mail_incident_escalation_limit"),
+            [
+                r#"mail_incident_escalation_limit{figure="messages",incident="hold",namespace="mail"} 1000"#
+            ]
+        );
+        assert_eq!(
+            series(&text, "mail_incident_queue_peak"),
+            [
+                r#"mail_incident_queue_peak{figure="messages",incident="hold",namespace="mail"} 250"#,
+                r#"mail_incident_queue_peak{figure="oldest_message_age_seconds",incident="hold",namespace="mail"} 3600"#,
+            ]
+        );
+        assert_eq!(
+            series(&text, "mail_incident_created_timestamp_seconds"),
+            [
+                r#"mail_incident_created_timestamp_seconds{incident="hold",namespace="mail"} 1700000000"#
+            ]
+        );
+        assert_eq!(
+            series(&text, "mail_incident_transitions_total"),
+            [
+                r#"mail_incident_transitions_total{from="None",incident="hold",namespace="mail",to="AcceptAndQueue"} 1"#
+            ]
+        );
+
+        // An invalid edit: the watch goes, the mode stays.
+        metrics.observe_incident(
+            "mail",
+            "hold",
+            Some(1_700_000_000),
+            &decision(EffectiveMode::AcceptAndQueue, None),
+        );
+        let text = exposition(&metrics.registry());
+        assert!(series(&text, "mail_incident_queue_peak").is_empty());
+        assert!(series(&text, "mail_incident_queue_lifetime_seconds").is_empty());
+        assert_eq!(series(&text, "mail_incident_mode").len(), 4);
+
+        metrics.forget_incident("mail", "hold");
+        let text = exposition(&metrics.registry());
+        for name in [
+            "mail_incident_mode",
+            "mail_incident_created_timestamp_seconds",
+            "mail_incident_transitions_total",
+        ] {
+            assert!(
+                series(&text, name).is_empty(),
+                "{name} outlived the incident:\n{text}"
+            );
+        }
+        assert!(text.contains(r#"mail_incident_incidents{mode="AcceptAndQueue"} 0"#));
+    }
+
+    #[test]
+    fn the_agent_exports_a_queue_lifetime_only_while_one_is_applied() {
+        let metrics = AgentMetrics::default();
+        metrics.set_queue_lifetime(Some("7d".parse().unwrap()));
+        let text = exposition(&metrics.registry());
+        assert_eq!(
+            series(&text, "mail_incident_agent_queue_lifetime_seconds"),
+            ["mail_incident_agent_queue_lifetime_seconds 604800"]
+        );
+        metrics.set_queue_lifetime(None);
+        let text = exposition(&metrics.registry());
+        assert!(series(&text, "mail_incident_agent_queue_lifetime_seconds").is_empty());
     }
 }

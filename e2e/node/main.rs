@@ -25,6 +25,8 @@ mod support;
 #[path = "../tests/world.rs"]
 mod world;
 
+mod chart;
+mod dashboard;
 mod mtas;
 mod node;
 mod operator;

@@ -32,15 +32,17 @@ const RELEASE: Duration = Duration::from_secs(20);
 const HELD: usize = 5;
 
 /// One example MTA running on the node.
-struct PodMta {
-    label: &'static str,
+pub struct PodMta {
+    pub label: &'static str,
     selector: &'static str,
+    /// Its pod's name, once it runs.
+    pub pod: String,
     /// Its SMTP address (its pod's IP, set once the pod runs) and recipient.
-    smtp: Smtp,
+    pub smtp: Smtp,
     /// The hostPath directory its Maildir store is in.
-    store: PathBuf,
+    pub store: PathBuf,
     /// The store's Maildir (where `new/` fills).
-    maildir: PathBuf,
+    pub maildir: PathBuf,
     /// The MTA's main process, for reading its configuration through /proc.
     process_word: &'static str,
     /// Its configuration files, as the MTA container sees them.
@@ -72,6 +74,22 @@ impl PodMta {
                 format!("== {file}\n{}\n", lines.join("\n"))
             })
             .collect()
+    }
+
+    /// Sends one message; the MTA's reply to it.
+    pub async fn send(&self, subject: String) -> String {
+        let smtp = self.smtp.clone();
+        tokio::task::spawn_blocking(move || smtp.send(&subject))
+            .await
+            .expect("SMTP task")
+    }
+
+    /// The MTA's reply to RCPT, if it answered.
+    pub async fn rcpt_reply(&self) -> Option<String> {
+        let smtp = self.smtp.clone();
+        tokio::task::spawn_blocking(move || smtp.try_rcpt_reply().ok())
+            .await
+            .expect("SMTP task")
     }
 
     fn delivered(&self) -> usize {
@@ -159,8 +177,12 @@ pub fn apply_values(node: &Node, namespace: &str, documents: &[Value]) {
 }
 
 /// The example Postfix Deployment (with deploy/agent's identity) and Exim StatefulSet,
-/// running and ready.
-async fn start_examples(node: &Node, namespace: &str) -> Vec<PodMta> {
+/// each workload changed by `adjust` first, running and ready.
+pub async fn start_examples(
+    node: &Node,
+    namespace: &str,
+    adjust: impl Fn(&mut Value),
+) -> Vec<PodMta> {
     node.world.kubectl_ok(&[
         "apply",
         "-n",
@@ -175,11 +197,13 @@ async fn start_examples(node: &Node, namespace: &str) -> Vec<PodMta> {
 
     let mut postfix = example("postfix-with-agent.yaml");
     host_volume(&mut postfix[1], "mailboxes", &postfix_store);
+    adjust(&mut postfix[1]);
     // Postfix wants its queue directory root-owned and closed to others.
     let (queue_volume, postfix_queue) = volume_for(node, namespace, "postfix-inbound-queue", 0o755);
     postfix.push(queue_volume);
     let mut exim = example("exim-with-agent.yaml");
     host_volume(&mut exim[3], "mailboxes", &exim_store);
+    adjust(&mut exim[3]);
     let (spool_volume, exim_spool) = volume_for(node, namespace, "spool-exim-inbound-0", 0o777);
     exim.push(spool_volume);
     apply_values(node, namespace, &postfix);
@@ -190,6 +214,7 @@ async fn start_examples(node: &Node, namespace: &str) -> Vec<PodMta> {
     for mut mta in [
         PodMta {
             label: "Postfix",
+            pod: String::new(),
             selector: "app.kubernetes.io/instance=postfix-inbound",
             smtp: Smtp {
                 address: smtp_address([0, 0, 0, 0].into()),
@@ -206,6 +231,7 @@ async fn start_examples(node: &Node, namespace: &str) -> Vec<PodMta> {
         },
         PodMta {
             label: "Exim",
+            pod: String::new(),
             selector: "app.kubernetes.io/instance=exim-inbound",
             smtp: Smtp {
                 address: smtp_address([0, 0, 0, 0].into()),
@@ -224,8 +250,8 @@ async fn start_examples(node: &Node, namespace: &str) -> Vec<PodMta> {
             hold_log: (exim_spool.join("msglog"), "held by a mail incident"),
         },
     ] {
-        let name = pods_ready(&pods, mta.selector, 1).await.remove(0);
-        mta.smtp.address = smtp_address(pod_ip(&pods, &name).await);
+        mta.pod = pods_ready(&pods, mta.selector, 1).await.remove(0);
+        mta.smtp.address = smtp_address(pod_ip(&pods, &mta.pod).await);
         started.push(mta);
     }
     started
@@ -258,16 +284,7 @@ async fn answer_all(mtas: &[PodMta], code: &str) -> Vec<String> {
         let answer = eventually_within(
             CONVERGE,
             &format!("{} answering RCPT with {code}", mta.label),
-            || async {
-                let smtp = Smtp {
-                    address: mta.smtp.address,
-                    recipient: mta.smtp.recipient,
-                };
-                tokio::task::spawn_blocking(move || smtp.try_rcpt_reply().ok())
-                    .await
-                    .expect("SMTP task")
-                    .filter(|a| a.starts_with(code))
-            },
+            || async { mta.rcpt_reply().await.filter(|a| a.starts_with(code)) },
         )
         .await;
         answers.push(answer);
@@ -317,13 +334,7 @@ async fn hold_mail(
     answer_all(mtas, "250").await;
     for mta in mtas {
         for n in 0..HELD {
-            let smtp = Smtp {
-                address: mta.smtp.address,
-                recipient: mta.smtp.recipient,
-            };
-            let reply = tokio::task::spawn_blocking(move || smtp.send(&format!("held {n}")))
-                .await
-                .expect("SMTP task");
+            let reply = mta.send(format!("held {n}")).await;
             assert!(reply.starts_with("250"), "{}: {reply}", mta.label);
         }
     }
@@ -371,7 +382,7 @@ async fn postfix_and_exim_pods_answer_each_mode_hold_mail_and_deliver_it_after_r
     let node = Node::get();
     let client = node.client().await;
     let ns = TestNamespace::new(&node.world, "node-mtas");
-    let mtas = start_examples(node, &ns.name).await;
+    let mtas = start_examples(node, &ns.name, |_| {}).await;
     let incidents: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
 
     // Normal service, and the configuration it starts from.
@@ -457,7 +468,7 @@ async fn an_agent_killed_mid_incident_and_mid_release_is_restarted_and_no_messag
     let node = Node::get();
     let client = node.client().await;
     let ns = TestNamespace::new(&node.world, "node-kills");
-    let mtas = start_examples(node, &ns.name).await;
+    let mtas = start_examples(node, &ns.name, |_| {}).await;
     let incidents: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
     answer_all(&mtas, "250").await;
     let baselines = baselines(&client, &ns.name, &mtas).await;

@@ -92,6 +92,26 @@ impl Node {
     }
 }
 
+/// A Deployment `mx` (labelled app=mx, annotated as a Postfix) of `replicas` pause
+/// containers: a target with no MTA, for tests of what the operator writes.
+pub fn pause_target(replicas: u32) -> String {
+    format!(
+        "
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: mx, labels: {{app: mx}}, annotations: {{mailops.dev/mta: Postfix}}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: mx}}}}
+  template:
+    metadata: {{labels: {{app: mx}}}}
+    spec:
+      containers:
+      - {{name: pause, image: k8s.gcr.io/pause:3.2, imagePullPolicy: Never}}
+"
+    )
+}
+
 /// The files under `directory`, at any depth, for which `counts` holds (a queue's
 /// messages, a log's entries); 0 for a directory that does not exist (yet).
 pub fn count_files(

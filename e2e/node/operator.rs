@@ -2,7 +2,7 @@
 //! one leading; a deleted leader pod hands over and changes still converge.
 
 use crate::{
-    node::{Node, OPERATOR_NAMESPACE, leader, operator_pods_ready},
+    node::{Node, OPERATOR_NAMESPACE, leader, operator_pods_ready, pause_target},
     support::{apply_incident, eventually_within, mode_document},
     world::TestNamespace,
 };
@@ -11,20 +11,6 @@ use std::time::Duration;
 
 /// A failover waits for the deleted leader's Lease (15 s) to run out, then a renewal.
 const FAILOVER: Duration = Duration::from_secs(60);
-
-/// A workload the operator targets; no MTA in it: the mode documents are what is checked.
-const TARGET: &str = "
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: mx, labels: {app: mx}, annotations: {mailops.dev/mta: Postfix}}
-spec:
-  selector: {matchLabels: {app: mx}}
-  template:
-    metadata: {labels: {app: mx}}
-    spec:
-      containers:
-      - {name: pause, image: k8s.gcr.io/pause:3.2, imagePullPolicy: Never}
-";
 
 fn incident(mode: Mode) -> String {
     format!("mode: {mode:?}\nreason: INC-1 storage down\ntargets: {{matchLabels: {{app: mx}}}}")
@@ -56,7 +42,7 @@ async fn two_replicas_run_from_the_image_one_leads_and_a_deleted_leader_hands_ov
     .await;
 
     let ns = TestNamespace::new(&node.world, "node-operator");
-    crate::support::apply_yaml(&node.world, &ns.name, TARGET);
+    crate::support::apply_yaml(&node.world, &ns.name, &pause_target(1));
     apply_incident(&node.world, &ns.name, "outage", &incident(Mode::TempFail));
     document_says(&client, &ns.name, Mode::TempFail).await;
 

@@ -8,6 +8,7 @@ mod fakes;
 mod fault_proxy;
 mod foundation;
 mod generic;
+mod gitops;
 mod mta;
 mod operations;
 mod postfix;

@@ -140,6 +140,7 @@ impl Drop for SmtpSession {
 }
 
 /// An MTA's SMTP address, for one recipient address.
+#[derive(Clone)]
 pub struct Smtp {
     pub address: SocketAddr,
     pub recipient: &'static str,

@@ -107,9 +107,21 @@ async fn live_metrics_pass_promtool_and_describe_the_fleet() {
     assert_eq!(
         sample(
             "mail_incident_transitions_total",
-            &["from=\"None\"", "to=\"TempFail\""]
+            &[&ns_label, "from=\"None\"", "to=\"TempFail\""]
         ),
         Some(1.0)
+    );
+    assert_eq!(
+        sample("mail_incident_mode", &[&ns_label, "mode=\"TempFail\""]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample("mail_incident_mode", &[&ns_label, "mode=\"Normal\""]),
+        Some(0.0)
+    );
+    assert!(
+        sample("mail_incident_created_timestamp_seconds", &[&ns_label])
+            .is_some_and(|at| at > 1.6e9)
     );
     assert_eq!(
         sample("mail_incident_expiry_timestamp_seconds", &[&ns_label]),

@@ -112,6 +112,7 @@ impl Loop {
                             info!(state = %held.label(), hash = held.hash().as_deref().unwrap_or("-"), "applied");
                             self.metrics.applies.inc();
                             self.metrics.set_mode(&held.label());
+                            self.metrics.set_queue_lifetime(held.queue_lifetime());
                             backoff = self.timing.backoff();
                             retry_at = Instant::now();
                             measured_since_apply = None;

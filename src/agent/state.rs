@@ -7,7 +7,10 @@
 //! its way out. Once no message older than the release is left, it returns to `Normal`,
 //! the MTA's own configuration.
 
-use crate::api::mode_document::{ModeDocument, QueueFigures};
+use crate::api::{
+    TimeSpan,
+    mode_document::{ModeDocument, QueueFigures},
+};
 use serde::{Deserialize, Serialize};
 
 /// The state of the MTA as the agent has configured it.
@@ -93,6 +96,17 @@ impl Held {
         }
     }
 
+    /// The queue lifetime in force while an incident's mode or its release is applied
+    /// (`None` in Normal: the MTA's own setting, which the agent does not read).
+    pub fn queue_lifetime(&self) -> Option<TimeSpan> {
+        let lifetime = match self {
+            Held::Normal => return None,
+            Held::Incident { document } => &document.queue.lifetime,
+            Held::Releasing { release } => &release.lifetime,
+        };
+        lifetime.parse().ok()
+    }
+
     /// The name shown in the agent's `mail_incident_agent_mode` metric and logs.
     pub fn label(&self) -> String {
         match self {
@@ -118,6 +132,23 @@ mod tests {
             oldest_age_seconds,
             ..QueueFigures::default()
         }
+    }
+
+    #[test]
+    fn the_queue_lifetime_follows_the_incident_into_its_release_and_ends_in_normal() {
+        let hold = Held::Normal.next(Some(&document(Mode::AcceptAndQueue)), 100);
+        let lifetime = Some(
+            document(Mode::AcceptAndQueue)
+                .queue
+                .lifetime
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(hold.queue_lifetime(), lifetime);
+        let releasing = hold.next(None, 200);
+        assert!(matches!(releasing, Held::Releasing { .. }));
+        assert_eq!(releasing.queue_lifetime(), lifetime);
+        assert_eq!(Held::Normal.queue_lifetime(), None);
     }
 
     #[test]

@@ -80,8 +80,8 @@ pub struct Settings {
     #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Namespaces synced at the same time, at most.
-    #[arg(long, default_value_t = 16)]
+    /// Namespaces synced at the same time, at most (1 to 256; 0 would mean no bound).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
     /// Log line format.
@@ -417,13 +417,7 @@ fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision)
     let namespace = incident.namespace().unwrap_or_default();
     let name = incident.name_any();
     if let Some(t) = &decision.transition {
-        let from = t
-            .from
-            .map_or_else(|| "None".to_string(), |m| format!("{m:?}"));
-        metrics
-            .transitions
-            .with_label_values(&[from.as_str(), &format!("{:?}", t.to)])
-            .inc();
+        metrics.count_transition(&namespace, &name, t.from, t.to);
     }
     let key = (namespace, name);
     if incident.metadata.deletion_timestamp.is_some() {
@@ -436,7 +430,12 @@ fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision)
             .remove(&key);
         return;
     }
-    metrics.observe_incident(&key.0, &key.1, &decision.status);
+    let created = incident
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|at| at.0.as_second());
+    metrics.observe_incident(&key.0, &key.1, created, decision);
     if decision.escalations > 0 {
         metrics
             .escalations

@@ -11,12 +11,12 @@ pub use conditions::{ConditionType, set_conditions};
 pub use target::{Delivery, QueueStorage, Target, TargetRef, Uptake, WorkloadKind};
 
 use crate::api::{
-    MailIncident, MailIncidentStatus, Mode, Transition,
+    MailIncident, MailIncidentStatus, Mode, TimeSpan, Transition,
     mode_document::{
         DocumentIncident, DocumentQueue, DocumentRelease, MODE_DOCUMENT_KIND,
         MODE_DOCUMENT_VERSION, ModeDocument,
     },
-    validation::{self, ValidIncident},
+    validation::{self, EscalationLimits, ValidIncident},
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::{ResourceExt, core::SelectorExt};
@@ -94,6 +94,20 @@ pub struct Decision {
     pub transition: Option<Transition>,
     /// Targets this decision newly switches from AcceptAndQueue to TempFail.
     pub escalations: u32,
+    /// The queue figures the incident is watched by, while its spec is valid.
+    pub queue_watch: Option<QueueWatch>,
+}
+
+/// What an incident's queue alerts compare: its lifetime and escalation limits, and the
+/// fullest queue among the targets whose mode it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueWatch {
+    pub lifetime: TimeSpan,
+    pub escalation: Option<EscalationLimits>,
+    /// The most messages one target's MTA reported queued.
+    pub peak_messages: u64,
+    /// The age of the oldest message any of its targets' MTAs reported.
+    pub peak_oldest_age_seconds: u64,
 }
 
 /// An event to record on an incident.
@@ -202,7 +216,11 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
         .zip(&standings)
         .enumerate()
         .map(|(index, (incident, standing))| {
-            status::decide(incident, index, standing, ns, &outcomes)
+            let mut decision = status::decide(incident, index, standing, ns, &outcomes);
+            if let Standing::Valid { spec, .. } = standing {
+                decision.queue_watch = Some(queue_watch(spec, index, ns.targets, &outcomes));
+            }
+            decision
         })
         .collect();
     let wake_at = standings
@@ -217,6 +235,32 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
         writes,
         incidents,
         wake_at,
+    }
+}
+
+fn queue_watch(
+    spec: &ValidIncident,
+    index: usize,
+    targets: &[Target],
+    outcomes: &[TargetOutcome],
+) -> QueueWatch {
+    let governed = targets
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| outcome.winner == Some(index))
+        .flat_map(|(target, _)| &target.queues);
+    let (peak_messages, peak_oldest_age_seconds) =
+        governed.fold((0, 0), |(messages, oldest), queue| {
+            (
+                messages.max(queue.messages),
+                oldest.max(queue.oldest_age_seconds),
+            )
+        });
+    QueueWatch {
+        lifetime: spec.queue_lifetime,
+        escalation: spec.escalation,
+        peak_messages,
+        peak_oldest_age_seconds,
     }
 }
 

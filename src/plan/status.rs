@@ -34,6 +34,7 @@ pub(super) fn decide(
                 events: vec![],
                 transition: None,
                 escalations: 0,
+                queue_watch: None,
             }
         }
         Standing::Invalid(errors) => invalid(generation, errors, previous, ns.now),
@@ -143,6 +144,7 @@ fn invalid(
         events,
         transition: None,
         escalations: 0,
+        queue_watch: None,
     }
 }
 
@@ -450,6 +452,7 @@ impl Builder<'_> {
             events: self.events,
             transition: self.transition,
             escalations: self.escalations,
+            queue_watch: None,
         }
     }
 

@@ -924,3 +924,56 @@ fn a_queue_past_the_limit_switches_accept_and_queue_to_temp_fail() {
         "3/3"
     );
 }
+
+#[test]
+fn the_queue_watch_peaks_over_the_targets_an_incident_decides_only() {
+    let hold = "mode: AcceptAndQueue\nreason: INC-9 hold\ntargets: {matchLabels: {app: mta}}\nqueue: {lifetime: 7d}\nescalation: {maxQueuedMessages: 500}";
+    let mut world = World::new(
+        vec![
+            incident("hold", 0, 1, hold),
+            incident("reject", 5, 1, HARD_REJECT),
+        ],
+        fleet(),
+    );
+    world.settle(at(5), true);
+    let figures = |messages, oldest_age_seconds| crate::api::mode_document::QueueFigures {
+        messages,
+        oldest_age_seconds,
+        ..Default::default()
+    };
+    world.targets[0].queues = vec![figures(40, 600), figures(90, 60)];
+    // postfix-b is decided by the HardReject incident: its queue is not the hold's.
+    world.targets[1].queues = vec![figures(10_000, 86_400)];
+    world.targets[2].queues = vec![figures(7, 3_600)];
+    let plan = world.plan(at(6));
+
+    let watch = plan.incidents[0]
+        .queue_watch
+        .expect("a valid incident is watched");
+    assert_eq!(watch.lifetime, "7d".parse().unwrap());
+    assert_eq!(
+        watch.escalation.and_then(|e| e.max_queued_messages),
+        Some(500)
+    );
+    assert_eq!(
+        (watch.peak_messages, watch.peak_oldest_age_seconds),
+        (90, 3_600)
+    );
+    let reject = plan.incidents[1].queue_watch.expect("watched");
+    assert_eq!(
+        (
+            reject.peak_messages,
+            reject.peak_oldest_age_seconds,
+            reject.escalation
+        ),
+        (10_000, 86_400, None)
+    );
+}
+
+#[test]
+fn an_invalid_incident_has_no_queue_watch() {
+    let invalid = "mode: HardReject\nreason: INC-8 no ack\ntargets: {matchLabels: {app: mta}}";
+    let mut world = World::new(vec![incident("reject", 0, 1, invalid)], fleet());
+    let plan = world.settle(at(0), true);
+    assert_eq!(plan.incidents[0].queue_watch, None);
+}

@@ -1,0 +1,352 @@
+"""The Helm chart, rendered, linted and schema-checked by Helm's own engine, and compared
+with what the kustomize base in deploy/ installs."""
+
+import copy
+import json
+import subprocess
+import tomllib
+import unittest
+
+import helm_python as helm
+import yaml
+
+import chart
+
+RUNBOOKS = "https://github.com/mailops-dev/mail-incident-operator/blob/main/docs/runbooks/"
+
+
+def find(objects, kind, name=None):
+    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    return found
+
+
+def only(objects, kind, name=None):
+    found = find(objects, kind, name)
+    if len(found) != 1:
+        raise AssertionError(f"expected one {kind} {name or ''}, found {len(found)}")
+    return found[0]
+
+
+def kinds(objects):
+    return sorted(o["kind"] for o in objects)
+
+
+def container(objects):
+    return only(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+class Lint(unittest.TestCase):
+    def test_the_chart_lints_clean_in_strict_mode(self):
+        report = helm.lint(chart.CHART, strict=True, kube_version="v1.20.2")
+        problems = [m for m in report["messages"] if m["severity"] >= 2]
+        self.assertEqual(report["errors"], [])
+        self.assertEqual(problems, [])
+
+    def test_every_toggle_on_lints_clean_too(self):
+        report = helm.lint(chart.CHART, ALL_ON, strict=True, kube_version="v1.20.2")
+        self.assertEqual([m for m in report["messages"] if m["severity"] >= 2], [])
+
+    def test_versions_follow_the_operator(self):
+        meta = yaml.safe_load((chart.CHART / "Chart.yaml").read_text())
+        cargo = tomllib.loads((chart.REPO / "Cargo.toml").read_text())
+        self.assertEqual(meta["version"], cargo["package"]["version"])
+        self.assertEqual(meta["appVersion"], cargo["package"]["version"])
+
+
+ALL_ON = {
+    "podDisruptionBudget": {"enabled": True},
+    "metrics": {
+        "serviceMonitor": {"enabled": True},
+        "podMonitor": {"enabled": True},
+        "agentPodMonitor": {"enabled": True},
+    },
+    "prometheusRule": {"enabled": True},
+    "grafanaDashboard": {"enabled": True},
+}
+
+
+class Defaults(unittest.TestCase):
+    objects = chart.render()
+
+    def test_defaults_install_the_crd_operator_rbac_and_service_only(self):
+        self.assertEqual(
+            kinds(self.objects),
+            [
+                "ClusterRole",
+                "ClusterRole",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "CustomResourceDefinition",
+                "Deployment",
+                "Role",
+                "RoleBinding",
+                "Service",
+                "ServiceAccount",
+            ],
+        )
+
+    def test_every_object_carries_the_standard_labels(self):
+        for o in self.objects:
+            labels = o["metadata"]["labels"]
+            with self.subTest(kind=o["kind"], name=o["metadata"]["name"]):
+                self.assertEqual(labels["app.kubernetes.io/name"], "mail-incident-operator")
+                self.assertEqual(labels["app.kubernetes.io/instance"], chart.RELEASE)
+                self.assertEqual(labels["app.kubernetes.io/managed-by"], "Helm")
+                self.assertEqual(labels["app.kubernetes.io/version"], "0.1.0")
+                self.assertEqual(labels["helm.sh/chart"], "mail-incident-operator-0.1.0")
+
+    def test_namespaced_objects_go_to_the_release_namespace(self):
+        cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+        for o in self.objects:
+            with self.subTest(kind=o["kind"]):
+                self.assertEqual(
+                    o["metadata"].get("namespace"),
+                    None if o["kind"] in cluster_scoped else chart.NAMESPACE,
+                )
+
+    def test_the_pod_runs_non_root_read_only_without_capabilities_under_runtime_default_seccomp(self):
+        pod = only(self.objects, "Deployment")["spec"]["template"]["spec"]
+        self.assertEqual(
+            pod["securityContext"],
+            {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        )
+        self.assertEqual(
+            container(self.objects)["securityContext"],
+            {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+        )
+        self.assertNotIn("hostNetwork", pod)
+
+    def test_the_selector_is_the_stable_labels_and_the_pods_carry_them(self):
+        deployment = only(self.objects, "Deployment")
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        self.assertEqual(
+            selector,
+            {"app.kubernetes.io/name": "mail-incident-operator", "app.kubernetes.io/instance": chart.RELEASE},
+        )
+        self.assertLessEqual(selector.items(), deployment["spec"]["template"]["metadata"]["labels"].items())
+        self.assertEqual(only(self.objects, "Service")["spec"]["selector"], selector)
+
+    def test_the_crd_is_kept_on_uninstall(self):
+        crd = only(self.objects, "CustomResourceDefinition")
+        self.assertEqual(crd["metadata"]["annotations"], {"helm.sh/resource-policy": "keep"})
+
+    def test_the_image_defaults_to_the_app_version(self):
+        self.assertEqual(container(self.objects)["image"], "mail-incident-operator:0.1.0")
+
+    def test_the_notes_print_an_incident_that_kubectl_would_apply(self):
+        text = chart.notes()
+        start = text.index("apiVersion: mailops.dev/v1alpha1")
+        end = text.index("  YAML", start)
+        incident = yaml.safe_load("\n".join(line[2:] for line in text[start:end].splitlines()))
+        self.assertEqual(incident["kind"], "MailIncident")
+        self.assertEqual(incident["spec"]["mode"], "TempFail")
+        schema = only(self.objects, "CustomResourceDefinition")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        self.assertLessEqual(set(incident["spec"]), set(schema["properties"]["spec"]["properties"]))
+        self.assertIn("kubectl -n mail wait mailinc/storage-outage --for=condition=Ready", text)
+
+
+class Toggles(unittest.TestCase):
+    def test_crds_enabled_false_leaves_the_crd_out(self):
+        self.assertEqual(find(chart.render({"crds": {"enabled": False}}), "CustomResourceDefinition"), [])
+
+    def test_crds_keep_false_lets_helm_delete_it(self):
+        crd = only(chart.render({"crds": {"keep": False}}), "CustomResourceDefinition")
+        self.assertNotIn("annotations", crd["metadata"])
+
+    def test_rbac_create_false_leaves_every_role_and_binding_out(self):
+        objects = chart.render({"rbac": {"create": False}})
+        for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
+            self.assertEqual(find(objects, kind), [], kind)
+
+    def test_the_aggregated_roles_give_edit_and_view_their_rights_and_can_be_turned_off(self):
+        objects = chart.render()
+        edit = only(objects, "ClusterRole", "mail-incident-operator-edit")
+        view = only(objects, "ClusterRole", "mail-incident-operator-view")
+        self.assertEqual(edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"], "true")
+        self.assertEqual(edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"], "true")
+        self.assertEqual(view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"], "true")
+        self.assertNotIn("mailincidents/status", edit["rules"][0]["resources"])
+        self.assertEqual(set(view["rules"][0]["verbs"]), {"get", "list", "watch"})
+        off = chart.render({"rbac": {"aggregateToDefaultRoles": False}})
+        self.assertEqual([o["metadata"]["name"] for o in find(off, "ClusterRole")], ["mail-incident-operator"])
+
+    def test_an_existing_service_account_must_be_named(self):
+        with self.assertRaises(helm.HelmRenderError) as refused:
+            chart.render({"serviceAccount": {"create": False}})
+        self.assertIn("serviceAccount.name is required", str(refused.exception))
+        objects = chart.render({"serviceAccount": {"create": False, "name": "site-sa"}})
+        self.assertEqual(find(objects, "ServiceAccount"), [])
+        self.assertEqual(only(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"], "site-sa")
+        self.assertEqual(only(objects, "ClusterRoleBinding")["subjects"][0]["name"], "site-sa")
+
+    def test_monitors_keep_the_incident_namespace_label(self):
+        objects = chart.render(ALL_ON)
+        service_monitor = only(objects, "ServiceMonitor")
+        self.assertTrue(service_monitor["spec"]["endpoints"][0]["honorLabels"])
+        self.assertEqual(service_monitor["spec"]["endpoints"][0]["port"], "http")
+        operator_pods, agents = find(objects, "PodMonitor")
+        self.assertTrue(operator_pods["spec"]["podMetricsEndpoints"][0]["honorLabels"])
+        self.assertEqual(agents["spec"]["namespaceSelector"], {"any": True})
+        self.assertEqual(agents["spec"]["podMetricsEndpoints"][0]["port"], "agent-http")
+        self.assertEqual(agents["spec"]["selector"], {"matchLabels": {"app.kubernetes.io/component": "mta"}})
+
+    def test_the_prometheus_rule_is_the_rule_file_with_the_runbook_base_chosen(self):
+        rules_file = chart.CHART / "files" / "prometheus" / "mail-incident-operator.rules.yaml"
+        plain = yaml.safe_load(rules_file.read_text())
+        rule = only(chart.render(ALL_ON), "PrometheusRule")
+        self.assertEqual(rule["spec"], plain)
+        mirror = "https://wiki.example.net/mail/runbooks/"
+        moved = only(chart.render({**ALL_ON, "prometheusRule": {"enabled": True, "runbookBaseURL": mirror}}), "PrometheusRule")
+        urls = [r["annotations"]["runbook_url"] for g in moved["spec"]["groups"] for r in g["rules"] if "alert" in r]
+        self.assertTrue(urls)
+        for url in urls:
+            self.assertTrue(url.startswith(mirror), url)
+        self.assertNotIn(RUNBOOKS, json.dumps(moved))
+
+    def test_the_dashboard_config_map_carries_the_json_unchanged_and_the_sidecar_label(self):
+        dashboard = (chart.CHART / "files" / "grafana" / "mail-incident-operator.json").read_text()
+        config_map = only(
+            chart.render({"grafanaDashboard": {"enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "Mail"}}}),
+            "ConfigMap",
+        )
+        self.assertEqual(config_map["metadata"]["labels"]["grafana_dashboard"], "1")
+        self.assertEqual(config_map["metadata"]["namespace"], "monitoring")
+        self.assertEqual(config_map["metadata"]["annotations"], {"grafana_folder": "Mail"})
+        self.assertEqual(config_map["data"]["mail-incident-operator.json"], dashboard)
+
+    def test_the_monitoring_objects_are_off_by_default(self):
+        for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "PodDisruptionBudget"):
+            self.assertEqual(find(chart.render(), kind), [], kind)
+
+    def test_the_disruption_budget_needs_more_than_one_replica(self):
+        budget = only(chart.render(ALL_ON), "PodDisruptionBudget")
+        self.assertEqual(budget["spec"]["minAvailable"], 1)
+        self.assertEqual(find(chart.render({**ALL_ON, "replicaCount": 1}), "PodDisruptionBudget"), [])
+
+    def test_operator_settings_become_its_flags_and_env(self):
+        objects = chart.render(
+            {
+                "operator": {"watchNamespace": "mail", "leaseSeconds": 30, "concurrency": 4, "logFormat": "text"},
+                "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+                "image": {"digest": "sha256:" + "a" * 64},
+            }
+        )
+        c = container(objects)
+        self.assertEqual(
+            c["args"],
+            ["run", "--log-format=text", "--lease-name=mail-incident-operator", "--lease-seconds=30", "--concurrency=4"],
+        )
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        self.assertEqual(env["WATCH_NAMESPACE"], "mail")
+        self.assertEqual(env["HTTPS_PROXY"], "http://proxy:3128")
+        self.assertEqual(c["image"], "mail-incident-operator@sha256:" + "a" * 64)
+
+    def test_another_release_name_prefixes_every_cluster_wide_name(self):
+        objects = chart.render(name="mail")
+        names = sorted(o["metadata"]["name"] for o in find(objects, "ClusterRole"))
+        self.assertEqual(names, ["mail-mail-incident-operator", "mail-mail-incident-operator-edit", "mail-mail-incident-operator-view"])
+        self.assertIn("--lease-name=mail-mail-incident-operator", container(objects)["args"])
+
+
+class Schema(unittest.TestCase):
+    """values.schema.json refuses wrong types and out-of-bound numbers, naming the key,
+    both on its own and when rendering (as `helm install` does)."""
+
+    REFUSED = [
+        ({"replicaCount": "2"}, "/replicaCount"),
+        ({"replicaCount": 0}, "/replicaCount"),
+        ({"replicaCount": 11}, "/replicaCount"),
+        ({"crds": {"enabled": "yes"}}, "/crds/enabled"),
+        ({"crd": {"enabled": True}}, "'crd' not allowed"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"image": {"digest": "latest"}}, "/image/digest"),
+        ({"operator": {"leaseSeconds": 2}}, "/operator/leaseSeconds"),
+        ({"operator": {"concurrency": 0}}, "/operator/concurrency"),
+        ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
+        ({"operator": {"port": 80}}, "/operator/port"),
+        ({"extraEnv": {"HTTPS_PROXY": "x"}}, "/extraEnv"),
+        ({"metrics": {"podMonitor": {"interval": "often"}}}, "/metrics/podMonitor/interval"),
+        ({"prometheusRule": {"runbookBaseURL": "wiki/runbooks"}}, "/prometheusRule/runbookBaseURL"),
+        ({"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}}, "/grafanaDashboard/labels/grafana_dashboard"),
+        ({"podLabels": {"team": True}}, "/podLabels/team"),
+    ]
+
+    def test_wrong_values_are_refused_naming_the_key(self):
+        with helm.Chart.load(chart.CHART) as loaded:
+            for values, where in self.REFUSED:
+                with self.subTest(values=values):
+                    with self.assertRaises(helm.HelmValuesError) as refused:
+                        loaded.validate_schema(values)
+                    self.assertIn(where, str(refused.exception))
+                    with self.assertRaises(helm.HelmValuesError):
+                        loaded.render(copy.deepcopy(values), name=chart.RELEASE, namespace=chart.NAMESPACE)
+
+    def test_the_defaults_and_every_toggle_pass(self):
+        with helm.Chart.load(chart.CHART) as loaded:
+            loaded.validate_schema({})
+            loaded.validate_schema(ALL_ON)
+
+
+class NoDrift(unittest.TestCase):
+    """`helm install mail-incident-operator -n mail-incident-operator` with the defaults and
+    `kubectl apply -k deploy/` install the same objects, with the same names and content
+    (only Helm's labels and the selector's instance label differ, and the Namespace, which
+    Helm leaves to --create-namespace)."""
+
+    @classmethod
+    def setUpClass(cls):
+        built = subprocess.run(
+            [chart.kubectl(), "kustomize", str(chart.REPO / "deploy")], check=True, capture_output=True, text=True
+        ).stdout
+        cls.kustomize = [o for o in yaml.safe_load_all(built) if o]
+        cls.helm = chart.render()
+
+    @staticmethod
+    def key(o):
+        return (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace"))
+
+    def pair(self, kind, name):
+        return only(self.kustomize, kind, name), only(self.helm, kind, name)
+
+    def test_both_install_the_same_objects(self):
+        kustomize = {self.key(o) for o in self.kustomize if o["kind"] != "Namespace"}
+        self.assertEqual(kustomize, {self.key(o) for o in self.helm})
+        self.assertEqual(
+            [self.key(o) for o in find(self.kustomize, "Namespace")],
+            [("Namespace", chart.NAMESPACE, None)],
+        )
+
+    def test_every_object_has_the_same_content(self):
+        for k in self.kustomize:
+            if k["kind"] == "Namespace":
+                continue
+            h = only(self.helm, k["kind"], k["metadata"]["name"])
+            with self.subTest(object=self.key(k)):
+                # Helm's labels are a superset of the base's.
+                self.assertLessEqual(k["metadata"].get("labels", {}).items(), h["metadata"]["labels"].items())
+                self.assertEqual(strip(k), strip(h))
+
+    def test_the_crd_is_the_generated_one(self):
+        generated = yaml.safe_load((chart.REPO / "crds" / "mailincidents.mailops.dev.yaml").read_text())
+        crd = only(self.helm, "CustomResourceDefinition")
+        self.assertEqual(crd["spec"], generated["spec"])
+
+
+def strip(o):
+    """An object without what may differ between the two installs: metadata labels and
+    annotations (compared apart), and the selector and pod labels that carry Helm's
+    release name."""
+    o = copy.deepcopy(o)
+    o["metadata"].pop("labels", None)
+    o["metadata"].pop("annotations", None)
+    spec = o.get("spec", {})
+    if o["kind"] == "Deployment":
+        spec["selector"]["matchLabels"].pop("app.kubernetes.io/instance", None)
+        spec["template"]["metadata"] = {}
+    if o["kind"] == "Service":
+        spec["selector"].pop("app.kubernetes.io/instance", None)
+    return o
+
+
+if __name__ == "__main__":
+    unittest.main()
