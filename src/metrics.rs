@@ -4,7 +4,7 @@
 
 use crate::{
     api::{EffectiveMode, TimeSpan},
-    plan::Decision,
+    plan::{Decision, QueuePeak},
 };
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -66,7 +66,7 @@ pub struct Metrics {
     /// Time from an incident generation's first sight to every target applying it.
     pub apply_duration: Histogram,
     /// 1 while this replica holds the leader Lease.
-    pub leader: IntGauge,
+    leader: IntGauge,
     incidents_by_mode: IntGaugeVec,
     mode: IntGaugeVec,
     targets: IntGaugeVec,
@@ -75,6 +75,7 @@ pub struct Metrics {
     queue_lifetime: IntGaugeVec,
     escalation_limit: IntGaugeVec,
     queue_peak: IntGaugeVec,
+    accepting_queue_peak: IntGaugeVec,
     /// The effective mode of each incident, to count incidents by mode.
     modes: Arc<Mutex<HashMap<(String, String), EffectiveMode>>>,
 }
@@ -204,6 +205,11 @@ impl Default for Metrics {
                 "The fullest queue among the targets whose mode each incident decides, as their agents report it, by figure: messages, oldest_message_age_seconds.",
                 &["namespace", "incident", "figure"],
             ),
+            accepting_queue_peak: gauge(
+                "mail_incident_accepting_queue_peak",
+                "The fullest queue among the targets each incident keeps in AcceptAndQueue (not escalated), by figure: what its escalation limits are compared with; only while limits are set.",
+                &["namespace", "incident", "figure"],
+            ),
             modes: Arc::default(),
             registry,
         }
@@ -251,21 +257,27 @@ impl Metrics {
             watch.map(|w| saturating_i64(w.lifetime.seconds())),
         );
         let limits = watch.and_then(|w| w.escalation);
+        // The peak the limits are compared with exists only where limits do.
+        let accepting = watch
+            .filter(|w| w.escalation.is_some())
+            .map(|w| w.accepting_peak);
         for (figure, limit, peak) in [
             (
                 MESSAGES,
                 limits.and_then(|l| l.max_queued_messages),
-                watch.map(|w| w.peak_messages),
+                (|p: &QueuePeak| p.messages) as fn(&QueuePeak) -> u64,
             ),
             (
                 OLDEST_MESSAGE_AGE,
                 limits.and_then(|l| l.max_oldest_message_age.map(|age| age.seconds())),
-                watch.map(|w| w.peak_oldest_age_seconds),
+                |p: &QueuePeak| p.oldest_age_seconds,
             ),
         ] {
             let labels = [namespace, incident, figure];
             set_or_remove(&self.escalation_limit, &labels, limit.map(saturating_i64));
-            set_or_remove(&self.queue_peak, &labels, peak.map(saturating_i64));
+            let figure_of = |p: Option<QueuePeak>| p.map(|p| saturating_i64(peak(&p)));
+            set_or_remove(&self.queue_peak, &labels, figure_of(watch.map(|w| w.peak)));
+            set_or_remove(&self.accepting_queue_peak, &labels, figure_of(accepting));
         }
         for mode in MODES {
             let labels = [namespace, incident, mode_name(mode)];
@@ -280,6 +292,33 @@ impl Metrics {
             Some(mode) => modes.insert((namespace.into(), incident.into()), mode),
             None => modes.remove(&(namespace.into(), incident.into())),
         };
+        self.count_modes(&modes);
+    }
+
+    /// Records whether this replica leads. One that stops leading drops every incident's
+    /// series: the leader exports them now, and a copy frozen here would be read as
+    /// current for as long as this pod lives (alerts take the max across replicas).
+    pub fn set_leading(&self, leading: bool) {
+        self.leader.set(leading.into());
+        if leading {
+            return;
+        }
+        for gauge in [
+            &self.mode,
+            &self.targets,
+            &self.expiry,
+            &self.created,
+            &self.queue_lifetime,
+            &self.escalation_limit,
+            &self.queue_peak,
+            &self.accepting_queue_peak,
+        ] {
+            gauge.reset();
+        }
+        self.transitions.reset();
+        self.escalations.reset();
+        let mut modes = self.modes.lock().expect("lock poisoned");
+        modes.clear();
         self.count_modes(&modes);
     }
 
@@ -313,7 +352,11 @@ impl Metrics {
             gauge.remove_label_values(&labels).ok();
         }
         for figure in [MESSAGES, OLDEST_MESSAGE_AGE] {
-            for gauge in [&self.escalation_limit, &self.queue_peak] {
+            for gauge in [
+                &self.escalation_limit,
+                &self.queue_peak,
+                &self.accepting_queue_peak,
+            ] {
                 gauge
                     .remove_label_values(&[namespace, incident, figure])
                     .ok();
@@ -579,8 +622,14 @@ mod tests {
                 max_queued_messages: Some(1_000),
                 max_oldest_message_age: None,
             }),
-            peak_messages: 250,
-            peak_oldest_age_seconds: 3_600,
+            peak: QueuePeak {
+                messages: 250,
+                oldest_age_seconds: 3_600,
+            },
+            accepting_peak: QueuePeak {
+                messages: 120,
+                oldest_age_seconds: 600,
+            },
         };
         let hold = decision(EffectiveMode::AcceptAndQueue, Some(watch));
         metrics.observe_incident("mail", "hold", Some(1_700_000_000), &hold);
@@ -611,6 +660,13 @@ mod tests {
             [
                 r#"mail_incident_queue_peak{figure="messages",incident="hold",namespace="mail"} 250"#,
                 r#"mail_incident_queue_peak{figure="oldest_message_age_seconds",incident="hold",namespace="mail"} 3600"#,
+            ]
+        );
+        assert_eq!(
+            series(&text, "mail_incident_accepting_queue_peak"),
+            [
+                r#"mail_incident_accepting_queue_peak{figure="messages",incident="hold",namespace="mail"} 120"#,
+                r#"mail_incident_accepting_queue_peak{figure="oldest_message_age_seconds",incident="hold",namespace="mail"} 600"#,
             ]
         );
         assert_eq!(
@@ -651,6 +707,39 @@ mod tests {
             );
         }
         assert!(text.contains(r#"mail_incident_incidents{mode="AcceptAndQueue"} 0"#));
+    }
+
+    #[test]
+    fn a_replica_that_stops_leading_drops_every_incident_series() {
+        let metrics = Metrics::default();
+        metrics.set_leading(true);
+        metrics.observe_incident(
+            "mail",
+            "bounce",
+            Some(1_700_000_000),
+            &decision(EffectiveMode::HardReject, None),
+        );
+        metrics.count_transition("mail", "bounce", None, EffectiveMode::HardReject);
+        let text = exposition(&metrics.registry());
+        assert_eq!(series(&text, "mail_incident_mode").len(), 4);
+
+        metrics.set_leading(false);
+        let text = exposition(&metrics.registry());
+        assert_eq!(
+            series(&text, "mail_incident_leader"),
+            ["mail_incident_leader 0"]
+        );
+        for name in [
+            "mail_incident_mode",
+            "mail_incident_created_timestamp_seconds",
+            "mail_incident_transitions_total",
+        ] {
+            assert!(
+                series(&text, name).is_empty(),
+                "{name} kept by a standby:\n{text}"
+            );
+        }
+        assert!(text.contains(r#"mail_incident_incidents{mode="HardReject"} 0"#));
     }
 
     #[test]

@@ -56,7 +56,6 @@ class Lint(unittest.TestCase):
 ALL_ON = {
     "podDisruptionBudget": {"enabled": True},
     "metrics": {
-        "serviceMonitor": {"enabled": True},
         "podMonitor": {"enabled": True},
         "agentPodMonitor": {"enabled": True},
     },
@@ -181,7 +180,7 @@ class Toggles(unittest.TestCase):
 
     def test_monitors_keep_the_incident_namespace_label(self):
         objects = chart.render(ALL_ON)
-        service_monitor = only(objects, "ServiceMonitor")
+        service_monitor = only(chart.render({"metrics": {"serviceMonitor": {"enabled": True}}}), "ServiceMonitor")
         self.assertTrue(service_monitor["spec"]["endpoints"][0]["honorLabels"])
         self.assertEqual(service_monitor["spec"]["endpoints"][0]["port"], "http")
         operator_pods, agents = find(objects, "PodMonitor")
@@ -217,6 +216,28 @@ class Toggles(unittest.TestCase):
     def test_the_monitoring_objects_are_off_by_default(self):
         for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "PodDisruptionBudget"):
             self.assertEqual(find(chart.render(), kind), [], kind)
+
+    def test_combinations_that_cannot_work_are_refused_with_why(self):
+        for values, why in [
+            (
+                {"service": {"enabled": False}, "metrics": {"serviceMonitor": {"enabled": True}}},
+                "metrics.serviceMonitor.enabled needs service.enabled",
+            ),
+            (
+                {"metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}},
+                "enable one of metrics.serviceMonitor and metrics.podMonitor",
+            ),
+            (
+                {"podDisruptionBudget": {"enabled": True, "minAvailable": 2}},
+                "podDisruptionBudget.minAvailable must be below replicaCount",
+            ),
+        ]:
+            with self.subTest(values=values):
+                with self.assertRaises(helm.HelmRenderError) as refused:
+                    chart.render(values)
+                self.assertIn(why, str(refused.exception))
+        budget = only(chart.render({"podDisruptionBudget": {"enabled": True, "minAvailable": "50%"}}), "PodDisruptionBudget")
+        self.assertEqual(budget["spec"]["minAvailable"], "50%")
 
     def test_the_disruption_budget_needs_more_than_one_replica(self):
         budget = only(chart.render(ALL_ON), "PodDisruptionBudget")
@@ -342,7 +363,9 @@ def strip(o):
     spec = o.get("spec", {})
     if o["kind"] == "Deployment":
         spec["selector"]["matchLabels"].pop("app.kubernetes.io/instance", None)
-        spec["template"]["metadata"] = {}
+        # The pods' own labels and annotations, but for Helm's.
+        metadata = spec["template"]["metadata"]
+        metadata["labels"] = {k: v for k, v in metadata["labels"].items() if k in spec["selector"]["matchLabels"]}
     if o["kind"] == "Service":
         spec["selector"].pop("app.kubernetes.io/instance", None)
     return o

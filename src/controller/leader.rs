@@ -264,7 +264,7 @@ async fn report(mut leadership: Leadership, metrics: Metrics) {
         let until = leadership.holds_for();
         if held != Some(until.is_some()) {
             held = Some(until.is_some());
-            metrics.leader.set(until.is_some().into());
+            metrics.set_leading(until.is_some());
             if until.is_some() {
                 info!(identity = %leadership.identity, "leading: this replica holds the lease and writes");
             } else {

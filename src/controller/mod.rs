@@ -413,6 +413,11 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
 
 /// Updates the metrics an incident's decision affects.
 fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision) {
+    // A sync that outlived this replica's claim leaves the incident series to the leader
+    // (Metrics::set_leading dropped them here).
+    if !context.leadership.holds() {
+        return;
+    }
     let metrics = &context.metrics;
     let namespace = incident.namespace().unwrap_or_default();
     let name = incident.name_any();

@@ -14,7 +14,7 @@ use crate::api::{
     MailIncident, MailIncidentStatus, Mode, TimeSpan, Transition,
     mode_document::{
         DocumentIncident, DocumentQueue, DocumentRelease, MODE_DOCUMENT_KIND,
-        MODE_DOCUMENT_VERSION, ModeDocument,
+        MODE_DOCUMENT_VERSION, ModeDocument, QueueFigures,
     },
     validation::{self, EscalationLimits, ValidIncident},
 };
@@ -99,15 +99,35 @@ pub struct Decision {
 }
 
 /// What an incident's queue alerts compare: its lifetime and escalation limits, and the
-/// fullest queue among the targets whose mode it decides.
+/// fullest queues among the targets whose mode it decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueWatch {
     pub lifetime: TimeSpan,
     pub escalation: Option<EscalationLimits>,
-    /// The most messages one target's MTA reported queued.
-    pub peak_messages: u64,
-    /// The age of the oldest message any of its targets' MTAs reported.
-    pub peak_oldest_age_seconds: u64,
+    /// Over every target it decides, escalated ones included: their held mail still
+    /// ages towards the lifetime.
+    pub peak: QueuePeak,
+    /// Over the targets it keeps in AcceptAndQueue (not escalated): the ones the
+    /// escalation limits can still switch.
+    pub accepting_peak: QueuePeak,
+}
+
+/// The fullest queue among some targets' MTAs, as their agents report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueuePeak {
+    /// The most messages one MTA reported queued.
+    pub messages: u64,
+    /// The age of the oldest message any MTA reported.
+    pub oldest_age_seconds: u64,
+}
+
+impl QueuePeak {
+    fn of<'a>(queues: impl Iterator<Item = &'a QueueFigures>) -> Self {
+        queues.fold(Self::default(), |peak, queue| Self {
+            messages: peak.messages.max(queue.messages),
+            oldest_age_seconds: peak.oldest_age_seconds.max(queue.oldest_age_seconds),
+        })
+    }
 }
 
 /// An event to record on an incident.
@@ -244,23 +264,21 @@ fn queue_watch(
     targets: &[Target],
     outcomes: &[TargetOutcome],
 ) -> QueueWatch {
-    let governed = targets
-        .iter()
-        .zip(outcomes)
-        .filter(|(_, outcome)| outcome.winner == Some(index))
-        .flat_map(|(target, _)| &target.queues);
-    let (peak_messages, peak_oldest_age_seconds) =
-        governed.fold((0, 0), |(messages, oldest), queue| {
-            (
-                messages.max(queue.messages),
-                oldest.max(queue.oldest_age_seconds),
-            )
-        });
+    let governed = || {
+        targets
+            .iter()
+            .zip(outcomes)
+            .filter(move |(_, outcome)| outcome.winner == Some(index))
+    };
     QueueWatch {
         lifetime: spec.queue_lifetime,
         escalation: spec.escalation,
-        peak_messages,
-        peak_oldest_age_seconds,
+        peak: QueuePeak::of(governed().flat_map(|(target, _)| &target.queues)),
+        accepting_peak: QueuePeak::of(
+            governed()
+                .filter(|(_, outcome)| outcome.escalated.is_none())
+                .flat_map(|(target, _)| &target.queues),
+        ),
     }
 }
 

@@ -926,7 +926,7 @@ fn a_queue_past_the_limit_switches_accept_and_queue_to_temp_fail() {
 }
 
 #[test]
-fn the_queue_watch_peaks_over_the_targets_an_incident_decides_only() {
+fn the_queue_watch_peaks_over_the_targets_an_incident_decides_and_apart_over_those_not_escalated() {
     let hold = "mode: AcceptAndQueue\nreason: INC-9 hold\ntargets: {matchLabels: {app: mta}}\nqueue: {lifetime: 7d}\nescalation: {maxQueuedMessages: 500}";
     let mut world = World::new(
         vec![
@@ -944,7 +944,8 @@ fn the_queue_watch_peaks_over_the_targets_an_incident_decides_only() {
     world.targets[0].queues = vec![figures(40, 600), figures(90, 60)];
     // postfix-b is decided by the HardReject incident: its queue is not the hold's.
     world.targets[1].queues = vec![figures(10_000, 86_400)];
-    world.targets[2].queues = vec![figures(7, 3_600)];
+    // exim is past the limit: escalated to TempFail, its held mail still ageing.
+    world.targets[2].queues = vec![figures(600, 3_600)];
     let plan = world.plan(at(6));
 
     let watch = plan.incidents[0]
@@ -955,18 +956,17 @@ fn the_queue_watch_peaks_over_the_targets_an_incident_decides_only() {
         watch.escalation.and_then(|e| e.max_queued_messages),
         Some(500)
     );
-    assert_eq!(
-        (watch.peak_messages, watch.peak_oldest_age_seconds),
-        (90, 3_600)
-    );
+    let peak = |messages, oldest_age_seconds| QueuePeak {
+        messages,
+        oldest_age_seconds,
+    };
+    assert_eq!(watch.peak, peak(600, 3_600));
+    // What the limit is compared with: postfix-a alone, the target it can still switch.
+    assert_eq!(watch.accepting_peak, peak(90, 600));
     let reject = plan.incidents[1].queue_watch.expect("watched");
     assert_eq!(
-        (
-            reject.peak_messages,
-            reject.peak_oldest_age_seconds,
-            reject.escalation
-        ),
-        (10_000, 86_400, None)
+        (reject.peak, reject.escalation),
+        (peak(10_000, 86_400), None)
     );
 }
 
