@@ -4,7 +4,7 @@
 
 use crate::{
     api::{EffectiveMode, TimeSpan},
-    plan::{Decision, QueuePeak},
+    plan::Decision,
 };
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -257,27 +257,33 @@ impl Metrics {
             watch.map(|w| saturating_i64(w.lifetime.seconds())),
         );
         let limits = watch.and_then(|w| w.escalation);
+        let peak = watch.map(|w| w.peak);
         // The peak the limits are compared with exists only where limits do.
         let accepting = watch
             .filter(|w| w.escalation.is_some())
             .map(|w| w.accepting_peak);
-        for (figure, limit, peak) in [
+        for (figure, limit, peak, accepting) in [
             (
                 MESSAGES,
                 limits.and_then(|l| l.max_queued_messages),
-                (|p: &QueuePeak| p.messages) as fn(&QueuePeak) -> u64,
+                peak.map(|p| p.messages),
+                accepting.map(|p| p.messages),
             ),
             (
                 OLDEST_MESSAGE_AGE,
                 limits.and_then(|l| l.max_oldest_message_age.map(|age| age.seconds())),
-                |p: &QueuePeak| p.oldest_age_seconds,
+                peak.map(|p| p.oldest_age_seconds),
+                accepting.map(|p| p.oldest_age_seconds),
             ),
         ] {
             let labels = [namespace, incident, figure];
             set_or_remove(&self.escalation_limit, &labels, limit.map(saturating_i64));
-            let figure_of = |p: Option<QueuePeak>| p.map(|p| saturating_i64(peak(&p)));
-            set_or_remove(&self.queue_peak, &labels, figure_of(watch.map(|w| w.peak)));
-            set_or_remove(&self.accepting_queue_peak, &labels, figure_of(accepting));
+            set_or_remove(&self.queue_peak, &labels, peak.map(saturating_i64));
+            set_or_remove(
+                &self.accepting_queue_peak,
+                &labels,
+                accepting.map(saturating_i64),
+            );
         }
         for mode in MODES {
             let labels = [namespace, incident, mode_name(mode)];
@@ -580,7 +586,7 @@ mod tests {
     use super::*;
     use crate::{
         api::{MailIncidentStatus, validation::EscalationLimits},
-        plan::QueueWatch,
+        plan::{QueuePeak, QueueWatch},
     };
     use prometheus::{Encoder, TextEncoder};
 

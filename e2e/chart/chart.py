@@ -16,13 +16,17 @@ NAMESPACE = "mail-incident-operator"
 helm.disable_logging()
 
 
+def manifests(values=None, name=RELEASE, namespace=NAMESPACE):
+    """What the chart renders: template path to text, NOTES.txt included."""
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values or {}, name=name, namespace=namespace, is_install=True)
+
+
 def render(values=None, name=RELEASE, namespace=NAMESPACE):
     """The objects the chart renders, CRDs first (as `helm install` orders them)."""
-    with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(values or {}, name=name, namespace=namespace, is_install=True)
     objects = [
         document
-        for path, text in sorted(manifests.items())
+        for path, text in sorted(manifests(values, name, namespace).items())
         if not path.endswith("NOTES.txt")
         for document in yaml.safe_load_all(text)
         if document
@@ -31,9 +35,7 @@ def render(values=None, name=RELEASE, namespace=NAMESPACE):
 
 
 def notes(values=None):
-    with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return manifests[f"{chart_name()}/templates/NOTES.txt"]
+    return manifests(values)[f"{chart_name()}/templates/NOTES.txt"]
 
 
 def chart_name():

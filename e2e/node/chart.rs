@@ -8,11 +8,11 @@
 //! write), and scaled back before the test ends, pass or fail.
 
 use crate::{
-    node::{Node, OPERATOR_NAMESPACE, operator_pods_ready, pause_target, pods_ready},
+    node::{Node, OPERATOR_NAMESPACE, lease_holder, operator_pods_ready, pause_target, pods_ready},
     support::{apply_incident, apply_yaml, ready_because, wait_for_within},
     world::{TestNamespace, World},
 };
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use mail_incident_operator::api::MailIncident;
 use serde_json::json;
@@ -108,25 +108,14 @@ async fn the_chart_rendered_by_helm_installs_an_operator_that_converges_and_its_
     );
     // What `helm install --create-namespace` does first.
     world.kubectl_ok(&["create", "namespace", RELEASE]);
-    // kubectl 1.20 validates client-side against a schema that predates
-    // x-kubernetes-validations; the server is the judge.
-    let applied = world.kubectl(&["apply", "--validate=false", "-f", "-"], Some(&manifests));
-    assert!(
-        applied.status.success(),
-        "kubectl apply of the rendered chart: {}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    node.apply_manifests(&manifests, "kubectl apply of the rendered chart");
 
     // Both replicas Ready through the kubelet's probes, one of them leading.
     let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE);
     let replicas = pods_ready(&pods, &format!("app.kubernetes.io/instance={RELEASE}"), 2).await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), RELEASE);
     crate::support::eventually_within(CONVERGE, "one of the chart's pods leading", || async {
-        leases
-            .get_opt(FULLNAME)
+        lease_holder(&client, RELEASE, FULLNAME)
             .await
-            .expect("lease get")
-            .and_then(|l| l.spec?.holder_identity)
             .filter(|holder| replicas.contains(holder))
     })
     .await;

@@ -117,11 +117,10 @@ impl Prometheus {
 
     /// The `data` of an API call's answer; panics unless it succeeded.
     async fn api(&self, path: &str, parameters: &[(&str, &str)]) -> Value {
-        let query: Vec<String> = parameters
-            .iter()
-            .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
-            .collect();
-        let url = format!("http://{}{path}?{}", self.address, query.join("&"));
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(parameters)
+            .finish();
+        let url = format!("http://{}{path}?{query}", self.address);
         let (status, body) = http_get(&url)
             .await
             .unwrap_or_else(|| panic!("Prometheus does not answer {path}"));
@@ -198,18 +197,6 @@ fn series(mut data: Value) -> Vec<Value> {
         Value::Array(series) => series,
         other => panic!("a query result that is not series: {other}"),
     }
-}
-
-/// Percent-encoding of a query parameter.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn now() -> f64 {

@@ -60,22 +60,27 @@ impl Node {
             .kubectl_ok(&["kustomize", &format!("{REPO}/e2e/real-node")])
             .replace("@API_HOST@", api_host)
             .replace("@API_PORT@", api_port);
-        // kubectl 1.20 validates client-side against a schema that predates
-        // x-kubernetes-validations; the server is the judge.
-        let output = self
-            .world
-            .kubectl(&["apply", "--validate=false", "-f", "-"], Some(&rendered));
-        assert!(
-            output.status.success(),
-            "installing the operator: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.apply_manifests(&rendered, "installing the operator");
         self.world.kubectl_ok(&[
             "wait",
             "--for=condition=Established",
             "--timeout=30s",
             "crd/mailincidents.mailops.dev",
         ]);
+    }
+
+    /// `kubectl apply` of rendered manifests that include our CRD; panics naming `what`.
+    pub fn apply_manifests(&self, manifests: &str, what: &str) {
+        // kubectl 1.20 validates client-side against a schema that predates
+        // x-kubernetes-validations; the server is the judge.
+        let output = self
+            .world
+            .kubectl(&["apply", "--validate=false", "-f", "-"], Some(manifests));
+        assert!(
+            output.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     pub async fn client(&self) -> Client {
@@ -193,9 +198,14 @@ pub fn smtp_address(ip: IpAddr) -> SocketAddr {
 
 /// The holder of the operator's leader Lease, if any.
 pub async fn leader(client: &Client) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    lease_holder(client, OPERATOR_NAMESPACE, "mail-incident-operator").await
+}
+
+/// The holder of the Lease `name` in `namespace`, if any.
+pub async fn lease_holder(client: &Client, namespace: &str, name: &str) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     leases
-        .get_opt("mail-incident-operator")
+        .get_opt(name)
         .await
         .expect("lease get")
         .and_then(|l| l.spec)
