@@ -23,9 +23,32 @@ enum Command {
     Crd,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+fn main() -> ExitCode {
+    one_malloc_arena();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the async runtime starts")
+        .block_on(run(Cli::parse()))
+}
+
+/// Makes glibc's malloc keep one arena for every thread, before any thread starts. By
+/// default each thread that meets contention gets an arena of its own (up to eight per
+/// core), and memory freed in one arena serves only that arena's later allocations:
+/// with caches filled on one worker and a mode change's transient writes on another,
+/// peak RSS at a thousand targets was 3-4 MiB higher. Allocation here is far too light
+/// for one arena's lock to be contended.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc parameter; called before any other thread
+    // exists, so no allocation runs concurrently with it.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
         Command::Crd => {
             print!("{}", api::crd_yaml());
             Ok(())

@@ -26,6 +26,11 @@
 //!   what the API server can do at best. (So nobody watches those ConfigMaps, while each
 //!   document the operator writes goes out to three watches, the operator's, the fake
 //!   agents' and the bench's, and carries an ownerReference the garbage collector tracks.)
+//! - The floor with reports: the same N PATCHes and, at the same time, one PATCH of each
+//!   target's report, as the agents send while the operator writes: the requests a mode
+//!   change costs the API server, still on an idle server and without watch deliveries.
+//!   On a machine whose cores the API server saturates, this is the floor to compare
+//!   with; the first floor is kept as the issue's yardstick.
 //!
 //! The fake agents (`FakeAgents`, shared with the e2e tests) write their reports while the
 //! operator is still writing documents, loading the same API server: that is what real
@@ -56,13 +61,13 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     core::PartialObjectMeta,
     runtime::{WatchStreamExt, reflector, watcher},
 };
 use mail_incident_operator::api::{
     MailIncident,
-    mode_document::{MODE_DOCUMENT_KEY, ROLE_DOCUMENT, ROLE_LABEL},
+    mode_document::{MODE_DOCUMENT_KEY, ROLE_DOCUMENT, ROLE_LABEL, ROLE_REPORT},
 };
 use serde_json::json;
 use std::{
@@ -75,6 +80,9 @@ use world::{Operator, TestNamespace, World};
 
 const CREATE_CONCURRENCY: usize = 32;
 const FLOOR_CONCURRENCY: [usize; 3] = [16, 64, 256];
+/// The operator's writes in flight at once (`WRITE_CONCURRENCY` in `apply.rs`), which
+/// the fake agents' reports also use.
+const WRITE_CONCURRENCY: usize = 64;
 /// The `kubectl patch` loop is one kubectl process per target, one after the other (what
 /// a shell loop does): 50 to 100 ms each on a 2-core machine, so at 5000 targets it would
 /// run for five to ten minutes and tell nothing new. Above this size it runs on the first
@@ -102,6 +110,7 @@ struct Row {
     kubectl_loop_sampled: Option<usize>,
     floor: Duration,
     floor_concurrency: usize,
+    floor_with_reports: Duration,
     peak_rss_mib: f64,
     /// The operator's RSS once its caches hold the fleet (workloads and pods, no
     /// documents yet), and just before the measured change.
@@ -248,6 +257,7 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
         (kubectl_patch_loop(world, &ns.name, size), None)
     };
     let (floor, floor_concurrency) = floor(&client, &ns.name, size).await;
+    let floor_with_reports = floor_with_reports(&client, &ns.name, size).await;
     // With the operator gone nothing would remove its finalizer from the incident, and
     // the namespace would stay Terminating for ever: drop it so the namespace can go.
     let incidents: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
@@ -269,6 +279,7 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
         kubectl_loop_sampled,
         floor,
         floor_concurrency,
+        floor_with_reports,
         peak_rss_mib,
         rss_caches_filled_mib,
         rss_before_change_mib,
@@ -739,6 +750,72 @@ async fn floor(client: &Client, namespace: &str, size: usize) -> (Duration, usiz
     best
 }
 
+/// The floor with the agents' load: N document-sized PATCHes (as in [`floor`]) and, at
+/// the same time, one PATCH of each target's report (what the agents send while the
+/// operator writes), each stream with `WRITE_CONCURRENCY` in flight like the operator's
+/// writes and the fake agents' reports. The request count of a mode change on an idle
+/// server, without the watch deliveries. The faster of two rounds: the first also opens
+/// the connections.
+async fn floor_with_reports(client: &Client, namespace: &str, size: usize) -> Duration {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let reports: Vec<String> = config_maps
+        .list_metadata(&ListParams::default().labels(&format!("{ROLE_LABEL}={ROLE_REPORT}")))
+        .await
+        .expect("list the reports")
+        .items
+        .into_iter()
+        .map(|report| report.name_any())
+        .collect();
+    assert_eq!(reports.len(), size, "one report per target");
+    let mut best = Duration::MAX;
+    for round in 0..2 {
+        best = best.min(documents_and_reports(&config_maps, size, &reports, round).await);
+    }
+    best
+}
+
+async fn documents_and_reports(
+    config_maps: &Api<ConfigMap>,
+    size: usize,
+    reports: &[String],
+    round: usize,
+) -> Duration {
+    let start = Instant::now();
+    let documents = stream::iter(0..size)
+        .map(|i| {
+            let config_maps = config_maps.clone();
+            async move {
+                let document = format!(
+                    "{{\"round\": \"reports {round}\", \"padding\": \"{}\"}}",
+                    "x".repeat(600)
+                );
+                let patch = Patch::Merge(json!({"data": {"mode.json": document}}));
+                config_maps
+                    .patch(&format!("manual-{i:04}"), &PatchParams::default(), &patch)
+                    .await
+                    .expect("patch");
+            }
+        })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .collect::<Vec<()>>();
+    let reports = stream::iter(reports)
+        .map(|report| {
+            let config_maps = config_maps.clone();
+            async move {
+                let patch =
+                    Patch::Merge(json!({"data": {"bench": format!("{{\"hash\": \"{round}\"}}")}}));
+                config_maps
+                    .patch(report, &PatchParams::default(), &patch)
+                    .await
+                    .expect("patch a report");
+            }
+        })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .collect::<Vec<()>>();
+    futures::join!(documents, reports);
+    start.elapsed()
+}
+
 /// Reads, from the operator's log lines of the measured window, its syncs that wrote
 /// targets ("targets written", with writes= and elapsed_ms=). None if
 /// the log says nothing usable (its format is the operator's business, not the bench's).
@@ -823,13 +900,16 @@ fn print_tables(rows: &[Row]) {
     println!(
         "\"apply →\" counts from just before `kubectl apply` starts; \"stored →\" from the new \
          generation reaching a watch (the operator's own cost). The floor: N raw concurrent \
-         merge PATCHes by the bench (best of {FLOOR_CONCURRENCY:?} at once)."
+         merge PATCHes by the bench (best of {FLOOR_CONCURRENCY:?} at once). The floor \
+         with reports: those N PATCHes and, at the same time, one PATCH of each target's \
+         report, as the agents send during a change ({WRITE_CONCURRENCY} + \
+         {WRITE_CONCURRENCY} in flight): the requests of a mode change, on an idle server."
     );
     println!();
     println!(
-        "| targets | apply → documents | stored → documents | apply → Ready | stored → Ready | kubectl patch loop | raw PATCH floor | documents / floor (stored) | Ready / floor (stored) | peak RSS | CPU |"
+        "| targets | apply → documents | stored → documents | apply → Ready | stored → Ready | kubectl patch loop | raw PATCH floor | documents / floor (stored) | Ready / floor (stored) | floor with reports | documents / it | Ready / it | peak RSS | CPU |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let kubectl_loop = match r.kubectl_loop_sampled {
             None => secs(r.kubectl_loop),
@@ -839,8 +919,9 @@ fn print_tables(rows: &[Row]) {
             ),
         };
         let floor = r.floor.as_secs_f64();
+        let with_reports = r.floor_with_reports.as_secs_f64();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} (x{}) | {:.2}x | {:.2}x | {:.1} MiB | {:.2} s |",
+            "| {} | {} | {} | {} | {} | {} | {} (x{}) | {:.2}x | {:.2}x | {} | {:.2}x | {:.2}x | {:.1} MiB | {:.2} s |",
             r.targets,
             secs(r.documents_from_apply),
             secs(r.documents_from_stored),
@@ -851,6 +932,9 @@ fn print_tables(rows: &[Row]) {
             r.floor_concurrency,
             r.documents_from_stored.as_secs_f64() / floor,
             r.ready_from_stored.as_secs_f64() / floor,
+            secs(r.floor_with_reports),
+            r.documents_from_stored.as_secs_f64() / with_reports,
+            r.ready_from_stored.as_secs_f64() / with_reports,
             r.peak_rss_mib,
             r.cpu_seconds,
         );

@@ -6,7 +6,7 @@
 //! the field manager `mail-incident-operator`, never forced, so a conflict with another
 //! manager is reported rather than overwritten.
 
-use super::{FIELD_MANAGER, leader::Leadership, observe::Versions};
+use super::{FIELD_MANAGER, cached::CachedConfigMap, leader::Leadership, observe::Versions};
 use crate::{
     Error, Result,
     api::mode_document::{
@@ -36,7 +36,8 @@ const WRITE_CONCURRENCY: usize = 64;
 
 /// What became of one write.
 pub enum Outcome {
-    Done,
+    /// Stored, changing these of the operator's ConfigMaps.
+    Done(Vec<Echo>),
     /// The object changed since the caches showed it (409 on the resource version the
     /// write was conditional on): the change is on its way as a watch event, and the sync
     /// it triggers plans again from the newer view.
@@ -44,6 +45,15 @@ pub enum Outcome {
     /// The API server refused it for a reason only a person can fix (a conflict with
     /// another field manager, a validation error): it shows in the incident's status.
     Refused(TargetRef, String),
+}
+
+/// A ConfigMap a write changed: its resource version (none: absent) in the caches the
+/// write was planned from, and as the write left it. The caches hold the write once they
+/// show it as left, or as anything but what they showed before (a newer change).
+pub struct Echo {
+    pub name: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
 }
 
 /// Carries out `writes` with bounded concurrency, each conditional on the resource
@@ -104,7 +114,9 @@ async fn apply(
     write: Write,
     seen: Versions,
 ) -> Result<Outcome, kube::Error> {
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    // Responses are decoded into the slim cached shape: a thousand writes' responses
+    // would otherwise each be built as a full ConfigMap with its managedFields, unread.
+    let config_maps: Api<CachedConfigMap> = Api::namespaced(client.clone(), namespace);
     let (target, result) = match write {
         Write::PutDocument {
             target,
@@ -115,7 +127,8 @@ async fn apply(
         } => {
             let existing = seen.document.filter(|_| exists);
             let result = put_document(
-                &config_maps,
+                client,
+                namespace,
                 &target,
                 &document,
                 &owners,
@@ -136,17 +149,17 @@ async fn apply(
         } => {
             let patch = restart_env_patch(&target, &container, &document, seen.workload);
             let result = apply_to_workload(client, namespace, &target, patch).await;
-            (target, result)
+            (target, result.map(|()| vec![]))
         }
         Write::ClearRestartEnv { target } => {
             // Applying nothing under our field manager drops every field it owned.
             let patch = workload_object(&target, seen.workload, json!({}));
             let result = apply_to_workload(client, namespace, &target, patch).await;
-            (target, result)
+            (target, result.map(|()| vec![]))
         }
     };
     match result {
-        Ok(()) => Ok(Outcome::Done),
+        Ok(echoes) => Ok(Outcome::Done(echoes)),
         Err(kube::Error::Api(status)) if is_stale(&status) => Ok(Outcome::Stale),
         Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => {
             Ok(Outcome::Refused(target, status.message))
@@ -222,26 +235,29 @@ pub fn report_object(target: &TargetRef, document_uid: Option<String>) -> Value 
 }
 
 async fn put_document(
-    api: &Api<ConfigMap>,
+    client: &Client,
+    namespace: &str,
     target: &TargetRef,
     document: &ModeDocument,
     owners: &[Owner],
     existing: Option<String>,
     create_report: bool,
-) -> Result<(), kube::Error> {
+) -> Result<Vec<Echo>, kube::Error> {
+    let api: Api<CachedConfigMap> = Api::namespaced(client.clone(), namespace);
     let name = document_name(target.kind.as_str(), &target.name);
     let document_object = document_object(target, document, owners);
-    let stored = match existing {
+    let stored = match &existing {
         Some(version) => {
             // A merge patch replaces the owner list whole: exactly the current owners.
             let mut document_object = document_object;
-            document_object["metadata"]["resourceVersion"] = version.into();
+            document_object["metadata"]["resourceVersion"] = version.as_str().into();
             let update = PatchParams {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..PatchParams::default()
             };
             api.patch(&name, &update, &Patch::Merge(&document_object))
                 .await?
+                .metadata
         }
         None => {
             // Created, never applied over: one that appeared since the caches looked is
@@ -252,33 +268,44 @@ async fn put_document(
             };
             let object: ConfigMap =
                 serde_json::from_value(document_object).map_err(kube::Error::SerdeError)?;
-            api.create(&created, &object).await?
+            Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                .create(&created, &object)
+                .await?
+                .metadata
         }
     };
+    let mut echoes = vec![Echo {
+        name: name.clone(),
+        before: existing,
+        after: stored.resource_version,
+    }];
     if create_report {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         // Agents may patch the report, never create it, so it exists before they need
         // it; it belongs to the document and goes with it.
-        let report_object = report_object(target, stored.metadata.uid);
-        api.patch(
-            &format!("{name}{REPORT_SUFFIX}"),
-            &params,
-            &Patch::Apply(&report_object),
-        )
-        .await?;
+        let report_object = report_object(target, stored.uid);
+        let report = format!("{name}{REPORT_SUFFIX}");
+        let report_stored = api
+            .patch(&report, &params, &Patch::Apply(&report_object))
+            .await?;
+        echoes.push(Echo {
+            name: report,
+            before: None,
+            after: report_stored.metadata.resource_version,
+        });
     }
-    Ok(())
+    Ok(echoes)
 }
 
 /// Deletes the document (only as seen: `version`), then its report.
 async fn delete_document(
-    api: &Api<ConfigMap>,
+    api: &Api<CachedConfigMap>,
     target: &TargetRef,
     version: Option<String>,
-) -> Result<(), kube::Error> {
+) -> Result<Vec<Echo>, kube::Error> {
     let name = document_name(target.kind.as_str(), &target.name);
     let as_seen = DeleteParams {
-        preconditions: version.map(|resource_version| Preconditions {
+        preconditions: version.clone().map(|resource_version| Preconditions {
             resource_version: Some(resource_version),
             uid: None,
         }),
@@ -292,7 +319,11 @@ async fn delete_document(
             Err(error) => return Err(error),
         }
     }
-    Ok(())
+    Ok(vec![Echo {
+        name,
+        before: version,
+        after: None,
+    }])
 }
 
 fn restart_env_patch(

@@ -1,36 +1,31 @@
 //! The controller's caches, filled by watches: the workloads incidents can target, their
 //! pods (metadata only: only existence and labels matter), and the operator's own mode
-//! documents and agent reports. Every cached object is stripped of its managedFields,
-//! which would otherwise be most of the memory.
+//! documents and agent reports. Workloads and ConfigMaps are held in the slim shapes of
+//! [`super::cached`]; incidents and pods are stripped of their managedFields, which
+//! would otherwise be most of their memory.
 
-use crate::{
-    Error, Result,
-    api::{MailIncident, mode_document},
-    retry::WatchBackoff,
+use super::{
+    apply::Echo,
+    cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet, CachedWorkload},
 };
+use crate::{Error, Result, api::MailIncident, retry::WatchBackoff};
 use futures::{
     FutureExt, Stream, StreamExt, future,
     future::{BoxFuture, Shared},
 };
-use k8s_openapi::{
-    api::{
-        apps::v1::{Deployment, StatefulSet},
-        core::v1::{ConfigMap, Container, Pod, PodSpec, PodTemplateSpec, Volume},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
         WatchStreamExt,
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher::{self, watcher},
     },
 };
 use serde::de::DeserializeOwned;
-use std::{fmt::Debug, pin::Pin};
-use tracing::warn;
+use std::{fmt::Debug, pin::Pin, time::Duration};
+use tracing::{debug, warn};
 
 /// kubectl's copy of the whole last applied manifest: large, and never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -47,11 +42,13 @@ pub type Changes<K> = Pin<Box<dyn Stream<Item = K> + Send>>;
 #[derive(Clone)]
 pub struct Caches {
     pub incidents: Store<MailIncident>,
-    pub deployments: Store<Deployment>,
-    pub statefulsets: Store<StatefulSet>,
+    pub deployments: Store<CachedDeployment>,
+    pub statefulsets: Store<CachedStatefulSet>,
     pub pods: Store<PartialObjectMeta<Pod>>,
     /// Only the operator's ConfigMaps (mode documents and reports), by label.
-    pub config_maps: Store<ConfigMap>,
+    pub config_maps: Store<CachedConfigMap>,
+    /// Marks every change of `config_maps`.
+    config_maps_changed: tokio::sync::watch::Receiver<()>,
     /// Resolves once every cache holds a complete first listing (or names the one that
     /// never will). Shared because kube's `Store::wait_until_ready` wakes only the last
     /// of several tasks waiting at once: a reconcile waiting beside another waiter could
@@ -62,10 +59,11 @@ pub struct Caches {
 impl Caches {
     pub fn new(
         incidents: Store<MailIncident>,
-        deployments: Store<Deployment>,
-        statefulsets: Store<StatefulSet>,
+        deployments: Store<CachedDeployment>,
+        statefulsets: Store<CachedStatefulSet>,
         pods: Store<PartialObjectMeta<Pod>>,
-        config_maps: Store<ConfigMap>,
+        config_maps: Store<CachedConfigMap>,
+        config_maps_changed: tokio::sync::watch::Receiver<()>,
     ) -> Self {
         let ready = {
             let (incidents, deployments, statefulsets, pods, config_maps) = (
@@ -93,7 +91,35 @@ impl Caches {
             statefulsets,
             pods,
             config_maps,
+            config_maps_changed,
             ready,
+        }
+    }
+
+    /// Waits, at most `longest`, until the ConfigMap cache holds the changes `echoes`
+    /// made in `namespace`. A sync planned before the echoes of the last one's writes
+    /// arrive would write them all again (each a request refused as stale, a thousand
+    /// of them after a mode change, while the API server is busiest).
+    pub async fn wait_for_echoes(&self, namespace: &str, mut echoes: Vec<Echo>, longest: Duration) {
+        let mut changed = self.config_maps_changed.clone();
+        let waiting = async {
+            loop {
+                echoes.retain(|echo| {
+                    let key = ObjectRef::new(&echo.name).within(namespace);
+                    let cached = self.config_maps.get(&key);
+                    let cached = cached.and_then(|c| c.metadata.resource_version.clone());
+                    cached == echo.before && cached != echo.after
+                });
+                if echoes.is_empty() || changed.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(longest, waiting).await.is_err() {
+            debug!(
+                namespace,
+                "writes not all echoed in the caches yet; planning anyway"
+            );
         }
     }
 
@@ -134,81 +160,14 @@ where
     (store, Box::pin(changes))
 }
 
-/// Drops, before caching, every field planning never reads: at a thousand targets the
-/// caches are most of the operator's memory.
+/// Drops, before caching, what planning never reads and the cached shape still holds.
 pub trait Slim {
     fn slim(&mut self);
 }
 
-/// Keeps only the annotations the operator reads (`mailops.dev/...`).
-fn keep_our_annotations(meta: &mut ObjectMeta) {
-    if let Some(annotations) = &mut meta.annotations {
-        annotations.retain(|key, _| key.starts_with("mailops.dev/"));
-    }
-}
-
-/// Keeps of a pod template what the queue check and restart delivery read: our
-/// annotations, containers' names and volume mounts, volumes' names and kinds.
-fn slim_template(template: &mut PodTemplateSpec) {
-    if let Some(meta) = &mut template.metadata {
-        keep_our_annotations(meta);
-        meta.labels = None;
-    }
-    if let Some(pod) = &mut template.spec {
-        let containers = std::mem::take(&mut pod.containers);
-        let volumes = pod.volumes.take();
-        *pod = PodSpec {
-            containers: containers
-                .into_iter()
-                .map(|c| Container {
-                    name: c.name,
-                    volume_mounts: c.volume_mounts,
-                    ..Container::default()
-                })
-                .collect(),
-            volumes: volumes.map(|volumes| {
-                volumes
-                    .into_iter()
-                    .map(|v| Volume {
-                        name: v.name,
-                        empty_dir: v.empty_dir,
-                        persistent_volume_claim: v.persistent_volume_claim,
-                        ..Volume::default()
-                    })
-                    .collect()
-            }),
-            ..PodSpec::default()
-        };
-    }
-}
-
-impl Slim for Deployment {
-    fn slim(&mut self) {
-        keep_our_annotations(&mut self.metadata);
-        if let Some(spec) = &mut self.spec {
-            slim_template(&mut spec.template);
-            spec.strategy = None;
-        }
-        if let Some(status) = &mut self.status {
-            status.conditions = None;
-        }
-    }
-}
-
-impl Slim for StatefulSet {
-    fn slim(&mut self) {
-        keep_our_annotations(&mut self.metadata);
-        if let Some(spec) = &mut self.spec {
-            slim_template(&mut spec.template);
-            for claim in spec.volume_claim_templates.iter_mut().flatten() {
-                claim.spec = None;
-                claim.status = None;
-            }
-        }
-        if let Some(status) = &mut self.status {
-            status.conditions = None;
-        }
-    }
+impl<K> Slim for CachedWorkload<K> {
+    /// Decoded slim already.
+    fn slim(&mut self) {}
 }
 
 impl Slim for PartialObjectMeta<Pod> {
@@ -218,6 +177,8 @@ impl Slim for PartialObjectMeta<Pod> {
         self.metadata.owner_references = None;
         self.metadata.finalizers = None;
         self.metadata.generate_name = None;
+        self.metadata.creation_timestamp = None;
+        self.metadata.uid = None;
     }
 }
 
@@ -226,17 +187,9 @@ impl Slim for MailIncident {
     fn slim(&mut self) {}
 }
 
-impl Slim for ConfigMap {
-    /// A mode document's content is known by its hash annotation; reports keep their data.
-    fn slim(&mut self) {
-        let role = self
-            .labels()
-            .get(mode_document::ROLE_LABEL)
-            .map(String::as_str);
-        if role == Some(mode_document::ROLE_DOCUMENT) {
-            self.data = None;
-        }
-    }
+impl Slim for CachedConfigMap {
+    /// Decoded slim already.
+    fn slim(&mut self) {}
 }
 
 #[cfg(test)]
@@ -253,7 +206,14 @@ mod tests {
         let (statefulsets, mut statefulset_writer) = reflector::store();
         let (pods, mut pod_writer) = reflector::store();
         let (config_maps, mut config_map_writer) = reflector::store();
-        let caches = Caches::new(incidents, deployments, statefulsets, pods, config_maps);
+        let caches = Caches::new(
+            incidents,
+            deployments,
+            statefulsets,
+            pods,
+            config_maps,
+            tokio::sync::watch::channel(()).1,
+        );
         let waiters: Vec<_> = (0..2)
             .map(|_| {
                 let caches = caches.clone();
@@ -275,5 +235,97 @@ mod tests {
             let woke = tokio::time::timeout(Duration::from_secs(5), waiter).await;
             assert!(matches!(woke, Ok(Ok(Ok(())))), "a waiter slept on");
         }
+    }
+
+    fn config_map(name: &str, version: &str) -> CachedConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "mail", "resourceVersion": version},
+        }))
+        .expect("a ConfigMap decodes")
+    }
+
+    /// Caches whose ConfigMap cache holds `cached`, with its writer and change marker.
+    fn caches_holding(
+        cached: &[CachedConfigMap],
+    ) -> (
+        Caches,
+        reflector::store::Writer<CachedConfigMap>,
+        tokio::sync::watch::Sender<()>,
+    ) {
+        let (config_maps, mut writer) = reflector::store();
+        for config_map in cached {
+            writer.apply_watcher_event(&watcher::Event::Apply(config_map.clone()));
+        }
+        let (changed, config_maps_changed) = tokio::sync::watch::channel(());
+        let caches = Caches::new(
+            reflector::store().0,
+            reflector::store().0,
+            reflector::store().0,
+            reflector::store().0,
+            config_maps,
+            config_maps_changed,
+        );
+        (caches, writer, changed)
+    }
+
+    fn echo(name: &str, before: Option<&str>, after: Option<&str>) -> Echo {
+        Echo {
+            name: name.into(),
+            before: before.map(Into::into),
+            after: after.map(Into::into),
+        }
+    }
+
+    #[tokio::test]
+    async fn echoes_already_cached_are_not_waited_for() {
+        let (caches, _writer, _changed) =
+            caches_holding(&[config_map("updated", "2"), config_map("unchanged", "5")]);
+        let echoes = vec![
+            // Cached as the write left it.
+            echo("updated", Some("1"), Some("2")),
+            // A write that changed nothing leaves the version as it was.
+            echo("unchanged", Some("5"), Some("5")),
+            // Deleted, and gone from the cache.
+            echo("deleted", Some("3"), None),
+        ];
+        let started = tokio::time::Instant::now();
+        caches
+            .wait_for_echoes("mail", echoes, Duration::from_secs(5))
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_sync_waits_for_its_echo_and_no_longer_than_it_may() {
+        let (caches, mut writer, changed) = caches_holding(&[config_map("document", "1")]);
+        let waiting = {
+            let caches = caches.clone();
+            tokio::spawn(async move {
+                let echoes = vec![echo("document", Some("1"), Some("2"))];
+                caches
+                    .wait_for_echoes("mail", echoes, Duration::from_secs(30))
+                    .await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "finished before the echo");
+        // A newer change than the write's own counts as well.
+        writer.apply_watcher_event(&watcher::Event::Apply(config_map("document", "3")));
+        changed.send_replace(());
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the echo")
+            .expect("the waiter ran");
+
+        let never_echoed = vec![echo("document", Some("3"), Some("4"))];
+        let started = tokio::time::Instant::now();
+        caches
+            .wait_for_echoes("mail", never_echoed, Duration::from_millis(200))
+            .await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+            "waited {waited:?}"
+        );
     }
 }

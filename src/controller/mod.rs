@@ -8,6 +8,7 @@
 
 mod apply;
 mod cache;
+mod cached;
 mod events;
 mod finalizers;
 mod leader;
@@ -28,13 +29,11 @@ use crate::{
     telemetry::LogFormat,
 };
 use cache::Caches;
+use cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet};
 use events::Events;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::{
-    api::{
-        apps::v1::{Deployment, StatefulSet},
-        core::v1::{ConfigMap, Namespace, Pod},
-    },
+    api::core::v1::{Namespace, Pod},
     jiff::{Timestamp, TimestampRound, Unit},
 };
 use kube::{
@@ -64,6 +63,10 @@ pub const FIELD_MANAGER: &str = "mail-incident-operator";
 
 /// How long in-flight reconciles may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a sync waits, at most, for the caches to show its writes (normally a few
+/// milliseconds; longer only when the API server is overloaded).
+const ECHO_WAIT: Duration = Duration::from_secs(1);
 
 /// First and longest wait before a failed sync of a namespace is tried again.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -148,14 +151,14 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (incidents, incident_changes) =
         cache::watch::<MailIncident>(scoped(&client, namespace), watcher::Config::default());
     let (deployments, deployment_changes) =
-        cache::watch::<Deployment>(scoped(&client, namespace), watcher::Config::default());
+        cache::watch::<CachedDeployment>(scoped(&client, namespace), watcher::Config::default());
     let (statefulsets, statefulset_changes) =
-        cache::watch::<StatefulSet>(scoped(&client, namespace), watcher::Config::default());
+        cache::watch::<CachedStatefulSet>(scoped(&client, namespace), watcher::Config::default());
     let (pods, pod_changes) = cache::watch::<PartialObjectMeta<Pod>>(
         scoped(&client, namespace),
         watcher::Config::default(),
     );
-    let (config_maps, config_map_changes) = cache::watch::<ConfigMap>(
+    let (config_maps, config_map_changes) = cache::watch::<CachedConfigMap>(
         scoped(&client, namespace),
         watcher::Config::default().labels(&format!(
             "{}={}",
@@ -163,7 +166,19 @@ pub async fn run(settings: Settings) -> Result<()> {
             mode_document::MANAGED_BY
         )),
     );
-    let caches = Caches::new(incidents, deployments, statefulsets, pods, config_maps);
+    // Marks each ConfigMap change once cached, for a sync waiting for its writes' echoes.
+    let (config_map_cached, config_maps_changed) = tokio::sync::watch::channel(());
+    let config_map_changes = Box::pin(config_map_changes.inspect(move |_| {
+        config_map_cached.send_replace(());
+    }));
+    let caches = Caches::new(
+        incidents,
+        deployments,
+        statefulsets,
+        pods,
+        config_maps,
+        config_maps_changed,
+    );
     let namespaces = triggers::Namespaces::new();
     let to_sync = triggers::namespaces_to_sync(
         namespaces.clone(),
@@ -362,6 +377,7 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
             "targets written"
         );
     }
+    let mut echoes = Vec::new();
     {
         let mut all = context.write_failures.lock().expect("lock poisoned");
         let failures = all.entry(namespace.to_string()).or_default();
@@ -369,12 +385,22 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
             failures.remove(&target);
         }
         for outcome in outcomes {
-            if let apply::Outcome::Refused(target, reason) = outcome {
-                warn!(namespace, %target, reason, "write refused");
-                failures.insert(target, reason);
+            match outcome {
+                apply::Outcome::Done(done) => echoes.extend(done),
+                apply::Outcome::Refused(target, reason) => {
+                    warn!(namespace, %target, reason, "write refused");
+                    failures.insert(target, reason);
+                }
+                apply::Outcome::Stale => {}
             }
         }
     }
+    // The next sync (changes arriving meanwhile fold into it) plans from caches that
+    // hold these writes.
+    context
+        .caches
+        .wait_for_echoes(namespace, echoes, ECHO_WAIT)
+        .await;
 
     for (incident, decision) in incidents.iter().zip(plan.incidents) {
         if incident.status.as_ref() != Some(&decision.status) {

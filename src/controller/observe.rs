@@ -1,28 +1,27 @@
 //! Turns cached cluster objects into the plan's view of a namespace's targets.
 
-use super::cache::Caches;
+use super::{
+    cache::Caches,
+    cached::{
+        CachedConfigMap, CachedDeployment, CachedStatefulSet, ClaimTemplate, PodSelector,
+        PodTemplate, WorkloadSpec,
+    },
+};
 use crate::{
     api::{
         MtaKind,
         mode_document::{
             AgentReport, DELIVERY_ANNOTATION, INCIDENT_ANNOTATION, MODE_HASH_ANNOTATION,
             MTA_ANNOTATION, MTA_CONTAINER_ANNOTATION, QUEUE_PATH_ANNOTATION, REPORT_SUFFIX,
-            WORKLOAD_ANNOTATION, document_name,
+            document_name,
         },
     },
     plan::{Delivery, QueueStorage, Target, TargetRef, WorkloadKind},
 };
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::{
-    api::{
-        apps::v1::{Deployment, StatefulSet},
-        core::v1::{ConfigMap, PersistentVolumeClaim, PodTemplateSpec},
-    },
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
-};
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
     ResourceExt,
-    core::{PartialObjectMeta, Selector, SelectorExt},
+    core::{PartialObjectMeta, SelectorExt},
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -30,10 +29,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 struct Workload<'a> {
     kind: WorkloadKind,
     meta: &'a ObjectMeta,
-    selector: Option<&'a LabelSelector>,
+    selector: &'a PodSelector,
     replicas: i32,
-    template: Option<&'a PodTemplateSpec>,
-    claim_templates: &'a [PersistentVolumeClaim],
+    template: &'a PodTemplate,
+    claim_templates: &'a [ClaimTemplate],
     rollout_complete: bool,
 }
 
@@ -61,7 +60,7 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
     let in_ns = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(namespace);
     let deployments = caches.deployments.state_filter(|d| in_ns(&d.metadata));
     let statefulsets = caches.statefulsets.state_filter(|s| in_ns(&s.metadata));
-    let config_maps: BTreeMap<String, std::sync::Arc<ConfigMap>> = caches
+    let config_maps: BTreeMap<String, std::sync::Arc<CachedConfigMap>> = caches
         .config_maps
         .state_filter(|c| in_ns(&c.metadata))
         .into_iter()
@@ -86,12 +85,10 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
     let mut versions = HashMap::new();
     let mut targets: Vec<Target> = workloads
         .map(|w| {
-            let live_pods: Vec<String> = match w.selector.cloned().map(Selector::try_from) {
-                Some(Ok(selector)) if !selector.selects_all() => {
-                    let candidates: Vec<&PartialObjectMeta<Pod>> = w
-                        .selector
-                        .and_then(|s| s.match_labels.as_ref()?.iter().next())
-                        .map_or_else(
+            let live_pods: Vec<String> = match &w.selector.selector {
+                Some(selector) => {
+                    let candidates: Vec<&PartialObjectMeta<Pod>> =
+                        w.selector.first_label.as_ref().map_or_else(
                             || pods.iter().map(AsRef::as_ref).collect(),
                             |(k, v)| {
                                 pods_by_label
@@ -106,8 +103,7 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
                         .map(|p| p.name_any())
                         .collect()
                 }
-                // A workload always has a non-empty selector; an unreadable one selects nothing.
-                _ => vec![],
+                None => vec![],
             };
             let target = target(&w, &config_maps, &live_pods);
             versions.insert(
@@ -123,7 +119,7 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
     targets.sort_by(|a, b| a.target.cmp(&b.target));
     let orphans: BTreeSet<TargetRef> = config_maps
         .values()
-        .filter_map(|c| TargetRef::parse(c.annotations().get(WORKLOAD_ANNOTATION)?))
+        .filter_map(|c| TargetRef::parse(c.workload.as_deref()?))
         .filter(|workload| !versions.contains_key(workload))
         .collect();
     for orphan in &orphans {
@@ -143,7 +139,7 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
 }
 
 fn version_of_document(
-    config_maps: &BTreeMap<String, std::sync::Arc<ConfigMap>>,
+    config_maps: &BTreeMap<String, std::sync::Arc<CachedConfigMap>>,
     target: &TargetRef,
 ) -> Option<String> {
     config_maps
@@ -153,53 +149,56 @@ fn version_of_document(
         .clone()
 }
 
-fn deployment(d: &Deployment) -> Workload<'_> {
-    let spec = d.spec.as_ref();
-    let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
-    let status = d.status.as_ref();
-    let rollout_complete = status.is_some_and(|st| {
-        st.observed_generation >= d.metadata.generation
-            && st.updated_replicas.unwrap_or(0) == replicas
-            && st.replicas.unwrap_or(0) == replicas
-            && st.available_replicas.unwrap_or(0) == replicas
-    });
-    Workload {
-        kind: WorkloadKind::Deployment,
-        meta: &d.metadata,
-        selector: spec.map(|s| &s.selector),
-        replicas,
-        template: spec.map(|s| &s.template),
-        claim_templates: &[],
+fn deployment(d: &CachedDeployment) -> Workload<'_> {
+    let (spec, status) = (&d.spec, &d.status);
+    let replicas = spec.replicas.unwrap_or(1);
+    let rollout_complete = status.observed_generation >= d.metadata.generation
+        && status.updated_replicas.unwrap_or(0) == replicas
+        && status.replicas.unwrap_or(0) == replicas
+        && status.available_replicas.unwrap_or(0) == replicas;
+    workload(
+        WorkloadKind::Deployment,
+        &d.metadata,
+        spec,
         rollout_complete,
-    }
+    )
 }
 
-fn statefulset(s: &StatefulSet) -> Workload<'_> {
-    let spec = s.spec.as_ref();
-    let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
-    let status = s.status.as_ref();
-    let rollout_complete = status.is_some_and(|st| {
-        st.observed_generation >= s.metadata.generation
-            && st.update_revision.is_some()
-            && st.update_revision == st.current_revision
-            && st.ready_replicas.unwrap_or(0) == replicas
-    });
+fn statefulset(s: &CachedStatefulSet) -> Workload<'_> {
+    let (spec, status) = (&s.spec, &s.status);
+    let replicas = spec.replicas.unwrap_or(1);
+    let rollout_complete = status.observed_generation >= s.metadata.generation
+        && status.update_revision.is_some()
+        && status.update_revision == status.current_revision
+        && status.ready_replicas.unwrap_or(0) == replicas;
+    workload(
+        WorkloadKind::StatefulSet,
+        &s.metadata,
+        spec,
+        rollout_complete,
+    )
+}
+
+fn workload<'a>(
+    kind: WorkloadKind,
+    meta: &'a ObjectMeta,
+    spec: &'a WorkloadSpec,
+    rollout_complete: bool,
+) -> Workload<'a> {
     Workload {
-        kind: WorkloadKind::StatefulSet,
-        meta: &s.metadata,
-        selector: spec.map(|s| &s.selector),
-        replicas,
-        template: spec.map(|s| &s.template),
-        claim_templates: spec
-            .and_then(|s| s.volume_claim_templates.as_deref())
-            .unwrap_or_default(),
+        kind,
+        meta,
+        selector: &spec.selector,
+        replicas: spec.replicas.unwrap_or(1),
+        template: &spec.template,
+        claim_templates: &spec.volume_claim_templates,
         rollout_complete,
     }
 }
 
 fn target(
     w: &Workload<'_>,
-    config_maps: &BTreeMap<String, std::sync::Arc<ConfigMap>>,
+    config_maps: &BTreeMap<String, std::sync::Arc<CachedConfigMap>>,
     live_pods: &[String],
 ) -> Target {
     let name = w.meta.name.clone().unwrap_or_default();
@@ -211,32 +210,27 @@ fn target(
         _ => Delivery::Reload,
     };
     let document = config_maps.get(&document_name(w.kind.as_str(), &name));
-    let document_annotation =
-        |key: &str| document.and_then(|d| d.metadata.annotations.as_ref()?.get(key).cloned());
     let report = config_maps.get(&format!(
         "{}{REPORT_SUFFIX}",
         document_name(w.kind.as_str(), &name)
     ));
     let reported = |pod: &str| -> Option<AgentReport> {
-        let text = report?.data.as_ref()?.get(pod)?;
+        let text = report?.report_of(pod)?;
         serde_json::from_str::<AgentReport>(text).ok()
     };
     let reports: Vec<Option<AgentReport>> = live_pods.iter().map(|p| reported(p)).collect();
-    let template_annotations = w
-        .template
-        .and_then(|t| t.metadata.as_ref())
-        .and_then(|m| m.annotations.clone())
-        .unwrap_or_default();
-    let template_hash = template_annotations.get(MODE_HASH_ANNOTATION).cloned();
-    let source_incident = document_annotation(INCIDENT_ANNOTATION)
-        .or_else(|| template_annotations.get(INCIDENT_ANNOTATION).cloned());
+    let template_annotation =
+        |key: &str| w.template.metadata.annotations.as_ref()?.get(key).cloned();
+    let source_incident = document
+        .and_then(|d| d.incident.clone())
+        .or_else(|| template_annotation(INCIDENT_ANNOTATION));
     Target {
         target: TargetRef { kind: w.kind, name },
         labels: w.meta.labels.clone().unwrap_or_default(),
         delivery,
         mta,
-        document_hash: document_annotation(MODE_HASH_ANNOTATION),
-        template_hash,
+        document_hash: document.and_then(|d| d.mode_hash.clone()),
+        template_hash: template_annotation(MODE_HASH_ANNOTATION),
         source_incident,
         report_exists: report.is_some(),
         pod_reports: reports
@@ -268,7 +262,7 @@ fn parse_mta(value: &str) -> Option<MtaKind> {
 
 /// The MTA container: the one the annotation names, else the first.
 fn mta_container(w: &Workload<'_>, named: Option<&str>) -> Option<String> {
-    let containers = &w.template?.spec.as_ref()?.containers;
+    let containers = &w.template.spec.containers;
     match named {
         Some(name) => containers.iter().find(|c| c.name == name),
         None => containers.first(),
@@ -292,11 +286,7 @@ fn queue_storage(
             why: format!("a Generic MTA needs the {QUEUE_PATH_ANNOTATION} annotation"),
         };
     };
-    let Some(pod) = w.template.and_then(|t| t.spec.as_ref()) else {
-        return QueueStorage::Unknown {
-            why: "the workload has no pod template".into(),
-        };
-    };
+    let pod = &w.template.spec;
     let Some(container_spec) = (match container {
         Some(name) => pod.containers.iter().find(|c| c.name == name),
         None => pod.containers.first(),
@@ -309,7 +299,6 @@ fn queue_storage(
     let mount = container_spec
         .volume_mounts
         .iter()
-        .flatten()
         .filter(|m| {
             let mount_path = m.mount_path.trim_end_matches('/');
             path == mount_path || path.starts_with(&format!("{mount_path}/"))
@@ -322,9 +311,9 @@ fn queue_storage(
         .claim_templates
         .iter()
         .any(|c| c.metadata.name.as_deref() == Some(mount.name.as_str()));
-    let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name);
+    let volume = pod.volumes.iter().find(|v| v.name == mount.name);
     match volume {
-        Some(v) if v.empty_dir.is_some() => QueueStorage::EmptyDir {
+        Some(v) if v.empty_dir => QueueStorage::EmptyDir {
             volume: mount.name.clone(),
             path: path.into(),
         },

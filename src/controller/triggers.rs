@@ -11,14 +11,14 @@
 //! always count, so documents and reports left behind are swept too, at start (the first
 //! listing is a change of every object) as at any later time.
 
-use super::cache::{Caches, Changes};
-use crate::api::{MailIncident, mode_document::MODE_HASH_ANNOTATION};
+use super::{
+    cache::{Caches, Changes},
+    cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet},
+};
+use crate::api::MailIncident;
 use futures::{Stream, StreamExt, future, stream};
 use k8s_openapi::{
-    api::{
-        apps::v1::{Deployment, StatefulSet},
-        core::v1::{ConfigMap, Namespace, Pod},
-    },
+    api::core::v1::{Namespace, Pod},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
@@ -77,10 +77,10 @@ impl Namespaces {
 /// The changes of every cache, as they come.
 pub struct AllChanges {
     pub incidents: Changes<MailIncident>,
-    pub deployments: Changes<Deployment>,
-    pub statefulsets: Changes<StatefulSet>,
+    pub deployments: Changes<CachedDeployment>,
+    pub statefulsets: Changes<CachedStatefulSet>,
     pub pods: Changes<PartialObjectMeta<Pod>>,
-    pub config_maps: Changes<ConfigMap>,
+    pub config_maps: Changes<CachedConfigMap>,
 }
 
 /// The namespaces to sync, one per change that can matter, in the form kube's
@@ -100,9 +100,9 @@ pub fn namespaces_to_sync(
     };
     let workload = {
         let with_incidents = with_incidents.clone();
-        move |meta: &ObjectMeta, template: Option<&ObjectMeta>| {
+        move |meta: &ObjectMeta, marked: bool| {
             let namespace = meta.namespace.as_deref()?;
-            (with_incidents(namespace) || carries_our_marks(template)).then(|| namespace.into())
+            (with_incidents(namespace) || marked).then(|| namespace.into())
         }
     };
     let deployment_workload = workload.clone();
@@ -111,17 +111,11 @@ pub fn namespaces_to_sync(
         changes.config_maps.map(|c| c.namespace()).boxed(),
         changes
             .deployments
-            .map(move |d| {
-                let template = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
-                deployment_workload(&d.metadata, template)
-            })
+            .map(move |d| deployment_workload(&d.metadata, d.carries_our_marks()))
             .boxed(),
         changes
             .statefulsets
-            .map(move |s| {
-                let template = s.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
-                workload(&s.metadata, template)
-            })
+            .map(move |s| workload(&s.metadata, s.carries_our_marks()))
             .boxed(),
         changes
             .pods
@@ -132,14 +126,6 @@ pub fn namespaces_to_sync(
         .filter_map(move |namespace| future::ready(namespace.map(|name| Ok(namespaces.key(&name)))))
 }
 
-/// Whether a workload's pod template carries a mode (our hash annotation, set with the
-/// env vars of restart delivery).
-fn carries_our_marks(template: Option<&ObjectMeta>) -> bool {
-    template
-        .and_then(|t| t.annotations.as_ref())
-        .is_some_and(|a| a.contains_key(MODE_HASH_ANNOTATION))
-}
-
 /// The namespace of a synced key.
 pub fn name_of(key: &Namespace) -> String {
     key.meta().name.clone().unwrap_or_default()
@@ -148,7 +134,7 @@ pub fn name_of(key: &Namespace) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::cache::Caches;
+    use crate::{api::mode_document::MODE_HASH_ANNOTATION, controller::cache::Caches};
     use futures::stream::BoxStream;
     use serde_json::json;
 
@@ -174,6 +160,7 @@ mod tests {
             reflector::store().0,
             reflector::store().0,
             reflector::store().0,
+            tokio::sync::watch::channel(()).1,
         )
     }
 
@@ -181,7 +168,7 @@ mod tests {
         namespace: &str,
         name: &str,
         template_annotations: serde_json::Value,
-    ) -> Deployment {
+    ) -> CachedDeployment {
         object(json!({
             "metadata": {"name": name, "namespace": namespace},
             "spec": {

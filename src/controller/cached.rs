@@ -1,0 +1,459 @@
+//! The shapes the caches hold workloads and the operator's ConfigMaps in: only the fields
+//! planning reads, decoded straight from the API server's JSON. k8s-openapi's types hold
+//! every field inline whether set or not (a Deployment is 2.4 KiB before its first
+//! container, and a Container 2.1 KiB, a Volume 3.2 KiB), so at a thousand targets the
+//! full types were most of the operator's memory; decoding into these never builds them,
+//! nor the managedFields, which serde skips unread.
+
+use crate::api::mode_document;
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::ConfigMap,
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time},
+};
+use kube::{Resource, core::Selector};
+use serde::{Deserialize, Deserializer, de::IgnoredAny};
+use std::{borrow::Cow, collections::BTreeMap, marker::PhantomData};
+
+/// A cached Deployment.
+pub type CachedDeployment = CachedWorkload<Deployment>;
+/// A cached StatefulSet.
+pub type CachedStatefulSet = CachedWorkload<StatefulSet>;
+
+/// A Deployment or StatefulSet (`K`) as cached.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CachedWorkload<K> {
+    #[serde(deserialize_with = "slim_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "or_default")]
+    pub spec: WorkloadSpec,
+    #[serde(default, deserialize_with = "or_default")]
+    pub status: WorkloadStatus,
+    #[serde(skip)]
+    api: PhantomData<fn() -> K>,
+}
+
+impl<K> CachedWorkload<K> {
+    /// Whether its pod template carries a mode (our hash annotation, set with the env
+    /// vars of restart delivery).
+    pub fn carries_our_marks(&self) -> bool {
+        self.spec
+            .template
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(mode_document::MODE_HASH_ANNOTATION))
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    pub replicas: Option<i32>,
+    #[serde(default, deserialize_with = "pod_selector")]
+    pub selector: PodSelector,
+    #[serde(default, deserialize_with = "or_default")]
+    pub template: PodTemplate,
+    /// StatefulSets only: the claims each pod gets, by name.
+    #[serde(default, deserialize_with = "or_default")]
+    pub volume_claim_templates: Vec<ClaimTemplate>,
+}
+
+/// A workload's pod selector, parsed once on arrival rather than at every sync.
+#[derive(Clone, Debug, Default)]
+pub struct PodSelector {
+    /// None when it selects nothing: unreadable, or empty (a workload always has a
+    /// non-empty one).
+    pub selector: Option<Selector>,
+    /// One of its `matchLabels`, to find the candidate pods by.
+    pub first_label: Option<(String, String)>,
+}
+
+fn pod_selector<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PodSelector, D::Error> {
+    let Some(selector) = Option::<LabelSelector>::deserialize(deserializer)? else {
+        return Ok(PodSelector::default());
+    };
+    let first_label = selector
+        .match_labels
+        .as_ref()
+        .and_then(|labels| labels.iter().next())
+        .map(|(key, value)| (key.clone(), value.clone()));
+    Ok(PodSelector {
+        selector: Selector::try_from(selector)
+            .ok()
+            .filter(|selector| !selector.selects_all()),
+        first_label,
+    })
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ClaimTemplate {
+    #[serde(default, deserialize_with = "or_default")]
+    pub metadata: Named,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Named {
+    pub name: Option<String>,
+}
+
+/// Of a pod template: our annotations (restart delivery's marks), and what the queue
+/// check reads.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PodTemplate {
+    #[serde(default, deserialize_with = "or_default")]
+    pub metadata: TemplateMeta,
+    #[serde(default, deserialize_with = "or_default")]
+    pub spec: PodVolumes,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct TemplateMeta {
+    #[serde(default, deserialize_with = "our_annotations")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// The containers' names and mounts, and the volumes' names and kinds.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PodVolumes {
+    #[serde(default, deserialize_with = "or_default")]
+    pub containers: Vec<ContainerMounts>,
+    #[serde(default, deserialize_with = "or_default")]
+    pub volumes: Vec<VolumeKind>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerMounts {
+    pub name: String,
+    #[serde(default, deserialize_with = "or_default")]
+    pub volume_mounts: Vec<Mount>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mount {
+    pub name: String,
+    pub mount_path: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeKind {
+    pub name: String,
+    #[serde(default, deserialize_with = "present")]
+    pub empty_dir: bool,
+}
+
+/// What of a workload's status tells whether its rollout is complete.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    pub observed_generation: Option<i64>,
+    pub replicas: Option<i32>,
+    pub updated_replicas: Option<i32>,
+    pub available_replicas: Option<i32>,
+    pub ready_replicas: Option<i32>,
+    pub current_revision: Option<String>,
+    pub update_revision: Option<String>,
+}
+
+/// One of the operator's ConfigMaps (a mode document or a report) as cached: its name
+/// and resource version, the annotations planning reads, and a report's entries (one per
+/// pod). A document's content is known by its hash annotation, so its data is not kept.
+/// Held in plain fields rather than maps: a map costs over 500 bytes however few its
+/// entries, and a target has two of these ConfigMaps.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(from = "WireConfigMap")]
+pub struct CachedConfigMap {
+    /// Name, namespace and resource version only.
+    pub metadata: ObjectMeta,
+    /// `mailops.dev/mode-hash`: the content of a mode document.
+    pub mode_hash: Option<String>,
+    /// `mailops.dev/incident`: whose mode a document carries.
+    pub incident: Option<String>,
+    /// `mailops.dev/workload`: the target a document or report is for.
+    pub workload: Option<String>,
+    /// A report's entries, by pod name; none for a document.
+    pub reports: Vec<(String, String)>,
+}
+
+impl CachedConfigMap {
+    /// The entry the agent of `pod` reported.
+    pub fn report_of(&self, pod: &str) -> Option<&str> {
+        self.reports
+            .iter()
+            .find(|(name, _)| name == pod)
+            .map(|(_, text)| text.as_str())
+    }
+}
+
+/// A ConfigMap as the API server sends it, as far as it is read.
+#[derive(Deserialize)]
+struct WireConfigMap {
+    #[serde(deserialize_with = "slim_meta")]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    data: Option<BTreeMap<String, String>>,
+}
+
+impl From<WireConfigMap> for CachedConfigMap {
+    fn from(wire: WireConfigMap) -> Self {
+        let WireConfigMap { mut metadata, data } = wire;
+        let mut annotations = metadata.annotations.take().unwrap_or_default();
+        let role = metadata
+            .labels
+            .take()
+            .and_then(|mut labels| labels.remove(mode_document::ROLE_LABEL));
+        let reports = match role.as_deref() {
+            Some(mode_document::ROLE_DOCUMENT) => vec![],
+            _ => data.unwrap_or_default().into_iter().collect(),
+        };
+        Self {
+            metadata,
+            mode_hash: annotations.remove(mode_document::MODE_HASH_ANNOTATION),
+            incident: annotations.remove(mode_document::INCIDENT_ANNOTATION),
+            workload: annotations.remove(mode_document::WORKLOAD_ANNOTATION),
+            reports,
+        }
+    }
+}
+
+/// The metadata fields anything cached is read by: identity, versions, labels, deletion,
+/// and only our own annotations (`mailops.dev/...`; kubectl's last-applied copy of the
+/// whole manifest is the largest of the others).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    deletion_timestamp: Option<Time>,
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "our_annotations")]
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+fn slim_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    let meta = SlimMeta::deserialize(deserializer)?;
+    Ok(ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generation: meta.generation,
+        deletion_timestamp: meta.deletion_timestamp,
+        labels: meta.labels,
+        annotations: meta.annotations,
+        ..ObjectMeta::default()
+    })
+}
+
+fn our_annotations<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    let mut annotations = Option::<BTreeMap<String, String>>::deserialize(deserializer)?;
+    if let Some(map) = &mut annotations {
+        map.retain(|key, _| key.starts_with("mailops.dev/"));
+    }
+    Ok(annotations.filter(|map| !map.is_empty()))
+}
+
+/// A field the API server may send as `null` or leave out: both are its default.
+fn or_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Whether a field (a volume source) is set, whatever it holds.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    Ok(Option::<IgnoredAny>::deserialize(deserializer)?.is_some())
+}
+
+/// The API identity of `K`, for a cached shape of it.
+macro_rules! resource_of {
+    ($cached:ty, $api:ty $(, $generic:ident)?) => {
+        impl$(<$generic: Resource<DynamicType = ()>>)? Resource for $cached {
+            type DynamicType = ();
+            type Scope = <$api as Resource>::Scope;
+
+            fn kind(dt: &()) -> Cow<'_, str> {
+                <$api>::kind(dt)
+            }
+            fn group(dt: &()) -> Cow<'_, str> {
+                <$api>::group(dt)
+            }
+            fn version(dt: &()) -> Cow<'_, str> {
+                <$api>::version(dt)
+            }
+            fn plural(dt: &()) -> Cow<'_, str> {
+                <$api>::plural(dt)
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+resource_of!(CachedWorkload<K>, K, K);
+resource_of!(CachedConfigMap, ConfigMap);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::SelectorExt;
+    use serde_json::json;
+
+    /// A StatefulSet as the API server sends it: managedFields, kubectl's last-applied
+    /// copy, a template with `creationTimestamp: null`, volumes of several kinds.
+    fn statefulset() -> serde_json::Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {
+                "name": "exim", "namespace": "mail", "uid": "u-1", "resourceVersion": "42",
+                "generation": 3, "creationTimestamp": "2026-11-23T10:00:00Z",
+                "labels": {"app": "mta"},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"a\": \"whole manifest\"}",
+                    "mailops.dev/mta": "exim",
+                    "example.com/owner": "team-mail",
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                                   "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}],
+            },
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "exim"}},
+                "template": {
+                    "metadata": {"creationTimestamp": null, "labels": {"app": "exim"},
+                                 "annotations": {"mailops.dev/mode-hash": "h1", "other": "x"}},
+                    "spec": {
+                        "containers": [{"name": "exim", "image": "exim:4",
+                                        "volumeMounts": [{"name": "spool", "mountPath": "/var/spool/exim4"},
+                                                         {"name": "scratch", "mountPath": "/tmp"}]}],
+                        "volumes": [{"name": "scratch", "emptyDir": {}},
+                                    {"name": "config", "configMap": {"name": "exim-config"}}],
+                    },
+                },
+                "volumeClaimTemplates": [{"metadata": {"name": "spool"},
+                                          "spec": {"accessModes": ["ReadWriteOnce"]}}],
+            },
+            "status": {"observedGeneration": 3, "replicas": 2, "readyReplicas": 2,
+                       "currentRevision": "r1", "updateRevision": "r1", "conditions": null},
+        })
+    }
+
+    #[test]
+    fn a_workload_keeps_what_planning_reads_and_nothing_else() {
+        let cached: CachedStatefulSet =
+            serde_json::from_value(statefulset()).expect("a StatefulSet decodes");
+        let meta = &cached.metadata;
+        assert_eq!(meta.name.as_deref(), Some("exim"));
+        assert_eq!(meta.namespace.as_deref(), Some("mail"));
+        assert_eq!(meta.resource_version.as_deref(), Some("42"));
+        assert_eq!(meta.generation, Some(3));
+        assert_eq!(meta.labels, Some([("app".into(), "mta".into())].into()));
+        assert_eq!(
+            meta.annotations,
+            Some([("mailops.dev/mta".into(), "exim".into())].into()),
+            "only our annotations are kept"
+        );
+        assert!(meta.managed_fields.is_none() && meta.creation_timestamp.is_none());
+
+        let spec = &cached.spec;
+        assert_eq!(spec.replicas, Some(2));
+        let selector = spec.selector.selector.as_ref().expect("a selector");
+        assert!(selector.matches(&[("app".into(), "exim".into())].into()));
+        assert!(!selector.matches(&[("app".into(), "postfix".into())].into()));
+        assert_eq!(
+            spec.selector.first_label,
+            Some(("app".into(), "exim".into()))
+        );
+        assert_eq!(
+            spec.template.metadata.annotations,
+            Some([("mailops.dev/mode-hash".into(), "h1".into())].into())
+        );
+        assert!(cached.carries_our_marks());
+        let container = &spec.template.spec.containers[0];
+        assert_eq!(container.name, "exim");
+        let mounts: Vec<(&str, &str)> = container
+            .volume_mounts
+            .iter()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+            .collect();
+        assert_eq!(mounts, [("spool", "/var/spool/exim4"), ("scratch", "/tmp")]);
+        let volumes: Vec<(&str, bool)> = spec
+            .template
+            .spec
+            .volumes
+            .iter()
+            .map(|v| (v.name.as_str(), v.empty_dir))
+            .collect();
+        assert_eq!(volumes, [("scratch", true), ("config", false)]);
+        assert_eq!(
+            spec.volume_claim_templates[0].metadata.name.as_deref(),
+            Some("spool")
+        );
+        assert_eq!(cached.status.observed_generation, Some(3));
+        assert_eq!(cached.status.ready_replicas, Some(2));
+        assert_eq!(cached.status.update_revision.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn absent_and_null_fields_decode_as_empty() {
+        let cached: CachedDeployment = serde_json::from_value(json!({
+            "metadata": {"name": "bare", "annotations": {"other": "x"}},
+            "spec": {"selector": {"matchLabels": {"app": "bare"}},
+                     "template": {"metadata": null, "spec": {"containers": [{"name": "mta", "volumeMounts": null}], "volumes": null}}},
+            "status": null,
+        }))
+        .expect("a sparse Deployment decodes");
+        assert_eq!(cached.metadata.annotations, None, "no annotation of ours");
+        assert!(!cached.carries_our_marks());
+        assert!(
+            cached.spec.template.spec.containers[0]
+                .volume_mounts
+                .is_empty()
+        );
+        assert!(cached.spec.template.spec.volumes.is_empty());
+        assert_eq!(cached.status.replicas, None);
+    }
+
+    #[test]
+    fn a_document_loses_its_data_and_a_report_keeps_it() {
+        let config_map = |role: &str| -> CachedConfigMap {
+            serde_json::from_value(json!({
+                "metadata": {"name": "n", "namespace": "mail", "resourceVersion": "7",
+                             "labels": {mode_document::ROLE_LABEL: role, "app.kubernetes.io/managed-by": "m"},
+                             "annotations": {mode_document::MODE_HASH_ANNOTATION: "h",
+                                             mode_document::INCIDENT_ANNOTATION: "outage",
+                                             mode_document::WORKLOAD_ANNOTATION: "Deployment/mx",
+                                             "example.com/other": "x"}},
+                "data": {"pod-1": "{\"hash\": \"h\"}", "pod-2": "{}"},
+            }))
+            .expect("a ConfigMap decodes")
+        };
+        let document = config_map(mode_document::ROLE_DOCUMENT);
+        assert!(document.reports.is_empty());
+        assert_eq!(document.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(document.metadata.labels, None);
+        assert_eq!(document.metadata.annotations, None);
+        assert_eq!(document.mode_hash.as_deref(), Some("h"));
+        assert_eq!(document.incident.as_deref(), Some("outage"));
+        assert_eq!(document.workload.as_deref(), Some("Deployment/mx"));
+        let report = config_map(mode_document::ROLE_REPORT);
+        assert_eq!(report.report_of("pod-1"), Some("{\"hash\": \"h\"}"));
+        assert_eq!(report.report_of("pod-2"), Some("{}"));
+        assert_eq!(report.report_of("pod-3"), None);
+    }
+}
