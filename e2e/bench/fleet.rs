@@ -65,9 +65,12 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{WatchStreamExt, reflector, watcher},
 };
-use mail_incident_operator::api::{
-    MailIncident,
-    mode_document::{MODE_DOCUMENT_KEY, ROLE_DOCUMENT, ROLE_LABEL, ROLE_REPORT},
+use mail_incident_operator::{
+    api::{
+        MailIncident,
+        mode_document::{MODE_DOCUMENT_KEY, ROLE_DOCUMENT, ROLE_LABEL, ROLE_REPORT},
+    },
+    controller::WRITE_CONCURRENCY,
 };
 use serde_json::json;
 use std::{
@@ -80,9 +83,6 @@ use world::{Operator, TestNamespace, World};
 
 const CREATE_CONCURRENCY: usize = 32;
 const FLOOR_CONCURRENCY: [usize; 3] = [16, 64, 256];
-/// The operator's writes in flight at once (`WRITE_CONCURRENCY` in `apply.rs`), which
-/// the fake agents' reports also use.
-const WRITE_CONCURRENCY: usize = 64;
 /// The `kubectl patch` loop is one kubectl process per target, one after the other (what
 /// a shell loop does): 50 to 100 ms each on a 2-core machine, so at 5000 targets it would
 /// run for five to ten minutes and tell nothing new. Above this size it runs on the first
@@ -724,30 +724,38 @@ async fn floor(client: &Client, namespace: &str, size: usize) -> (Duration, usiz
     let mut best = (Duration::MAX, 0);
     for (round, concurrency) in FLOOR_CONCURRENCY.into_iter().enumerate() {
         let start = Instant::now();
-        stream::iter(0..size)
-            .map(|i| {
-                let config_maps = config_maps.clone();
-                async move {
-                    let document = format!(
-                        "{{\"round\": {round}, \"padding\": \"{}\"}}",
-                        "x".repeat(600)
-                    );
-                    let patch = Patch::Merge(json!({"data": {"mode.json": document}}));
-                    config_maps
-                        .patch(&format!("manual-{i:04}"), &PatchParams::default(), &patch)
-                        .await
-                        .expect("patch");
-                }
-            })
-            .buffer_unordered(concurrency)
-            .collect::<Vec<()>>()
-            .await;
+        patch_documents(&config_maps, size, &round.to_string(), concurrency).await;
         let elapsed = start.elapsed();
         if elapsed < best.0 {
             best = (elapsed, concurrency);
         }
     }
     best
+}
+
+/// One mode-document-sized merge PATCH of each of the `size` floor ConfigMaps, marked
+/// with `round` so that every one changes, `concurrency` in flight.
+async fn patch_documents(
+    config_maps: &Api<ConfigMap>,
+    size: usize,
+    round: &str,
+    concurrency: usize,
+) {
+    stream::iter(0..size)
+        .map(|i| async move {
+            let document = format!(
+                "{{\"round\": \"{round}\", \"padding\": \"{}\"}}",
+                "x".repeat(600)
+            );
+            let patch = Patch::Merge(json!({"data": {"mode.json": document}}));
+            config_maps
+                .patch(&format!("manual-{i:04}"), &PatchParams::default(), &patch)
+                .await
+                .expect("patch");
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 /// The floor with the agents' load: N document-sized PATCHes (as in [`floor`]) and, at
@@ -780,24 +788,9 @@ async fn documents_and_reports(
     reports: &[String],
     round: usize,
 ) -> Duration {
+    let label = format!("reports {round}");
     let start = Instant::now();
-    let documents = stream::iter(0..size)
-        .map(|i| {
-            let config_maps = config_maps.clone();
-            async move {
-                let document = format!(
-                    "{{\"round\": \"reports {round}\", \"padding\": \"{}\"}}",
-                    "x".repeat(600)
-                );
-                let patch = Patch::Merge(json!({"data": {"mode.json": document}}));
-                config_maps
-                    .patch(&format!("manual-{i:04}"), &PatchParams::default(), &patch)
-                    .await
-                    .expect("patch");
-            }
-        })
-        .buffer_unordered(WRITE_CONCURRENCY)
-        .collect::<Vec<()>>();
+    let documents = patch_documents(config_maps, size, &label, WRITE_CONCURRENCY);
     let reports = stream::iter(reports)
         .map(|report| {
             let config_maps = config_maps.clone();
@@ -907,7 +900,7 @@ fn print_tables(rows: &[Row]) {
     );
     println!();
     println!(
-        "| targets | apply → documents | stored → documents | apply → Ready | stored → Ready | kubectl patch loop | raw PATCH floor | documents / floor (stored) | Ready / floor (stored) | floor with reports | documents / it | Ready / it | peak RSS | CPU |"
+        "| targets | apply → documents | stored → documents | apply → Ready | stored → Ready | kubectl patch loop | raw PATCH floor | documents / floor (stored) | Ready / floor (stored) | floor with reports | documents / floor with reports | Ready / floor with reports | peak RSS | CPU |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {

@@ -13,8 +13,11 @@ use kube::{
     core::{Selector, SelectorExt},
     runtime::{WatchStreamExt, reflector, watcher},
 };
-use mail_incident_operator::api::mode_document::{
-    MODE_HASH_ANNOTATION, REPORT_SUFFIX, ROLE_DOCUMENT, ROLE_LABEL, WORKLOAD_ANNOTATION,
+use mail_incident_operator::{
+    api::mode_document::{
+        MODE_HASH_ANNOTATION, REPORT_SUFFIX, ROLE_DOCUMENT, ROLE_LABEL, WORKLOAD_ANNOTATION,
+    },
+    controller::WRITE_CONCURRENCY,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -242,7 +245,7 @@ async fn run_agents(client: Client, namespace: String) {
         }
         // Every agent acts on its own, so the reports go out concurrently.
         stream::iter(reports)
-            .for_each_concurrent(64, |(report_name, stale)| {
+            .for_each_concurrent(WRITE_CONCURRENCY, |(report_name, stale)| {
                 let api = api.clone();
                 async move {
                     let patch = Patch::Merge(json!({"data": stale}));

@@ -261,11 +261,15 @@ mod tests {
         assert!(directory.path().join("retry.conf").exists());
 
         let hangups = directory.path().join("hangups");
-        let mut daemon = Command::new("sh")
-            .arg("-c")
+        let trapping = directory.path().join("trapping");
+        // A shell cannot trap a signal ignored when it started (as under `nohup`), so the
+        // fake daemon starts with SIGHUP's default action whatever the test inherited.
+        let mut daemon = Command::new("env")
+            .args(["--default-signal=HUP", "sh", "-c"])
             .arg(format!(
-                "trap 'echo >> {}' HUP; while :; do sleep 0.05; done",
-                hangups.display()
+                "trap 'echo >> {}' HUP; : > {}; while :; do sleep 0.05; done",
+                hangups.display(),
+                trapping.display()
             ))
             .spawn()
             .unwrap();
@@ -274,19 +278,31 @@ mod tests {
             format!("{}\n", daemon.id()),
         )
         .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(200)); // the trap is set
-        let count = || {
-            std::thread::sleep(std::time::Duration::from_millis(300)); // the trap has run
-            std::fs::read_to_string(&hangups).map_or(0, |t| t.lines().count())
+        // Polled rather than slept for: on a loaded machine the shell may take long to
+        // start, and a hangup before its trap is set would end it.
+        let within_10_s = |done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !done() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        within_10_s(&|| trapping.exists());
+        let count = || std::fs::read_to_string(&hangups).map_or(0, |t| t.lines().count());
+        let count_once_at = |least: usize| {
+            within_10_s(&|| count() >= least);
+            count()
         };
         // The same apply again: the retry file is already there, yet the daemon is reloaded.
         exim.apply(&holding).unwrap();
-        assert_eq!(count(), 1);
-        // Nothing changed: no reload. Normal service drops the lifetime: a reload.
+        assert_eq!(count_once_at(1), 1);
+        // Nothing changed: no reload (given the time to show, a wrong one would be counted
+        // here rather than merged with the next into one pending signal).
         exim.apply(&holding).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
         assert_eq!(count(), 1);
+        // Normal service drops the lifetime: a reload.
         exim.apply(&Held::Normal).unwrap();
-        assert_eq!(count(), 2);
+        assert_eq!(count_once_at(2), 2);
         assert!(!directory.path().join("retry.conf").exists());
         // A pid file that names no single process is refused, never sent a signal.
         for pid in ["-1", "0", "x"] {

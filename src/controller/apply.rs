@@ -1,12 +1,18 @@
 //! Carries out the plan's writes. Mode documents are ConfigMaps the operator owns whole:
-//! created by server-side apply (forced), then updated with a merge patch under the same
-//! field manager, which costs the API server about half as much per write and matters
-//! when a mode change rewrites a thousand of them. Workloads belong to their users and GitOps tools: restart
+//! created by a POST, then updated with a merge patch under the same field manager, which
+//! costs the API server about half as much per write as a server-side apply and matters
+//! when a mode change rewrites a thousand of them; their (empty) reports are created by a
+//! forced server-side apply. Workloads belong to their users and GitOps tools: restart
 //! delivery server-side-applies only the env vars and template annotations it owns, under
 //! the field manager `mail-incident-operator`, never forced, so a conflict with another
 //! manager is reported rather than overwritten.
 
-use super::{FIELD_MANAGER, cached::CachedConfigMap, leader::Leadership, observe::Versions};
+use super::{
+    FIELD_MANAGER,
+    cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet},
+    leader::Leadership,
+    observe::Versions,
+};
 use crate::{
     Error, Result,
     api::mode_document::{
@@ -17,10 +23,7 @@ use crate::{
     plan::{Owner, TargetRef, WorkloadKind, Write},
 };
 use futures::{StreamExt, stream};
-use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
-    core::v1::ConfigMap,
-};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::{
     Api, Client, Resource,
     api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
@@ -31,12 +34,12 @@ use std::collections::HashMap;
 
 /// Writes in flight at once, per namespace sync: enough to keep an API server busy (the
 /// benchmark's fastest raw PATCH rate is reached between 16 and 64), few enough not to
-/// flood it.
-const WRITE_CONCURRENCY: usize = 64;
+/// flood it. Public for the benchmark and the fake agents, which write at the same pace.
+pub const WRITE_CONCURRENCY: usize = 64;
 
 /// What became of one write.
 pub enum Outcome {
-    /// Stored, changing these of the operator's ConfigMaps.
+    /// Stored, changing these cached objects.
     Done(Vec<Echo>),
     /// The object changed since the caches showed it (409 on the resource version the
     /// write was conditional on): the change is on its way as a watch event, and the sync
@@ -47,13 +50,21 @@ pub enum Outcome {
     Refused(TargetRef, String),
 }
 
-/// A ConfigMap a write changed: its resource version (none: absent) in the caches the
+/// An object a write changed: its resource version (none: absent) in the caches the
 /// write was planned from, and as the write left it. The caches hold the write once they
 /// show it as left, or as anything but what they showed before (a newer change).
 pub struct Echo {
+    pub kind: EchoKind,
     pub name: String,
     pub before: Option<String>,
     pub after: Option<String>,
+}
+
+/// The cache an [`Echo`] shows in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EchoKind {
+    ConfigMap,
+    Workload(WorkloadKind),
 }
 
 /// Carries out `writes` with bounded concurrency, each conditional on the resource
@@ -114,8 +125,8 @@ async fn apply(
     write: Write,
     seen: Versions,
 ) -> Result<Outcome, kube::Error> {
-    // Responses are decoded into the slim cached shape: a thousand writes' responses
-    // would otherwise each be built as a full ConfigMap with its managedFields, unread.
+    // Responses are decoded into the slim cached shapes: a thousand writes' responses
+    // would otherwise each be built as a full object with its managedFields, unread.
     let config_maps: Api<CachedConfigMap> = Api::namespaced(client.clone(), namespace);
     let (target, result) = match write {
         Write::PutDocument {
@@ -127,8 +138,7 @@ async fn apply(
         } => {
             let existing = seen.document.filter(|_| exists);
             let result = put_document(
-                client,
-                namespace,
+                &config_maps,
                 &target,
                 &document,
                 &owners,
@@ -139,7 +149,7 @@ async fn apply(
             (target, result)
         }
         Write::DeleteDocument { target } => {
-            let result = delete_document(&config_maps, &target, seen.document).await;
+            let result = delete_document(&config_maps, &target, seen).await;
             (target, result)
         }
         Write::SetRestartEnv {
@@ -147,15 +157,15 @@ async fn apply(
             container,
             document,
         } => {
-            let patch = restart_env_patch(&target, &container, &document, seen.workload);
-            let result = apply_to_workload(client, namespace, &target, patch).await;
-            (target, result.map(|()| vec![]))
+            let patch = restart_env_patch(&target, &container, &document, seen.workload.clone());
+            let result = apply_to_workload(client, namespace, &target, patch, seen.workload).await;
+            (target, result)
         }
         Write::ClearRestartEnv { target } => {
             // Applying nothing under our field manager drops every field it owned.
-            let patch = workload_object(&target, seen.workload, json!({}));
-            let result = apply_to_workload(client, namespace, &target, patch).await;
-            (target, result.map(|()| vec![]))
+            let patch = workload_object(&target, seen.workload.clone(), json!({}));
+            let result = apply_to_workload(client, namespace, &target, patch, seen.workload).await;
+            (target, result)
         }
     };
     match result {
@@ -235,15 +245,13 @@ pub fn report_object(target: &TargetRef, document_uid: Option<String>) -> Value 
 }
 
 async fn put_document(
-    client: &Client,
-    namespace: &str,
+    api: &Api<CachedConfigMap>,
     target: &TargetRef,
     document: &ModeDocument,
     owners: &[Owner],
     existing: Option<String>,
     create_report: bool,
 ) -> Result<Vec<Echo>, kube::Error> {
-    let api: Api<CachedConfigMap> = Api::namespaced(client.clone(), namespace);
     let name = document_name(target.kind.as_str(), &target.name);
     let document_object = document_object(target, document, owners);
     let stored = match &existing {
@@ -266,15 +274,20 @@ async fn put_document(
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..PostParams::default()
             };
-            let object: ConfigMap =
-                serde_json::from_value(document_object).map_err(kube::Error::SerdeError)?;
-            Api::<ConfigMap>::namespaced(client.clone(), namespace)
-                .create(&created, &object)
+            // Raw, as `Api::create` would take and return the cached shape whole.
+            let body = serde_json::to_vec(&document_object).map_err(kube::Error::SerdeError)?;
+            let request = kube::core::Request::new(api.resource_url())
+                .create(&created, body)
+                .map_err(kube::Error::BuildRequest)?;
+            api.clone()
+                .into_client()
+                .request::<CachedConfigMap>(request)
                 .await?
                 .metadata
         }
     };
     let mut echoes = vec![Echo {
+        kind: EchoKind::ConfigMap,
         name: name.clone(),
         before: existing,
         after: stored.resource_version,
@@ -289,6 +302,7 @@ async fn put_document(
             .patch(&report, &params, &Patch::Apply(&report_object))
             .await?;
         echoes.push(Echo {
+            kind: EchoKind::ConfigMap,
             name: report,
             before: None,
             after: report_stored.metadata.resource_version,
@@ -297,15 +311,15 @@ async fn put_document(
     Ok(echoes)
 }
 
-/// Deletes the document (only as seen: `version`), then its report.
+/// Deletes the document (only as seen), then its report.
 async fn delete_document(
     api: &Api<CachedConfigMap>,
     target: &TargetRef,
-    version: Option<String>,
+    seen: Versions,
 ) -> Result<Vec<Echo>, kube::Error> {
     let name = document_name(target.kind.as_str(), &target.name);
     let as_seen = DeleteParams {
-        preconditions: version.clone().map(|resource_version| Preconditions {
+        preconditions: seen.document.clone().map(|resource_version| Preconditions {
             resource_version: Some(resource_version),
             uid: None,
         }),
@@ -319,11 +333,16 @@ async fn delete_document(
             Err(error) => return Err(error),
         }
     }
-    Ok(vec![Echo {
+    let deleted = |name, before| Echo {
+        kind: EchoKind::ConfigMap,
         name,
-        before: version,
+        before,
         after: None,
-    }])
+    };
+    Ok(vec![
+        deleted(name, seen.document),
+        deleted(report, seen.report),
+    ])
 }
 
 fn restart_env_patch(
@@ -370,24 +389,33 @@ fn workload_object(target: &TargetRef, version: Option<String>, fields: Value) -
     object
 }
 
+/// Applies `patch` to the workload; its echo is the workload as left (`before`: as seen).
 async fn apply_to_workload(
     client: &Client,
     namespace: &str,
     target: &TargetRef,
     patch: Value,
-) -> Result<(), kube::Error> {
+    before: Option<String>,
+) -> Result<Vec<Echo>, kube::Error> {
     let params = PatchParams::apply(FIELD_MANAGER);
-    match target.kind {
+    let stored = match target.kind {
         WorkloadKind::Deployment => {
-            Api::<Deployment>::namespaced(client.clone(), namespace)
+            Api::<CachedDeployment>::namespaced(client.clone(), namespace)
                 .patch(&target.name, &params, &Patch::Apply(&patch))
-                .await?;
+                .await?
+                .metadata
         }
         WorkloadKind::StatefulSet => {
-            Api::<StatefulSet>::namespaced(client.clone(), namespace)
+            Api::<CachedStatefulSet>::namespaced(client.clone(), namespace)
                 .patch(&target.name, &params, &Patch::Apply(&patch))
-                .await?;
+                .await?
+                .metadata
         }
-    }
-    Ok(())
+    };
+    Ok(vec![Echo {
+        kind: EchoKind::Workload(target.kind),
+        name: target.name.clone(),
+        before,
+        after: stored.resource_version,
+    }])
 }

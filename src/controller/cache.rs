@@ -5,10 +5,10 @@
 //! would otherwise be most of their memory.
 
 use super::{
-    apply::Echo,
+    apply::{Echo, EchoKind},
     cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet, CachedWorkload},
 };
-use crate::{Error, Result, api::MailIncident, retry::WatchBackoff};
+use crate::{Error, Result, api::MailIncident, plan::WorkloadKind, retry::WatchBackoff};
 use futures::{
     FutureExt, Stream, StreamExt, future,
     future::{BoxFuture, Shared},
@@ -47,8 +47,8 @@ pub struct Caches {
     pub pods: Store<PartialObjectMeta<Pod>>,
     /// Only the operator's ConfigMaps (mode documents and reports), by label.
     pub config_maps: Store<CachedConfigMap>,
-    /// Marks every change of `config_maps`.
-    config_maps_changed: tokio::sync::watch::Receiver<()>,
+    /// Marks every change of any cache, once cached.
+    changed: tokio::sync::watch::Receiver<()>,
     /// Resolves once every cache holds a complete first listing (or names the one that
     /// never will). Shared because kube's `Store::wait_until_ready` wakes only the last
     /// of several tasks waiting at once: a reconcile waiting beside another waiter could
@@ -63,7 +63,7 @@ impl Caches {
         statefulsets: Store<CachedStatefulSet>,
         pods: Store<PartialObjectMeta<Pod>>,
         config_maps: Store<CachedConfigMap>,
-        config_maps_changed: tokio::sync::watch::Receiver<()>,
+        changed: tokio::sync::watch::Receiver<()>,
     ) -> Self {
         let ready = {
             let (incidents, deployments, statefulsets, pods, config_maps) = (
@@ -91,23 +91,22 @@ impl Caches {
             statefulsets,
             pods,
             config_maps,
-            config_maps_changed,
+            changed,
             ready,
         }
     }
 
-    /// Waits, at most `longest`, until the ConfigMap cache holds the changes `echoes`
-    /// made in `namespace`. A sync planned before the echoes of the last one's writes
-    /// arrive would write them all again (each a request refused as stale, a thousand
-    /// of them after a mode change, while the API server is busiest).
+    /// Waits, at most `longest`, until the caches hold the changes `echoes` made in
+    /// `namespace`. A sync planned before the echoes of the last one's writes arrive
+    /// would write them all again (each a request refused as stale, a thousand of them
+    /// after a mode change, while the API server is busiest).
     pub async fn wait_for_echoes(&self, namespace: &str, mut echoes: Vec<Echo>, longest: Duration) {
-        let mut changed = self.config_maps_changed.clone();
+        let mut changed = self.changed.clone();
+        changed.mark_unchanged();
         let waiting = async {
             loop {
                 echoes.retain(|echo| {
-                    let key = ObjectRef::new(&echo.name).within(namespace);
-                    let cached = self.config_maps.get(&key);
-                    let cached = cached.and_then(|c| c.metadata.resource_version.clone());
+                    let cached = self.cached_version(namespace, echo);
                     cached == echo.before && cached != echo.after
                 });
                 if echoes.is_empty() || changed.changed().await.is_err() {
@@ -123,6 +122,27 @@ impl Caches {
         }
     }
 
+    /// The resource version of the object `echo` is of, as cached (none: absent).
+    fn cached_version(&self, namespace: &str, echo: &Echo) -> Option<String> {
+        fn version_in<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<String>
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            let key = ObjectRef::new(name).within(namespace);
+            store.get(&key)?.meta().resource_version.clone()
+        }
+        match echo.kind {
+            EchoKind::ConfigMap => version_in(&self.config_maps, namespace, &echo.name),
+            EchoKind::Workload(WorkloadKind::Deployment) => {
+                version_in(&self.deployments, namespace, &echo.name)
+            }
+            EchoKind::Workload(WorkloadKind::StatefulSet) => {
+                version_in(&self.statefulsets, namespace, &echo.name)
+            }
+        }
+    }
+
     /// Waits until every cache holds a complete first listing. Any number of tasks may wait.
     pub async fn wait_until_ready(&self) -> Result<()> {
         self.ready.clone().await.map_err(Error::CacheNeverReady)
@@ -130,8 +150,13 @@ impl Caches {
 }
 
 /// Starts a watch of `K` filling a cache: the cache, and the stream of changes that must
-/// be polled to fill it.
-pub fn watch<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, Changes<K>)
+/// be polled to fill it. `changed` is marked after each event is cached (a relist's end
+/// included), for syncs waiting for their writes' echoes.
+pub fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: tokio::sync::watch::Sender<()>,
+) -> (Store<K>, Changes<K>)
 where
     K: Resource + Slim + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
@@ -149,6 +174,9 @@ where
             object.slim();
         })
         .reflect(writer)
+        .inspect(move |_| {
+            changed.send_replace(());
+        })
         .touched_objects()
         .filter_map(|change| {
             future::ready(change.map_err(|error| {
@@ -256,20 +284,21 @@ mod tests {
         for config_map in cached {
             writer.apply_watcher_event(&watcher::Event::Apply(config_map.clone()));
         }
-        let (changed, config_maps_changed) = tokio::sync::watch::channel(());
+        let (mark, changed) = tokio::sync::watch::channel(());
         let caches = Caches::new(
             reflector::store().0,
             reflector::store().0,
             reflector::store().0,
             reflector::store().0,
             config_maps,
-            config_maps_changed,
+            changed,
         );
-        (caches, writer, changed)
+        (caches, writer, mark)
     }
 
     fn echo(name: &str, before: Option<&str>, after: Option<&str>) -> Echo {
         Echo {
+            kind: EchoKind::ConfigMap,
             name: name.into(),
             before: before.map(Into::into),
             after: after.map(Into::into),
@@ -327,5 +356,61 @@ mod tests {
             waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
             "waited {waited:?}"
         );
+    }
+
+    /// A workload's echo is looked for in its own kind's cache, not in another's.
+    #[tokio::test]
+    async fn a_workload_echo_is_waited_for_in_its_kinds_cache() {
+        let deployment = |version: &str| -> CachedDeployment {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "mta", "namespace": "mail", "resourceVersion": version},
+            }))
+            .expect("a Deployment decodes")
+        };
+        let (deployments, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(deployment("1")));
+        let (mark, changed) = tokio::sync::watch::channel(());
+        let caches = Caches::new(
+            reflector::store().0,
+            deployments,
+            reflector::store().0,
+            reflector::store().0,
+            reflector::store().0,
+            changed,
+        );
+        let restart = |kind| Echo {
+            kind: EchoKind::Workload(kind),
+            name: "mta".into(),
+            before: Some("1".into()),
+            after: Some("2".into()),
+        };
+        // No StatefulSet of that name is cached: nothing to wait for.
+        let started = tokio::time::Instant::now();
+        caches
+            .wait_for_echoes(
+                "mail",
+                vec![restart(WorkloadKind::StatefulSet)],
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        let waiting = {
+            let caches = caches.clone();
+            tokio::spawn(async move {
+                let echoes = vec![restart(WorkloadKind::Deployment)];
+                caches
+                    .wait_for_echoes("mail", echoes, Duration::from_secs(30))
+                    .await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "finished before the echo");
+        writer.apply_watcher_event(&watcher::Event::Apply(deployment("2")));
+        mark.send_replace(());
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the echo")
+            .expect("the waiter ran");
     }
 }

@@ -11,7 +11,7 @@ use k8s_openapi::{
         apps::v1::{Deployment, StatefulSet},
         core::v1::ConfigMap,
     },
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time},
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
 };
 use kube::{Resource, core::Selector};
 use serde::{Deserialize, Deserializer, de::IgnoredAny};
@@ -221,8 +221,9 @@ impl From<WireConfigMap> for CachedConfigMap {
     }
 }
 
-/// The metadata fields anything cached is read by: identity, versions, labels, deletion,
-/// and only our own annotations (`mailops.dev/...`; kubectl's last-applied copy of the
+/// The metadata fields anything cached is read by: identity (a created document's uid
+/// owns its report), versions (a workload's generation tells its rollout's progress),
+/// labels, and only our own annotations (`mailops.dev/...`; kubectl's last-applied copy of the
 /// whole manifest is the largest of the others).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -232,7 +233,6 @@ struct SlimMeta {
     uid: Option<String>,
     resource_version: Option<String>,
     generation: Option<i64>,
-    deletion_timestamp: Option<Time>,
     labels: Option<BTreeMap<String, String>>,
     #[serde(default, deserialize_with = "our_annotations")]
     annotations: Option<BTreeMap<String, String>>,
@@ -246,7 +246,6 @@ fn slim_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D
         uid: meta.uid,
         resource_version: meta.resource_version,
         generation: meta.generation,
-        deletion_timestamp: meta.deletion_timestamp,
         labels: meta.labels,
         annotations: meta.annotations,
         ..ObjectMeta::default()

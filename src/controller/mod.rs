@@ -16,7 +16,7 @@ mod observe;
 mod triggers;
 
 /// The objects the operator writes, for tests that plant what it would have written.
-pub use apply::{document_object, report_object};
+pub use apply::{WRITE_CONCURRENCY, document_object, report_object};
 
 use crate::{
     Error, Result,
@@ -148,15 +148,27 @@ pub async fn run(settings: Settings) -> Result<()> {
         metrics.clone(),
     );
 
-    let (incidents, incident_changes) =
-        cache::watch::<MailIncident>(scoped(&client, namespace), watcher::Config::default());
-    let (deployments, deployment_changes) =
-        cache::watch::<CachedDeployment>(scoped(&client, namespace), watcher::Config::default());
-    let (statefulsets, statefulset_changes) =
-        cache::watch::<CachedStatefulSet>(scoped(&client, namespace), watcher::Config::default());
+    // Marked by every cache once it holds a change, for a sync waiting for its writes' echoes.
+    let (cached, changed) = tokio::sync::watch::channel(());
+    let (incidents, incident_changes) = cache::watch::<MailIncident>(
+        scoped(&client, namespace),
+        watcher::Config::default(),
+        cached.clone(),
+    );
+    let (deployments, deployment_changes) = cache::watch::<CachedDeployment>(
+        scoped(&client, namespace),
+        watcher::Config::default(),
+        cached.clone(),
+    );
+    let (statefulsets, statefulset_changes) = cache::watch::<CachedStatefulSet>(
+        scoped(&client, namespace),
+        watcher::Config::default(),
+        cached.clone(),
+    );
     let (pods, pod_changes) = cache::watch::<PartialObjectMeta<Pod>>(
         scoped(&client, namespace),
         watcher::Config::default(),
+        cached.clone(),
     );
     let (config_maps, config_map_changes) = cache::watch::<CachedConfigMap>(
         scoped(&client, namespace),
@@ -165,19 +177,15 @@ pub async fn run(settings: Settings) -> Result<()> {
             mode_document::MANAGED_BY_LABEL,
             mode_document::MANAGED_BY
         )),
+        cached,
     );
-    // Marks each ConfigMap change once cached, for a sync waiting for its writes' echoes.
-    let (config_map_cached, config_maps_changed) = tokio::sync::watch::channel(());
-    let config_map_changes = Box::pin(config_map_changes.inspect(move |_| {
-        config_map_cached.send_replace(());
-    }));
     let caches = Caches::new(
         incidents,
         deployments,
         statefulsets,
         pods,
         config_maps,
-        config_maps_changed,
+        changed,
     );
     let namespaces = triggers::Namespaces::new();
     let to_sync = triggers::namespaces_to_sync(
@@ -396,7 +404,7 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
         }
     }
     // The next sync (changes arriving meanwhile fold into it) plans from caches that
-    // hold these writes.
+    // hold these writes: documents, reports and workloads.
     context
         .caches
         .wait_for_echoes(namespace, echoes, ECHO_WAIT)

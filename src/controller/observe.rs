@@ -52,6 +52,7 @@ pub struct Observed {
 #[derive(Debug, Clone, Default)]
 pub struct Versions {
     pub document: Option<String>,
+    pub report: Option<String>,
     pub workload: Option<String>,
 }
 
@@ -109,8 +110,8 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
             versions.insert(
                 target.target.clone(),
                 Versions {
-                    document: version_of_document(&config_maps, &target.target),
                     workload: w.meta.resource_version.clone(),
+                    ..versions_of_documents(&config_maps, &target.target)
                 },
             );
             target
@@ -123,13 +124,7 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
         .filter(|workload| !versions.contains_key(workload))
         .collect();
     for orphan in &orphans {
-        versions.insert(
-            orphan.clone(),
-            Versions {
-                document: version_of_document(&config_maps, orphan),
-                workload: None,
-            },
-        );
+        versions.insert(orphan.clone(), versions_of_documents(&config_maps, orphan));
     }
     Observed {
         targets,
@@ -138,15 +133,18 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
     }
 }
 
-fn version_of_document(
+/// The versions of `target`'s document and report, as cached.
+fn versions_of_documents(
     config_maps: &BTreeMap<String, std::sync::Arc<CachedConfigMap>>,
     target: &TargetRef,
-) -> Option<String> {
-    config_maps
-        .get(&document_name(target.kind.as_str(), &target.name))?
-        .metadata
-        .resource_version
-        .clone()
+) -> Versions {
+    let name = document_name(target.kind.as_str(), &target.name);
+    let version_of = |name: &str| config_maps.get(name)?.metadata.resource_version.clone();
+    Versions {
+        document: version_of(&name),
+        report: version_of(&format!("{name}{REPORT_SUFFIX}")),
+        workload: None,
+    }
 }
 
 fn deployment(d: &CachedDeployment) -> Workload<'_> {
