@@ -40,7 +40,8 @@
 //! on a runtime, threads and connection of their own, so that however busy they are, the
 //! bench's watches (whose event times are the measurements) are not queued behind them.
 //!
-//! `BENCH_LOG_DIR=dir` keeps each size's operator log there (`operator-N.log`).
+//! `BENCH_LOG_DIR=dir` keeps each size's operator log there (`operator-N.log`; the
+//! directory is made if missing).
 
 // The shared fakes; the benchmark needs only the agents (pods need not run).
 #[allow(dead_code)]
@@ -242,6 +243,7 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
         documents_wall,
     );
     if let Some(dir) = std::env::var_os("BENCH_LOG_DIR") {
+        std::fs::create_dir_all(&dir).expect("BENCH_LOG_DIR made");
         let path = std::path::Path::new(&dir).join(format!("operator-{size}.log"));
         std::fs::write(&path, operator.log()).expect("operator log kept");
     }

@@ -264,7 +264,7 @@ mod tests {
         let trapping = directory.path().join("trapping");
         // A shell cannot trap a signal ignored when it started (as under `nohup`), so the
         // fake daemon starts with SIGHUP's default action whatever the test inherited.
-        let mut daemon = Command::new("env")
+        let daemon = Command::new("env")
             .args(["--default-signal=HUP", "sh", "-c"])
             .arg(format!(
                 "trap 'echo >> {}' HUP; : > {}; while :; do sleep 0.05; done",
@@ -273,9 +273,10 @@ mod tests {
             ))
             .spawn()
             .unwrap();
+        let daemon = KilledWhenDropped(daemon);
         std::fs::write(
             directory.path().join("exim.pid"),
-            format!("{}\n", daemon.id()),
+            format!("{}\n", daemon.0.id()),
         )
         .unwrap();
         // Polled rather than slept for: on a loaded machine the shell may take long to
@@ -309,8 +310,16 @@ mod tests {
             std::fs::write(directory.path().join("exim.pid"), pid).unwrap();
             assert!(exim.apply(&holding).is_err(), "{pid}");
         }
-        daemon.kill().unwrap();
-        daemon.wait().unwrap();
+    }
+
+    /// A child process killed and reaped when dropped, so a failed assertion leaves none.
+    struct KilledWhenDropped(std::process::Child);
+
+    impl Drop for KilledWhenDropped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 
     #[test]
