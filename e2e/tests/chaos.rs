@@ -40,8 +40,8 @@ use mail_incident_operator::{
         mode_document::{
             DELIVERY_ANNOTATION, DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply,
             INCIDENT_ANNOTATION, MODE_DOCUMENT_KEY, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION,
-            MODE_HASH_ANNOTATION, ModeDocument, REPORT_SUFFIX, ROLE_DOCUMENT, ROLE_LABEL,
-            document_name,
+            MODE_HASH_ANNOTATION, ModeDocument, ROLE_DOCUMENT, ROLE_LABEL, document_name,
+            report_name,
         },
     },
     controller::{document_object, report_object},
@@ -792,7 +792,7 @@ async fn plant_document(config_maps: &Api<ConfigMap>, workload: &str) {
     });
     config_maps
         .patch(
-            &format!("{}{REPORT_SUFFIX}", stored.name_any()),
+            &report_name(&stored.name_any()),
             &force,
             &Patch::Apply(report),
         )
@@ -846,9 +846,9 @@ async fn leftovers_planted_while_the_operator_is_down_are_swept_at_start() {
         .expect("plant restart env vars under the operator's field manager");
     let planted: Vec<String> = [
         document_name("Deployment", "postfix"),
-        format!("{}{REPORT_SUFFIX}", document_name("Deployment", "postfix")),
+        report_name(&document_name("Deployment", "postfix")),
         document_name("Deployment", "retired"),
-        format!("{}{REPORT_SUFFIX}", document_name("Deployment", "retired")),
+        report_name(&document_name("Deployment", "retired")),
     ]
     .into();
     let left = || async {

@@ -15,7 +15,7 @@ use kube::{
 };
 use mail_incident_operator::{
     api::mode_document::{
-        MODE_HASH_ANNOTATION, REPORT_SUFFIX, ROLE_DOCUMENT, ROLE_LABEL, WORKLOAD_ANNOTATION,
+        MODE_HASH_ANNOTATION, ROLE_DOCUMENT, ROLE_LABEL, WORKLOAD_ANNOTATION, report_name,
     },
     controller::WRITE_CONCURRENCY,
 };
@@ -216,7 +216,7 @@ async fn run_agents(client: Client, namespace: String) {
             let Ok(selector) = Selector::try_from(label_selector) else {
                 continue;
             };
-            let report_name = format!("{}{REPORT_SUFFIX}", document.name_any());
+            let report_name = report_name(&document.name_any());
             let Some(report) = config_maps_by_name.get(&report_name) else {
                 continue;
             };

@@ -21,7 +21,7 @@ pub mod state;
 use crate::{
     Error, Result,
     api::mode_document::{
-        MODE_DOCUMENT_KEY, ModeDocument, QueueFigures, REPORT_SUFFIX, document_name,
+        MODE_DOCUMENT_KEY, ModeDocument, QueueFigures, document_name, report_name,
     },
     http::{self, Readiness},
     metrics::AgentMetrics,
@@ -202,7 +202,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let reporter = tokio::spawn(report::run(
         report::ReportConfigMap {
             config_maps: config_maps.clone(),
-            name: format!("{document}{REPORT_SUFFIX}"),
+            name: report_name(&document),
             pod: settings.pod.clone(),
         },
         reports_rx,

@@ -56,6 +56,11 @@ pub fn document_name(kind: &str, workload: &str) -> String {
 /// Appended to a document's name to name the ConfigMap its agents report to.
 pub const REPORT_SUFFIX: &str = "-report";
 
+/// The name of the report ConfigMap of the mode document named `document`.
+pub fn report_name(document: &str) -> String {
+    format!("{document}{REPORT_SUFFIX}")
+}
+
 /// What one agent writes under its pod's name in the report ConfigMap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

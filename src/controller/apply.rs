@@ -17,8 +17,8 @@ use crate::{
     Error, Result,
     api::mode_document::{
         INCIDENT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, MODE_DOCUMENT_KEY, MODE_HASH_ANNOTATION,
-        ModeDocument, REPORT_SUFFIX, ROLE_DOCUMENT, ROLE_LABEL, ROLE_REPORT, WORKLOAD_ANNOTATION,
-        document_name,
+        ModeDocument, ROLE_DOCUMENT, ROLE_LABEL, ROLE_REPORT, WORKLOAD_ANNOTATION, document_name,
+        report_name,
     },
     plan::{Owner, TargetRef, WorkloadKind, Write},
 };
@@ -233,7 +233,7 @@ pub fn report_object(target: &TargetRef, document_uid: Option<String>) -> Value 
     json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {
-            "name": format!("{name}{REPORT_SUFFIX}"),
+            "name": report_name(&name),
             "labels": {MANAGED_BY_LABEL: MANAGED_BY, ROLE_LABEL: ROLE_REPORT},
             "annotations": {WORKLOAD_ANNOTATION: target.to_string()},
             "ownerReferences": [{
@@ -297,7 +297,7 @@ async fn put_document(
         // Agents may patch the report, never create it, so it exists before they need
         // it; it belongs to the document and goes with it.
         let report_object = report_object(target, stored.uid);
-        let report = format!("{name}{REPORT_SUFFIX}");
+        let report = report_name(&name);
         let report_stored = api
             .patch(&report, &params, &Patch::Apply(&report_object))
             .await?;
@@ -325,7 +325,7 @@ async fn delete_document(
         }),
         ..DeleteParams::default()
     };
-    let report = format!("{name}{REPORT_SUFFIX}");
+    let report = report_name(&name);
     for (object, params) in [(&name, &as_seen), (&report, &DeleteParams::default())] {
         match api.delete(object, params).await {
             Ok(_) => {}

@@ -12,8 +12,8 @@ use crate::{
         MtaKind,
         mode_document::{
             AgentReport, DELIVERY_ANNOTATION, INCIDENT_ANNOTATION, MODE_HASH_ANNOTATION,
-            MTA_ANNOTATION, MTA_CONTAINER_ANNOTATION, QUEUE_PATH_ANNOTATION, REPORT_SUFFIX,
-            document_name,
+            MTA_ANNOTATION, MTA_CONTAINER_ANNOTATION, QUEUE_PATH_ANNOTATION, document_name,
+            report_name,
         },
     },
     plan::{Delivery, QueueStorage, Target, TargetRef, WorkloadKind},
@@ -142,7 +142,7 @@ fn versions_of_documents(
     let version_of = |name: &str| config_maps.get(name)?.metadata.resource_version.clone();
     Versions {
         document: version_of(&name),
-        report: version_of(&format!("{name}{REPORT_SUFFIX}")),
+        report: version_of(&report_name(&name)),
         workload: None,
     }
 }
@@ -207,11 +207,9 @@ fn target(
         Some(value) if value.eq_ignore_ascii_case("restart") => Delivery::Restart,
         _ => Delivery::Reload,
     };
-    let document = config_maps.get(&document_name(w.kind.as_str(), &name));
-    let report = config_maps.get(&format!(
-        "{}{REPORT_SUFFIX}",
-        document_name(w.kind.as_str(), &name)
-    ));
+    let document_name = document_name(w.kind.as_str(), &name);
+    let document = config_maps.get(&document_name);
+    let report = config_maps.get(&report_name(&document_name));
     let reported = |pod: &str| -> Option<AgentReport> {
         let text = report?.report_of(pod)?;
         serde_json::from_str::<AgentReport>(text).ok()
