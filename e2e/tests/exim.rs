@@ -4,11 +4,11 @@
 
 use crate::{
     mta::{
-        AgentProcess, Smtp, every_admitted_character, free_port, instance_script, maildir_count,
+        AgentProcess, Smtp, every_admitted_character, instance_script, maildir_count,
         mta_with_agent_rbac, run,
     },
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
-    world::Scene,
+    world::{Scene, free_port},
 };
 use std::{ffi::OsString, path::PathBuf, process::Command, time::Duration};
 

@@ -4,7 +4,7 @@
 use crate::{
     fakes::FakeKubelet,
     support::eventually,
-    world::{World, service_account_kubeconfig},
+    world::{World, free_port, service_account_kubeconfig},
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, ResourceExt, api::ListParams};
@@ -39,15 +39,6 @@ pub fn instance_script(script: &str) -> Command {
             .join("e2e")
             .join(script),
     )
-}
-
-/// A loopback port nobody listens on.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Messages delivered to a Maildir (files in its `new/`).

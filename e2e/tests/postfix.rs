@@ -5,12 +5,12 @@
 
 use crate::{
     mta::{
-        AgentProcess, Smtp, every_admitted_character, free_port, instance_script, maildir_count,
+        AgentProcess, Smtp, every_admitted_character, instance_script, maildir_count,
         mta_with_agent_rbac, run,
     },
     operations::promtool_check,
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
-    world::{Scene, http_get},
+    world::{Scene, free_port, http_get},
 };
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;

@@ -387,11 +387,27 @@ pub async fn service_account_kubeconfig(world: &World, namespace: &str, account:
     serde_yaml::to_string(&config).expect("kubeconfig serializes")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+/// Where [`free_port`] hands out ports: below Linux's ephemeral range (32768–60999).
+const FREE_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A loopback port nobody listens on, for a process a test starts. Not one the kernel
+/// picks (port 0): between its release here and the process binding it, any outgoing
+/// connection could take it (an agent once failed with "Address already in use"), while
+/// no connection takes a port below the ephemeral range. Each port is handed out once per
+/// test process, from an offset of its own, so concurrent tests never share one.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(FREE_PORTS.end - FREE_PORTS.start);
+    let offset = std::process::id() % span;
+    for _ in 0..span {
+        let next = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        let port = FREE_PORTS.start + u16::try_from((offset + next) % span).expect("within span");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FREE_PORTS:?}");
 }
 
 /// A bare HTTP/1.0 GET on loopback: status code and body, or None if nothing answers.
