@@ -190,6 +190,10 @@ mod tests {
     async fn a_missing_report_is_not_retried_until_a_new_entry_comes() {
         let (api, entries, task) = start(&[Some(404)]);
         entries.send_replace(entry("a"));
+        until("a first attempt", || {
+            !api.attempts.lock().unwrap().is_empty()
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(api.attempts.lock().unwrap().len(), 1);
         assert!(api.written.lock().unwrap().is_empty());
