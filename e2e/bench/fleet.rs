@@ -40,6 +40,12 @@
 //! on a runtime, threads and connection of their own, so that however busy they are, the
 //! bench's watches (whose event times are the measurements) are not queued behind them.
 //!
+//! The change is measured once the control plane is quiet after the warm-up (its CPU
+//! read from the pid files `e2e/cluster.sh` keeps), and the third table gives the API
+//! server's, etcd's and kube-controller-manager's CPU in the change and in the floor with
+//! reports; a last list gives the requests and watch events the API server counted in the
+//! change: where a change costs more than its floor.
+//!
 //! `BENCH_LOG_DIR=dir` keeps each size's operator log there (`operator-N.log`; the
 //! directory is made if missing).
 
@@ -122,6 +128,14 @@ struct Row {
     bench_change_cpu_seconds: f64,
     agents_change_cpu_seconds: f64,
     log: Option<WriteLog>,
+    /// The control plane's CPU seconds (API server, etcd, controller-manager) during the
+    /// measured change and during the faster round of the floor with reports; `None` on a
+    /// cluster the bench did not start.
+    control_plane_change_cpu: Option<ControlPlaneCpu>,
+    control_plane_floor_cpu: Option<ControlPlaneCpu>,
+    /// The requests the API server served and the watch events it sent during the
+    /// measured change (from its /metrics).
+    api_server_work: Vec<(String, f64)>,
     /// Reconciles during the measured change, and the seconds they took in all (the
     /// operator's reconcile-duration histogram).
     reconciles: Option<(f64, f64)>,
@@ -205,6 +219,8 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
         .wait_complete("TempFail", size, timeout(size))
         .await;
 
+    wait_control_plane_quiet().await;
+
     // Measured: a mode change, from `kubectl apply` (and from its new generation stored)
     // to every document, then to Ready.
     let log_offset = operator.log().len();
@@ -223,10 +239,17 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
     )
     .await;
     let stored = incident.wait_generation(2, timeout(size)).await;
+    // From the new generation stored, as "stored →": kubectl's discovery and its OpenAPI
+    // download are not the operator's work.
+    let control_plane_before = ControlPlaneCpu::now();
+    let api_server_before = api_server_counters(&client).await;
     let documents_done = documents
         .wait_complete("HardReject", size, timeout(size))
         .await;
     let ready = incident.wait_ready(2, timeout(size)).await;
+    let control_plane_change_cpu = ControlPlaneCpu::since(control_plane_before);
+    let api_server_work =
+        counter_increments(&api_server_before, &api_server_counters(&client).await);
     let (peak_rss_mib, cpu_seconds) = process_usage(operator.pid());
     let bench_change_cpu_seconds = self_cpu_seconds() - bench_cpu_before;
     let agents_change_cpu_seconds = Agents::cpu_seconds() - agents_cpu_before;
@@ -259,7 +282,8 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
         (kubectl_patch_loop(world, &ns.name, size), None)
     };
     let (floor, floor_concurrency) = floor(&client, &ns.name, size).await;
-    let floor_with_reports = floor_with_reports(&client, &ns.name, size).await;
+    let (floor_with_reports, control_plane_floor_cpu) =
+        floor_with_reports(&client, &ns.name, size).await;
     // With the operator gone nothing would remove its finalizer from the incident, and
     // the namespace would stay Terminating for ever: drop it so the namespace can go.
     let incidents: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
@@ -290,6 +314,9 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
         bench_change_cpu_seconds,
         agents_change_cpu_seconds,
         log,
+        control_plane_change_cpu,
+        control_plane_floor_cpu,
+        api_server_work,
         reconciles,
     };
     (row, ns.name.clone())
@@ -764,9 +791,13 @@ async fn patch_documents(
 /// the same time, one PATCH of each target's report (what the agents send while the
 /// operator writes), each stream with `WRITE_CONCURRENCY` in flight like the operator's
 /// writes and the fake agents' reports. The request count of a mode change on an idle
-/// server, without the watch deliveries. The faster of two rounds: the first also opens
-/// the connections.
-async fn floor_with_reports(client: &Client, namespace: &str, size: usize) -> Duration {
+/// server, without the watch deliveries. The faster of two rounds (the first also opens
+/// the connections), with the control plane's CPU in it.
+async fn floor_with_reports(
+    client: &Client,
+    namespace: &str,
+    size: usize,
+) -> (Duration, Option<ControlPlaneCpu>) {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let reports: Vec<String> = config_maps
         .list_metadata(&ListParams::default().labels(&format!("{ROLE_LABEL}={ROLE_REPORT}")))
@@ -777,9 +808,13 @@ async fn floor_with_reports(client: &Client, namespace: &str, size: usize) -> Du
         .map(|report| report.name_any())
         .collect();
     assert_eq!(reports.len(), size, "one report per target");
-    let mut best = Duration::MAX;
+    let mut best = (Duration::MAX, None);
     for round in 0..2 {
-        best = best.min(documents_and_reports(&config_maps, size, &reports, round).await);
+        let before = ControlPlaneCpu::now();
+        let elapsed = documents_and_reports(&config_maps, size, &reports, round).await;
+        if elapsed < best.0 {
+            best = (elapsed, ControlPlaneCpu::since(before));
+        }
     }
     best
 }
@@ -869,6 +904,146 @@ fn status_kib(pid: u32, key: &str) -> f64 {
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("{key} in /proc/PID/status"))
+}
+
+/// CPU seconds of the control plane's processes, from the pid files `e2e/cluster.sh`
+/// keeps in `E2E_STATE`: where a mode change's cost lands on a machine whose cores the
+/// API server saturates.
+#[derive(Clone, Copy)]
+struct ControlPlaneCpu {
+    api_server: f64,
+    etcd: f64,
+    controller_manager: f64,
+}
+
+impl ControlPlaneCpu {
+    /// So far; `None` when the bench did not start the cluster (`E2E_KUBECONFIG` given).
+    fn now() -> Option<Self> {
+        let state = std::env::var("E2E_STATE").ok()?;
+        let cpu = |name: &str| -> Option<f64> {
+            let pid = std::fs::read_to_string(format!("{state}/{name}.pid")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+            Some(cpu_seconds_of(&stat))
+        };
+        Some(Self {
+            api_server: cpu("kube-apiserver")?,
+            etcd: cpu("etcd")?,
+            controller_manager: cpu("kube-controller-manager")?,
+        })
+    }
+
+    /// Used since `before`.
+    fn since(before: Option<Self>) -> Option<Self> {
+        let (before, now) = (before?, Self::now()?);
+        Some(Self {
+            api_server: now.api_server - before.api_server,
+            etcd: now.etcd - before.etcd,
+            controller_manager: now.controller_manager - before.controller_manager,
+        })
+    }
+
+    fn show(cpu: Option<Self>) -> String {
+        cpu.map_or_else(
+            || "n/a".to_string(),
+            |c| {
+                format!(
+                    "{:.2} / {:.2} / {:.2} s",
+                    c.api_server, c.etcd, c.controller_manager
+                )
+            },
+        )
+    }
+}
+
+/// Waits (at most a minute) until the control plane has used less than a tenth of a core
+/// over half a second: after the warm-up, kube-controller-manager's garbage collector and
+/// the API server still work through the 2N new documents and reports for a few seconds,
+/// which a change measured at once would pay for. Where the bench did not start the
+/// cluster, waits five seconds.
+async fn wait_control_plane_quiet() {
+    const WINDOW: Duration = Duration::from_millis(500);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut before = ControlPlaneCpu::now();
+    if before.is_none() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        return;
+    }
+    loop {
+        tokio::time::sleep(WINDOW).await;
+        let now = ControlPlaneCpu::now();
+        let used = ControlPlaneCpu::since(before)
+            .map_or(0.0, |c| c.api_server + c.etcd + c.controller_manager);
+        if used < 0.1 * WINDOW.as_secs_f64() {
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "[bench] the control plane is still busy ({used:.2} CPU s per 0.5 s); measuring anyway"
+            );
+            return;
+        }
+        before = now;
+    }
+}
+
+/// The API server's request and watch-event counters: requests by verb, resource and
+/// subresource (any code), watch events sent by kind.
+async fn api_server_counters(client: &Client) -> HashMap<String, f64> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a GET of /metrics");
+    let text = client
+        .request_text(request)
+        .await
+        .expect("the API server's /metrics");
+    let mut counters = HashMap::new();
+    for line in text.lines() {
+        let (key, labels) = if let Some(rest) = line.strip_prefix("apiserver_request_total{") {
+            (["verb", "resource", "subresource"], rest)
+        } else if let Some(rest) = line.strip_prefix("apiserver_watch_events_total{") {
+            (["kind", "", ""], rest)
+        } else {
+            continue;
+        };
+        let Some((labels, value)) = labels.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let name = if key[1].is_empty() {
+            format!("watch event {}", label(key[0]))
+        } else {
+            let subresource = label(key[2]);
+            let resource = label(key[1]);
+            let resource = if subresource.is_empty() {
+                resource
+            } else {
+                format!("{resource}/{subresource}")
+            };
+            format!("{} {resource}", label(key[0]))
+        };
+        *counters.entry(name).or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    counters
+}
+
+/// The counters that grew from `before` to `after`, by how much, largest first.
+fn counter_increments(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+) -> Vec<(String, f64)> {
+    let mut grown: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, value)| (name.clone(), value - before.get(name).unwrap_or(&0.0)))
+        .filter(|(_, increment)| *increment >= 1.0)
+        .collect();
+    grown.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    grown
 }
 
 /// The bench process's own CPU seconds (fake agents, watches, floor client).
@@ -997,9 +1172,9 @@ fn print_tables(rows: &[Row]) {
     );
     println!();
     println!(
-        "| targets | fleet created | kubectl apply ran | apply → stored | stored → writes start | writes (log) | writes end → last document seen | syncs writing / writes | reconciles / their seconds | documents → Ready | RSS: caches filled / before change | bench CPU in change (fake agents) |"
+        "| targets | fleet created | kubectl apply ran | apply → stored | stored → writes start | writes (log) | writes end → last document seen | syncs writing / writes | reconciles / their seconds | documents → Ready | RSS: caches filled / before change | bench CPU in change (fake agents) | API server / etcd / controller-manager CPU: change | the same: floor with reports |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let log = match &r.log {
             Some(l) => format!(
@@ -1017,7 +1192,7 @@ fn print_tables(rows: &[Row]) {
             |(count, seconds)| format!("{count:.0} / {seconds:.2} s"),
         );
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} / {:.1} MiB | {:.2} s ({:.2} s) |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} / {:.1} MiB | {:.2} s ({:.2} s) | {} | {} |",
             r.targets,
             secs(r.fleet_created),
             secs(r.kubectl_apply),
@@ -1030,6 +1205,24 @@ fn print_tables(rows: &[Row]) {
             r.rss_before_change_mib,
             r.bench_change_cpu_seconds,
             r.agents_change_cpu_seconds,
+            ControlPlaneCpu::show(r.control_plane_change_cpu),
+            ControlPlaneCpu::show(r.control_plane_floor_cpu),
         );
+    }
+
+    println!();
+    println!(
+        "What the API server did in the measured change, from the new generation stored to \
+         Ready (requests by verb and resource, any code; watch events sent, to every \
+         watcher: the operator's, the fake agents' and the bench's):"
+    );
+    println!();
+    for r in rows {
+        let work: Vec<String> = r
+            .api_server_work
+            .iter()
+            .map(|(name, count)| format!("{name}: {count:.0}"))
+            .collect();
+        println!("- {} targets: {}", r.targets, work.join(", "));
     }
 }

@@ -20,10 +20,18 @@ use mail_incident_operator::{
     controller::WRITE_CONCURRENCY,
 };
 use serde_json::json;
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 use tokio::task::JoinHandle;
 
 pub const NODE: &str = "e2e-node";
+
+/// How long a fake agent leaves a report entry it wrote to reach its cache before writing
+/// it again: a pass every 50 ms would otherwise resend what a loaded API server has not
+/// yet echoed, which real agents, writing once per change, do not.
+const REPORT_ECHO_GRACE: Duration = Duration::from_secs(2);
 
 /// Plays the kubelet for one namespace: binds new pods to a fake Node, marks them
 /// running and Ready through `pods/status`, and confirms graceful deletions, so that
@@ -122,8 +130,9 @@ async fn play_kubelet(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
 
 /// Plays every agent of one namespace, fast: as soon as a mode document exists, each
 /// live pod of its workload reports the document's hash as applied, in the report object
-/// the controller created, as a real agent does once its MTA is reconfigured. Stops when
-/// dropped.
+/// the controller created, as a real agent does once its MTA is reconfigured: once per
+/// change, unless its report still lacks the entry a while after it was written (deleted
+/// and created again, say). Stops when dropped.
 pub struct FakeAgents(JoinHandle<()>);
 
 impl FakeAgents {
@@ -154,6 +163,8 @@ async fn run_agents(client: Client, namespace: String) {
     tokio::spawn(deployment_events);
     tokio::spawn(statefulset_events);
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    // (report, pod) → the report's uid, the entry written to it and when.
+    let mut written: HashMap<(String, String), (String, String, Instant)> = HashMap::new();
     loop {
         // Indexed once per pass, so that a pass costs the size of the namespace, not its
         // square: each document looks up its workload, its report and its pods.
@@ -221,7 +232,15 @@ async fn run_agents(client: Client, namespace: String) {
                 continue;
             };
             let data = report.data.clone().unwrap_or_default();
+            let report_uid = report.uid().unwrap_or_default();
             let entry = json!({"hash": hash}).to_string();
+            let echo_pending = |pod: &str| {
+                written
+                    .get(&(report_name.clone(), pod.to_string()))
+                    .is_some_and(|(uid, sent, at)| {
+                        *uid == report_uid && *sent == entry && at.elapsed() < REPORT_ECHO_GRACE
+                    })
+            };
             let candidates: Vec<&Pod> = match &first_label {
                 Some((k, v)) => pods_by_label
                     .get(&(k.as_str(), v.as_str()))
@@ -237,27 +256,43 @@ async fn run_agents(client: Client, namespace: String) {
                 .into_iter()
                 .filter(|p| selector.matches(p.labels()))
                 .filter(|p| data.get(&p.name_any()) != Some(&entry))
+                .filter(|p| !echo_pending(&p.name_any()))
                 .map(|p| (p.name_any(), entry.clone().into()))
                 .collect();
             if !stale.is_empty() {
-                reports.push((report_name, stale));
+                reports.push((report_name, report_uid, stale));
             }
         }
         // Every agent acts on its own, so the reports go out concurrently.
-        stream::iter(reports)
-            .for_each_concurrent(WRITE_CONCURRENCY, |(report_name, stale)| {
+        let sent: Vec<_> = stream::iter(reports)
+            .map(|(report_name, report_uid, stale)| {
                 let api = api.clone();
                 async move {
-                    let patch = Patch::Merge(json!({"data": stale}));
-                    if let Err(error) = api
+                    let patch = Patch::Merge(json!({"data": &stale}));
+                    match api
                         .patch(&report_name, &PatchParams::default(), &patch)
                         .await
                     {
-                        eprintln!("fake agent: {report_name}: {error}");
+                        Ok(_) => Some((report_name, report_uid, stale)),
+                        Err(error) => {
+                            eprintln!("fake agent: {report_name}: {error}");
+                            None
+                        }
                     }
                 }
             })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect()
             .await;
+        let now = Instant::now();
+        written.retain(|_, (_, _, at)| at.elapsed() < REPORT_ECHO_GRACE);
+        for (report_name, report_uid, stale) in sent {
+            for (pod, entry) in stale {
+                let entry = entry.as_str().unwrap_or_default().to_string();
+                written.insert((report_name.clone(), pod), (report_uid.clone(), entry, now));
+            }
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
