@@ -31,6 +31,10 @@
 //!   change costs the API server, still on an idle server and without watch deliveries.
 //!   On a machine whose cores the API server saturates, this is the floor to compare
 //!   with; the first floor is kept as the issue's yardstick.
+//! - The floor with watches: the floor with reports while three watches take what a
+//!   change's watches take (two over every ConfigMap of the namespace, as the operator's
+//!   and the fake agents', one over the floor's ConfigMaps, as the bench's): the API
+//!   server's whole work in a change, with nothing deciding anything.
 //!
 //! The fake agents (`FakeAgents`, shared with the e2e tests) write their reports while the
 //! operator is still writing documents, loading the same API server: that is what real
@@ -89,6 +93,8 @@ use tokio::{sync::watch, task::JoinHandle};
 use world::{Operator, TestNamespace, World};
 
 const CREATE_CONCURRENCY: usize = 32;
+/// Marks the ConfigMaps the floors patch, for the watch that stands for the bench's.
+const FLOOR_LABEL: &str = "bench-floor";
 const FLOOR_CONCURRENCY: [usize; 3] = [16, 64, 256];
 /// The `kubectl patch` loop is one kubectl process per target, one after the other (what
 /// a shell loop does): 50 to 100 ms each on a 2-core machine, so at 5000 targets it would
@@ -118,6 +124,7 @@ struct Row {
     floor: Duration,
     floor_concurrency: usize,
     floor_with_reports: Duration,
+    floor_with_watches: Duration,
     peak_rss_mib: f64,
     /// The operator's RSS once its caches hold the fleet (workloads and pods, no
     /// documents yet), and just before the measured change.
@@ -283,7 +290,8 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
     };
     let (floor, floor_concurrency) = floor(&client, &ns.name, size).await;
     let (floor_with_reports, control_plane_floor_cpu) =
-        floor_with_reports(&client, &ns.name, size).await;
+        documents_and_reports_floor(&client, &ns.name, size, false).await;
+    let (floor_with_watches, _) = documents_and_reports_floor(&client, &ns.name, size, true).await;
     // With the operator gone nothing would remove its finalizer from the incident, and
     // the namespace would stay Terminating for ever: drop it so the namespace can go.
     let incidents: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
@@ -306,6 +314,7 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
         floor,
         floor_concurrency,
         floor_with_reports,
+        floor_with_watches,
         peak_rss_mib,
         rss_caches_filled_mib,
         rss_before_change_mib,
@@ -366,7 +375,7 @@ async fn create_fleet(client: &Client, namespace: &str, size: usize) {
                 .unwrap();
                 deployments.create(&PostParams::default(), &deployment).await.expect("create deployment");
                 let manual: ConfigMap = serde_json::from_value(json!({
-                    "metadata": {"name": format!("manual-{i:04}")},
+                    "metadata": {"name": format!("manual-{i:04}"), "labels": {FLOOR_LABEL: "true"}},
                     "data": {"mode": "TempFail"},
                 }))
                 .unwrap();
@@ -791,12 +800,14 @@ async fn patch_documents(
 /// the same time, one PATCH of each target's report (what the agents send while the
 /// operator writes), each stream with `WRITE_CONCURRENCY` in flight like the operator's
 /// writes and the fake agents' reports. The request count of a mode change on an idle
-/// server, without the watch deliveries. The faster of two rounds (the first also opens
-/// the connections), with the control plane's CPU in it.
-async fn floor_with_reports(
+/// server, without the watch deliveries, or (`watched`) with as many as a change makes
+/// besides the garbage collector's (see [`watches_like_a_change`]). The faster of two
+/// rounds (the first also opens the connections), with the control plane's CPU in it.
+async fn documents_and_reports_floor(
     client: &Client,
     namespace: &str,
     size: usize,
+    watched: bool,
 ) -> (Duration, Option<ControlPlaneCpu>) {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let reports: Vec<String> = config_maps
@@ -808,10 +819,16 @@ async fn floor_with_reports(
         .map(|report| report.name_any())
         .collect();
     assert_eq!(reports.len(), size, "one report per target");
+    let _watches = if watched {
+        watches_like_a_change(client, namespace).await
+    } else {
+        Vec::new()
+    };
     let mut best = (Duration::MAX, None);
     for round in 0..2 {
         let before = ControlPlaneCpu::now();
-        let elapsed = documents_and_reports(&config_maps, size, &reports, round).await;
+        let label = format!("{round} {watched}");
+        let elapsed = documents_and_reports(&config_maps, size, &reports, &label).await;
         if elapsed < best.0 {
             best = (elapsed, ControlPlaneCpu::since(before));
         }
@@ -819,11 +836,38 @@ async fn floor_with_reports(
     best
 }
 
+/// Watches that receive what a change sends the operator (every document and report), the
+/// fake agents (every ConfigMap) and the bench (every document): two over every ConfigMap
+/// of the namespace and one over the floor's, each drained as it comes, until dropped.
+async fn watches_like_a_change(client: &Client, namespace: &str) -> Vec<AbortOnDrop> {
+    let mut watches = Vec::new();
+    for labels in ["", FLOOR_LABEL, ""] {
+        let config_maps: Api<PartialObjectMeta<ConfigMap>> =
+            Api::namespaced(client.clone(), namespace);
+        let events =
+            watcher(config_maps, watcher::Config::default().labels(labels)).default_backoff();
+        let (listed, mut listed_rx) = watch::channel(false);
+        watches.push(AbortOnDrop(tokio::spawn(async move {
+            futures::pin_mut!(events);
+            while let Some(event) = events.next().await {
+                if matches!(event, Ok(watcher::Event::InitDone)) {
+                    listed.send_replace(true);
+                }
+            }
+        })));
+        listed_rx
+            .wait_for(|l| *l)
+            .await
+            .expect("a floor watch lists");
+    }
+    watches
+}
+
 async fn documents_and_reports(
     config_maps: &Api<ConfigMap>,
     size: usize,
     reports: &[String],
-    round: usize,
+    round: &str,
 ) -> Duration {
     let label = format!("reports {round}");
     let start = Instant::now();
@@ -1073,13 +1117,18 @@ fn print_tables(rows: &[Row]) {
          merge PATCHes by the bench (best of {FLOOR_CONCURRENCY:?} at once). The floor \
          with reports: those N PATCHes and, at the same time, one PATCH of each target's \
          report, as the agents send during a change ({WRITE_CONCURRENCY} + \
-         {WRITE_CONCURRENCY} in flight): the requests of a mode change, on an idle server."
+         {WRITE_CONCURRENCY} in flight): the requests of a mode change, on an idle server. \
+         The floor with watches: the same, with the watch deliveries of a change (two \
+         watches over every ConfigMap, one over the floor's): a change's API server work \
+         without the operator, the agents' logic and the bench's own."
     );
     println!();
     println!(
-        "| targets | apply → documents | stored → documents | apply → Ready | stored → Ready | kubectl patch loop | raw PATCH floor | documents / floor (stored) | Ready / floor (stored) | floor with reports | documents / floor with reports | Ready / floor with reports | peak RSS | CPU |"
+        "| targets | apply → documents | stored → documents | apply → Ready | stored → Ready | kubectl patch loop | raw PATCH floor | documents / floor (stored) | Ready / floor (stored) | floor with reports | documents / floor with reports | Ready / floor with reports | floor with watches | documents / floor with watches | Ready / floor with watches | peak RSS | CPU |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in rows {
         let kubectl_loop = match r.kubectl_loop_sampled {
             None => secs(r.kubectl_loop),
@@ -1090,8 +1139,9 @@ fn print_tables(rows: &[Row]) {
         };
         let floor = r.floor.as_secs_f64();
         let with_reports = r.floor_with_reports.as_secs_f64();
+        let with_watches = r.floor_with_watches.as_secs_f64();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} (x{}) | {:.2}x | {:.2}x | {} | {:.2}x | {:.2}x | {:.1} MiB | {:.2} s |",
+            "| {} | {} | {} | {} | {} | {} | {} (x{}) | {:.2}x | {:.2}x | {} | {:.2}x | {:.2}x | {} | {:.2}x | {:.2}x | {:.1} MiB | {:.2} s |",
             r.targets,
             secs(r.documents_from_apply),
             secs(r.documents_from_stored),
@@ -1105,6 +1155,9 @@ fn print_tables(rows: &[Row]) {
             secs(r.floor_with_reports),
             r.documents_from_stored.as_secs_f64() / with_reports,
             r.ready_from_stored.as_secs_f64() / with_reports,
+            secs(r.floor_with_watches),
+            r.documents_from_stored.as_secs_f64() / with_watches,
+            r.ready_from_stored.as_secs_f64() / with_watches,
             r.peak_rss_mib,
             r.cpu_seconds,
         );
