@@ -79,7 +79,9 @@ use kube::{
 use mail_incident_operator::{
     api::{
         MailIncident,
-        mode_document::{MODE_DOCUMENT_KEY, ROLE_DOCUMENT, ROLE_LABEL, ROLE_REPORT},
+        mode_document::{
+            AgentReport, MODE_DOCUMENT_KEY, QueueFigures, ROLE_DOCUMENT, ROLE_LABEL, ROLE_REPORT,
+        },
     },
     controller::WRITE_CONCURRENCY,
 };
@@ -145,6 +147,16 @@ struct Row {
     api_server_work: Vec<(String, f64)>,
     /// Reconciles during the measured change, and the seconds they took in all (the
     /// operator's reconcile-duration histogram).
+    reconciles: Option<(f64, f64)>,
+    steady: Steady,
+}
+
+/// The operator while an incident holds: every pod's agent reporting its queue.
+struct Steady {
+    reports_per_second: f64,
+    /// The operator's CPU seconds per second.
+    cores: f64,
+    /// Reconciles per second, and the seconds each took on average.
     reconciles: Option<(f64, f64)>,
 }
 
@@ -272,6 +284,9 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
         stored_wall,
         documents_wall,
     );
+    // The fake agents would answer the queue reports below by rewriting their bare entries.
+    drop(agents);
+    let steady = steady_state(&client, &ns.name, &operator).await;
     if let Some(dir) = std::env::var_os("BENCH_LOG_DIR") {
         std::fs::create_dir_all(&dir).expect("BENCH_LOG_DIR made");
         let path = std::path::Path::new(&dir).join(format!("operator-{size}.log"));
@@ -279,7 +294,7 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
     }
     drop(operator);
     // Nothing of the bench's own but the floor and the loop runs from here on.
-    drop((agents, incident, documents));
+    drop((incident, documents));
 
     let (kubectl_loop, kubectl_loop_sampled) = if size > KUBECTL_LOOP_MAX {
         let sample = KUBECTL_LOOP_SAMPLE.min(size);
@@ -327,6 +342,7 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
         control_plane_floor_cpu,
         api_server_work,
         reconciles,
+        steady,
     };
     (row, ns.name.clone())
 }
@@ -999,6 +1015,73 @@ impl ControlPlaneCpu {
     }
 }
 
+/// How often agents report their queue while a mode is applied (`--report-seconds`'s
+/// default), and how long the bench plays that.
+const REPORT_PERIOD: Duration = Duration::from_secs(30);
+const STEADY_FOR: Duration = Duration::from_secs(10);
+
+/// Plays every pod's agent reporting a changed queue once per [`REPORT_PERIOD`], spread
+/// evenly, for [`STEADY_FOR`], and measures what the operator spends on it.
+async fn steady_state(client: &Client, namespace: &str, operator: &Operator) -> Steady {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let reports = config_maps
+        .list(&ListParams::default().labels(&format!("{ROLE_LABEL}={ROLE_REPORT}")))
+        .await
+        .expect("list the reports");
+    let entries: Vec<(String, String, String)> = reports
+        .items
+        .iter()
+        .flat_map(|report| {
+            let name = report.name_any();
+            report.data.iter().flatten().filter_map(move |(pod, text)| {
+                let entry: AgentReport = serde_json::from_str(text).ok()?;
+                Some((name.clone(), pod.clone(), entry.hash))
+            })
+        })
+        .collect();
+    assert!(!entries.is_empty(), "the agents have reported");
+    let every = REPORT_PERIOD / u32::try_from(entries.len()).expect("entries fit u32");
+    let count = (STEADY_FOR.as_secs_f64() / every.as_secs_f64()) as usize;
+    let (_, cpu_before) = process_usage(operator.pid());
+    let reconciles_before = reconcile_metrics(operator).await;
+    let start = tokio::time::Instant::now();
+    stream::iter(entries.iter().cycle().take(count).enumerate())
+        .for_each_concurrent(WRITE_CONCURRENCY, |(i, (report, pod, hash))| {
+            let config_maps = config_maps.clone();
+            async move {
+                tokio::time::sleep_until(start + every * u32::try_from(i).expect("fits")).await;
+                let entry = AgentReport {
+                    hash: hash.clone(),
+                    queue: Some(QueueFigures {
+                        messages: i as u64 + 1,
+                        oldest_age_seconds: 600,
+                        ..QueueFigures::default()
+                    }),
+                };
+                let text = serde_json::to_string(&entry).expect("a report entry");
+                let patch = Patch::Merge(json!({"data": {pod: text}}));
+                config_maps
+                    .patch(report, &PatchParams::default(), &patch)
+                    .await
+                    .expect("patch a report");
+            }
+        })
+        .await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let (_, cpu_after) = process_usage(operator.pid());
+    let reconciles = match (reconciles_before, reconcile_metrics(operator).await) {
+        (Some((n0, s0)), Some((n1, s1))) if n1 > n0 => {
+            Some(((n1 - n0) / elapsed, (s1 - s0) / (n1 - n0)))
+        }
+        _ => None,
+    };
+    Steady {
+        reports_per_second: count as f64 / elapsed,
+        cores: (cpu_after - cpu_before) / elapsed,
+        reconciles,
+    }
+}
+
 /// Waits (at most a minute) until the control plane has used less than a tenth of a core
 /// over half a second: after the warm-up, kube-controller-manager's garbage collector and
 /// the API server still work through the 2N new documents and reports for a few seconds,
@@ -1260,6 +1343,28 @@ fn print_tables(rows: &[Row]) {
             r.agents_change_cpu_seconds,
             ControlPlaneCpu::show(r.control_plane_change_cpu),
             ControlPlaneCpu::show(r.control_plane_floor_cpu),
+        );
+    }
+
+    println!();
+    println!(
+        "While the incident holds: every pod's agent reports a changed queue every {} s \
+         (`--report-seconds`' default), played for {} s after the change:",
+        REPORT_PERIOD.as_secs(),
+        STEADY_FOR.as_secs()
+    );
+    println!();
+    println!("| targets | reports / s | operator CPU (cores) | reconciles / s | seconds each |");
+    println!("|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let s = &r.steady;
+        let (per_second, each) = s.reconciles.map_or_else(
+            || ("n/a".to_string(), "n/a".to_string()),
+            |(n, each)| (format!("{n:.1}"), format!("{:.1} ms", each * 1000.0)),
+        );
+        println!(
+            "| {} | {:.1} | {:.3} | {per_second} | {each} |",
+            r.targets, s.reports_per_second, s.cores
         );
     }
 

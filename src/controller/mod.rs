@@ -13,6 +13,7 @@ mod events;
 mod finalizers;
 mod leader;
 mod observe;
+mod report_pacing;
 mod triggers;
 
 /// The objects the operator writes, for tests that plant what it would have written.

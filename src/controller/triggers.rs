@@ -9,11 +9,13 @@
 //! matter: a workload or pod in a namespace with no incident is none of ours, unless the
 //! workload still carries our marks (a leftover to sweep). The operator's own ConfigMaps
 //! always count, so documents and reports left behind are swept too, at start (the first
-//! listing is a change of every object) as at any later time.
+//! listing is a change of every object) as at any later time. Reports whose queue figures
+//! alone changed are paced ([`super::report_pacing`]).
 
 use super::{
     cache::{Caches, Changes},
     cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet},
+    report_pacing::{Acknowledgements, Pace, QUEUE_SYNC_EVERY, paced},
 };
 use crate::api::MailIncident;
 use futures::{Stream, StreamExt, future, stream};
@@ -106,24 +108,34 @@ pub fn namespaces_to_sync(
         }
     };
     let deployment_workload = workload.clone();
-    let routed: Vec<stream::BoxStream<'static, Option<String>>> = vec![
-        changes.incidents.map(|i| i.namespace()).boxed(),
-        changes.config_maps.map(|c| c.namespace()).boxed(),
+    let config_maps = caches.config_maps.clone();
+    let mut acknowledgements = Acknowledgements::default();
+    let now = |namespace: Option<String>| namespace.map(|n| (n, Pace::Now));
+    let routed: Vec<stream::BoxStream<'static, Option<(String, Pace)>>> = vec![
+        changes.incidents.map(move |i| now(i.namespace())).boxed(),
+        changes
+            .config_maps
+            .map(move |c| {
+                let exists = config_maps.get(&ObjectRef::from_obj(&c)).is_some();
+                let pace = acknowledgements.pace(&c, exists);
+                c.namespace().map(|n| (n, pace))
+            })
+            .boxed(),
         changes
             .deployments
-            .map(move |d| deployment_workload(&d.metadata, d.carries_our_marks()))
+            .map(move |d| now(deployment_workload(&d.metadata, d.carries_our_marks())))
             .boxed(),
         changes
             .statefulsets
-            .map(move |s| workload(&s.metadata, s.carries_our_marks()))
+            .map(move |s| now(workload(&s.metadata, s.carries_our_marks())))
             .boxed(),
         changes
             .pods
-            .map(move |p| p.namespace().filter(|namespace| with_incidents(namespace)))
+            .map(move |p| now(p.namespace().filter(|namespace| with_incidents(namespace))))
             .boxed(),
     ];
-    stream::select_all(routed)
-        .filter_map(move |namespace| future::ready(namespace.map(|name| Ok(namespaces.key(&name)))))
+    let changed = stream::select_all(routed).filter_map(future::ready);
+    paced(changed, QUEUE_SYNC_EVERY).map(move |name| Ok(namespaces.key(&name)))
 }
 
 /// The namespace of a synced key.
