@@ -272,10 +272,7 @@ async fn run(world: &'static World, size: usize) -> (Row, String) {
     let (peak_rss_mib, cpu_seconds) = process_usage(operator.pid());
     let bench_change_cpu_seconds = self_cpu_seconds() - bench_cpu_before;
     let agents_change_cpu_seconds = Agents::cpu_seconds() - agents_cpu_before;
-    let reconciles = match (reconciles_before, reconcile_metrics(&operator).await) {
-        (Some((n0, s0)), Some((n1, s1))) => Some((n1 - n0, s1 - s0)),
-        _ => None,
-    };
+    let reconciles = reconciles_since(&operator, reconciles_before).await;
     let stored_wall = start_wall + (stored - start);
     let documents_wall = start_wall + (documents_done - start);
     let log = write_log(
@@ -555,6 +552,12 @@ async fn reconcile_metrics(operator: &Operator) -> Option<(f64, f64)> {
         value("mail_incident_reconcile_duration_seconds_count")?,
         value("mail_incident_reconcile_duration_seconds_sum")?,
     ))
+}
+
+/// The reconciles since `before` (from [`reconcile_metrics`]) and the seconds they took.
+async fn reconciles_since(operator: &Operator, before: Option<(f64, f64)>) -> Option<(f64, f64)> {
+    let ((n0, s0), (n1, s1)) = (before?, reconcile_metrics(operator).await?);
+    Some((n1 - n0, s1 - s0))
 }
 
 /// Aborts a spawned task when dropped.
@@ -1069,12 +1072,10 @@ async fn steady_state(client: &Client, namespace: &str, operator: &Operator) -> 
         .await;
     let elapsed = start.elapsed().as_secs_f64();
     let (_, cpu_after) = process_usage(operator.pid());
-    let reconciles = match (reconciles_before, reconcile_metrics(operator).await) {
-        (Some((n0, s0)), Some((n1, s1))) if n1 > n0 => {
-            Some(((n1 - n0) / elapsed, (s1 - s0) / (n1 - n0)))
-        }
-        _ => None,
-    };
+    let reconciles = reconciles_since(operator, reconciles_before)
+        .await
+        .filter(|(count, _)| *count > 0.0)
+        .map(|(count, seconds)| (count / elapsed, seconds / count));
     Steady {
         reports_per_second: count as f64 / elapsed,
         cores: (cpu_after - cpu_before) / elapsed,
