@@ -427,11 +427,14 @@ async fn run_the_incident(node: &Node, namespace: &str, mtas: &[PodMta], prometh
         postfix.rcpt_reply().await.filter(|a| a.starts_with("452"))
     })
     .await;
+    // Held for a rate window, as every other phase: a phase Prometheus scraped once can
+    // fall between two steps of a range query, and the mode panel would miss it.
     prometheus
         .until(
-            "the transition to TempFail and Postfix's 4xx answers",
+            &format!("the incident in TempFail for {RATE_INTERVAL}, its transition and Postfix's 4xx answers"),
             &format!(
-                "mail_incident_transitions_total{{namespace=\"{namespace}\", to=\"TempFail\"}} \
+                "min_over_time(mail_incident_mode{{namespace=\"{namespace}\", incident=\"{INCIDENT}\", mode=\"TempFail\"}}[{RATE_INTERVAL}]) == 1 \
+                 and on () mail_incident_transitions_total{{namespace=\"{namespace}\", to=\"TempFail\"}} \
                  and on () mail_incident_agent_policy_answers_total{{namespace=\"{namespace}\", answer=\"tempfail\"}}"
             ),
             1,
