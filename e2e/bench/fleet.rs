@@ -1060,6 +1060,7 @@ async fn steady_state(client: &Client, namespace: &str, operator: &Operator) -> 
                         oldest_age_seconds: 600,
                         ..QueueFigures::default()
                     }),
+                    drift: None,
                 };
                 let text = serde_json::to_string(&entry).expect("a report entry");
                 let patch = Patch::Merge(json!({"data": {pod: text}}));

@@ -207,6 +207,7 @@ impl Loop {
                 .send_replace(held.hash().map(|hash| AgentReport {
                     hash,
                     queue: queue.clone(),
+                    drift: None,
                 }));
         }
     }

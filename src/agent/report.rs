@@ -143,6 +143,7 @@ mod tests {
         Some(AgentReport {
             hash: hash.into(),
             queue: None,
+            drift: None,
         })
     }
 

@@ -70,6 +70,25 @@ pub struct AgentReport {
     /// The MTA's queue as last measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueFigures>,
+    /// What the agent found changed in its MTA by another hand, if it ever did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftReport>,
+}
+
+/// What an agent found its MTA running that differed from the mode it had applied
+/// (a hand edit of a managed setting, a deleted or rewritten mode file, a wrong answer
+/// over SMTP), and how often. The controller turns a new one into a Warning event.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftReport {
+    /// Drifts found since the agent started (never goes down while it runs).
+    pub count: u64,
+    /// What differed the last time, in a few words (`main.cf soft_bounce = no, want yes`).
+    pub what: String,
+    /// Since when (seconds since the epoch) the MTA differs and is being put back; absent
+    /// once it is observed equal again. While present the pod does not count as applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
 }
 
 /// An MTA's queue: what escalation limits are checked against.
