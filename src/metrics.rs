@@ -63,6 +63,8 @@ pub struct Metrics {
     pub transitions: IntCounterVec,
     /// Targets switched from AcceptAndQueue to TempFail by an escalation limit.
     pub escalations: IntCounterVec,
+    /// Objects of ours found changed by another hand and put back, by kind.
+    pub restored: IntCounterVec,
     /// Time from an incident generation's first sight to every target applying it.
     pub apply_duration: Histogram,
     /// 1 while this replica holds the leader Lease.
@@ -145,6 +147,11 @@ impl Default for Metrics {
                 "mail_incident_escalations_total",
                 "Targets switched from AcceptAndQueue to TempFail because their queue passed spec.escalation.",
                 &["namespace", "incident"],
+            ),
+            restored: counter(
+                "mail_incident_restored_objects_total",
+                "Objects of the operator's (mode documents, reports, restart env vars) found changed by another hand and put back.",
+                &["object"],
             ),
             apply_duration: register(
                 &registry,
@@ -616,6 +623,8 @@ mod tests {
             transition: None,
             escalations: 0,
             queue_watch: watch,
+            restored: vec![],
+            agent_drifts: vec![],
         }
     }
 

@@ -61,6 +61,16 @@ pub fn report_name(document: &str) -> String {
     format!("{document}{REPORT_SUFFIX}")
 }
 
+/// The hash of a stored document's text, as [`ModeDocument::hash`] makes it: what the
+/// controller compares a document's content and annotation with.
+pub fn content_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The prefix of the env vars restart delivery sets on the MTA container.
+pub const RESTART_ENV_PREFIX: &str = "MAIL_INCIDENT_";
+
 /// What one agent writes under its pod's name in the report ConfigMap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -191,8 +201,7 @@ impl ModeDocument {
     /// restarts (a changed hash makes every agent reapply, and in restart delivery rolls
     /// every MTA), so it is SHA-256, not a std hasher.
     pub fn hash(&self) -> String {
-        let digest = Sha256::digest(self.to_json().as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        content_hash(&self.to_json())
     }
 
     /// The environment variables restart delivery sets on the MTA container.

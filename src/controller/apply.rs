@@ -268,8 +268,9 @@ async fn put_document(
                 .metadata
         }
         None => {
-            // Created, never applied over: one that appeared since the caches looked is
-            // someone else's newer write (409 AlreadyExists).
+            // Created by a POST, as the caches show none. Each write is fenced by the
+            // lease claim just before it, so one that exists already is not a newer
+            // leader's: it is ours, stripped of the label the caches select it by.
             let created = PostParams {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..PostParams::default()
@@ -279,11 +280,26 @@ async fn put_document(
             let request = kube::core::Request::new(api.resource_url())
                 .create(&created, body)
                 .map_err(kube::Error::BuildRequest)?;
-            api.clone()
+            match api
+                .clone()
                 .into_client()
                 .request::<CachedConfigMap>(request)
-                .await?
-                .metadata
+                .await
+            {
+                Ok(created) => created.metadata,
+                // It exists, yet the caches (which select our label) never showed it:
+                // someone took our labels off. Written whole again, labels included.
+                Err(kube::Error::Api(status)) if status.reason == "AlreadyExists" => {
+                    let update = PatchParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..PatchParams::default()
+                    };
+                    api.patch(&name, &update, &Patch::Merge(&document_object))
+                        .await?
+                        .metadata
+                }
+                Err(error) => return Err(error),
+            }
         }
     };
     let mut echoes = vec![Echo {

@@ -5,13 +5,16 @@
 //! full types were most of the operator's memory; decoding into these never builds them,
 //! nor the managedFields, which serde skips unread.
 
+use super::FIELD_MANAGER;
 use crate::api::mode_document;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
         core::v1::ConfigMap,
     },
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+    apimachinery::pkg::apis::meta::v1::{
+        LabelSelector, ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
+    },
 };
 use kube::{Resource, core::Selector};
 use serde::{Deserialize, Deserializer, de::IgnoredAny};
@@ -130,6 +133,25 @@ pub struct ContainerMounts {
     pub name: String,
     #[serde(default, deserialize_with = "or_default")]
     pub volume_mounts: Vec<Mount>,
+    /// Only the `MAIL_INCIDENT_*` variables restart delivery sets, as (name, value).
+    #[serde(default, deserialize_with = "our_env")]
+    pub env: Vec<(String, String)>,
+}
+
+/// A container's env var, as far as restart delivery's are read.
+#[derive(Deserialize)]
+struct EnvVar {
+    name: String,
+    value: Option<String>,
+}
+
+fn our_env<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<(String, String)>, D::Error> {
+    Ok(Option::<Vec<EnvVar>>::deserialize(deserializer)?
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|var| var.name.starts_with(mode_document::RESTART_ENV_PREFIX))
+        .map(|var| (var.name, var.value.unwrap_or_default()))
+        .collect())
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -162,7 +184,8 @@ pub struct WorkloadStatus {
 
 /// One of the operator's ConfigMaps (a mode document or a report) as cached: its name
 /// and resource version, the annotations planning reads, and a report's entries (one per
-/// pod). A document's content is known by its hash annotation, so its data is not kept.
+/// pod). A document's content is kept as its hash, which its annotation must agree with
+/// (someone may edit either).
 /// Held in plain fields rather than maps: a map costs over 500 bytes however few its
 /// entries, and a target has two of these ConfigMaps.
 #[derive(Clone, Debug, Deserialize)]
@@ -170,8 +193,10 @@ pub struct WorkloadStatus {
 pub struct CachedConfigMap {
     /// Name, namespace and resource version only.
     pub metadata: ObjectMeta,
-    /// `mailops.dev/mode-hash`: the content of a mode document.
+    /// `mailops.dev/mode-hash`: the content of a mode document, as annotated.
     pub mode_hash: Option<String>,
+    /// The hash of a document's `mode.json` as stored: what its agents apply.
+    pub content_hash: Option<String>,
     /// `mailops.dev/incident`: whose mode a document carries.
     pub incident: Option<String>,
     /// `mailops.dev/workload`: the target a document or report is for.
@@ -207,13 +232,22 @@ impl From<WireConfigMap> for CachedConfigMap {
             .labels
             .take()
             .and_then(|mut labels| labels.remove(mode_document::ROLE_LABEL));
-        let reports = match role.as_deref() {
-            Some(mode_document::ROLE_DOCUMENT) => vec![],
-            _ => data.unwrap_or_default().into_iter().collect(),
+        let (reports, content_hash) = match role.as_deref() {
+            Some(mode_document::ROLE_DOCUMENT) => {
+                let content = data
+                    .as_ref()
+                    .and_then(|d| d.get(mode_document::MODE_DOCUMENT_KEY));
+                (
+                    vec![],
+                    content.map(|text| mode_document::content_hash(text)),
+                )
+            }
+            _ => (data.unwrap_or_default().into_iter().collect(), None),
         };
         Self {
             metadata,
             mode_hash: annotations.remove(mode_document::MODE_HASH_ANNOTATION),
+            content_hash,
             incident: annotations.remove(mode_document::INCIDENT_ANNOTATION),
             workload: annotations.remove(mode_document::WORKLOAD_ANNOTATION),
             reports,
@@ -236,6 +270,24 @@ struct SlimMeta {
     labels: Option<BTreeMap<String, String>>,
     #[serde(default, deserialize_with = "our_annotations")]
     annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "or_default")]
+    owner_references: Vec<OwnerUid>,
+    #[serde(default, deserialize_with = "or_default")]
+    managed_fields: Vec<Writer>,
+}
+
+/// Of an owner reference, the owner's identity.
+#[derive(Deserialize)]
+struct OwnerUid {
+    uid: String,
+}
+
+/// Of a managedFields entry, who wrote and when (its field set is skipped unread).
+#[derive(Deserialize)]
+struct Writer {
+    manager: Option<String>,
+    time: Option<Time>,
+    subresource: Option<String>,
 }
 
 fn slim_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
@@ -248,8 +300,47 @@ fn slim_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D
         generation: meta.generation,
         labels: meta.labels,
         annotations: meta.annotations,
+        owner_references: (!meta.owner_references.is_empty()).then(|| {
+            meta.owner_references
+                .into_iter()
+                .map(|o| OwnerReference {
+                    uid: o.uid,
+                    ..OwnerReference::default()
+                })
+                .collect()
+        }),
+        managed_fields: last_writer(meta.managed_fields).map(|writer| vec![writer]),
         ..ObjectMeta::default()
     })
+}
+
+/// The entry of whoever last wrote the object itself (not its status), when that is not
+/// this operator: who to name when something of ours was changed by another hand.
+fn last_writer(writers: Vec<Writer>) -> Option<ManagedFieldsEntry> {
+    let last = writers
+        .into_iter()
+        .filter(|w| w.subresource.as_deref().unwrap_or_default().is_empty())
+        .max_by_key(|w| w.time.as_ref().map(|t| t.0))?;
+    let manager = last.manager.filter(|m| m != FIELD_MANAGER)?;
+    Some(ManagedFieldsEntry {
+        manager: Some(manager),
+        time: last.time,
+        ..ManagedFieldsEntry::default()
+    })
+}
+
+/// The field manager that last wrote an object of the caches, when it is not this
+/// operator (see [`last_writer`]).
+pub fn changed_by(meta: &ObjectMeta) -> Option<&str> {
+    meta.managed_fields.as_ref()?.first()?.manager.as_deref()
+}
+
+/// The uids of an object's owners, as cached.
+pub fn owner_uids(meta: &ObjectMeta) -> impl Iterator<Item = &str> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .map(|o| o.uid.as_str())
 }
 
 fn our_annotations<'de, D: Deserializer<'de>>(
@@ -367,7 +458,12 @@ mod tests {
             Some([("mailops.dev/mta".into(), "exim".into())].into()),
             "only our annotations are kept"
         );
-        assert!(meta.managed_fields.is_none() && meta.creation_timestamp.is_none());
+        assert!(meta.creation_timestamp.is_none());
+        assert_eq!(
+            changed_by(meta),
+            Some("kubectl"),
+            "only who wrote last is kept"
+        );
 
         let spec = &cached.spec;
         assert_eq!(spec.replicas, Some(2));
@@ -409,6 +505,55 @@ mod tests {
     }
 
     #[test]
+    fn the_last_writer_is_named_unless_it_is_this_operator() {
+        let writers = |entries: serde_json::Value| -> Option<String> {
+            let meta = slim_meta(json!({"name": "n", "managedFields": entries}))
+                .expect("metadata decodes");
+            changed_by(&meta).map(String::from)
+        };
+        let entry = |manager: &str, time: &str, subresource: Option<&str>| {
+            json!({"manager": manager, "operation": "Update", "time": time,
+                   "subresource": subresource, "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {}}})
+        };
+        let ours = entry(FIELD_MANAGER, "2026-12-06T10:00:00Z", None);
+        let hand = entry("kubectl-patch", "2026-12-06T10:05:00Z", None);
+        let status = entry(
+            "kube-controller-manager",
+            "2026-12-06T10:09:00Z",
+            Some("status"),
+        );
+        assert_eq!(
+            writers(json!([ours, hand, status])).as_deref(),
+            Some("kubectl-patch"),
+            "the newest writer of the object itself, whatever writes its status"
+        );
+        let ours_again = entry(FIELD_MANAGER, "2026-12-06T10:06:00Z", None);
+        assert_eq!(writers(json!([hand, ours_again])), None, "put back since");
+        assert_eq!(writers(json!([])), None);
+    }
+
+    #[test]
+    fn restart_env_vars_of_ours_are_kept_and_others_dropped() {
+        let cached: CachedDeployment = serde_json::from_value(json!({
+            "metadata": {"name": "mx"},
+            "spec": {"template": {"spec": {"containers": [{"name": "mta", "env": [
+                {"name": "MAIL_INCIDENT_MODE", "value": "TempFail"},
+                {"name": "TZ", "value": "UTC"},
+                {"name": "MAIL_INCIDENT_REPLY_TEXT"},
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            ]}]}}},
+        }))
+        .expect("a Deployment decodes");
+        assert_eq!(
+            cached.spec.template.spec.containers[0].env,
+            [
+                ("MAIL_INCIDENT_MODE".to_string(), "TempFail".to_string()),
+                ("MAIL_INCIDENT_REPLY_TEXT".to_string(), String::new())
+            ]
+        );
+    }
+
+    #[test]
     fn absent_and_null_fields_decode_as_empty() {
         let cached: CachedDeployment = serde_json::from_value(json!({
             "metadata": {"name": "bare", "annotations": {"other": "x"}},
@@ -438,12 +583,18 @@ mod tests {
                                              mode_document::INCIDENT_ANNOTATION: "outage",
                                              mode_document::WORKLOAD_ANNOTATION: "Deployment/mx",
                                              "example.com/other": "x"}},
-                "data": {"pod-1": "{\"hash\": \"h\"}", "pod-2": "{}"},
+                "data": {"pod-1": "{\"hash\": \"h\"}", "pod-2": "{}",
+                         mode_document::MODE_DOCUMENT_KEY: "{\"mode\": \"TempFail\"}"},
             }))
             .expect("a ConfigMap decodes")
         };
         let document = config_map(mode_document::ROLE_DOCUMENT);
         assert!(document.reports.is_empty());
+        assert_eq!(
+            document.content_hash,
+            Some(mode_document::content_hash("{\"mode\": \"TempFail\"}")),
+            "the document's content is kept as its hash"
+        );
         assert_eq!(document.metadata.resource_version.as_deref(), Some("7"));
         assert_eq!(document.metadata.labels, None);
         assert_eq!(document.metadata.annotations, None);

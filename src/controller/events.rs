@@ -1,71 +1,71 @@
-//! Events on incidents, through kube's `Recorder` (which folds repeats into a series).
-//! The Recorder names an event after its object plus a 17-character suffix, which is
-//! too long for an object whose name is near the 253-character limit; those events are
-//! created here under a shortened name, still regarding the incident itself.
+//! Events on incidents. Each is created whole, under a name of its own, with its own
+//! message: kube's `Recorder` folds events of the same reason into one series that keeps
+//! its first message, so after fifty mode changes `kubectl describe` showed the first
+//! transition fifty times. The plan emits an event only when something changes, so
+//! there is no flood to fold.
 
 use super::FIELD_MANAGER;
 use crate::{api::MailIncident, plan};
 use k8s_openapi::{
-    api::{core::v1::ObjectReference, events::v1::Event as KubeEvent},
+    api::events::v1::Event,
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
     jiff::Timestamp,
 };
-use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::PostParams,
-    runtime::events::{Event, EventType, Recorder, Reporter},
-};
+use kube::{Api, Client, Resource, ResourceExt, api::PostParams};
 use tracing::{debug, warn};
 
-/// Longest object name the Recorder can name an event after: the limit of a name less
-/// its `.{nanoseconds in hex}` suffix.
-const RECORDER_NAME_LIMIT: usize = 253 - 17;
+/// Longest object name an event can be named after: the limit of a name less a
+/// `.{nanoseconds in hex}` suffix.
+const EVENT_NAME_PREFIX_LIMIT: usize = 253 - 17;
 
-/// Longest event note kept; the rest is cut.
-const NOTE_LIMIT: usize = 1000;
+/// The API server's limit on an event's note, in bytes.
+const NOTE_LIMIT_BYTES: usize = 1024;
 
 pub struct Events {
     client: Client,
-    recorder: Recorder,
     instance: String,
 }
 
 impl Events {
     pub fn new(client: Client, instance: String) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(instance.clone()),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            instance,
-        }
+        Self { client, instance }
     }
 
     /// Records `note` on `incident`. A lost event is logged, not retried: the status
     /// already carries the facts.
     pub async fn publish(&self, incident: &MailIncident, note: &plan::Note) {
         let reference = incident.object_ref(&());
-        let event = Event {
-            type_: if note.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: note.reason.into(),
-            note: Some(truncate(&note.message, NOTE_LIMIT)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
+        let now = Timestamp::now();
         let name = incident.name_any();
-        let result = if name.len() > RECORDER_NAME_LIMIT {
-            self.create_shortened(&event, reference).await
-        } else {
-            self.recorder.publish(&event, &reference).await
+        let namespace = incident.namespace().unwrap_or_default();
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!(
+                    "{}.{:x}",
+                    name.chars()
+                        .take(EVENT_NAME_PREFIX_LIMIT)
+                        .collect::<String>()
+                        .trim_end_matches(['.', '-']),
+                    now.as_nanosecond()
+                )),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            action: Some("Reconcile".into()),
+            reason: Some(note.reason.into()),
+            note: Some(truncate(&note.message, NOTE_LIMIT_BYTES)),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(reference),
+            reporting_controller: Some(FIELD_MANAGER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(if note.warning { "Warning" } else { "Normal" }.into()),
+            ..Event::default()
         };
+        let result = Api::<Event>::namespaced(self.client.clone(), &namespace)
+            .create(&PostParams::default(), &event)
+            .await;
         match result {
-            Ok(()) => {}
+            Ok(_) => {}
             // Deleting the incident, or its whole namespace: no one will read it.
             Err(error) if incident.metadata.deletion_timestamp.is_some() => {
                 debug!(%error, incident = %name, reason = note.reason, "event not recorded on a deleted incident");
@@ -75,49 +75,38 @@ impl Events {
             }
         }
     }
-
-    /// The event the Recorder would create, under a name cut to fit.
-    async fn create_shortened(
-        &self,
-        event: &Event,
-        reference: ObjectReference,
-    ) -> Result<(), kube::Error> {
-        let now = Timestamp::now();
-        let name = reference.name.clone().unwrap_or_default();
-        let namespace = reference.namespace.clone().unwrap_or_default();
-        let object = KubeEvent {
-            metadata: ObjectMeta {
-                name: Some(format!(
-                    "{}.{:x}",
-                    name.chars().take(RECORDER_NAME_LIMIT).collect::<String>(),
-                    now.as_nanosecond()
-                )),
-                namespace: Some(namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            action: Some(event.action.clone()),
-            reason: Some(event.reason.clone()),
-            note: event.note.clone(),
-            event_time: Some(MicroTime(now)),
-            regarding: Some(reference),
-            reporting_controller: Some(FIELD_MANAGER.into()),
-            reporting_instance: Some(self.instance.clone()),
-            type_: Some(match event.type_ {
-                EventType::Normal => "Normal".into(),
-                EventType::Warning => "Warning".into(),
-            }),
-            ..KubeEvent::default()
-        };
-        Api::<KubeEvent>::namespaced(self.client.clone(), &namespace)
-            .create(&PostParams::default(), &object)
-            .await
-            .map(|_| ())
-    }
 }
 
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_string(),
+/// `text` cut to at most `max_bytes` bytes, on a character boundary, ending in `...`
+/// when cut.
+fn truncate(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_string();
+    }
+    let mut cut = max_bytes.saturating_sub(3);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &text[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_note_is_cut_to_the_api_limit_in_bytes_on_a_character_boundary() {
+        assert_eq!(truncate("short", 1024), "short");
+        let exact = "a".repeat(1024);
+        assert_eq!(truncate(&exact, 1024), exact);
+        let long = "a".repeat(3000);
+        let cut = truncate(&long, 1024);
+        assert_eq!(cut.len(), 1024);
+        assert!(cut.ends_with("..."));
+        // Two-byte characters: a cut in the middle of one moves before it.
+        let accented = "è".repeat(600);
+        let cut = truncate(&accented, 1024);
+        assert!(cut.len() <= 1024 && cut.ends_with("..."));
+        assert!(cut.trim_end_matches("...").chars().all(|c| c == 'è'));
     }
 }

@@ -125,6 +125,8 @@ struct Context {
     first_seen: Mutex<HashMap<(String, String), (i64, Instant)>>,
     /// The next waits before retrying each namespace whose last sync failed.
     retries: Mutex<HashMap<String, backon::ExponentialBackoff>>,
+    /// The drift count of each agent (namespace, target, pod) last announced in an event.
+    drifts_announced: Mutex<HashMap<(String, String, String), u64>>,
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
@@ -209,6 +211,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         write_failures: Mutex::default(),
         first_seen: Mutex::default(),
         retries: Mutex::default(),
+        drifts_announced: Mutex::default(),
     });
 
     // Ready once the caches are filled, leading or standing by: a standby is a replica
@@ -421,7 +424,8 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
             }
         }
         record(context, incident, &decision);
-        for note in &decision.events {
+        let drift_notes = new_drifts(context, namespace, &decision.agent_drifts);
+        for note in decision.events.iter().chain(&drift_notes) {
             context.leadership.fence()?;
             context.events.publish(incident, note).await;
         }
@@ -446,6 +450,40 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
     })
 }
 
+/// A Warning event for each agent whose drift count grew since it was last announced.
+fn new_drifts(context: &Context, namespace: &str, drifts: &[plan::AgentDrift]) -> Vec<plan::Note> {
+    let mut announced = context.drifts_announced.lock().expect("lock poisoned");
+    drifts
+        .iter()
+        .filter_map(|d| {
+            let key = (namespace.to_string(), d.target.to_string(), d.pod.clone());
+            let before = announced.insert(key, d.drift.count);
+            // First seen (a new agent, or this replica just started): only a drift
+            // still being put back is news.
+            let news = match before {
+                Some(count) => count < d.drift.count,
+                None => d.drift.since.is_some(),
+            };
+            news.then(|| plan::Note {
+                warning: true,
+                reason: "MtaDrifted",
+                message: format!(
+                    "The MTA of pod {} ({}) differed from its mode: {}; {} (drift {} of this agent)",
+                    d.pod,
+                    d.target,
+                    d.drift.what,
+                    if d.drift.since.is_some() {
+                        "its agent is putting it back"
+                    } else {
+                        "its agent put it back"
+                    },
+                    d.drift.count
+                ),
+            })
+        })
+        .collect()
+}
+
 /// Updates the metrics an incident's decision affects.
 fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision) {
     // A sync that outlived this replica's claim leaves the incident series to the leader
@@ -458,6 +496,12 @@ fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision)
     let name = incident.name_any();
     if let Some(t) = &decision.transition {
         metrics.count_transition(&namespace, &name, t.from, t.to);
+    }
+    for restored in &decision.restored {
+        metrics
+            .restored
+            .with_label_values(&[restored.as_str()])
+            .inc();
     }
     let key = (namespace, name);
     if incident.metadata.deletion_timestamp.is_some() {

@@ -3,17 +3,17 @@
 use super::{
     cache::Caches,
     cached::{
-        CachedConfigMap, CachedDeployment, CachedStatefulSet, ClaimTemplate, PodSelector,
-        PodTemplate, WorkloadSpec,
+        CachedConfigMap, CachedDeployment, CachedStatefulSet, ClaimTemplate, ContainerMounts,
+        PodSelector, PodTemplate, WorkloadSpec, changed_by, owner_uids,
     },
 };
 use crate::{
     api::{
         MtaKind,
         mode_document::{
-            AgentReport, DELIVERY_ANNOTATION, INCIDENT_ANNOTATION, MODE_HASH_ANNOTATION,
-            MTA_ANNOTATION, MTA_CONTAINER_ANNOTATION, QUEUE_PATH_ANNOTATION, document_name,
-            report_name,
+            AgentReport, DELIVERY_ANNOTATION, INCIDENT_ANNOTATION, MODE_DOCUMENT_KEY,
+            MODE_HASH_ANNOTATION, MTA_ANNOTATION, MTA_CONTAINER_ANNOTATION, QUEUE_PATH_ANNOTATION,
+            document_name, report_name,
         },
     },
     plan::{Delivery, QueueStorage, Target, TargetRef, WorkloadKind},
@@ -215,6 +215,24 @@ fn target(
         serde_json::from_str::<AgentReport>(text).ok()
     };
     let reports: Vec<Option<AgentReport>> = live_pods.iter().map(|p| reported(p)).collect();
+    let drifts = live_pods
+        .iter()
+        .zip(&reports)
+        .filter_map(|(pod, report)| Some((pod.clone(), report.as_ref()?.drift.clone()?)))
+        .collect();
+    let document_mismatch = document.and_then(|d| match (&d.mode_hash, &d.content_hash) {
+        (Some(annotated), Some(content)) if annotated == content => None,
+        (annotated, content) => Some(format!(
+            "its {MODE_HASH_ANNOTATION} annotation says {} and its {MODE_DOCUMENT_KEY} hashes to {}",
+            annotated.as_deref().unwrap_or("nothing"),
+            content.as_deref().unwrap_or("nothing (absent)")
+        )),
+    });
+    // Who else wrote what carries the mode on its delivery channel.
+    let changed_by = match delivery {
+        Delivery::Reload => document.and_then(|d| changed_by(&d.metadata)),
+        Delivery::Restart => changed_by(w.meta),
+    };
     let template_annotation =
         |key: &str| w.template.metadata.annotations.as_ref()?.get(key).cloned();
     let source_incident = document
@@ -225,13 +243,31 @@ fn target(
         labels: w.meta.labels.clone().unwrap_or_default(),
         delivery,
         mta,
-        document_hash: document.and_then(|d| d.mode_hash.clone()),
+        document_hash: document.map(|d| d.content_hash.clone().unwrap_or_default()),
+        document_mismatch,
+        document_owners: document
+            .map(|d| owner_uids(&d.metadata).map(String::from).collect())
+            .unwrap_or_default(),
+        report_owned: report.is_some_and(|r| {
+            let document_uid = document.and_then(|d| d.metadata.uid.as_deref());
+            owner_uids(&r.metadata).any(|uid| Some(uid) == document_uid)
+        }),
+        template_env: mta_container_spec(w, annotation(MTA_CONTAINER_ANNOTATION))
+            .map(|c| c.env.clone())
+            .unwrap_or_default(),
+        changed_by: changed_by.map(String::from),
+        drifts,
         template_hash: template_annotation(MODE_HASH_ANNOTATION),
         source_incident,
         report_exists: report.is_some(),
+        // A pod whose MTA differs from what its agent applied does not count as applied.
         pod_reports: reports
             .iter()
-            .map(|r| r.as_ref().map(|r| r.hash.clone()))
+            .map(|r| {
+                r.as_ref()
+                    .filter(|r| r.drift.as_ref().is_none_or(|d| d.since.is_none()))
+                    .map(|r| r.hash.clone())
+            })
             .collect(),
         queues: reports
             .into_iter()
@@ -256,14 +292,18 @@ fn parse_mta(value: &str) -> Option<MtaKind> {
         .find(|kind| format!("{kind:?}").eq_ignore_ascii_case(value))
 }
 
-/// The MTA container: the one the annotation names, else the first.
+/// The MTA container's name: the one the annotation names, else the first.
 fn mta_container(w: &Workload<'_>, named: Option<&str>) -> Option<String> {
+    mta_container_spec(w, named).map(|c| c.name.clone())
+}
+
+/// The MTA container: the one the annotation names, else the first.
+fn mta_container_spec<'a>(w: &Workload<'a>, named: Option<&str>) -> Option<&'a ContainerMounts> {
     let containers = &w.template.spec.containers;
     match named {
         Some(name) => containers.iter().find(|c| c.name == name),
         None => containers.first(),
     }
-    .map(|c| c.name.clone())
 }
 
 /// Where the MTA container's queue directory lives.
@@ -283,10 +323,7 @@ fn queue_storage(
         };
     };
     let pod = &w.template.spec;
-    let Some(container_spec) = (match container {
-        Some(name) => pod.containers.iter().find(|c| c.name == name),
-        None => pod.containers.first(),
-    }) else {
+    let Some(container_spec) = mta_container_spec(w, container) else {
         return QueueStorage::Unknown {
             why: format!("no container {:?}", container.unwrap_or_default()),
         };

@@ -13,8 +13,9 @@ pub use target::{Delivery, QueueStorage, Target, TargetRef, Uptake, WorkloadKind
 use crate::api::{
     MailIncident, MailIncidentStatus, Mode, TimeSpan, Transition,
     mode_document::{
-        DocumentIncident, DocumentQueue, DocumentRelease, MODE_DOCUMENT_KIND,
-        MODE_DOCUMENT_VERSION, ModeDocument, QueueFigures,
+        DocumentIncident, DocumentQueue, DocumentRelease, DriftReport, MODE_DOCUMENT_KEY,
+        MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION, ModeDocument, QueueFigures, RESTART_ENV_PREFIX,
+        document_name, report_name,
     },
     validation::{self, EscalationLimits, ValidIncident},
 };
@@ -85,11 +86,44 @@ pub struct Owner {
     pub uid: String,
 }
 
+/// One of the operator's own objects, found changed by another hand and put back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Restored {
+    /// A mode document: its content, hash annotation or owners.
+    ModeDocument,
+    /// A report ConfigMap: its owner (its labels bring it back as a missing report).
+    Report,
+    /// Restart delivery's env vars on a pod template.
+    RestartEnv,
+}
+
+impl Restored {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ModeDocument => "ModeDocument",
+            Self::Report => "Report",
+            Self::RestartEnv => "RestartEnv",
+        }
+    }
+}
+
+/// An agent's word that its MTA drifted from the mode, on a target an incident decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentDrift {
+    pub target: TargetRef,
+    pub pod: String,
+    pub drift: DriftReport,
+}
+
 /// The status and events of one incident.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub status: MailIncidentStatus,
     pub events: Vec<Note>,
+    /// What of ours this decision puts back after another hand changed it.
+    pub restored: Vec<Restored>,
+    /// What the agents of the targets it decides said of their MTAs' drift.
+    pub agent_drifts: Vec<AgentDrift>,
     /// The mode transition this decision records, if any.
     pub transition: Option<Transition>,
     /// Targets this decision newly switches from AcceptAndQueue to TempFail.
@@ -142,8 +176,13 @@ pub struct Note {
 enum Standing {
     /// Seen for the first time: it only gets its Unknown conditions this round.
     New,
-    /// Its spec is invalid: it changes nothing, and targets carrying its mode keep it.
-    Invalid(Vec<validation::FieldError>),
+    /// Its spec is invalid: it changes nothing, and targets carrying its mode keep it,
+    /// until it ends all the same (`ended` says how): resolved, deleted, or past the end
+    /// of its last valid generation. An edit must never keep a fleet in a mode forever.
+    Invalid {
+        errors: Vec<validation::FieldError>,
+        ended: Option<String>,
+    },
     /// Valid; `active` says whether it still asks for its mode.
     Valid { spec: ValidIncident, active: bool },
 }
@@ -151,20 +190,20 @@ enum Standing {
 /// Plans one namespace.
 pub fn plan(ns: &Namespace<'_>) -> Plan {
     let standings: Vec<Standing> = ns.incidents.iter().map(|i| standing(i, ns.now)).collect();
-    // A deleted incident never freezes its targets, whatever its spec: once it is gone,
-    // nothing would ever restore them.
+    // An ended incident never freezes its targets, whatever its spec: a deleted one,
+    // once gone, could never restore them.
     let frozen: BTreeSet<&str> = ns
         .incidents
         .iter()
         .zip(&standings)
-        .filter(|(i, s)| {
-            matches!(s, Standing::Invalid(_)) && i.metadata.deletion_timestamp.is_none()
-        })
+        .filter(|(_, s)| matches!(s, Standing::Invalid { ended: None, .. }))
         .map(|(i, _)| i.metadata.name.as_deref().unwrap_or_default())
         .collect();
 
     let mut writes = Vec::new();
     let mut outcomes = Vec::with_capacity(ns.targets.len());
+    // Put-backs of what another hand changed, by the index of the incident deciding.
+    let mut restorations: Vec<(usize, Restoration)> = Vec::new();
     for target in ns.targets {
         let candidates: Vec<usize> = standings
             .iter()
@@ -207,7 +246,9 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
             })
             .collect();
         if !carries_mode_of(target, &frozen) {
-            writes.extend(deliver(target, document, &hash, owners));
+            let delivery = deliver(target, document, &hash, owners);
+            writes.extend(delivery.writes);
+            restorations.extend(delivery.restorations.into_iter().map(|r| (winner, r)));
         }
         let uptake = match ns.write_failures.get(&target.target) {
             Some(failure) => Uptake::Failed(failure.clone()),
@@ -240,13 +281,25 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
             if let Standing::Valid { spec, .. } = standing {
                 decision.queue_watch = Some(queue_watch(spec, index, ns.targets, &outcomes));
             }
+            for (_, restoration) in restorations.iter().filter(|(i, _)| *i == index) {
+                decision.restored.push(restoration.object);
+                decision.events.push(restoration.note());
+            }
+            decision.agent_drifts = agent_drifts(index, ns.targets, &outcomes);
             decision
         })
         .collect();
     let wake_at = standings
         .iter()
-        .filter_map(|s| match s {
+        .zip(&ns.incidents)
+        .filter_map(|(s, incident)| match s {
             Standing::Valid { spec, active: true } => spec.expires_at,
+            // Its last valid generation's end still ends it.
+            Standing::Invalid { ended: None, .. } => incident
+                .status
+                .as_ref()
+                .and_then(|s| s.expires_at.as_ref())
+                .map(|at| at.0),
             _ => None,
         })
         .filter(|at| *at > ns.now)
@@ -301,7 +354,10 @@ fn standing(incident: &MailIncident, now: Timestamp) -> Standing {
     }
     let created = incident.metadata.creation_timestamp.as_ref().map(|t| t.0);
     match validation::validate(&incident.spec, created) {
-        Err(errors) => Standing::Invalid(errors),
+        Err(errors) => Standing::Invalid {
+            errors,
+            ended: ended_while_invalid(incident, now),
+        },
         Ok(spec) => {
             let ended = spec.resolved
                 || spec.expires_at.is_some_and(|at| at <= now)
@@ -311,6 +367,22 @@ fn standing(incident: &MailIncident, now: Timestamp) -> Standing {
                 active: !ended,
             }
         }
+    }
+}
+
+/// How an incident whose spec is invalid has ended all the same, if it has: deleted,
+/// resolved (a field validation never doubts), or past the end its last valid generation
+/// set, which its status keeps.
+fn ended_while_invalid(incident: &MailIncident, now: Timestamp) -> Option<String> {
+    let last_valid_end = incident.status.as_ref().and_then(|s| s.expires_at.as_ref());
+    if incident.metadata.deletion_timestamp.is_some() {
+        Some(format!("deleted: {}", incident.spec.reason))
+    } else if incident.spec.resolved {
+        Some(format!("resolved: {}", incident.spec.reason))
+    } else {
+        last_valid_end
+            .filter(|at| at.0 <= now)
+            .map(|at| format!("expired at {}", at.0))
     }
 }
 
@@ -375,29 +447,122 @@ fn document_for(
     }
 }
 
-/// The writes that put `document` on the target's delivery channel and clear the other.
-fn deliver(target: &Target, document: ModeDocument, hash: &str, owners: Vec<Owner>) -> Vec<Write> {
+/// What delivering a mode to a target takes: the writes, and what of ours they put back.
+struct Delivered {
+    writes: Vec<Write>,
+    restorations: Vec<Restoration>,
+}
+
+/// One of our objects found changed by another hand: which, its name, how, and who.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Restoration {
+    object: Restored,
+    name: String,
+    how: String,
+    by: Option<String>,
+}
+
+impl Restoration {
+    fn note(&self) -> Note {
+        let by = self.by.as_deref().map_or_else(
+            || "another hand".to_string(),
+            |m| format!("field manager {m:?}"),
+        );
+        let (kind, put_back) = match self.object {
+            Restored::ModeDocument => ("ConfigMap", "written back"),
+            Restored::Report => ("ConfigMap", "applied again"),
+            Restored::RestartEnv => ("workload", "applied again"),
+        };
+        Note {
+            warning: true,
+            reason: "Restored",
+            message: format!(
+                "{kind} {} was changed by {by} ({}); {put_back}",
+                self.name, self.how
+            ),
+        }
+    }
+}
+
+/// The writes that put `document` on the target's delivery channel and clear the other;
+/// whatever differs from it is written back, whoever changed it.
+fn deliver(target: &Target, document: ModeDocument, hash: &str, owners: Vec<Owner>) -> Delivered {
     let target_ref = target.target.clone();
-    match target.delivery {
+    let mut restorations = Vec::new();
+    let writes = match target.delivery {
         Delivery::Reload => {
-            // A report deleted by anyone while the incident runs is created again: agents
-            // may only patch it.
-            let stale = target.document_hash.as_deref() != Some(hash);
-            let put = (stale || !target.report_exists).then(|| Write::PutDocument {
+            let name = document_name(target_ref.kind.as_str(), &target_ref.name);
+            let exists = target.document_hash.is_some();
+            let mut owners_wanted: Vec<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
+            let mut owners_stored: Vec<&str> =
+                target.document_owners.iter().map(String::as_str).collect();
+            owners_wanted.sort_unstable();
+            owners_stored.sort_unstable();
+            let content_stale = target.document_hash.as_deref() != Some(hash);
+            let owners_stale = owners_wanted != owners_stored;
+            let stale = content_stale || owners_stale || target.document_mismatch.is_some();
+            // Our own updates leave us the last writer; anything else is another hand's.
+            let how = if let Some(mismatch) = &target.document_mismatch {
+                Some(mismatch.clone())
+            } else if target.changed_by.is_none() {
+                None
+            } else if content_stale {
+                Some(format!(
+                    "its {MODE_DOCUMENT_KEY} is not the mode planned: hash {}, planned {hash}",
+                    target.document_hash.as_deref().unwrap_or_default()
+                ))
+            } else if owners_stale {
+                Some("its owner references are not the incidents selecting it".to_string())
+            } else {
+                None
+            };
+            if let Some(how) = how.filter(|_| exists) {
+                restorations.push(Restoration {
+                    object: Restored::ModeDocument,
+                    name: name.clone(),
+                    how,
+                    by: target.changed_by.clone(),
+                });
+            }
+            // A report deleted by anyone while the incident runs is created again
+            // (agents may only patch it), and one that lost its owner is owned again.
+            let report_lost_owner = exists && target.report_exists && !target.report_owned;
+            if report_lost_owner && !stale {
+                restorations.push(Restoration {
+                    object: Restored::Report,
+                    name: report_name(&name),
+                    how: format!("it does not name ConfigMap {name} as its owner"),
+                    by: None,
+                });
+            }
+            let create_report = !target.report_exists || report_lost_owner;
+            let put = (stale || create_report).then_some(Write::PutDocument {
                 target: target_ref,
                 document,
                 owners,
-                exists: target.document_hash.is_some(),
-                create_report: !target.report_exists,
+                exists,
+                create_report,
             });
             put.into_iter().chain(clear_restart_env(target)).collect()
         }
         Delivery::Restart => {
             let safe = target.queue.restart_refusal().is_none();
+            let env_stale = !same_env(&target.template_env, &document.env());
+            let hash_stale = target.template_hash.as_deref() != Some(hash);
+            if env_stale && !hash_stale {
+                restorations.push(Restoration {
+                    object: Restored::RestartEnv,
+                    name: target_ref.to_string(),
+                    how: format!(
+                        "its {RESTART_ENV_PREFIX}* env vars are not those of the mode planned"
+                    ),
+                    by: target.changed_by.clone(),
+                });
+            }
             let set = target
                 .mta_container
                 .clone()
-                .filter(|_| safe && target.template_hash.as_deref() != Some(hash))
+                .filter(|_| safe && (hash_stale || env_stale))
                 .map(|container| Write::SetRestartEnv {
                     target: target_ref,
                     container,
@@ -405,7 +570,37 @@ fn deliver(target: &Target, document: ModeDocument, hash: &str, owners: Vec<Owne
                 });
             clear_document(target).into_iter().chain(set).collect()
         }
+    };
+    Delivered {
+        writes,
+        restorations,
     }
+}
+
+/// Whether the env vars `cached` on a pod template are exactly `wanted`, in any order.
+fn same_env(cached: &[(String, String)], wanted: &[(&'static str, String)]) -> bool {
+    cached.len() == wanted.len()
+        && wanted.iter().all(|(name, value)| {
+            cached
+                .iter()
+                .any(|(n, v)| n.as_str() == *name && v == value)
+        })
+}
+
+/// The drift the agents of the targets incident `index` decides report.
+fn agent_drifts(index: usize, targets: &[Target], outcomes: &[TargetOutcome]) -> Vec<AgentDrift> {
+    targets
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| outcome.winner == Some(index))
+        .flat_map(|(target, _)| {
+            target.drifts.iter().map(|(pod, drift)| AgentDrift {
+                target: target.target.clone(),
+                pod: pod.clone(),
+                drift: drift.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The writes that return a target to normal service.
@@ -430,10 +625,9 @@ fn clear_document(target: &Target) -> Option<Write> {
 /// restart this causes is safe: an MTA whose queue would be lost keeps them, and the
 /// refusal shows in the incident's status.
 fn clear_restart_env(target: &Target) -> Option<Write> {
-    (target.template_hash.is_some() && target.queue.restart_refusal().is_none()).then(|| {
-        Write::ClearRestartEnv {
-            target: target.target.clone(),
-        }
+    let carries = target.template_hash.is_some() || !target.template_env.is_empty();
+    (carries && target.queue.restart_refusal().is_none()).then(|| Write::ClearRestartEnv {
+        target: target.target.clone(),
     })
 }
 

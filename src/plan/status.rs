@@ -35,9 +35,13 @@ pub(super) fn decide(
                 transition: None,
                 escalations: 0,
                 queue_watch: None,
+                restored: vec![],
+                agent_drifts: vec![],
             }
         }
-        Standing::Invalid(errors) => invalid(generation, errors, previous, ns.now),
+        Standing::Invalid { errors, ended } => {
+            invalid(incident, errors, ended.as_deref(), previous, ns)
+        }
         Standing::Valid { spec, active } => {
             let mut builder = Builder {
                 incident,
@@ -100,23 +104,48 @@ pub(super) fn decide(
 }
 
 fn invalid(
-    generation: Option<i64>,
+    incident: &MailIncident,
     errors: &[FieldError],
+    ended: Option<&str>,
     previous: MailIncidentStatus,
-    now: Timestamp,
+    ns: &Namespace<'_>,
 ) -> Decision {
+    let generation = incident.metadata.generation;
     let message = errors
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ");
     let newly_seen = previous.observed_generation != generation;
-    // Targets keep whatever the last valid spec asked for: nothing is half-applied.
-    let mut status = previous;
-    status.observed_generation = generation;
-    let message = format!("Invalid spec, nothing was changed: {message}");
+    let mut builder = Builder {
+        incident,
+        previous: &previous,
+        status: previous.clone(),
+        events: vec![],
+        transition: None,
+        escalations: 0,
+        now: ns.now,
+    };
+    builder.status.observed_generation = generation;
+    let message = match ended {
+        // Targets keep whatever the last valid spec asked for: nothing is half-applied.
+        None => format!("Invalid spec, nothing was changed: {message}"),
+        Some(how) => {
+            // Ended all the same: its targets return to normal service.
+            builder.transition_to(EffectiveMode::Normal, format!("{how} (spec invalid)"));
+            let name = incident.name_any();
+            let still = ns
+                .targets
+                .iter()
+                .filter(|t| t.source_incident.as_deref() == Some(name.as_str()))
+                .count();
+            format!(
+                "Invalid spec, but the incident has ended ({how}); {still} target(s) still run its mode: {message}"
+            )
+        }
+    };
     set_conditions(
-        &mut status.conditions,
+        &mut builder.status.conditions,
         &[
             (ConditionType::Stalled, Some(true), "InvalidSpec", &message),
             (ConditionType::Ready, Some(false), "InvalidSpec", &message),
@@ -128,24 +157,12 @@ fn invalid(
             ),
         ],
         generation,
-        now,
+        ns.now,
     );
-    let events = if newly_seen {
-        vec![Note {
-            warning: true,
-            reason: "InvalidSpec",
-            message,
-        }]
-    } else {
-        vec![]
-    };
-    Decision {
-        status,
-        events,
-        transition: None,
-        escalations: 0,
-        queue_watch: None,
+    if newly_seen {
+        builder.note(true, "InvalidSpec", message);
     }
+    builder.finish()
 }
 
 struct Builder<'a> {
@@ -453,6 +470,8 @@ impl Builder<'_> {
             transition: self.transition,
             escalations: self.escalations,
             queue_watch: None,
+            restored: vec![],
+            agent_drifts: vec![],
         }
     }
 

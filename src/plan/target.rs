@@ -1,6 +1,10 @@
 //! A target workload as planning sees it, and whether it has taken up a mode.
 
-use crate::api::{MtaKind, mode_document::QueueFigures, validation::EscalationLimits};
+use crate::api::{
+    MtaKind,
+    mode_document::{DriftReport, QueueFigures},
+    validation::EscalationLimits,
+};
 use std::{collections::BTreeMap, fmt};
 
 /// The kinds of workload an incident can target.
@@ -96,8 +100,23 @@ pub struct Target {
     pub delivery: Delivery,
     /// The MTA software, from annotation `mailops.dev/mta`.
     pub mta: Option<MtaKind>,
-    /// Hash of the mode document stored for it (reload channel), if any.
+    /// Hash of the mode document stored for it (reload channel), if any: of its content,
+    /// which is what its agents apply.
     pub document_hash: Option<String>,
+    /// How the stored document disagrees with itself (its hash annotation with its
+    /// content), if it does: someone edited one of them.
+    pub document_mismatch: Option<String>,
+    /// The uids of the incidents the stored document names as its owners.
+    pub document_owners: Vec<String>,
+    /// Whether the report ConfigMap names the stored document as its owner.
+    pub report_owned: bool,
+    /// Our `MAIL_INCIDENT_*` env vars on the MTA container of its pod template.
+    pub template_env: Vec<(String, String)>,
+    /// Who last wrote the stored document (reload) or the workload (restart), when that
+    /// was not this operator: a field manager.
+    pub changed_by: Option<String>,
+    /// The live pods whose agents report that their MTA drifted from the mode, by pod.
+    pub drifts: Vec<(String, DriftReport)>,
     /// Hash our env vars carry on its pod template (restart channel), if any.
     pub template_hash: Option<String>,
     /// The incident named on its stored document or pod template: whose mode it runs.

@@ -39,6 +39,12 @@ fn target(kind: WorkloadKind, name: &str, labels: &[(&str, &str)]) -> Target {
         delivery: Delivery::Reload,
         mta: None,
         document_hash: None,
+        document_mismatch: None,
+        document_owners: vec![],
+        report_owned: false,
+        template_env: vec![],
+        changed_by: None,
+        drifts: vec![],
         template_hash: None,
         source_incident: None,
         report_exists: false,
@@ -146,29 +152,45 @@ impl World {
         };
         match write {
             Write::PutDocument {
-                target, document, ..
+                target,
+                document,
+                owners,
+                ..
             } => {
                 let i = find(&mut self.targets, target);
                 self.targets[i].document_hash = Some(document.hash());
+                self.targets[i].document_mismatch = None;
+                self.targets[i].document_owners = owners.iter().map(|o| o.uid.clone()).collect();
+                self.targets[i].changed_by = None;
                 self.targets[i].source_incident = Some(document.incident.name.clone());
                 self.targets[i].report_exists = true;
+                self.targets[i].report_owned = true;
             }
             Write::DeleteDocument { target } => {
                 let i = find(&mut self.targets, target);
                 self.targets[i].document_hash = None;
+                self.targets[i].document_mismatch = None;
+                self.targets[i].document_owners.clear();
                 self.targets[i].source_incident = None;
                 self.targets[i].report_exists = false;
+                self.targets[i].report_owned = false;
             }
             Write::SetRestartEnv {
                 target, document, ..
             } => {
                 let i = find(&mut self.targets, target);
                 self.targets[i].template_hash = Some(document.hash());
+                self.targets[i].template_env = document
+                    .env()
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), value))
+                    .collect();
                 self.targets[i].source_incident = Some(document.incident.name.clone());
             }
             Write::ClearRestartEnv { target } => {
                 let i = find(&mut self.targets, target);
                 self.targets[i].template_hash = None;
+                self.targets[i].template_env.clear();
                 self.targets[i].source_incident = None;
             }
         }
@@ -976,4 +998,196 @@ fn an_invalid_incident_has_no_queue_watch() {
     let mut world = World::new(vec![incident("reject", 0, 1, invalid)], fleet());
     let plan = world.settle(at(0), true);
     assert_eq!(plan.incidents[0].queue_watch, None);
+}
+
+/// An invalid edit (HardReject without acknowledgement) of `outage`, as generation 2.
+fn invalid_edit(extra: &str) -> MailIncident {
+    incident(
+        "outage",
+        0,
+        2,
+        &format!("mode: HardReject\nreason: r\ntargets: {{matchLabels: {{app: mta}}}}{extra}"),
+    )
+}
+
+#[test]
+fn an_invalid_edit_does_not_outlive_the_last_valid_end() {
+    let mut world = World::new(
+        vec![incident(
+            "outage",
+            0,
+            1,
+            &format!("{TEMP_FAIL}\nduration: 40m"),
+        )],
+        fleet(),
+    );
+    world.settle(at(0), true);
+    world.replace(invalid_edit(""));
+    world.settle(at(10), true);
+    assert!(world.targets[0].document_hash.is_some(), "frozen meanwhile");
+    assert_eq!(
+        world.plan(at(10)).wake_at,
+        Some(at(40)),
+        "the last valid end still wakes the controller"
+    );
+    world.settle(at(40), true);
+    assert!(
+        world.targets.iter().all(|t| t.document_hash.is_none()),
+        "past its last valid end, the invalid incident still ends"
+    );
+    let status = world.status("outage");
+    assert_eq!(status.effective_mode, Some(EffectiveMode::Normal));
+    let last = status.history.last().unwrap();
+    assert!(last.reason.starts_with("expired at"), "{}", last.reason);
+    assert_eq!(world.condition("outage", "Stalled").reason, "InvalidSpec");
+    assert!(world.event_reasons("outage").contains(&"ModeChanged"));
+}
+
+#[test]
+fn resolving_an_incident_whose_spec_is_invalid_ends_it() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    world.replace(invalid_edit(""));
+    world.settle(at(1), true);
+    world.replace(invalid_edit("\nresolved: true"));
+    world.settle(at(2), true);
+    assert!(world.targets.iter().all(|t| t.document_hash.is_none()));
+    assert_eq!(
+        world.status("outage").effective_mode,
+        Some(EffectiveMode::Normal)
+    );
+}
+
+#[test]
+fn a_hand_edited_document_is_written_back_naming_who_changed_it() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    let planned = world.targets[0].document_hash.clone();
+    // mode.json edited by hand, its annotation left alone.
+    world.targets[0].document_hash = Some("f0f0f0f0f0f0f0f0".into());
+    world.targets[0].document_mismatch =
+        Some("its annotation says one hash and its mode.json another".into());
+    world.targets[0].changed_by = Some("kubectl-patch".into());
+    let plan = world.plan(at(1));
+    assert!(
+        matches!(&plan.writes[..], [Write::PutDocument { target, exists: true, .. }] if target.name == "postfix-a"),
+        "{:?}",
+        plan.writes
+    );
+    let decision = &plan.incidents[0];
+    assert_eq!(decision.restored, [Restored::ModeDocument]);
+    let note = decision
+        .events
+        .iter()
+        .find(|e| e.reason == "Restored")
+        .expect("a Restored event");
+    assert!(note.warning);
+    assert!(
+        note.message.contains("mail-mode-deployment-postfix-a")
+            && note.message.contains("\"kubectl-patch\""),
+        "{}",
+        note.message
+    );
+    world.settle(at(1), true);
+    assert_eq!(world.targets[0].document_hash, planned);
+
+    // Content and annotation both forged consistently: still not the mode planned.
+    world.targets[1].document_hash = Some("0123456789abcdef".into());
+    world.targets[1].changed_by = Some("kubectl-edit".into());
+    let plan = world.plan(at(2));
+    assert_eq!(plan.incidents[0].restored, [Restored::ModeDocument]);
+    assert!(plan.incidents[0].events[0].message.contains("planned"));
+}
+
+#[test]
+fn a_mode_change_of_our_own_is_no_restoration() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    world.replace(incident(
+        "outage",
+        0,
+        2,
+        &TEMP_FAIL.replace("TempFail", "AcceptAndQueue"),
+    ));
+    let plan = world.plan(at(1));
+    assert_eq!(plan.writes.len(), 3);
+    assert!(plan.incidents[0].restored.is_empty());
+    assert!(
+        !plan.incidents[0]
+            .events
+            .iter()
+            .any(|e| e.reason == "Restored")
+    );
+}
+
+#[test]
+fn owners_and_a_report_that_lost_its_owner_are_put_back() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    world.targets[0].document_owners.clear();
+    world.targets[0].changed_by = Some("kubectl-edit".into());
+    world.targets[1].report_owned = false;
+    let plan = world.plan(at(1));
+    assert_eq!(plan.writes.len(), 2, "{:?}", plan.writes);
+    assert!(matches!(
+        &plan.writes[1],
+        Write::PutDocument {
+            create_report: true,
+            ..
+        }
+    ));
+    assert_eq!(
+        plan.incidents[0].restored,
+        [Restored::ModeDocument, Restored::Report]
+    );
+    world.settle(at(1), true);
+    assert!(world.plan(at(2)).writes.is_empty());
+}
+
+#[test]
+fn hand_edited_restart_env_vars_are_applied_again() {
+    let mut targets = fleet();
+    for t in &mut targets {
+        t.delivery = Delivery::Restart;
+    }
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], targets);
+    world.settle(at(0), true);
+    let env = &mut world.targets[0].template_env;
+    let mode = env
+        .iter_mut()
+        .find(|(name, _)| name == "MAIL_INCIDENT_MODE")
+        .unwrap();
+    mode.1 = "Normal".into();
+    world.targets[0].changed_by = Some("kubectl-set".into());
+    let plan = world.plan(at(1));
+    assert!(matches!(&plan.writes[..], [Write::SetRestartEnv { .. }]));
+    assert_eq!(plan.incidents[0].restored, [Restored::RestartEnv]);
+    // A leftover env var of ours on a target no incident selects is cleared.
+    world.targets[3].template_env = vec![("MAIL_INCIDENT_MODE".into(), "HardReject".into())];
+    let plan = world.settle(at(2), true);
+    assert!(plan.writes.is_empty());
+    assert!(world.targets[3].template_env.is_empty());
+}
+
+#[test]
+fn agents_reporting_drift_are_told_to_the_incident_deciding_their_target() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    let drift = DriftReport {
+        count: 2,
+        what: "main.cf soft_bounce = no, want yes".into(),
+        since: Some(at(1).as_second()),
+    };
+    world.targets[2].drifts = vec![("exim-0".into(), drift.clone())];
+    world.targets[3].drifts = vec![("webmail-0".into(), drift.clone())];
+    let plan = world.plan(at(1));
+    assert_eq!(
+        plan.incidents[0].agent_drifts,
+        [AgentDrift {
+            target: world.targets[2].target.clone(),
+            pod: "exim-0".into(),
+            drift
+        }],
+        "only targets the incident decides"
+    );
 }
