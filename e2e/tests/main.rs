@@ -11,6 +11,7 @@ mod generic;
 mod gitops;
 mod mta;
 mod operations;
+mod ownership;
 mod postfix;
 mod support;
 mod world;

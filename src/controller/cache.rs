@@ -169,7 +169,6 @@ where
     let changes = watcher(api, config.page_size(LIST_PAGE_SIZE))
         .backoff(WatchBackoff::new())
         .modify(|object| {
-            object.managed_fields_mut().clear();
             object.annotations_mut().remove(LAST_APPLIED);
             object.slim();
         })
@@ -188,7 +187,9 @@ where
     (store, Box::pin(changes))
 }
 
-/// Drops, before caching, what planning never reads and the cached shape still holds.
+/// Drops, before caching, what planning never reads and the cached shape still holds
+/// (the managedFields of full objects, most of their memory; the slim shapes keep only
+/// who wrote last).
 pub trait Slim {
     fn slim(&mut self);
 }
@@ -201,6 +202,7 @@ impl<K> Slim for CachedWorkload<K> {
 impl Slim for PartialObjectMeta<Pod> {
     /// A pod matters only by name, labels and whether it is being deleted.
     fn slim(&mut self) {
+        self.metadata.managed_fields = None;
         self.metadata.annotations = None;
         self.metadata.owner_references = None;
         self.metadata.finalizers = None;
@@ -211,8 +213,11 @@ impl Slim for PartialObjectMeta<Pod> {
 }
 
 impl Slim for MailIncident {
-    /// Everything of an incident is read: its spec, its status (the last decision).
-    fn slim(&mut self) {}
+    /// Everything of an incident is read but its managedFields: its spec, its status
+    /// (the last decision).
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+    }
 }
 
 impl Slim for CachedConfigMap {

@@ -315,12 +315,16 @@ fn slim_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D
 }
 
 /// The entry of whoever last wrote the object itself (not its status), when that is not
-/// this operator: who to name when something of ours was changed by another hand.
+/// this operator: who to name when something of ours was changed by another hand. Times
+/// are in whole seconds: within the same second another hand is taken as the later.
 fn last_writer(writers: Vec<Writer>) -> Option<ManagedFieldsEntry> {
     let last = writers
         .into_iter()
         .filter(|w| w.subresource.as_deref().unwrap_or_default().is_empty())
-        .max_by_key(|w| w.time.as_ref().map(|t| t.0))?;
+        .max_by_key(|w| {
+            let ours = w.manager.as_deref() == Some(FIELD_MANAGER);
+            (w.time.as_ref().map(|t| t.0), !ours)
+        })?;
     let manager = last.manager.filter(|m| m != FIELD_MANAGER)?;
     Some(ManagedFieldsEntry {
         manager: Some(manager),
@@ -529,6 +533,12 @@ mod tests {
         );
         let ours_again = entry(FIELD_MANAGER, "2026-12-06T10:06:00Z", None);
         assert_eq!(writers(json!([hand, ours_again])), None, "put back since");
+        let same_second = entry(FIELD_MANAGER, "2026-12-06T10:05:00Z", None);
+        assert_eq!(
+            writers(json!([hand, same_second])).as_deref(),
+            Some("kubectl-patch"),
+            "in the same second, another hand is taken as the later"
+        );
         assert_eq!(writers(json!([])), None);
     }
 

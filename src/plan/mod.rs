@@ -501,9 +501,13 @@ fn deliver(target: &Target, document: ModeDocument, hash: &str, owners: Vec<Owne
             let content_stale = target.document_hash.as_deref() != Some(hash);
             let owners_stale = owners_wanted != owners_stored;
             let stale = content_stale || owners_stale || target.document_mismatch.is_some();
-            // Our own updates leave us the last writer; anything else is another hand's.
+            // Our own updates leave us the last writer, and never leave a document without
+            // owners; anything else is another hand's (one that only removed fields owns
+            // none, so it is not named).
             let how = if let Some(mismatch) = &target.document_mismatch {
                 Some(mismatch.clone())
+            } else if owners_stale && target.document_owners.is_empty() {
+                Some("its owner references were removed".to_string())
             } else if target.changed_by.is_none() {
                 None
             } else if content_stale {

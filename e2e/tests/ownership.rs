@@ -1,0 +1,510 @@
+//! What the operator writes is its own: hand edits, deletions and forgeries of mode
+//! documents, reports and restart env vars are put back within seconds, with an event
+//! naming who changed them; an invalid edit never outlives the incident's end; events
+//! tell the current story.
+
+use crate::{
+    fakes::{FakeAgents, FakeKubelet},
+    support::{
+        Mta, apply_incident, condition, eventually, eventually_within, ready_because, status,
+        wait_for, wait_for_within,
+    },
+    world::{Scene, rand_suffix},
+};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap, events::v1::Event};
+use kube::{Api, Client, ResourceExt, api::ListParams};
+use mail_incident_operator::api::{
+    EffectiveMode, MailIncident,
+    mode_document::{
+        MANAGED_BY_LABEL, MODE_DOCUMENT_KEY, MODE_HASH_ANNOTATION, document_name, report_name,
+    },
+};
+use serde_json::json;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+/// How long a hand edit may stand before the operator has put it back.
+const RESTORE_BOUND: Duration = Duration::from_secs(10);
+
+/// The ways the tests change what the operator owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tampering {
+    /// mode.json rewritten to a HardReject with a 550, hash annotation left alone.
+    ForgeContent,
+    /// Only the hash annotation changed.
+    ForgeAnnotation,
+    /// Content and annotation changed consistently.
+    ForgeBoth,
+    /// The managed-by label taken off (the operator's watch no longer selects it).
+    DropLabel,
+    /// The owner references removed.
+    DropOwners,
+    DeleteDocument,
+    DropReportOwner,
+    DeleteReport,
+    /// One of restart delivery's env vars removed from the pod template.
+    DropEnvVar,
+}
+
+impl Tampering {
+    const ALL: [Self; 9] = [
+        Self::ForgeContent,
+        Self::ForgeAnnotation,
+        Self::ForgeBoth,
+        Self::DropLabel,
+        Self::DropOwners,
+        Self::DeleteDocument,
+        Self::DropReportOwner,
+        Self::DeleteReport,
+        Self::DropEnvVar,
+    ];
+
+    /// Whether a Restored event follows, and the field manager it names (a change that
+    /// only removes fields leaves its manager owning none, so it is "another hand").
+    fn event(self) -> Option<&'static str> {
+        match self {
+            Self::ForgeContent | Self::ForgeAnnotation | Self::ForgeBoth => {
+                Some("field manager \"kubectl-patch\"")
+            }
+            Self::DropOwners => Some("another hand"),
+            _ => None,
+        }
+    }
+}
+
+/// What the operator stored for the reload target, as a person reads it back.
+#[derive(Debug, PartialEq)]
+struct Stored {
+    content: Option<String>,
+    hash: Option<String>,
+    labelled: bool,
+    owners: usize,
+    report_owned: bool,
+}
+
+async fn stored(config_maps: &Api<ConfigMap>, document: &str) -> Stored {
+    let got = config_maps.get_opt(document).await.expect("get document");
+    let report = config_maps
+        .get_opt(&report_name(document))
+        .await
+        .expect("get report");
+    let uid = got.as_ref().and_then(|d| d.metadata.uid.clone());
+    Stored {
+        content: got
+            .as_ref()
+            .and_then(|d| d.data.as_ref()?.get(MODE_DOCUMENT_KEY).cloned()),
+        hash: got
+            .as_ref()
+            .and_then(|d| d.annotations().get(MODE_HASH_ANNOTATION).cloned()),
+        labelled: got
+            .as_ref()
+            .is_some_and(|d| d.labels().contains_key(MANAGED_BY_LABEL)),
+        owners: got.as_ref().map_or(0, |d| d.owner_references().len()),
+        report_owned: report.is_some_and(|r| {
+            r.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        }),
+    }
+}
+
+async fn restart_env_count(deployments: &Api<Deployment>, name: &str) -> usize {
+    let deployment = deployments.get(name).await.expect("get deployment");
+    deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name.starts_with("MAIL_INCIDENT_"))
+        .count()
+}
+
+/// Notes of the events of `reason` regarding `incident`, oldest first.
+async fn event_notes(
+    client: &Client,
+    namespace: &str,
+    incident: &str,
+    reason: &str,
+) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let mut listed: Vec<Event> = events
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(incident)
+        })
+        .collect();
+    listed.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    listed.into_iter().filter_map(|e| e.note).collect()
+}
+
+/// A pseudo-random order and pause, from a seed the failure message names.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+#[tokio::test]
+async fn hand_edits_of_what_the_operator_writes_are_put_back_and_named() {
+    let scene = Scene::start("owned").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents,
+        ..
+    } = &scene;
+    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
+    let _agents = FakeAgents::start(client.clone(), &ns.name).await;
+    Mta::deployment("mx", json!({"group": "mta"}))
+        .replicas(2)
+        .create(client, &ns.name)
+        .await;
+    Mta::deployment("rx", json!({"group": "mta"}))
+        .annotate("mailops.dev/delivery", "restart")
+        .create(client, &ns.name)
+        .await;
+    apply_incident(
+        world,
+        &ns.name,
+        "outage",
+        "mode: TempFail\nreason: INC-18 storage down\ntargets: {matchLabels: {group: mta}}",
+    );
+    wait_for(incidents, "outage", "applied", |i| {
+        ready_because("Applied")(i) && crate::support::summary(i) == Some("2/2")
+    })
+    .await;
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let document = document_name("Deployment", "mx");
+    let planned = stored(&config_maps, &document).await;
+    assert!(planned.content.is_some() && planned.labelled && planned.owners == 1);
+    assert!(planned.report_owned);
+    let planned_env = restart_env_count(&deployments, "rx").await;
+    assert!(planned_env > 0);
+
+    let forged = planned
+        .content
+        .as_deref()
+        .unwrap()
+        .replace("\"TempFail\"", "\"HardReject\"")
+        .replace("451", "550");
+    let seed = u64::from(rand_suffix());
+    let mut dice = Dice(seed);
+    let mut worst: BTreeMap<Tampering, Duration> = BTreeMap::new();
+    const ROUNDS: usize = 3;
+    for round in 0..ROUNDS {
+        let mut order = Tampering::ALL.to_vec();
+        for i in (1..order.len()).rev() {
+            order.swap(i, dice.next(i as u64 + 1) as usize);
+        }
+        for tampering in order {
+            tokio::time::sleep(Duration::from_millis(dice.next(500))).await;
+            let ns = ns.name.as_str();
+            let before = event_notes(client, ns, "outage", "Restored").await.len();
+            let patch = |body: serde_json::Value, kind: &str| {
+                world.kubectl_ok(&[
+                    "patch",
+                    "configmap",
+                    kind,
+                    "-n",
+                    ns,
+                    "--type=merge",
+                    "-p",
+                    &body.to_string(),
+                ]);
+            };
+            match tampering {
+                Tampering::ForgeContent => {
+                    patch(json!({"data": {MODE_DOCUMENT_KEY: forged}}), &document);
+                }
+                Tampering::ForgeAnnotation => patch(
+                    json!({"metadata": {"annotations": {MODE_HASH_ANNOTATION: "0123456789abcdef"}}}),
+                    &document,
+                ),
+                Tampering::ForgeBoth => patch(
+                    json!({"metadata": {"annotations": {MODE_HASH_ANNOTATION:
+                        mail_incident_operator::api::mode_document::content_hash(&forged)}},
+                           "data": {MODE_DOCUMENT_KEY: forged}}),
+                    &document,
+                ),
+                Tampering::DropLabel => {
+                    world.kubectl_ok(&[
+                        "label",
+                        "configmap",
+                        &document,
+                        "-n",
+                        ns,
+                        &format!("{MANAGED_BY_LABEL}-"),
+                    ]);
+                }
+                Tampering::DropOwners => {
+                    patch(json!({"metadata": {"ownerReferences": null}}), &document);
+                }
+                Tampering::DeleteDocument => {
+                    world.kubectl_ok(&["delete", "configmap", &document, "-n", ns]);
+                }
+                Tampering::DropReportOwner => {
+                    patch(
+                        json!({"metadata": {"ownerReferences": null}}),
+                        &report_name(&document),
+                    );
+                }
+                Tampering::DeleteReport => {
+                    world.kubectl_ok(&["delete", "configmap", &report_name(&document), "-n", ns]);
+                }
+                Tampering::DropEnvVar => {
+                    world.kubectl_ok(&[
+                        "patch",
+                        "deployment",
+                        "rx",
+                        "-n",
+                        ns,
+                        "--type=json",
+                        "-p",
+                        r#"[{"op": "remove", "path": "/spec/template/spec/containers/0/env/0"}]"#,
+                    ]);
+                }
+            }
+            let changed = Instant::now();
+            eventually_within(
+                RESTORE_BOUND,
+                &format!("round {round}: {tampering:?} put back (seed {seed})"),
+                || async {
+                    let now = stored(&config_maps, &document).await;
+                    let env = restart_env_count(&deployments, "rx").await;
+                    (now == planned && env == planned_env).then_some(())
+                },
+            )
+            .await;
+            let took = changed.elapsed();
+            let slot = worst.entry(tampering).or_default();
+            *slot = (*slot).max(took);
+            if let Some(by) = tampering.event() {
+                let note = eventually(&format!("a Restored event after {tampering:?}"), || async {
+                    let notes = event_notes(client, ns, "outage", "Restored").await;
+                    notes.get(before..)?.last().cloned()
+                })
+                .await;
+                assert!(
+                    note.contains(&format!("{document} was changed by {by}")),
+                    "{tampering:?}: {note}"
+                );
+            }
+        }
+    }
+    eprintln!("worst time to put back, over {ROUNDS} rounds (seed {seed}): {worst:?}");
+    wait_for(incidents, "outage", "applied after the edits", |i| {
+        ready_because("Applied")(i) && crate::support::summary(i) == Some("2/2")
+    })
+    .await;
+    let metrics = crate::world::http_get(&format!("{}/metrics", scene.operator.http))
+        .await
+        .expect("metrics")
+        .1;
+    assert!(
+        metrics.contains("mail_incident_restored_objects_total{object=\"ModeDocument\"}"),
+        "{metrics}"
+    );
+
+    // A value of ours changed by another field manager is theirs now: never taken back by
+    // force, but shown, naming them, until they give it up.
+    world.kubectl_ok(&[
+        "set",
+        "env",
+        "deployment/rx",
+        "-n",
+        &ns.name,
+        "MAIL_INCIDENT_MODE=Normal",
+    ]);
+    let failed = wait_for(incidents, "outage", "failing on the conflict", |i| {
+        status(i)
+            .failed_targets
+            .iter()
+            .any(|f| f.reason.contains("kubectl-set"))
+    })
+    .await;
+    assert_eq!(condition(&failed, "Ready").map(|c| c.0), Some("False"));
+    world.kubectl_ok(&[
+        "set",
+        "env",
+        "deployment/rx",
+        "-n",
+        &ns.name,
+        "MAIL_INCIDENT_MODE-",
+    ]);
+    wait_for(
+        incidents,
+        "outage",
+        "applied once the conflict is given up",
+        |i| ready_because("Applied")(i) && status(i).failed_targets.is_empty(),
+    )
+    .await;
+    assert_eq!(restart_env_count(&deployments, "rx").await, planned_env);
+}
+
+#[tokio::test]
+async fn an_invalid_edit_does_not_keep_targets_past_the_incidents_end() {
+    let scene = Scene::start("invalid-expiry").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents,
+        ..
+    } = &scene;
+    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
+    let _agents = FakeAgents::start(client.clone(), &ns.name).await;
+    Mta::deployment("mx", json!({"group": "mta"}))
+        .create(client, &ns.name)
+        .await;
+    let targets = "targets: {matchLabels: {group: mta}}";
+    apply_incident(
+        world,
+        &ns.name,
+        "window",
+        &format!("mode: TempFail\nreason: INC-18\n{targets}\nduration: 25s"),
+    );
+    let applied = wait_for(incidents, "window", "applied", ready_because("Applied")).await;
+    let expires_at = status(&applied).expires_at.clone().expect("an end").0;
+    // HardReject without acknowledgement: valid for the API server, invalid for the
+    // controller, which keeps the last valid mode meanwhile.
+    apply_incident(
+        world,
+        &ns.name,
+        "window",
+        &format!("mode: HardReject\nreason: INC-18\n{targets}\nduration: 25s"),
+    );
+    wait_for(incidents, "window", "stalled", |i| {
+        condition(i, "Stalled").map(|c| c.1) == Some("InvalidSpec")
+    })
+    .await;
+    assert!(
+        crate::support::mode_document(client, &ns.name, "Deployment", "mx")
+            .await
+            .is_some(),
+        "the last valid mode stays until the end"
+    );
+    let ended = wait_for_within(Duration::from_secs(60), incidents, "window", "ended", |i| {
+        status(i).effective_mode == Some(EffectiveMode::Normal)
+    })
+    .await;
+    let document_gone = eventually("the mode document removed", || async {
+        crate::support::mode_document(client, &ns.name, "Deployment", "mx")
+            .await
+            .is_none()
+            .then(k8s_openapi::jiff::Timestamp::now)
+    })
+    .await;
+    let late = document_gone.duration_since(expires_at);
+    eprintln!("targets restored {late:?} after the last valid end");
+    assert!(
+        late < k8s_openapi::jiff::SignedDuration::from_secs(5),
+        "restored {late:?} after expiresAt"
+    );
+    let last = status(&ended).history.last().expect("a transition");
+    assert!(
+        last.reason.contains("expired at") && last.reason.contains("spec invalid"),
+        "{}",
+        last.reason
+    );
+}
+
+#[tokio::test]
+async fn events_tell_each_transition_with_its_own_message_within_the_api_limit() {
+    let scene = Scene::start("events").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents,
+        ..
+    } = &scene;
+    Mta::deployment("mx", json!({"group": "mta"}))
+        .create(client, &ns.name)
+        .await;
+    let modes = ["TempFail", "AcceptAndQueue"];
+    const TRANSITIONS: usize = 50;
+    for n in 0..TRANSITIONS {
+        let mode = modes[n % 2];
+        apply_incident(
+            world,
+            &ns.name,
+            "flip",
+            &format!("mode: {mode}\nreason: change {n}\ntargets: {{matchLabels: {{group: mta}}}}"),
+        );
+        wait_for(
+            incidents,
+            "flip",
+            &format!("in {mode} ({n})"),
+            |i: &MailIncident| {
+                i.status.as_ref().is_some_and(|s| {
+                    s.effective_mode.map(|m| format!("{m:?}")).as_deref() == Some(mode)
+                        && s.history
+                            .last()
+                            .is_some_and(|t| t.reason == format!("change {n}"))
+                })
+            },
+        )
+        .await;
+    }
+    let notes = eventually("every ModeChanged event", || async {
+        let notes = event_notes(client, &ns.name, "flip", "ModeChanged").await;
+        (notes.len() >= TRANSITIONS).then_some(notes)
+    })
+    .await;
+    assert_eq!(notes[0], "(none) -> TempFail: change 0");
+    let last = notes.last().unwrap();
+    assert_eq!(
+        last,
+        &format!("TempFail -> AcceptAndQueue: change {}", TRANSITIONS - 1)
+    );
+    let described = world.kubectl_ok(&["describe", "mailincident", "flip", "-n", &ns.name]);
+    assert!(described.contains(last.as_str()), "{described}");
+
+    // The longest reason the API allows makes notes over the API's limit: cut, not lost.
+    let reason = "é".repeat(512);
+    apply_incident(
+        world,
+        &ns.name,
+        "flip",
+        &format!("mode: TempFail\nreason: {reason}\ntargets: {{matchLabels: {{group: mta}}}}"),
+    );
+    let accepted = eventually("a long Accepted event", || async {
+        event_notes(client, &ns.name, "flip", "Accepted")
+            .await
+            .into_iter()
+            .find(|note| note.contains("éé"))
+    })
+    .await;
+    assert!(
+        accepted.len() <= 1024 && accepted.ends_with("..."),
+        "{} bytes",
+        accepted.len()
+    );
+    let changed = eventually("a long ModeChanged event", || async {
+        event_notes(client, &ns.name, "flip", "ModeChanged")
+            .await
+            .into_iter()
+            .find(|note| note.contains("éé"))
+    })
+    .await;
+    assert!(
+        changed.starts_with("AcceptAndQueue -> TempFail: éé"),
+        "{changed}"
+    );
+    assert!(changed.len() <= 1024);
+}
