@@ -227,7 +227,7 @@ async fn the_api_server_refuses_schema_violations_naming_the_field() {
         (
             format!(
                 "mode: TempFail\n{base}\nsmtpReply: {{text: \"{}\"}}",
-                "x".repeat(201)
+                "x".repeat(62)
             ),
             "spec.smtpReply.text",
         ),

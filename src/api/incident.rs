@@ -341,10 +341,11 @@ pub struct SmtpReply {
     #[x_kube(validation = Rule::new("!self.matches('^[45][.]1[.]')").message("spec.smtpReply.enhancedCode must not be an addressing code (x.1.y such as 5.1.1 'no such user'): the mailbox exists, its storage is unavailable"))]
     pub enhanced_code: Option<String>,
 
-    /// The human-readable text after the codes: printable ASCII, at most 200 characters,
-    /// without { } $ or \ (the text is written into MTA configuration).
+    /// The human-readable text after the codes: printable ASCII, at most 61 characters
+    /// (so that every MTA sends the reply on one line), without { } $ or \ (the text is
+    /// written into MTA configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[ -#%-\[\]-z|~]+$"))]
+    #[schemars(length(min = 1, max = 61), regex(pattern = r"^[ -#%-\[\]-z|~]+$"))]
     pub text: Option<String>,
 }
 

@@ -254,14 +254,23 @@ fn schema_pattern_for_reply_text_agrees_with_the_controller() {
     let max = schema_of(&["smtpReply", "text"])["maxLength"]
         .as_u64()
         .expect("maxLength");
-    assert_eq!(max, 200);
+    assert_eq!(max, crate::api::validation::MAX_REPLY_TEXT as u64);
     let samples = [
         (
             "Mailbox storage temporarily unavailable, try again later",
             true,
         ),
         (
-            "Try again (ticket #42) - 100% sure ~ maybe | 'quoted' \"too\" [x] ^_^ `ok`",
+            "Try again (#42) - 100% ~ maybe | 'quoted' \"too\" [x] ^_^ `ok`",
+            true,
+        ),
+        // 62 and 61 characters: the longest that every MTA sends on one line is 61.
+        (
+            "Mailbox storage unavailable for several days; resend elsewhere",
+            false,
+        ),
+        (
+            "Mailbox storage unavailable for several days, resend elsewher",
             true,
         ),
         ("line one\r\nline two", false),
@@ -274,7 +283,8 @@ fn schema_pattern_for_reply_text_agrees_with_the_controller() {
         ("", false),
     ];
     for (text, ok) in samples {
-        assert_eq!(pattern.is_match(text), ok, "schema pattern on {text:?}");
+        let schema_accepts = pattern.is_match(text) && text.len() as u64 <= max;
+        assert_eq!(schema_accepts, ok, "schema on {text:?}");
         let spec = format!(
             "{VALID_TEMP_FAIL}smtpReply: {{text: {}}}\n",
             serde_json::to_string(text).unwrap()
@@ -538,4 +548,66 @@ fn schema_range_of_max_queued_messages_is_what_the_controller_allows() {
             "maxQueuedMessages {messages}"
         );
     }
+}
+
+#[test]
+fn label_keys_and_values_are_refused_as_the_api_server_refuses_them() {
+    let with_targets = |targets: &str| {
+        validate(
+            &incident(&format!("mode: TempFail\nreason: r\ntargets: {targets}")).spec,
+            None,
+        )
+    };
+    for good in [
+        "{matchLabels: {app: postfix}}",
+        "{matchLabels: {app.kubernetes.io/name: mx-1, tier: ''}}",
+        "{matchLabels: {example.com/Role_2: In.bound}}",
+        "{matchExpressions: [{key: mail.example.com/tier, operator: In, values: [edge, core]}]}",
+        "{matchExpressions: [{key: app, operator: Exists}]}",
+    ] {
+        assert!(with_targets(good).is_ok(), "{good} refused");
+    }
+    for (bad, field, words) in [
+        (
+            "{matchLabels: {'bad key!': x}}",
+            "spec.targets.matchLabels",
+            "label key \"bad key!\"",
+        ),
+        (
+            "{matchLabels: {Example.com/app: x}}",
+            "spec.targets.matchLabels",
+            "prefix",
+        ),
+        (
+            "{matchLabels: {app: -edge}}",
+            "spec.targets.matchLabels",
+            "label value \"-edge\"",
+        ),
+        (
+            "{matchLabels: {'/app': x}}",
+            "spec.targets.matchLabels",
+            "prefix",
+        ),
+        (
+            "{matchExpressions: [{key: app, operator: In, values: ['a b']}]}",
+            "spec.targets.matchExpressions",
+            "label value",
+        ),
+        (
+            "{matchExpressions: [{key: 'a/b/c', operator: Exists}]}",
+            "spec.targets.matchExpressions",
+            "label key",
+        ),
+    ] {
+        let errors = with_targets(bad).expect_err(bad);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == field && e.message.contains(words)),
+            "{bad}: {errors:?}"
+        );
+    }
+    let long = "a".repeat(64);
+    assert!(with_targets(&format!("{{matchLabels: {{app: {long}}}}}")).is_err());
+    assert!(with_targets(&format!("{{matchLabels: {{{long}: x}}}}")).is_err());
 }

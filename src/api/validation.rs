@@ -23,7 +23,11 @@ pub const MAX_OLDEST_MESSAGE_AGE: TimeSpan = MAX_QUEUE_LIFETIME;
 /// Largest spec.escalation.maxQueuedMessages (also in the schema): far past any real MTA
 /// queue, so a larger limit can only be a typo.
 pub const MAX_QUEUED_MESSAGES: u64 = 100_000_000;
-const MAX_REPLY_TEXT: usize = 200;
+/// Longest reply text: with the longest codes (`452 4.123.123 `, 14 characters) the reply
+/// line stays within the 75 characters Exim sends on one line (it wraps a longer ACL
+/// message at spaces, where Postfix sends any length whole), so senders read the same
+/// reply from every MTA.
+pub const MAX_REPLY_TEXT: usize = 61;
 const TEMP_FAIL_CODES: [u16; 4] = [421, 450, 451, 452];
 const HARD_REJECT_CODES: [u16; 6] = [521, 550, 552, 553, 554, 556];
 
@@ -400,12 +404,78 @@ pub fn selector_of(targets: &Targets) -> Result<Selector, FieldError> {
     }
     let mut selector = Selector::default();
     for (key, value) in &targets.match_labels {
+        label_key_and_values("spec.targets.matchLabels", key, [value])?;
         selector.extend(Expression::Equal(key.clone(), value.clone()));
     }
     for requirement in &targets.match_expressions {
+        label_key_and_values(
+            "spec.targets.matchExpressions",
+            &requirement.key,
+            &requirement.values,
+        )?;
         selector.extend(expression_of(requirement)?);
     }
     Ok(selector)
+}
+
+/// Refuses a label key or value the API server would refuse on a workload: such a
+/// selector could never match anything.
+fn label_key_and_values<'a>(
+    field: &'static str,
+    key: &str,
+    values: impl IntoIterator<Item = &'a String>,
+) -> Result<(), FieldError> {
+    let fail = |message: String| FieldError { field, message };
+    if let Some(why) = label_key_problem(key) {
+        return Err(fail(format!("label key {key:?} {why}")));
+    }
+    for value in values {
+        if !value.is_empty() && !is_label_name(value) {
+            return Err(fail(format!(
+                "label value {value:?} of {key} must be at most 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Why `key` is not a qualified name (`[prefix/]name`, the prefix a DNS subdomain), if
+/// it is not.
+fn label_key_problem(key: &str) -> Option<&'static str> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if !is_label_name(name) {
+        return Some(
+            "must be a name of at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit, after an optional DNS-subdomain prefix and '/'",
+        );
+    }
+    if let Some(prefix) = prefix {
+        let subdomain = prefix.len() <= 253
+            && prefix.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            });
+        if !subdomain {
+            return Some("has a prefix that is not a lower-case DNS subdomain");
+        }
+    }
+    None
+}
+
+/// A label name or value: 1 to 63 characters, alphanumeric at both ends, `-_.` within.
+fn is_label_name(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let inner = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    (1..=63).contains(&bytes.len())
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.iter().all(inner)
 }
 
 fn expression_of(requirement: &LabelRequirement) -> Result<Expression, FieldError> {

@@ -48,8 +48,17 @@ fn timestamp() -> impl Strategy<Value = Timestamp> {
         .prop_map(|(second, nanosecond)| Timestamp::new(second, nanosecond).expect("in range"))
 }
 
+/// A label value (empty is a value too).
 fn label() -> impl Strategy<Value = String> {
     select(vec!["app", "mta", "tier", "edge", ""]).prop_map(String::from)
+}
+
+/// A label key, now and then one the API server refuses.
+fn label_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        19 => select(vec!["app", "mta", "tier", "example.com/edge"]).prop_map(String::from),
+        1 => select(vec!["", "bad key!", "Example.com/x", "a/b/c"]).prop_map(String::from),
+    ]
 }
 
 fn targets() -> impl Strategy<Value = Targets> {
@@ -71,7 +80,7 @@ fn targets() -> impl Strategy<Value = Targets> {
         ),
     ];
     let requirement = (
-        label(),
+        label_key(),
         prop_oneof![4 => set, 1 => (operator, collection::vec(label(), 0..3))],
     )
         .prop_map(|(key, (operator, values))| LabelRequirement {
@@ -81,7 +90,7 @@ fn targets() -> impl Strategy<Value = Targets> {
         });
     let mta = select(vec![MtaKind::Postfix, MtaKind::Exim, MtaKind::Generic]);
     (
-        collection::btree_map(label(), label(), 0..3),
+        collection::btree_map(label_key(), label(), 0..3),
         collection::vec(requirement, 0..3),
         option::of(mta),
     )
@@ -102,7 +111,7 @@ fn smtp_reply() -> impl Strategy<Value = SmtpReply> {
         1 => "[0-9]{1,2}[.][0-9]{1,4}[.][0-9]{1,4}",
         1 => ".{0,10}",
     ];
-    let text = prop_oneof![4 => r"[ -#%-\[\]-z|~]{1,200}", 1 => "[ -~]{0,210}", 1 => ".{0,30}"];
+    let text = prop_oneof![4 => r"[ -#%-\[\]-z|~]{1,61}", 1 => "[ -~]{0,210}", 1 => ".{0,30}"];
     (
         option::of(code),
         option::of(enhanced_code),
@@ -218,7 +227,7 @@ fn target() -> impl Strategy<Value = Target> {
         },
     ]);
     (
-        collection::btree_map(label(), label(), 0..3),
+        collection::btree_map(label_key(), label(), 0..3),
         delivery,
         (hash.clone(), hash.clone(), source),
         any::<bool>(),
