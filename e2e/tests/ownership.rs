@@ -320,6 +320,45 @@ async fn hand_edits_of_what_the_operator_writes_are_put_back_and_named() {
         "{metrics}"
     );
 
+    // Rollouts leave no entries of departed pods behind in the report.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns.name);
+    let report = report_name(&document);
+    for round in 0..3 {
+        let mx_pods = pods
+            .list(&ListParams::default().labels("workload=mx"))
+            .await
+            .expect("list pods");
+        let victim = mx_pods.items[0].name_any();
+        world.kubectl_ok(&["delete", "pod", &victim, "-n", &ns.name, "--wait=false"]);
+        eventually(
+            &format!("round {round}: {victim}'s report entry pruned"),
+            || async {
+                let live: Vec<String> = pods
+                    .list(&ListParams::default().labels("workload=mx"))
+                    .await
+                    .ok()?
+                    .items
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .map(ResourceExt::name_any)
+                    .collect();
+                let entries: Vec<String> = config_maps
+                    .get(&report)
+                    .await
+                    .ok()?
+                    .data
+                    .unwrap_or_default()
+                    .into_keys()
+                    .collect();
+                let mut live_sorted = live.clone();
+                live_sorted.sort();
+                (live.len() == 2 && entries == live_sorted && !entries.contains(&victim))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     // A value of ours changed by another field manager is theirs now: never taken back by
     // force, but shown, naming them, until they give it up.
     world.kubectl_ok(&[
@@ -507,4 +546,49 @@ async fn events_tell_each_transition_with_its_own_message_within_the_api_limit()
         "{changed}"
     );
     assert!(changed.len() <= 1024);
+}
+
+#[tokio::test]
+async fn a_deleted_crd_makes_the_operator_unready_saying_why_until_it_is_back() {
+    // Declared first, dropped last: everything else goes before its control plane.
+    let plane = crate::world::PrivateControlPlane::start(43443).await;
+    let world = &plane.world;
+    let ns = crate::world::TestNamespace::new(world, "crd-gone");
+    let operator = crate::world::Operator::start(world, &ns.name).await;
+    let readyz = format!("{}/readyz", operator.http);
+    let crd = "mailincidents.mailops.dev";
+    world.kubectl_ok(&["delete", "crd", crd]);
+    let unready = Instant::now();
+    eventually_within(Duration::from_secs(40), "/readyz 503", || async {
+        let (code, _) = crate::world::http_get(&readyz).await?;
+        (code == 503).then_some(())
+    })
+    .await;
+    eprintln!(
+        "unready {:.1} s after the CRD was deleted",
+        unready.elapsed().as_secs_f64()
+    );
+    let log = operator.log();
+    assert!(
+        log.contains("not ready: watches keep failing") && log.contains("MailIncident"),
+        "{}",
+        operator.log_tail(20)
+    );
+    // Kubernetes 1.20's kubectl does not know x-kubernetes-validations (1.25+), which
+    // its API server drops.
+    world.kubectl_ok(&[
+        "apply",
+        "--validate=false",
+        "-f",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crds/mailincidents.mailops.dev.yaml"
+        ),
+    ]);
+    eventually_within(Duration::from_secs(40), "/readyz 200 again", || async {
+        let (code, _) = crate::world::http_get(&readyz).await?;
+        (code == 200).then_some(())
+    })
+    .await;
+    assert!(operator.log().contains("ready: every watch works again"));
 }

@@ -116,6 +116,10 @@ fn describe(namespace: &str, write: &Write) -> String {
         Write::ClearRestartEnv { target } => {
             format!("clear the restart env vars of {target} in {namespace}")
         }
+        Write::PruneReport { target, .. } => format!(
+            "remove departed pods' entries from the report of {target} in {namespace} (ConfigMap {})",
+            report_name(&document_name(target.kind.as_str(), &target.name))
+        ),
     }
 }
 
@@ -161,6 +165,10 @@ async fn apply(
             let result = apply_to_workload(client, namespace, &target, patch, seen.workload).await;
             (target, result)
         }
+        Write::PruneReport { target, pods } => {
+            let result = prune_report(&config_maps, &target, &pods, seen.report).await;
+            (target, result)
+        }
         Write::ClearRestartEnv { target } => {
             // Applying nothing under our field manager drops every field it owned.
             let patch = workload_object(&target, seen.workload.clone(), json!({}));
@@ -195,7 +203,8 @@ pub fn write_target(write: &Write) -> &TargetRef {
         Write::PutDocument { target, .. }
         | Write::DeleteDocument { target }
         | Write::SetRestartEnv { target, .. }
-        | Write::ClearRestartEnv { target } => target,
+        | Write::ClearRestartEnv { target }
+        | Write::PruneReport { target, .. } => target,
     }
 }
 
@@ -325,6 +334,30 @@ async fn put_document(
         });
     }
     Ok(echoes)
+}
+
+/// Removes `pods`' entries from the report, as seen: an agent's write since makes it 409.
+async fn prune_report(
+    api: &Api<CachedConfigMap>,
+    target: &TargetRef,
+    pods: &[String],
+    seen: Option<String>,
+) -> Result<Vec<Echo>, kube::Error> {
+    let name = report_name(&document_name(target.kind.as_str(), &target.name));
+    let removed: serde_json::Map<String, Value> =
+        pods.iter().map(|pod| (pod.clone(), Value::Null)).collect();
+    let patch = json!({"metadata": {"resourceVersion": seen}, "data": removed});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let stored = api.patch(&name, &params, &Patch::Merge(&patch)).await?;
+    Ok(vec![Echo {
+        kind: EchoKind::ConfigMap,
+        name,
+        before: seen,
+        after: stored.metadata.resource_version,
+    }])
 }
 
 /// Deletes the document (only as seen), then its report.

@@ -24,8 +24,14 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use std::{fmt::Debug, pin::Pin, time::Duration};
-use tracing::{debug, warn};
+use std::{
+    collections::BTreeMap,
+    fmt::Debug,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+use tracing::{debug, info, warn};
 
 /// kubectl's copy of the whole last applied manifest: large, and never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -156,12 +162,14 @@ pub fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     changed: tokio::sync::watch::Sender<()>,
+    health: WatchHealth,
 ) -> (Store<K>, Changes<K>)
 where
     K: Resource + Slim + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
     // Small pages, so a listing of thousands of workloads is never in memory at once. A
     // list served from the API server's watch cache (`resourceVersion=0`, kube's "any"
     // semantic) ignores the page size and comes as one response: at 5000 targets that
@@ -173,18 +181,57 @@ where
             object.slim();
         })
         .reflect(writer)
-        .inspect(move |_| {
+        .inspect(move |event| {
             changed.send_replace(());
+            // Any event, an empty relist's included, says the watch works.
+            match event {
+                Ok(_) => health.succeeded(&kind),
+                Err(error) => health.failed(&kind, error.to_string()),
+            }
         })
         .touched_objects()
         .filter_map(|change| {
             future::ready(change.map_err(|error| {
                 // A 410 Expired after an API server restart is routine: the watch relists.
+                // One that keeps failing makes the operator unready (WatchHealth).
                 warn!(kind = K::kind(&K::DynamicType::default()).as_ref(), %error, "watch failed; retrying");
             })
             .ok())
         });
     (store, Box::pin(changes))
+}
+
+/// Since when each watch has been failing, and with what error: a watch that keeps
+/// failing (its resource gone, say the CRD deleted, or access to it revoked) leaves its
+/// cache frozen, and the operator must not claim to be ready on it.
+#[derive(Clone, Default)]
+pub struct WatchHealth(Arc<Mutex<BTreeMap<String, (Instant, String)>>>);
+
+impl WatchHealth {
+    fn succeeded(&self, kind: &str) {
+        let mut failing = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if failing.remove(kind).is_some() {
+            info!(kind, "watch recovered");
+        }
+    }
+
+    fn failed(&self, kind: &str, error: String) {
+        let mut failing = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = failing
+            .get(kind)
+            .map_or_else(Instant::now, |(since, _)| *since);
+        failing.insert(kind.to_string(), (since, error));
+    }
+
+    /// The watches failing for at least `longer_than`, each with its last error.
+    pub fn failing_for(&self, longer_than: Duration) -> Vec<(String, String)> {
+        let failing = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        failing
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() >= longer_than)
+            .map(|(kind, (_, error))| (kind.clone(), error.clone()))
+            .collect()
+    }
 }
 
 /// Drops, before caching, what planning never reads and the cached shape still holds
@@ -229,6 +276,25 @@ impl Slim for CachedConfigMap {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_watch_counts_as_failing_from_its_first_error_until_any_event() {
+        let health = WatchHealth::default();
+        health.failed("MailIncident", "404 first".into());
+        std::thread::sleep(Duration::from_millis(30));
+        health.failed("MailIncident", "404 again".into());
+        health.failed("Pod", "403".into());
+        let failing = health.failing_for(Duration::from_millis(20));
+        assert_eq!(
+            failing,
+            [("MailIncident".to_string(), "404 again".to_string())],
+            "failing since its first error, with its last one"
+        );
+        assert_eq!(health.failing_for(Duration::ZERO).len(), 2);
+        health.succeeded("MailIncident");
+        health.succeeded("Pod");
+        assert!(health.failing_for(Duration::ZERO).is_empty());
+    }
 
     /// Two tasks wait at once, as the start-up log and the first reconcile do: both must
     /// wake when the listings complete.

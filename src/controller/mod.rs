@@ -56,11 +56,20 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// The field manager of every write the controller makes. GitOps tools can be told to
 /// ignore the fields this manager owns.
 pub const FIELD_MANAGER: &str = "mail-incident-operator";
+
+/// How long a watch may keep failing (it retries within seconds) before the operator
+/// reports itself unready, and how often that is checked.
+const WATCH_FAILING_UNREADY: Duration = Duration::from_secs(10);
+const WATCH_HEALTH_CHECK: Duration = Duration::from_secs(1);
+
+/// How often every namespace is synced with nothing changed: a backstop for anything a
+/// watch missed, so drift never outlives this period.
+const RESYNC_PERIOD: Duration = Duration::from_secs(300);
 
 /// How long in-flight reconciles may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -153,25 +162,30 @@ pub async fn run(settings: Settings) -> Result<()> {
 
     // Marked by every cache once it holds a change, for a sync waiting for its writes' echoes.
     let (cached, changed) = tokio::sync::watch::channel(());
+    let health = cache::WatchHealth::default();
     let (incidents, incident_changes) = cache::watch::<MailIncident>(
         scoped(&client, namespace),
         watcher::Config::default(),
         cached.clone(),
+        health.clone(),
     );
     let (deployments, deployment_changes) = cache::watch::<CachedDeployment>(
         scoped(&client, namespace),
         watcher::Config::default(),
         cached.clone(),
+        health.clone(),
     );
     let (statefulsets, statefulset_changes) = cache::watch::<CachedStatefulSet>(
         scoped(&client, namespace),
         watcher::Config::default(),
         cached.clone(),
+        health.clone(),
     );
     let (pods, pod_changes) = cache::watch::<PartialObjectMeta<Pod>>(
         scoped(&client, namespace),
         watcher::Config::default(),
         cached.clone(),
+        health.clone(),
     );
     let (config_maps, config_map_changes) = cache::watch::<CachedConfigMap>(
         scoped(&client, namespace),
@@ -181,6 +195,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             mode_document::MANAGED_BY
         )),
         cached,
+        health.clone(),
     );
     let caches = Caches::new(
         incidents,
@@ -214,12 +229,32 @@ pub async fn run(settings: Settings) -> Result<()> {
         drifts_announced: Mutex::default(),
     });
 
-    // Ready once the caches are filled, leading or standing by: a standby is a replica
-    // that can take over at once.
+    // Ready once the caches are filled, leading or standing by (a standby is a replica
+    // that can take over at once), and while no watch keeps failing.
     tokio::spawn(async move {
-        if caches.wait_until_ready().await.is_ok() {
-            info!("caches filled");
-            readiness.set_ready();
+        if caches.wait_until_ready().await.is_err() {
+            return;
+        }
+        info!("caches filled");
+        let mut checks = tokio::time::interval(WATCH_HEALTH_CHECK);
+        let mut was_failing = false;
+        loop {
+            checks.tick().await;
+            let failing = health.failing_for(WATCH_FAILING_UNREADY);
+            if !failing.is_empty() && !was_failing {
+                let watches: Vec<String> = failing
+                    .iter()
+                    .map(|(kind, error)| format!("{kind}: {error}"))
+                    .collect();
+                error!(
+                    watches = watches.join("; "),
+                    "not ready: watches keep failing, so the caches no longer follow the cluster (is the MailIncident CRD installed, and is the operator allowed to watch?)"
+                );
+            } else if failing.is_empty() && was_failing {
+                info!("ready: every watch works again");
+            }
+            was_failing = !failing.is_empty();
+            readiness.set(!was_failing);
         }
     });
     let controller = Controller::for_stream(to_sync, namespaces.store())
@@ -442,12 +477,16 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "synced"
     );
-    Ok(match plan.wake_at {
-        Some(at) => Action::requeue(Duration::from_secs(
-            (at.as_second() - now.as_second()).max(1) as u64,
-        )),
-        None => Action::await_change(),
-    })
+    let until_wake = plan.wake_at.map(|at| {
+        Duration::from_secs(
+            u64::try_from(at.as_second() - now.as_second())
+                .unwrap_or(0)
+                .max(1),
+        )
+    });
+    Ok(Action::requeue(
+        until_wake.map_or(RESYNC_PERIOD, |wait| wait.min(RESYNC_PERIOD)),
+    ))
 }
 
 /// A Warning event for each agent whose drift count grew since it was last announced.

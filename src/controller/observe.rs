@@ -67,9 +67,13 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
         .into_iter()
         .map(|c| (c.name_any(), c))
         .collect();
-    let pods = caches
-        .pods
-        .state_filter(|p| in_ns(&p.metadata) && p.metadata.deletion_timestamp.is_none());
+    let all_pods = caches.pods.state_filter(|p| in_ns(&p.metadata));
+    // Terminating pods still run their agents: their report entries stay until they go.
+    let existing_pods: BTreeSet<String> = all_pods.iter().map(|p| p.name_any()).collect();
+    let pods: Vec<_> = all_pods
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
     // Live pods by each of their labels, so that finding a workload's pods costs the size
     // of one label's group, not a scan of the namespace per workload.
     let mut pods_by_label: HashMap<(&str, &str), Vec<&PartialObjectMeta<Pod>>> = HashMap::new();
@@ -106,7 +110,7 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
                 }
                 None => vec![],
             };
-            let target = target(&w, &config_maps, &live_pods);
+            let target = target(&w, &config_maps, &live_pods, &existing_pods);
             versions.insert(
                 target.target.clone(),
                 Versions {
@@ -198,6 +202,7 @@ fn target(
     w: &Workload<'_>,
     config_maps: &BTreeMap<String, std::sync::Arc<CachedConfigMap>>,
     live_pods: &[String],
+    existing_pods: &BTreeSet<String>,
 ) -> Target {
     let name = w.meta.name.clone().unwrap_or_default();
     let annotations = w.meta.annotations.clone().unwrap_or_default();
@@ -257,6 +262,15 @@ fn target(
             .unwrap_or_default(),
         changed_by: changed_by.map(String::from),
         drifts,
+        departed_reports: report
+            .map(|r| {
+                r.reports
+                    .iter()
+                    .filter(|(pod, _)| !existing_pods.contains(pod))
+                    .map(|(pod, _)| pod.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
         template_hash: template_annotation(MODE_HASH_ANNOTATION),
         source_incident,
         report_exists: report.is_some(),

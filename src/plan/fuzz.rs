@@ -263,6 +263,7 @@ fn target() -> impl Strategy<Value = Target> {
                 template_env: vec![],
                 changed_by: None,
                 drifts: vec![],
+                departed_reports: vec![],
                 template_hash,
                 source_incident,
                 report_exists,

@@ -77,6 +77,12 @@ pub enum Write {
     },
     /// Remove our env vars from the pod template: normal service.
     ClearRestartEnv { target: TargetRef },
+    /// Remove the report entries of pods that are gone: a long incident with rollouts
+    /// would otherwise grow its reports without bound.
+    PruneReport {
+        target: TargetRef,
+        pods: Vec<String>,
+    },
 }
 
 /// An incident owning a mode document.
@@ -547,7 +553,16 @@ fn deliver(target: &Target, document: ModeDocument, hash: &str, owners: Vec<Owne
                 exists,
                 create_report,
             });
-            put.into_iter().chain(clear_restart_env(target)).collect()
+            let prune = (put.is_none() && !target.departed_reports.is_empty()).then(|| {
+                Write::PruneReport {
+                    target: target.target.clone(),
+                    pods: target.departed_reports.clone(),
+                }
+            });
+            put.into_iter()
+                .chain(prune)
+                .chain(clear_restart_env(target))
+                .collect()
         }
         Delivery::Restart => {
             let safe = target.queue.restart_refusal().is_none();

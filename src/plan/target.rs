@@ -117,6 +117,8 @@ pub struct Target {
     pub changed_by: Option<String>,
     /// The live pods whose agents report that their MTA drifted from the mode, by pod.
     pub drifts: Vec<(String, DriftReport)>,
+    /// Report entries of pods that no longer exist, terminating or not.
+    pub departed_reports: Vec<String>,
     /// Hash our env vars carry on its pod template (restart channel), if any.
     pub template_hash: Option<String>,
     /// The incident named on its stored document or pod template: whose mode it runs.

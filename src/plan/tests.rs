@@ -45,6 +45,7 @@ fn target(kind: WorkloadKind, name: &str, labels: &[(&str, &str)]) -> Target {
         template_env: vec![],
         changed_by: None,
         drifts: vec![],
+        departed_reports: vec![],
         template_hash: None,
         source_incident: None,
         report_exists: false,
@@ -186,6 +187,12 @@ impl World {
                     .map(|(name, value)| (name.to_string(), value))
                     .collect();
                 self.targets[i].source_incident = Some(document.incident.name.clone());
+            }
+            Write::PruneReport { target, pods } => {
+                let i = find(&mut self.targets, target);
+                self.targets[i]
+                    .departed_reports
+                    .retain(|p| !pods.contains(p));
             }
             Write::ClearRestartEnv { target } => {
                 let i = find(&mut self.targets, target);
@@ -1190,4 +1197,20 @@ fn agents_reporting_drift_are_told_to_the_incident_deciding_their_target() {
         }],
         "only targets the incident decides"
     );
+}
+
+#[test]
+fn report_entries_of_departed_pods_are_pruned_once_the_document_is_settled() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    world.targets[0].departed_reports = vec!["mx-old-1".into(), "mx-old-2".into()];
+    let plan = world.plan(at(1));
+    assert!(
+        matches!(&plan.writes[..], [Write::PruneReport { pods, .. }] if pods.len() == 2),
+        "{:?}",
+        plan.writes
+    );
+    world.settle(at(1), true);
+    assert!(world.targets[0].departed_reports.is_empty());
+    assert!(world.plan(at(2)).writes.is_empty());
 }
