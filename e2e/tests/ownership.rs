@@ -592,3 +592,87 @@ async fn a_deleted_crd_makes_the_operator_unready_saying_why_until_it_is_back() 
     .await;
     assert!(operator.log().contains("ready: every watch works again"));
 }
+
+#[tokio::test]
+async fn an_agent_reporting_drift_holds_its_target_back_and_is_announced_once() {
+    let scene = Scene::start("drift").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents,
+        ..
+    } = &scene;
+    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
+    Mta::deployment("mx", json!({"group": "mta"}))
+        .create(client, &ns.name)
+        .await;
+    apply_incident(
+        world,
+        &ns.name,
+        "outage",
+        "mode: TempFail\nreason: INC-18\ntargets: {matchLabels: {group: mta}}",
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns.name);
+    let document = document_name("Deployment", "mx");
+    let (pod, hash) = eventually("a pod and its mode document", || async {
+        let pod = pods
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .first()?
+            .name_any();
+        let stored = config_maps.get_opt(&document).await.ok()??;
+        Some((pod, stored.annotations().get(MODE_HASH_ANNOTATION)?.clone()))
+    })
+    .await;
+    // This pod's agent, played by hand: applied, then drifted, then put back.
+    let report = |entry: serde_json::Value| {
+        world.kubectl_ok(&[
+            "patch",
+            "configmap",
+            &report_name(&document),
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            &json!({"data": {&pod: entry.to_string()}}).to_string(),
+        ]);
+    };
+    let what = "Exim mode file is normal, want tempfail";
+    report(json!({"hash": hash}));
+    wait_for(incidents, "outage", "applied", ready_because("Applied")).await;
+    report(json!({"hash": hash, "drift": {"count": 1, "what": what, "since": 1_700_000_000}}));
+    let held = wait_for(incidents, "outage", "held back by the drift", |i| {
+        crate::support::summary(i) == Some("0/1")
+    })
+    .await;
+    assert_eq!(condition(&held, "Ready").map(|c| c.0), Some("False"));
+    let note = eventually("an MtaDrifted event", || async {
+        event_notes(client, &ns.name, "outage", "MtaDrifted")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(
+        note.contains(&pod) && note.contains(what) && note.contains("is putting it back"),
+        "{note}"
+    );
+    report(json!({"hash": hash, "drift": {"count": 1, "what": what}}));
+    wait_for(
+        incidents,
+        "outage",
+        "applied again",
+        ready_because("Applied"),
+    )
+    .await;
+    report(json!({"hash": hash, "drift": {"count": 2, "what": what}}));
+    eventually("a second MtaDrifted event", || async {
+        let notes = event_notes(client, &ns.name, "outage", "MtaDrifted").await;
+        (notes.len() == 2 && notes[1].contains("put it back (drift 2")).then_some(())
+    })
+    .await;
+}

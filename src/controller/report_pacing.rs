@@ -57,13 +57,20 @@ impl Acknowledgements {
     }
 }
 
-/// A digest of each pod's applied hash (or, for an unreadable entry, its text).
+/// A digest of each pod's applied hash and drift (or, for an unreadable entry, its text).
 fn acknowledged(report: &CachedConfigMap) -> u64 {
     let mut digest = DefaultHasher::new();
     for (pod, text) in &report.reports {
         pod.hash(&mut digest);
         match serde_json::from_str::<AgentReport>(text) {
-            Ok(entry) => entry.hash.hash(&mut digest),
+            Ok(entry) => {
+                entry.hash.hash(&mut digest);
+                // A drift being put back, or its count, changes what the pod acknowledges.
+                entry
+                    .drift
+                    .map(|d| (d.count, d.since.is_some()))
+                    .hash(&mut digest);
+            }
             Err(_) => text.hash(&mut digest),
         }
     }
@@ -206,6 +213,17 @@ mod tests {
             acks.pace(&report(&name, &[("p1", "h2", 3), ("p2", "h2", 4)]), true),
             Pace::Paced
         );
+        // A drift being put back, and its end, at once; queue figures beside it, paced.
+        let drifting = |since: Option<i64>, messages: u64| {
+            let mut report = report(&name, &[("p1", "h2", messages), ("p2", "h2", 4)]);
+            let entry = json!({"hash": "h2", "queue": {"messages": messages, "byQueue": {}, "oldestAgeSeconds": 60},
+                               "drift": {"count": 1, "what": "mode file", "since": since}});
+            report.reports[0].1 = entry.to_string();
+            report
+        };
+        assert_eq!(acks.pace(&drifting(Some(1), 3), true), Pace::Now);
+        assert_eq!(acks.pace(&drifting(Some(1), 5), true), Pace::Paced);
+        assert_eq!(acks.pace(&drifting(None, 5), true), Pace::Now);
         // Deleted: at once, and its next appearance is a first sight.
         let last = report(&name, &[("p1", "h2", 3), ("p2", "h2", 4)]);
         assert_eq!(acks.pace(&last, false), Pace::Now);
