@@ -184,7 +184,7 @@ impl Default for Metrics {
             ),
             targets: gauge(
                 "mail_incident_targets",
-                "Targets of each incident by state: matched, applied, failed, superseded.",
+                "Targets of each incident by state: matched, applied, failed, superseded, idle (scaled to zero).",
                 &["namespace", "incident", "state"],
             ),
             expiry: gauge(
@@ -245,6 +245,7 @@ impl Metrics {
                 ("applied", targets.applied),
                 ("failed", targets.failed),
                 ("superseded", targets.superseded),
+                ("idle", targets.idle),
             ] {
                 self.targets
                     .with_label_values(&[namespace, incident, state])
@@ -356,7 +357,7 @@ impl Metrics {
     /// Drops every series of an incident that no longer exists.
     pub fn forget_incident(&self, namespace: &str, incident: &str) {
         let labels = [namespace, incident];
-        for state in ["matched", "applied", "failed", "superseded"] {
+        for state in ["matched", "applied", "failed", "superseded", "idle"] {
             self.targets
                 .remove_label_values(&[namespace, incident, state])
                 .ok();

@@ -439,7 +439,10 @@ pub struct TargetCounts {
     /// Matched targets that follow another incident (see supersededBy).
     #[serde(default)]
     pub superseded: u32,
-    /// `applied/(matched - superseded)`, for `kubectl get`.
+    /// Targets scaled to zero: the mode is delivered, but no MTA of theirs runs to answer.
+    #[serde(default)]
+    pub idle: u32,
+    /// `applied/(matched - superseded - idle)`, for `kubectl get`.
     pub summary: String,
 }
 

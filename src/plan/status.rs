@@ -213,7 +213,7 @@ impl Builder<'_> {
         self.status.history.drain(..excess);
     }
 
-    fn counts(&mut self, matched: u32, applied: u32, failed: u32, superseded: u32) {
+    fn counts(&mut self, matched: u32, applied: u32, failed: u32, superseded: u32, idle: u32) {
         let previous_matched = self.previous.targets.as_ref().map(|t| t.matched);
         if let Some(before) = previous_matched.filter(|m| *m != matched) {
             self.note(
@@ -227,7 +227,11 @@ impl Builder<'_> {
             applied,
             failed,
             superseded,
-            summary: format!("{applied}/{}", matched - superseded),
+            idle,
+            summary: format!(
+                "{applied}/{}",
+                matched.saturating_sub(superseded).saturating_sub(idle)
+            ),
         });
     }
 
@@ -240,6 +244,7 @@ impl Builder<'_> {
         effective: EffectiveMode,
     ) {
         let mut applied = 0;
+        let mut idle = 0;
         let mut pending = 0;
         let mut failures = Vec::new();
         let mut superseded: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -263,6 +268,7 @@ impl Builder<'_> {
                         .push(target);
                 }
                 (_, Some(Uptake::Applied)) => applied += 1,
+                (_, Some(Uptake::Idle)) => idle += 1,
                 (_, Some(Uptake::Failed(reason))) => failures.push(TargetProblem {
                     target,
                     reason: reason.clone(),
@@ -278,6 +284,7 @@ impl Builder<'_> {
             applied,
             failed as u32,
             superseded_count as u32,
+            idle,
         );
 
         let new_failures: Vec<&TargetProblem> = failures
@@ -316,7 +323,12 @@ impl Builder<'_> {
         }
         self.status.superseded_by = supersessions;
 
-        let owned = matched.len() - superseded_count;
+        // Targets scaled to zero run no MTA: neither answering nor awaited.
+        let owned = matched.len() - superseded_count - idle as usize;
+        let idle_note = match idle {
+            0 => String::new(),
+            n => format!("; {n} scaled to zero (no MTA to answer)"),
+        };
         let mode = format!("{effective:?}");
         let (ready, reconciling, stalled, reason, message) = if matched.is_empty() {
             (
@@ -329,7 +341,7 @@ impl Builder<'_> {
                     ns.name
                 ),
             )
-        } else if owned == 0 {
+        } else if owned == 0 && idle == 0 {
             (
                 true,
                 false,
@@ -343,7 +355,7 @@ impl Builder<'_> {
                 false,
                 false,
                 "Applied",
-                format!("{applied}/{owned} targets answer {mode}"),
+                format!("{applied}/{owned} targets answer {mode}{idle_note}"),
             )
         } else if pending > 0 {
             (
@@ -351,7 +363,7 @@ impl Builder<'_> {
                 true,
                 false,
                 "Applying",
-                format!("{applied}/{owned} targets answer {mode}; {failed} failed"),
+                format!("{applied}/{owned} targets answer {mode}; {failed} failed{idle_note}"),
             )
         } else {
             (
@@ -359,7 +371,9 @@ impl Builder<'_> {
                 false,
                 true,
                 "TargetsFailed",
-                format!("{applied}/{owned} targets answer {mode}; {failed} cannot be delivered"),
+                format!(
+                    "{applied}/{owned} targets answer {mode}; {failed} cannot be delivered{idle_note}"
+                ),
             )
         };
         if reason == "Applied" && !self.was_ready_because("Applied") {
@@ -380,7 +394,7 @@ impl Builder<'_> {
             .iter()
             .filter(|t| t.source_incident.as_deref() == Some(name.as_str()))
             .collect();
-        self.counts(matched.len() as u32, 0, 0, 0);
+        self.counts(matched.len() as u32, 0, 0, 0, 0);
         self.status.superseded_by.clear();
         self.status.escalated_targets.clear();
         let ended_by = if self.incident.metadata.deletion_timestamp.is_some() {

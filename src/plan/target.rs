@@ -170,6 +170,9 @@ impl Target {
 pub enum Uptake {
     /// Every MTA of the target answers in the mode.
     Applied,
+    /// The mode is delivered, but the target runs no pod (scaled to zero): no MTA of it
+    /// answers anything, and any pod it starts takes up the mode.
+    Idle,
     /// The mode is on its way: written, not yet taken up everywhere.
     Pending(String),
     /// The mode cannot be delivered until someone changes something.
@@ -186,7 +189,7 @@ impl Target {
                 }
                 if self.pod_reports.is_empty() {
                     return if self.replicas == 0 {
-                        Uptake::Applied
+                        Uptake::Idle
                     } else {
                         Uptake::Pending("no live pod yet".into())
                     };
@@ -211,6 +214,8 @@ impl Target {
                         Some(refusal) => Uptake::Failed(refusal),
                         None => Uptake::Pending("pod template not yet updated".into()),
                     }
+                } else if self.replicas == 0 {
+                    Uptake::Idle
                 } else if self.rollout_complete {
                     Uptake::Applied
                 } else {

@@ -1214,3 +1214,35 @@ fn report_entries_of_departed_pods_are_pruned_once_the_document_is_settled() {
     assert!(world.targets[0].departed_reports.is_empty());
     assert!(world.plan(at(2)).writes.is_empty());
 }
+
+#[test]
+fn a_target_scaled_to_zero_is_idle_not_applied() {
+    let mut targets = fleet();
+    targets[0].replicas = 0;
+    targets[0].pod_reports.clear();
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], targets);
+    world.settle(at(0), true);
+    assert!(
+        world.targets[0].document_hash.is_some(),
+        "its mode is delivered for the pods it may start"
+    );
+    let counts = world.status("outage").targets.clone().unwrap();
+    assert_eq!(
+        (
+            counts.matched,
+            counts.applied,
+            counts.idle,
+            counts.summary.as_str()
+        ),
+        (3, 2, 1, "2/2")
+    );
+    let ready = world.condition("outage", "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Applied")
+    );
+    assert_eq!(
+        ready.message,
+        "2/2 targets answer TempFail; 1 scaled to zero (no MTA to answer)"
+    );
+}
