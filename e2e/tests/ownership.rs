@@ -449,7 +449,11 @@ async fn an_invalid_edit_does_not_keep_targets_past_the_incidents_end() {
     })
     .await;
     let late = document_gone.duration_since(expires_at);
-    eprintln!("targets restored {late:?} after the last valid end");
+    // The controller's clock is rounded to the second: the end may come up to 0.5 s early.
+    eprintln!(
+        "targets restored {:+.3} s from the last valid end",
+        late.as_secs_f64()
+    );
     assert!(
         late < k8s_openapi::jiff::SignedDuration::from_secs(5),
         "restored {late:?} after expiresAt"

@@ -8,7 +8,7 @@
 //! document, a pod came or went), or that was deleted, still syncs at once: it can
 //! complete a mode change or need re-creating.
 
-use super::cached::CachedConfigMap;
+use super::cached::{CachedConfigMap, owner_uids};
 use crate::api::mode_document::{AgentReport, REPORT_SUFFIX};
 use futures::{Stream, StreamExt, stream};
 use std::{
@@ -57,9 +57,13 @@ impl Acknowledgements {
     }
 }
 
-/// A digest of each pod's applied hash and drift (or, for an unreadable entry, its text).
+/// A digest of each pod's applied hash and drift (or, for an unreadable entry, its text),
+/// and of the report's owners (one taken away by hand is put back at once).
 fn acknowledged(report: &CachedConfigMap) -> u64 {
     let mut digest = DefaultHasher::new();
+    for owner in owner_uids(&report.metadata) {
+        owner.hash(&mut digest);
+    }
     for (pod, text) in &report.reports {
         pod.hash(&mut digest);
         match serde_json::from_str::<AgentReport>(text) {
