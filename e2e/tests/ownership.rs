@@ -156,22 +156,45 @@ impl Dice {
     }
 }
 
+/// A scene of its own with the Deployment `mx` (label group=mta) of `replicas` pods a fake
+/// kubelet plays, and fake agents acknowledging every mode when `agents`.
+struct MxScene {
+    scene: Scene,
+    _kubelet: FakeKubelet,
+    _agents: Option<FakeAgents>,
+}
+
+impl MxScene {
+    async fn start(prefix: &str, replicas: i32, agents: bool) -> Self {
+        let scene = Scene::start(prefix).await;
+        let (client, ns) = (&scene.client, &scene.ns.name);
+        let kubelet = FakeKubelet::start(client.clone(), ns).await;
+        let agents = match agents {
+            true => Some(FakeAgents::start(client.clone(), ns).await),
+            false => None,
+        };
+        Mta::deployment("mx", json!({"group": "mta"}))
+            .replicas(replicas)
+            .create(client, ns)
+            .await;
+        Self {
+            scene,
+            _kubelet: kubelet,
+            _agents: agents,
+        }
+    }
+}
+
 #[tokio::test]
 async fn hand_edits_of_what_the_operator_writes_are_put_back_and_named() {
-    let scene = Scene::start("owned").await;
+    let mx = MxScene::start("owned", 2, true).await;
     let Scene {
         world,
         ns,
         client,
         incidents,
         ..
-    } = &scene;
-    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
-    let _agents = FakeAgents::start(client.clone(), &ns.name).await;
-    Mta::deployment("mx", json!({"group": "mta"}))
-        .replicas(2)
-        .create(client, &ns.name)
-        .await;
+    } = &mx.scene;
     Mta::deployment("rx", json!({"group": "mta"}))
         .annotate("mailops.dev/delivery", "restart")
         .create(client, &ns.name)
@@ -311,7 +334,7 @@ async fn hand_edits_of_what_the_operator_writes_are_put_back_and_named() {
         ready_because("Applied")(i) && crate::support::summary(i) == Some("2/2")
     })
     .await;
-    let metrics = crate::world::http_get(&format!("{}/metrics", scene.operator.http))
+    let metrics = crate::world::http_get(&format!("{}/metrics", mx.scene.operator.http))
         .await
         .expect("metrics")
         .1;
@@ -397,19 +420,14 @@ async fn hand_edits_of_what_the_operator_writes_are_put_back_and_named() {
 
 #[tokio::test]
 async fn an_invalid_edit_does_not_keep_targets_past_the_incidents_end() {
-    let scene = Scene::start("invalid-expiry").await;
+    let mx = MxScene::start("invalid-expiry", 1, true).await;
     let Scene {
         world,
         ns,
         client,
         incidents,
         ..
-    } = &scene;
-    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
-    let _agents = FakeAgents::start(client.clone(), &ns.name).await;
-    Mta::deployment("mx", json!({"group": "mta"}))
-        .create(client, &ns.name)
-        .await;
+    } = &mx.scene;
     let targets = "targets: {matchLabels: {group: mta}}";
     apply_incident(
         world,
@@ -468,17 +486,14 @@ async fn an_invalid_edit_does_not_keep_targets_past_the_incidents_end() {
 
 #[tokio::test]
 async fn events_tell_each_transition_with_its_own_message_within_the_api_limit() {
-    let scene = Scene::start("events").await;
+    let mx = MxScene::start("events", 1, false).await;
     let Scene {
         world,
         ns,
         client,
         incidents,
         ..
-    } = &scene;
-    Mta::deployment("mx", json!({"group": "mta"}))
-        .create(client, &ns.name)
-        .await;
+    } = &mx.scene;
     let modes = ["TempFail", "AcceptAndQueue"];
     const TRANSITIONS: usize = 50;
     for n in 0..TRANSITIONS {
@@ -599,18 +614,14 @@ async fn a_deleted_crd_makes_the_operator_unready_saying_why_until_it_is_back() 
 
 #[tokio::test]
 async fn an_agent_reporting_drift_holds_its_target_back_and_is_announced_once() {
-    let scene = Scene::start("drift").await;
+    let mx = MxScene::start("drift", 1, false).await;
     let Scene {
         world,
         ns,
         client,
         incidents,
         ..
-    } = &scene;
-    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
-    Mta::deployment("mx", json!({"group": "mta"}))
-        .create(client, &ns.name)
-        .await;
+    } = &mx.scene;
     apply_incident(
         world,
         &ns.name,

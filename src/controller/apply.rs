@@ -268,13 +268,7 @@ async fn put_document(
             // A merge patch replaces the owner list whole: exactly the current owners.
             let mut document_object = document_object;
             document_object["metadata"]["resourceVersion"] = version.as_str().into();
-            let update = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            };
-            api.patch(&name, &update, &Patch::Merge(&document_object))
-                .await?
-                .metadata
+            merge(api, &name, &document_object).await?
         }
         None => {
             // Created by a POST, as the caches show none. Each write is fenced by the
@@ -299,13 +293,7 @@ async fn put_document(
                 // It exists, yet the caches (which select our label) never showed it:
                 // someone took our labels off. Written whole again, labels included.
                 Err(kube::Error::Api(status)) if status.reason == "AlreadyExists" => {
-                    let update = PatchParams {
-                        field_manager: Some(FIELD_MANAGER.into()),
-                        ..PatchParams::default()
-                    };
-                    api.patch(&name, &update, &Patch::Merge(&document_object))
-                        .await?
-                        .metadata
+                    merge(api, &name, &document_object).await?
                 }
                 Err(error) => return Err(error),
             }
@@ -347,17 +335,29 @@ async fn prune_report(
     let removed: serde_json::Map<String, Value> =
         pods.iter().map(|pod| (pod.clone(), Value::Null)).collect();
     let patch = json!({"metadata": {"resourceVersion": seen}, "data": removed});
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    let stored = api.patch(&name, &params, &Patch::Merge(&patch)).await?;
+    let stored = merge(api, &name, &patch).await?;
     Ok(vec![Echo {
         kind: EchoKind::ConfigMap,
         name,
         before: seen,
-        after: stored.metadata.resource_version,
+        after: stored.resource_version,
     }])
+}
+
+/// A merge patch of one of our ConfigMaps under our field manager: what it left.
+async fn merge(
+    api: &Api<CachedConfigMap>,
+    name: &str,
+    patch: &Value,
+) -> Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, kube::Error> {
+    let update = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    Ok(api
+        .patch(name, &update, &Patch::Merge(patch))
+        .await?
+        .metadata)
 }
 
 /// Deletes the document (only as seen), then its report.

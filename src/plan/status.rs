@@ -43,16 +43,7 @@ pub(super) fn decide(
             invalid(incident, errors, ended.as_deref(), previous, ns)
         }
         Standing::Valid { spec, active } => {
-            let mut builder = Builder {
-                incident,
-                previous: &previous,
-                status: previous.clone(),
-                events: vec![],
-                transition: None,
-                escalations: 0,
-                now: ns.now,
-            };
-            builder.status.observed_generation = generation;
+            let mut builder = Builder::new(incident, &previous, ns.now);
             builder.status.expires_at = spec.expires_at.map(Time);
             if previous.observed_generation != generation {
                 builder.note(
@@ -117,16 +108,7 @@ fn invalid(
         .collect::<Vec<_>>()
         .join("; ");
     let newly_seen = previous.observed_generation != generation;
-    let mut builder = Builder {
-        incident,
-        previous: &previous,
-        status: previous.clone(),
-        events: vec![],
-        transition: None,
-        escalations: 0,
-        now: ns.now,
-    };
-    builder.status.observed_generation = generation;
+    let mut builder = Builder::new(incident, &previous, ns.now);
     let message = match ended {
         // Targets keep whatever the last valid spec asked for: nothing is half-applied.
         None => format!("Invalid spec, nothing was changed: {message}"),
@@ -175,7 +157,23 @@ struct Builder<'a> {
     now: Timestamp,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    /// A decision on `incident` that starts from its `previous` status, now describing
+    /// its current generation.
+    fn new(incident: &'a MailIncident, previous: &'a MailIncidentStatus, now: Timestamp) -> Self {
+        let mut status = previous.clone();
+        status.observed_generation = incident.metadata.generation;
+        Self {
+            incident,
+            previous,
+            status,
+            events: vec![],
+            transition: None,
+            escalations: 0,
+            now,
+        }
+    }
+
     fn note(&mut self, warning: bool, reason: &'static str, message: String) {
         self.events.push(Note {
             warning,
