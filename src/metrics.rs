@@ -420,6 +420,8 @@ pub struct AgentMetrics {
     diverged_since: IntGauge,
     /// Postfix policy service answers, by kind.
     policy_answers: IntCounterVec,
+    /// Times the agent found its MTA changed by another hand, by what was changed.
+    drift: IntCounterVec,
 }
 
 impl Default for AgentMetrics {
@@ -513,9 +515,29 @@ impl Default for AgentMetrics {
                 )
                 .expect("valid metric"),
             ),
+            drift: register(
+                &registry,
+                counter_with_labels(IntCounterVec::new(
+                    Opts::new(
+                        "mail_incident_agent_drift_total",
+                        "Times the agent found its MTA running something other than what it applied (another hand's edit, a deleted file) and applied it again, by kind (answer: what decides the RCPT reply; queue: what holds queued mail).",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid metric"), &["answer", "queue"]),
+            ),
             registry,
         }
     }
+}
+
+/// `counter` with a series at 0 for each of `labels` (its only label), so that a
+/// dashboard or a rate sees it before the first count.
+fn counter_with_labels(counter: IntCounterVec, labels: &[&str]) -> IntCounterVec {
+    for label in labels {
+        counter.with_label_values(&[label]);
+    }
+    counter
 }
 
 impl AgentMetrics {
@@ -566,6 +588,11 @@ impl AgentMetrics {
             _ => "dunno",
         };
         self.policy_answers.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts one drift found, of `kind` (`answer` or `queue`).
+    pub fn count_drift(&self, kind: &str) {
+        self.drift.with_label_values(&[kind]).inc();
     }
 
     /// Records a queue measurement.
