@@ -422,6 +422,8 @@ pub struct AgentMetrics {
     policy_answers: IntCounterVec,
     /// Times the agent found its MTA changed by another hand, by what was changed.
     drift: IntCounterVec,
+    /// The RCPT reply code the MTA last gave the agent's SMTP probe (absent without one).
+    probe_reply_code: IntGaugeVec,
 }
 
 impl Default for AgentMetrics {
@@ -526,6 +528,17 @@ impl Default for AgentMetrics {
                 )
                 .expect("valid metric"), &["answer", "queue"]),
             ),
+            probe_reply_code: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mail_incident_agent_probe_reply_code",
+                        "The RCPT reply code the MTA last gave the agent's SMTP probe on loopback (0: no answer); absent without --probe-recipient.",
+                    ),
+                    &[],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         }
     }
@@ -593,6 +606,11 @@ impl AgentMetrics {
     /// Counts one drift found, of `kind` (`answer` or `queue`).
     pub fn count_drift(&self, kind: &str) {
         self.drift.with_label_values(&[kind]).inc();
+    }
+
+    /// Records the reply code the SMTP probe last heard (0: none).
+    pub fn set_probe_reply_code(&self, code: u16) {
+        set_or_remove(&self.probe_reply_code, &[], Some(i64::from(code)));
     }
 
     /// Records a queue measurement.

@@ -2,13 +2,14 @@
 //! managed settings and policy restriction and a real Exim's mode file at random moments;
 //! each time the agent puts the incident back within a stated bound (measured), counts
 //! the drift and reports it, and once the incident ends the configuration is the
-//! baseline (the site's own newer values included). And a dead agent leaves Postfix
-//! refusing softly, never accepting.
+//! baseline (the site's own newer values included). The agent's SMTP probe hears what
+//! senders hear, and sends nothing. And a dead agent leaves Postfix refusing softly,
+//! never accepting.
 
 use crate::{
     exim::EximInstance,
     fakes::FakeKubelet,
-    mta::{AgentProcess, mta_with_agent_rbac, run},
+    mta::{AgentProcess, Smtp, mta_with_agent_rbac, run},
     postfix::PostfixInstance,
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
     world::{Scene, http_get, rand_suffix},
@@ -100,20 +101,16 @@ impl Outage {
             "outage",
             &format!("reason: INC-18\n{TARGETS}\n{spec}"),
         );
-        if spec.contains("resolved: true") {
-            wait_for(
-                &scene.incidents,
-                "outage",
-                "resolved",
-                ready_because("Resolved"),
-            )
-            .await;
+        let resolved = spec.contains("resolved: true");
+        let (what, reason) = if resolved {
+            ("resolved", "Resolved")
         } else {
-            wait_for(&scene.incidents, "outage", "applied", |i| {
-                ready_because("Applied")(i) && summary(i) == Some("1/1")
-            })
-            .await;
-        }
+            ("applied", "Applied")
+        };
+        wait_for(&scene.incidents, "outage", what, |i| {
+            ready_because(reason)(i) && (resolved || summary(i) == Some("1/1"))
+        })
+        .await;
     }
 
     /// Waits until the agent's metric and report entry have counted a drift past
@@ -134,6 +131,35 @@ impl Outage {
     }
 }
 
+/// The agent's arguments for an MTA (`args`), with the SMTP probe asking it about
+/// `smtp`'s recipient every second.
+fn with_probe(mut args: Vec<OsString>, smtp: &Smtp) -> Vec<OsString> {
+    args.extend([
+        "--probe-recipient".into(),
+        smtp.recipient.into(),
+        "--probe-address".into(),
+        smtp.address.to_string().into(),
+        "--probe-seconds".into(),
+        "1".into(),
+    ]);
+    args
+}
+
+/// Waits until the agent's probe last heard `code` from its MTA.
+async fn probe_heard(agent: &AgentProcess, code: u16) {
+    eventually_within(
+        RESTORE_BOUND,
+        &format!("the probe hearing {code}"),
+        || async {
+            let (_, metrics) = http_get(&format!("{}/metrics", agent.http)).await?;
+            metrics
+                .contains(&format!("mail_incident_agent_probe_reply_code {code}\n"))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 /// The worst restoration time per kind of change, printed for the record.
 fn print_worst(mta: &str, worst: &BTreeMap<&str, Duration>) {
     for (kind, time) in worst {
@@ -151,8 +177,11 @@ async fn hand_edits_of_a_real_postfix_during_temp_fail_are_put_back_and_the_end_
     let postfix = PostfixInstance::start(&format!("pfdrift-{}", outage.scene.ns.name));
     let before_main = run(postfix.postconf().arg("-n"));
     let before_master = run(postfix.postconf().arg("-M"));
-    let agent = outage.agent(&postfix.agent_args()).await;
+    let agent = outage
+        .agent(&with_probe(postfix.agent_args(), &postfix.smtp))
+        .await;
     outage.apply("mode: TempFail").await;
+    probe_heard(&agent, 452).await;
     let refuses = || {
         postfix
             .smtp
@@ -261,6 +290,8 @@ async fn hand_edits_of_a_real_postfix_during_temp_fail_are_put_back_and_the_end_
     )
     .await;
     assert!(postfix.smtp.rcpt_reply_once("250").starts_with("250 2.1.5"));
+    probe_heard(&agent, 250).await;
+    assert!(postfix.queue().is_empty(), "the probe never sent a message");
 }
 
 #[tokio::test]
@@ -316,8 +347,11 @@ async fn a_deleted_or_rewritten_exim_mode_file_during_temp_fail_is_put_back() {
     let outage = Outage::start("eximdrift").await;
     let exim = EximInstance::start(&format!("eximdrift-{}", outage.scene.ns.name));
     let config_before = std::fs::read_to_string(exim.root.join("exim.conf")).unwrap();
-    let agent = outage.agent(&exim.agent_args()).await;
+    let agent = outage
+        .agent(&with_probe(exim.agent_args(), &exim.smtp))
+        .await;
     outage.apply("mode: TempFail").await;
+    probe_heard(&agent, 452).await;
     let refusal = "452 4.3.1 Mailbox storage temporarily unavailable, try again later";
     assert_eq!(exim.smtp.rcpt_reply_once("452"), refusal);
     let mode_file = exim.root.join("mail-incident/mode");
@@ -364,4 +398,6 @@ async fn a_deleted_or_rewritten_exim_mode_file_during_temp_fail_is_put_back() {
         config_before
     );
     assert!(exim.smtp.rcpt_reply().starts_with("250"));
+    probe_heard(&agent, 250).await;
+    assert_eq!(exim.queued(), 0, "the probe never sent a message");
 }

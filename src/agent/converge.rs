@@ -17,7 +17,11 @@
 //! commands and queue scans run on blocking threads, so SIGTERM, the watch and
 //! `/healthz` are served whatever the MTA or the API server do.
 
-use super::{Difference, Mta, files, state::Held};
+use super::{
+    Difference, Mta, files,
+    probe::{self, Probe},
+    state::Held,
+};
 use crate::{
     api::mode_document::{AgentReport, DriftReport, ModeDocument, QueueFigures},
     http::Readiness,
@@ -41,6 +45,8 @@ pub struct Timing {
     pub measure_every: Duration,
     /// How often what the MTA runs is read back (also right after each apply).
     pub verify_every: Duration,
+    /// How often the SMTP probe asks, if there is one (also right after each apply).
+    pub probe_every: Duration,
     /// How long the MTA may differ from the intent before `/readyz` fails.
     pub ready_within: Duration,
     /// First and longest wait before retrying a failed apply.
@@ -61,6 +67,8 @@ pub struct Loop {
     pub state_file: PathBuf,
     pub metrics: AgentMetrics,
     pub readiness: Readiness,
+    /// What the agent asks its MTA over SMTP, if the site named a probe recipient.
+    pub probe: Option<Probe>,
     pub timing: Timing,
     /// The intent as soon as it is decided, for what follows it live (the Postfix policy
     /// service answers from it).
@@ -72,8 +80,25 @@ pub struct Loop {
 /// The outcome of one apply, on its blocking thread.
 type Applying = JoinHandle<(Held, std::io::Result<()>)>;
 type Measuring = JoinHandle<std::io::Result<Option<QueueFigures>>>;
-/// What a read-back of `Held` found, on its blocking thread.
-type Verifying = JoinHandle<(Held, std::io::Result<Vec<Difference>>)>;
+type Verifying = JoinHandle<ReadBack>;
+
+/// What a read-back changed.
+enum Finding {
+    /// Nothing: the MTA runs what was applied, as it did.
+    Same,
+    /// The MTA differs: apply the state again after `apply_in`.
+    Differs { apply_in: Duration },
+    /// The MTA runs what was applied again: the drift is over.
+    EqualAgain,
+}
+
+/// What a read-back of `held` found, on its blocking thread: the MTA's own read-back
+/// and, when it was due, the RCPT answer the SMTP probe heard.
+struct ReadBack {
+    held: Held,
+    differences: std::io::Result<Vec<Difference>>,
+    heard: Option<std::io::Result<String>>,
+}
 
 impl Loop {
     /// Converges the MTA on `intent` (the saved state, at start) and then on what each
@@ -99,6 +124,7 @@ impl Loop {
         let mut verifying: Option<Verifying> = None;
         let mut retry_at = Instant::now();
         let mut verify_at = Instant::now();
+        let mut probe_at = Instant::now();
         let mut backoff = self.timing.backoff();
         let mut queue: Option<QueueFigures> = None;
         // The queue as first measured after the last apply: a release is judged on what it
@@ -139,6 +165,7 @@ impl Loop {
                             }
                             retry_at = Instant::now();
                             verify_at = Instant::now();
+                            probe_at = Instant::now();
                             measured_since_apply = None;
                             applied = Some(held);
                             self.report(&intent, applied.as_ref(), &drift, &queue);
@@ -166,34 +193,21 @@ impl Loop {
                     match verified {
                         // Only a read-back of what is applied, with nothing being applied,
                         // says anything about another hand.
-                        Ok((held, Ok(differences)))
-                            if applying.is_none() && applied.as_ref() == Some(&held) && held == intent =>
-                        {
-                            let found = !differences.is_empty();
-                            let was_drifting = drifting;
-                            drift = after_read_back(drift.take(), &differences, Timestamp::now().as_second());
-                            if found {
-                                let what = drift.as_ref().map_or("", |d| d.what.as_str());
-                                let wait = if was_drifting {
-                                    backoff.next().unwrap_or(self.timing.retry_max)
-                                } else {
-                                    Duration::ZERO
-                                };
-                                warn!(%what, state = %held.label(), apply_in = ?wait, "the MTA differs from what the agent applied; applying it again");
-                                self.metrics.count_drift(drift_kind(&differences).label());
-                                applied = None;
-                                retry_at = Instant::now() + wait;
-                            } else if was_drifting {
-                                info!(state = %held.label(), "the MTA runs what the agent applied again");
-                                backoff = self.timing.backoff();
+                        Ok(read) if applying.is_none() && applied.as_ref() == Some(&read.held) && read.held == intent => {
+                            match self.take_read_back(read, &mut drift, &mut backoff) {
+                                Ok(Finding::Same) => {}
+                                Ok(finding) => {
+                                    if let Finding::Differs { apply_in } = finding {
+                                        applied = None;
+                                        retry_at = Instant::now() + apply_in;
+                                    }
+                                    self.report(&intent, applied.as_ref(), &drift, &queue);
+                                }
+                                Err(error) => {
+                                    self.metrics.errors.with_label_values(&["verify"]).inc();
+                                    warn!(%error, "cannot read back what the MTA runs");
+                                }
                             }
-                            if found || was_drifting {
-                                self.report(&intent, applied.as_ref(), &drift, &queue);
-                            }
-                        }
-                        Ok((_, Err(error))) => {
-                            self.metrics.errors.with_label_values(&["verify"]).inc();
-                            warn!(%error, "cannot read back what the MTA runs");
                         }
                         _ => {}
                     }
@@ -233,9 +247,14 @@ impl Loop {
                 _ = tokio::time::sleep_until(verify_at), if applying.is_none() && verifying.is_none() && applied_intent => {
                     let mta = self.mta.clone();
                     let held = intent.clone();
-                    verifying = Some(tokio::task::spawn_blocking(move || {
-                        let differences = mta.drift(&held);
-                        (held, differences)
+                    let probe = self.probe.clone().filter(|_| Instant::now() >= probe_at);
+                    if probe.is_some() {
+                        probe_at = Instant::now() + self.timing.probe_every;
+                    }
+                    verifying = Some(tokio::task::spawn_blocking(move || ReadBack {
+                        differences: mta.drift(&held),
+                        heard: probe.map(|probe| probe.ask()),
+                        held,
                     }));
                 }
                 _ = tokio::time::sleep_until(ready_until.unwrap_or(retry_at)), if ready_until.is_some_and(|until| until > Instant::now()) => {}
@@ -246,6 +265,60 @@ impl Loop {
             tokio::time::timeout(Duration::from_secs(10), apply)
                 .await
                 .ok();
+        }
+    }
+
+    /// Takes in a read-back of the applied state: records what the probe heard, brings the
+    /// drift record up to date and says what changed. A new drift is applied again at once,
+    /// one that keeps coming back with `backoff`, which only a read-back finding the MTA
+    /// equal resets.
+    fn take_read_back(
+        &self,
+        read: ReadBack,
+        drift: &mut Option<DriftReport>,
+        backoff: &mut ExponentialBackoff,
+    ) -> std::io::Result<Finding> {
+        let heard = self.heard(&read.held, read.heard);
+        let mut differences = read.differences?;
+        differences.extend(heard);
+        let was_drifting = is_drifting(drift);
+        *drift = after_read_back(drift.take(), &differences, Timestamp::now().as_second());
+        let state = read.held.label();
+        if !differences.is_empty() {
+            let what = drift.as_ref().map_or("", |d| d.what.as_str());
+            let apply_in = if was_drifting {
+                backoff.next().unwrap_or(self.timing.retry_max)
+            } else {
+                Duration::ZERO
+            };
+            warn!(%what, %state, ?apply_in, "the MTA differs from what the agent applied; applying it again");
+            self.metrics.count_drift(drift_kind(&differences).label());
+            Ok(Finding::Differs { apply_in })
+        } else if was_drifting {
+            info!(%state, "the MTA runs what the agent applied again");
+            *backoff = self.timing.backoff();
+            Ok(Finding::EqualAgain)
+        } else {
+            Ok(Finding::Same)
+        }
+    }
+
+    /// Records what the SMTP probe heard (if it asked) and judges it against `held`: a
+    /// wrong answer is a difference; a session that went wrong is an error, not drift.
+    fn heard(&self, held: &Held, heard: Option<std::io::Result<String>>) -> Option<Difference> {
+        let recipient = &self.probe.as_ref()?.recipient;
+        match heard? {
+            Ok(answer) => {
+                self.metrics
+                    .set_probe_reply_code(probe::reply_code(&answer).unwrap_or(0));
+                probe::judge(held, recipient, &answer)
+            }
+            Err(error) => {
+                self.metrics.set_probe_reply_code(0);
+                self.metrics.errors.with_label_values(&["probe"]).inc();
+                warn!(%error, "the SMTP probe got no answer");
+                None
+            }
         }
     }
 
@@ -457,13 +530,34 @@ mod tests {
         Timing {
             measure_every: Duration::from_millis(50),
             verify_every: Duration::from_millis(50),
+            probe_every: Duration::from_millis(50),
             ready_within: Duration::from_millis(300),
             retry_min: Duration::from_millis(20),
             retry_max: Duration::from_millis(100),
         }
     }
 
+    /// The metrics as Prometheus reads them.
+    fn exposition(metrics: &AgentMetrics) -> String {
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &metrics.registry().gather(),
+            &mut text,
+        )
+        .unwrap();
+        String::from_utf8(text).unwrap()
+    }
+
     fn start(saved: Held, configure: impl FnOnce(&mut FakeMta)) -> Harness {
+        start_with(saved, configure, None)
+    }
+
+    fn start_with(
+        saved: Held,
+        configure: impl FnOnce(&mut FakeMta),
+        probe: Option<Probe>,
+    ) -> Harness {
         let directory = tempfile::tempdir().unwrap();
         let state_file = directory.path().join("agent-state.json");
         save_state(&state_file, &saved).unwrap();
@@ -484,6 +578,7 @@ mod tests {
             state_file,
             metrics: metrics.clone(),
             readiness: readiness.clone(),
+            probe,
             timing: timing(),
             intents,
             reports,
@@ -690,21 +785,57 @@ mod tests {
         // half of 100 ms and up once capped).
         let last_gap = applied_at[6] - applied_at[5];
         assert!(last_gap >= Duration::from_millis(50), "{last_gap:?}");
-        let text = {
-            let mut text = Vec::new();
-            prometheus::Encoder::encode(
-                &prometheus::TextEncoder::new(),
-                &agent.metrics.registry().gather(),
-                &mut text,
-            )
-            .unwrap();
-            String::from_utf8(text).unwrap()
-        };
+        let text = exposition(&agent.metrics);
         assert!(
             text.contains("mail_incident_agent_drift_total{kind=\"answer\"} 7"),
             "{text}"
         );
         assert!(text.contains("mail_incident_agent_converged 1"), "{text}");
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_wrong_answer_on_the_wire_is_drift_and_its_code_is_exported() {
+        // The MTA's files are right, but senders hear 250 during a TempFail.
+        let mta = probe::fixtures::FakeSmtp::start("250 2.1.5 Ok");
+        let agent = start_with(
+            Held::Normal,
+            |_| {},
+            Some(Probe {
+                address: mta.address,
+                recipient: "probe@e2e.test".into(),
+            }),
+        );
+        agent.send(Some(tempfail()));
+        eventually("reported the wrong answer as drift", || {
+            agent.reports.borrow().as_ref().is_some_and(|report| {
+                report.drift.as_ref().is_some_and(|d| {
+                    d.since.is_some()
+                        && d.what
+                            .starts_with("RCPT TO:<probe@e2e.test> answer = \"250 2.1.5 Ok\"")
+                })
+            })
+        })
+        .await;
+        // Once senders hear the incident's answer, the drift ends.
+        *mta.rcpt_reply.lock().unwrap() =
+            "452 4.3.1 <probe@e2e.test>: Recipient address rejected: storage down".into();
+        eventually("equal again", || {
+            agent
+                .reports
+                .borrow()
+                .as_ref()
+                .is_some_and(|report| report.drift.as_ref().is_some_and(|d| d.since.is_none()))
+        })
+        .await;
+        eventually("the last code exported", || {
+            exposition(&agent.metrics).contains("mail_incident_agent_probe_reply_code 452")
+        })
+        .await;
+        assert!(
+            !mta.heard.lock().unwrap().iter().any(|c| c == "DATA"),
+            "nothing is ever sent"
+        );
         agent.stop().await;
     }
 

@@ -15,6 +15,7 @@ pub mod generic;
 mod install;
 pub mod policy;
 pub mod postfix;
+pub mod probe;
 pub mod report;
 pub mod state;
 
@@ -175,6 +176,24 @@ pub struct Settings {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub verify_seconds: u64,
 
+    /// A recipient the MTA accepts in normal service. The agent asks its MTA about it over
+    /// SMTP (EHLO, MAIL FROM:<>, RCPT TO, RSET, QUIT: nothing is ever sent) and treats an
+    /// answer other than the one its state promises as drift. No probe without it.
+    #[arg(long, env = "MAIL_INCIDENT_PROBE_RECIPIENT")]
+    pub probe_recipient: Option<String>,
+
+    /// The MTA's SMTP listener the probe asks, on loopback.
+    #[arg(
+        long,
+        env = "MAIL_INCIDENT_PROBE_ADDRESS",
+        default_value = "127.0.0.1:25"
+    )]
+    pub probe_address: SocketAddr,
+
+    /// How often, in seconds, the probe asks (1 to 3600; also right after each apply).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub probe_seconds: u64,
+
     /// How long, in seconds, the MTA may differ from its mode document before /readyz
     /// fails (1 to 3600).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -227,6 +246,24 @@ pub async fn run(settings: Settings) -> Result<()> {
         ))
     })?;
     let document = document_name(kind, workload);
+    let probe = match &settings.probe_recipient {
+        // A recipient goes on the RCPT line as it is: nothing that could end or bend it.
+        Some(recipient)
+            if recipient.is_empty()
+                || recipient
+                    .chars()
+                    .any(|c| c.is_control() || "<> ".contains(c)) =>
+        {
+            return Err(Error::Agent(format!(
+                "--probe-recipient {recipient:?} is not a plain address"
+            )));
+        }
+        Some(recipient) => Some(probe::Probe {
+            address: settings.probe_address,
+            recipient: recipient.clone(),
+        }),
+        None => None,
+    };
     let state_file = settings.state_dir.join(STATE_FILE);
     let (mta, saved) = {
         let settings = settings.clone();
@@ -278,9 +315,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         state_file,
         metrics,
         readiness,
+        probe,
         timing: converge::Timing {
             measure_every: Duration::from_secs(settings.report_seconds),
             verify_every: Duration::from_secs(settings.verify_seconds),
+            probe_every: Duration::from_secs(settings.probe_seconds),
             ready_within: Duration::from_secs(settings.ready_within_seconds),
             retry_min: Duration::from_millis(500),
             retry_max,
