@@ -160,6 +160,28 @@ async fn probe_heard(agent: &AgentProcess, code: u16) {
     .await;
 }
 
+/// `postconf -h NAME`: the value main.cf gives a parameter.
+fn postconf_value(postfix: &PostfixInstance, name: &str) -> String {
+    run(postfix.postconf().args(["-h", name]))
+        .trim()
+        .to_string()
+}
+
+fn reload(postfix: &PostfixInstance) {
+    run(std::process::Command::new("postfix")
+        .arg("-c")
+        .arg(&postfix.conf)
+        .arg("reload"));
+}
+
+/// Whether a fresh SMTP session gets the default TempFail's 452 at RCPT.
+fn refuses_in_temp_fail(postfix: &PostfixInstance) -> bool {
+    postfix
+        .smtp
+        .try_rcpt_reply()
+        .is_ok_and(|answer| answer.starts_with("452 4.3.1 "))
+}
+
 /// The worst restoration time per kind of change, printed for the record.
 fn print_worst(mta: &str, worst: &BTreeMap<&str, Duration>) {
     for (kind, time) in worst {
@@ -182,18 +204,9 @@ async fn hand_edits_of_a_real_postfix_during_temp_fail_are_put_back_and_the_end_
         .await;
     outage.apply("mode: TempFail").await;
     probe_heard(&agent, 452).await;
-    let refuses = || {
-        postfix
-            .smtp
-            .try_rcpt_reply()
-            .is_ok_and(|answer| answer.starts_with("452 4.3.1 "))
-    };
+    let refuses = || refuses_in_temp_fail(&postfix);
     assert!(refuses(), "{:?}", postfix.smtp.try_rcpt_reply());
-    let value = |name: &str| {
-        run(postfix.postconf().args(["-h", name]))
-            .trim()
-            .to_string()
-    };
+    let value = |name: &str| postconf_value(&postfix, name);
     let incident_restrictions = value("smtpd_recipient_restrictions");
     assert!(
         incident_restrictions.contains("{ default_action = 452 4.3.1 "),
@@ -202,10 +215,7 @@ async fn hand_edits_of_a_real_postfix_during_temp_fail_are_put_back_and_the_end_
     let hand = |setting: &str| {
         run(postfix.postconf().args(["-e", setting]));
         // As a human would, so that the edit reaches new SMTP sessions.
-        run(std::process::Command::new("postfix")
-            .arg("-c")
-            .arg(&postfix.conf)
-            .arg("reload"));
+        reload(&postfix);
     };
     let site_restrictions = before_main
         .lines()
@@ -292,6 +302,63 @@ async fn hand_edits_of_a_real_postfix_during_temp_fail_are_put_back_and_the_end_
     assert!(postfix.smtp.rcpt_reply_once("250").starts_with("250 2.1.5"));
     probe_heard(&agent, 250).await;
     assert!(postfix.queue().is_empty(), "the probe never sent a message");
+}
+
+#[tokio::test]
+async fn a_new_main_cf_from_the_site_during_an_incident_is_what_its_end_restores() {
+    let outage = Outage::start("pfnew").await;
+    let postfix = PostfixInstance::start(&format!("pfnew-{}", outage.scene.ns.name));
+    let main_cf = postfix.conf.join("main.cf");
+    let site_file = std::fs::read_to_string(&main_cf).unwrap();
+    let before_main = run(postfix.postconf().arg("-n"));
+    let before_master = run(postfix.postconf().arg("-M"));
+    let mut agent = outage.agent(&postfix.agent_args()).await;
+    outage.apply("mode: TempFail").await;
+    assert!(refuses_in_temp_fail(&postfix));
+
+    // A new pod: the site's new image brings its own main.cf with a new lifetime, and the
+    // agent starts again on it with the baseline it recorded before the incident.
+    agent.kill();
+    let new_lifetime =
+        |text: &str| text.replace("maximal_queue_lifetime = 3d", "maximal_queue_lifetime = 7d");
+    std::fs::write(&main_cf, new_lifetime(&site_file)).unwrap();
+    reload(&postfix);
+    let restarted = Instant::now();
+    agent.restart();
+    eventually_within(
+        RESTORE_BOUND,
+        "the incident applied over the new main.cf",
+        || async {
+            (postconf_value(&postfix, "maximal_queue_lifetime") == "5d"
+                && postconf_value(&postfix, "smtpd_recipient_restrictions")
+                    .contains("{ default_action = 452 4.3.1 ")
+                && refuses_in_temp_fail(&postfix))
+            .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "Postfix: the incident over a new main.cf within {:.2} s of the agent's start",
+        restarted.elapsed().as_secs_f64()
+    );
+    assert!(
+        agent.log().contains("main.cf maximal_queue_lifetime = 7d"),
+        "the new value is logged as the site's: {}",
+        agent.log()
+    );
+
+    // The end restores the site's new configuration, not the one before the incident.
+    outage.apply("mode: TempFail\nresolved: true").await;
+    eventually_within(
+        Duration::from_secs(30),
+        "main.cf as the site's new image has it",
+        || async {
+            (run(postfix.postconf().arg("-n")) == new_lifetime(&before_main)
+                && run(postfix.postconf().arg("-M")) == before_master)
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
