@@ -51,7 +51,7 @@ use std::{
     process::Command,
     sync::{Mutex, PoisonError},
 };
-use tracing::info;
+use tracing::{info, warn};
 
 /// The `main.cf` parameters the agent manages; nothing else in `main.cf` is touched.
 pub const MANAGED: [&str; 5] = [
@@ -423,6 +423,17 @@ impl Postfix {
             )));
         }
         let current = Baseline::of_instance(config_dir, &target.mailbox_transport)?;
+        let clause_found = current
+            .get(RESTRICTIONS)
+            .and_then(|restrictions| with_policy_fallback(restrictions, service, "DUNNO"))
+            .is_some();
+        if !clause_found {
+            warn!(
+                "smtpd_recipient_restrictions asks {service} only through another parameter: \
+                 the agent cannot set its fallback, so while it is down Postfix does what \
+                 the site's default_action says, in every mode"
+            );
+        }
         let baseline = match files::read_if_exists(baseline_file)? {
             Some(text) => {
                 let mut recorded: Baseline = serde_json::from_str(&text).map_err(|e| {
