@@ -192,6 +192,9 @@ impl Mta for Exim {
     fn apply(&self, held: &Held) -> std::io::Result<()> {
         let (mode, retry) = render(held);
         let retry_file = &self.settings.exim_retry_file;
+        // A retry file another hand changed may have been loaded by a reload of theirs:
+        // the daemon re-reads the agent's again.
+        let changed_by_hand = files::read_if_exists(retry_file)? != retry;
         match &retry {
             Some(text) => files::write_durably(retry_file, text)?,
             None => files::remove_durably(retry_file)?,
@@ -199,7 +202,7 @@ impl Mta for Exim {
         // The mode file is read at each use: written after the lifetime is in force, so
         // that no message is held under the old, shorter lifetime.
         let marker = self.reloaded_marker();
-        if retry != files::read_if_exists(&marker)? {
+        if changed_by_hand || retry != files::read_if_exists(&marker)? {
             self.reload()?;
             match &retry {
                 Some(text) => files::write_durably(&marker, text)?,
@@ -334,6 +337,16 @@ mod tests {
         // Normal service drops the lifetime: a reload.
         exim.apply(&Held::Normal).unwrap();
         assert_eq!(count_once_at(2), 2);
+        assert!(!directory.path().join("retry.conf").exists());
+        // A retry file written by another hand (and maybe loaded by a reload of theirs)
+        // is put back and reloaded, though the agent's marker says it is loaded.
+        std::fs::write(
+            directory.path().join("retry.conf"),
+            "MAIL_INCIDENT_LIFETIME = 1h\n",
+        )
+        .unwrap();
+        exim.apply(&Held::Normal).unwrap();
+        assert_eq!(count_once_at(3), 3);
         assert!(!directory.path().join("retry.conf").exists());
         // A pid file that names no single process is refused, never sent a signal.
         for pid in ["-1", "0", "x"] {
