@@ -752,10 +752,11 @@ mod tests {
         })
         .await;
         let applies = agent.mta.applied.lock().unwrap().len();
-        // Another hand rewrites what decides the answer, and keeps rewriting it for six
-        // more applies: longer than ready_within (300 ms) with the backoff.
+        // Another hand rewrites what decides the answer, and keeps rewriting it for ten
+        // more applies: with the backoff (at least 20 + 40 + 8 x 50 ms), longer than
+        // ready_within (300 ms).
         let rewritten = "Exim mode file = \"normal\\n\", want \"tempfail\"";
-        *agent.mta.refights.lock().unwrap() = 6;
+        *agent.mta.refights.lock().unwrap() = 10;
         *agent.mta.tampered.lock().unwrap() = vec![Difference {
             kind: super::super::DriftKind::Answer,
             what: rewritten.into(),
@@ -777,17 +778,17 @@ mod tests {
         let drift = report.drift.unwrap();
         assert_eq!(drift.since, None, "equal again: no longer drifting");
         assert_eq!(drift.what, rewritten, "what differed stays on the record");
-        // Found after each of the seven applies that did not put it back.
-        assert_eq!(drift.count, 7);
+        // Found before the first apply and after each of the ten that did not put it back.
+        assert_eq!(drift.count, 11);
         let applied_at = agent.mta.applied_at.lock().unwrap()[applies..].to_vec();
-        assert_eq!(applied_at.len(), 7);
+        assert_eq!(applied_at.len(), 11);
         // The first is made at once, the next ones with backoff (from 20 ms doubling,
         // half of 100 ms and up once capped).
-        let last_gap = applied_at[6] - applied_at[5];
+        let last_gap = applied_at[10] - applied_at[9];
         assert!(last_gap >= Duration::from_millis(50), "{last_gap:?}");
         let text = exposition(&agent.metrics);
         assert!(
-            text.contains("mail_incident_agent_drift_total{kind=\"answer\"} 7"),
+            text.contains("mail_incident_agent_drift_total{kind=\"answer\"} 11"),
             "{text}"
         );
         assert!(text.contains("mail_incident_agent_converged 1"), "{text}");
