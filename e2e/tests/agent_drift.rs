@@ -1,6 +1,6 @@
-//! The agent owns what the MTA runs: during a TempFail, hands change a real Postfix's
-//! managed settings and policy restriction and a real Exim's mode file at random moments;
-//! each time the agent puts the incident back within a stated bound (measured), counts
+//! The agent owns what the MTA runs: at random moments, hands change a real Postfix's
+//! managed settings and policy restriction during a TempFail, and a real Exim's mode and
+//! retry files in each incident mode; each time the agent puts the incident back within a stated bound (measured), counts
 //! the drift and reports it, and once the incident ends the configuration is the
 //! baseline (the site's own newer values included). The agent's SMTP probe hears what
 //! senders hear, and sends nothing. And a dead agent leaves Postfix refusing softly,
@@ -183,7 +183,7 @@ fn refuses_in_temp_fail(postfix: &PostfixInstance) -> bool {
 }
 
 /// The worst restoration time per kind of change, printed for the record.
-fn print_worst(mta: &str, worst: &BTreeMap<&str, Duration>) {
+fn print_worst<K: std::fmt::Display>(mta: &str, worst: &BTreeMap<K, Duration>) {
     for (kind, time) in worst {
         eprintln!(
             "{mta}: {kind} put back within {:.2} s at worst ({REPETITIONS} repetitions)",
@@ -410,60 +410,93 @@ async fn a_dead_agent_leaves_postfix_refusing_softly_in_temp_fail_and_hard_rejec
 }
 
 #[tokio::test]
-async fn a_deleted_or_rewritten_exim_mode_file_during_temp_fail_is_put_back() {
+async fn a_deleted_or_rewritten_exim_mode_or_retry_file_is_put_back_in_every_mode() {
     let outage = Outage::start("eximdrift").await;
     let exim = EximInstance::start(&format!("eximdrift-{}", outage.scene.ns.name));
     let config_before = std::fs::read_to_string(exim.root.join("exim.conf")).unwrap();
     let agent = outage
         .agent(&with_probe(exim.agent_args(), &exim.smtp))
         .await;
-    outage.apply("mode: TempFail").await;
-    probe_heard(&agent, 452).await;
-    let refusal = "452 4.3.1 Mailbox storage temporarily unavailable, try again later";
-    assert_eq!(exim.smtp.rcpt_reply_once("452"), refusal);
     let mode_file = exim.root.join("mail-incident/mode");
-    let incident_mode = std::fs::read_to_string(&mode_file).unwrap();
-    let refuses = || {
-        exim.smtp.try_rcpt_reply().as_deref() == Ok(refusal)
-            && std::fs::read_to_string(&mode_file).ok().as_deref() == Some(&incident_mode)
-    };
+    let retry_file = exim.root.join("mail-incident/retry.conf");
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).ok();
 
-    let mut worst: BTreeMap<&str, Duration> = BTreeMap::new();
-    for repetition in 0..REPETITIONS {
-        for kind in ["mode file deleted", "mode file rewritten to normal"] {
-            tokio::time::sleep(random_moment()).await;
-            let before = drift_total(&agent).await;
-            let changed = Instant::now();
-            if kind == "mode file deleted" {
-                std::fs::remove_file(&mode_file).unwrap();
-            } else {
-                std::fs::write(&mode_file, "normal\n").unwrap();
+    let mut worst: BTreeMap<String, Duration> = BTreeMap::new();
+    for (mode, extra, answer, code) in [
+        (
+            "TempFail",
+            "",
+            "452 4.3.1 Mailbox storage temporarily unavailable, try again later",
+            452,
+        ),
+        (
+            "HardReject",
+            "hardReject: {acknowledgeBounces: true}",
+            "550 5.3.2 Mailbox storage unavailable, message not accepted",
+            550,
+        ),
+        // Accepting, as in normal service: only the files tell the hold apart.
+        ("AcceptAndQueue", "", "250 ", 250),
+    ] {
+        outage.apply(&format!("mode: {mode}\n{extra}")).await;
+        probe_heard(&agent, code).await;
+        assert!(exim.smtp.rcpt_reply_once(&answer[..3]).starts_with(answer));
+        let (incident_mode, incident_retry) = (read(&mode_file), read(&retry_file));
+        assert!(
+            incident_retry.is_some(),
+            "{mode} holds mail with its lifetime"
+        );
+        // Exim reads the mode file at each RCPT: a hand's change is what senders see now.
+        let restored = || {
+            read(&mode_file) == incident_mode
+                && read(&retry_file) == incident_retry
+                && exim
+                    .smtp
+                    .try_rcpt_reply()
+                    .is_ok_and(|reply| reply.starts_with(answer))
+        };
+        for repetition in 0..REPETITIONS {
+            for (kind, named) in [
+                ("mode file deleted", "Exim mode file"),
+                ("mode file rewritten to normal", "Exim mode file"),
+                ("retry file deleted", "Exim retry file"),
+            ] {
+                tokio::time::sleep(random_moment()).await;
+                let before = drift_total(&agent).await;
+                let changed = Instant::now();
+                match kind {
+                    "mode file deleted" => std::fs::remove_file(&mode_file).unwrap(),
+                    "mode file rewritten to normal" => {
+                        std::fs::write(&mode_file, "normal\n").unwrap()
+                    }
+                    _ => std::fs::remove_file(&retry_file).unwrap(),
+                }
+                let what = format!("{mode}: {kind}");
+                let took = restored_after(
+                    changed,
+                    &format!("{what} put back ({repetition})"),
+                    restored,
+                )
+                .await;
+                let slowest = worst.entry(what).or_default();
+                *slowest = (*slowest).max(took);
+                outage.drift_seen(&agent, before, named).await;
             }
-            // Exim reads the file at each RCPT: the hand's change is what senders see now.
-            let took =
-                restored_after(changed, &format!("{kind} put back ({repetition})"), refuses).await;
-            let slowest = worst.entry(kind).or_default();
-            *slowest = (*slowest).max(took);
-            outage.drift_seen(&agent, before, "Exim mode file").await;
         }
     }
     print_worst("Exim", &worst);
 
-    outage.apply("mode: TempFail\nresolved: true").await;
+    outage.apply("mode: AcceptAndQueue\nresolved: true").await;
     eventually_within(
         Duration::from_secs(30),
         "the mode file normal and the retry file gone",
         || async {
-            (std::fs::read_to_string(&mode_file).ok().as_deref() == Some("normal\n")
-                && !exim.root.join("mail-incident/retry.conf").exists())
-            .then_some(())
+            (read(&mode_file).as_deref() == Some("normal\n") && read(&retry_file).is_none())
+                .then_some(())
         },
     )
     .await;
-    assert_eq!(
-        std::fs::read_to_string(exim.root.join("exim.conf")).unwrap(),
-        config_before
-    );
+    assert_eq!(read(&exim.root.join("exim.conf")), Some(config_before));
     assert!(exim.smtp.rcpt_reply().starts_with("250"));
     probe_heard(&agent, 250).await;
     assert_eq!(exim.queued(), 0, "the probe never sent a message");
