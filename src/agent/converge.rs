@@ -379,7 +379,7 @@ const WHAT_LONGEST: usize = 512;
 /// The drift report once a read-back at `now` found `differences`: each finding counts
 /// once, says what differed and keeps the time the MTA first differed; a read-back that
 /// finds nothing ends the drift (`since` cleared) and keeps the rest for the record.
-pub fn after_read_back(
+fn after_read_back(
     previous: Option<DriftReport>,
     differences: &[Difference],
     now: i64,

@@ -248,7 +248,7 @@ impl Mta for Exim {
 
 /// Where the mode and retry files read back (`None`: absent) differ from what
 /// [`render`] makes for `held`.
-pub fn file_differences(held: &Held, mode: Option<&str>, retry: Option<&str>) -> Vec<Difference> {
+fn file_differences(held: &Held, mode: Option<&str>, retry: Option<&str>) -> Vec<Difference> {
     let (want_mode, want_retry) = render(held);
     let mut differences = Vec::new();
     if mode != Some(want_mode.as_str()) {
