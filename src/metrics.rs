@@ -428,6 +428,10 @@ pub struct AgentMetrics {
     diverged_since: IntGauge,
     /// Postfix policy service answers, by kind.
     policy_answers: IntCounterVec,
+    /// Times the agent found its MTA changed by another hand, by what was changed.
+    drift: IntCounterVec,
+    /// The RCPT reply code the MTA last gave the agent's SMTP probe (absent without one).
+    probe_reply_code: IntGaugeVec,
 }
 
 impl Default for AgentMetrics {
@@ -521,9 +525,40 @@ impl Default for AgentMetrics {
                 )
                 .expect("valid metric"),
             ),
+            drift: register(
+                &registry,
+                counter_with_labels(IntCounterVec::new(
+                    Opts::new(
+                        "mail_incident_agent_drift_total",
+                        "Times the agent found its MTA running something other than what it applied (another hand's edit, a deleted file) and applied it again, by kind (answer: what decides the RCPT reply; queue: what holds queued mail).",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid metric"), &["answer", "queue"]),
+            ),
+            probe_reply_code: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mail_incident_agent_probe_reply_code",
+                        "The RCPT reply code the MTA last gave the agent's SMTP probe on loopback (0: no answer); absent without --probe-recipient.",
+                    ),
+                    &[],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         }
     }
+}
+
+/// `counter` with a series at 0 for each of `labels` (its only label), so that a
+/// dashboard or a rate sees it before the first count.
+fn counter_with_labels(counter: IntCounterVec, labels: &[&str]) -> IntCounterVec {
+    for label in labels {
+        counter.with_label_values(&[label]);
+    }
+    counter
 }
 
 impl AgentMetrics {
@@ -574,6 +609,16 @@ impl AgentMetrics {
             _ => "dunno",
         };
         self.policy_answers.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts one drift found, of `kind` (`answer` or `queue`).
+    pub fn count_drift(&self, kind: &str) {
+        self.drift.with_label_values(&[kind]).inc();
+    }
+
+    /// Records the reply code the SMTP probe last heard (0: none).
+    pub fn set_probe_reply_code(&self, code: u16) {
+        set_or_remove(&self.probe_reply_code, &[], Some(i64::from(code)));
     }
 
     /// Records a queue measurement.

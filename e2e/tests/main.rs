@@ -1,5 +1,6 @@
 //! End-to-end tests against a real Kubernetes API server. Run with `make e2e`.
 
+mod agent_drift;
 mod chaos;
 mod convergence;
 mod delivery;

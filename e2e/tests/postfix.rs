@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use mail_incident_operator::agent::{
     policy::PolicyService,
-    postfix::{Baseline, apply_edits, render},
+    postfix::{Baseline, Target, apply_edits, render},
     state::Held,
 };
 use mail_incident_operator::api::mode_document::AgentReport;
@@ -158,12 +158,13 @@ async fn postfix_answers_each_mode_through_the_policy_service_and_returns_to_its
     let (intents, answers) = watch::channel(Held::Normal);
     let service = PolicyService::bind(postfix.policy).await.unwrap();
     let policy = tokio::spawn(service.serve(answers, AgentMetrics::default()));
+    let target = Target::new(MAILBOX_TRANSPORT, postfix.policy);
     let apply = |held: &Held| {
         intents.send_replace(held.clone());
         apply_edits(
             &postfix.conf,
             MAILBOX_TRANSPORT,
-            &render(held, &baseline, MAILBOX_TRANSPORT),
+            &render(held, &baseline, &target),
         )
         .unwrap()
     };

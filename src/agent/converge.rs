@@ -3,6 +3,13 @@
 //! the intent until what the MTA runs (**applied**) matches it, retrying a failed apply
 //! with backoff on its own.
 //!
+//! Level-triggered: "applied" means observed equal, not applied once. The loop reads
+//! back what the MTA runs ([`Mta::drift`]) right after each apply and every
+//! `verify_every`; a difference (another hand's edit, a deleted file) is logged, counted,
+//! reported (with since when) and applied again with backoff, and the MTA counts as
+//! diverged (`converged` 0, `/readyz` failing after `ready_within`) until a read-back
+//! finds it equal again.
+//!
 //! Crash safety: the intent is saved to the state file (durably) before the MTA is
 //! touched, and applies are idempotent, so an agent killed at any instant restarts from
 //! the saved intent, applies it again and then follows the document. Nothing waits on
@@ -10,9 +17,13 @@
 //! commands and queue scans run on blocking threads, so SIGTERM, the watch and
 //! `/healthz` are served whatever the MTA or the API server do.
 
-use super::{Mta, files, state::Held};
+use super::{
+    Difference, Mta, files,
+    probe::{self, Probe},
+    state::Held,
+};
 use crate::{
-    api::mode_document::{AgentReport, ModeDocument, QueueFigures},
+    api::mode_document::{AgentReport, DriftReport, ModeDocument, QueueFigures},
     http::Readiness,
     metrics::AgentMetrics,
 };
@@ -32,6 +43,10 @@ use tracing::{info, warn};
 pub struct Timing {
     /// How often the queue is measured (and reported while an incident is applied).
     pub measure_every: Duration,
+    /// How often what the MTA runs is read back (also right after each apply).
+    pub verify_every: Duration,
+    /// How often the SMTP probe asks, if there is one (also right after each apply).
+    pub probe_every: Duration,
     /// How long the MTA may differ from the intent before `/readyz` fails.
     pub ready_within: Duration,
     /// First and longest wait before retrying a failed apply.
@@ -52,6 +67,8 @@ pub struct Loop {
     pub state_file: PathBuf,
     pub metrics: AgentMetrics,
     pub readiness: Readiness,
+    /// What the agent asks its MTA over SMTP, if the site named a probe recipient.
+    pub probe: Option<Probe>,
     pub timing: Timing,
     /// The intent as soon as it is decided, for what follows it live (the Postfix policy
     /// service answers from it).
@@ -63,6 +80,25 @@ pub struct Loop {
 /// The outcome of one apply, on its blocking thread.
 type Applying = JoinHandle<(Held, std::io::Result<()>)>;
 type Measuring = JoinHandle<std::io::Result<Option<QueueFigures>>>;
+type Verifying = JoinHandle<ReadBack>;
+
+/// What a read-back changed.
+enum Finding {
+    /// Nothing: the MTA runs what was applied, as it did.
+    Same,
+    /// The MTA differs: apply the state again after `apply_in`.
+    Differs { apply_in: Duration },
+    /// The MTA runs what was applied again: the drift is over.
+    EqualAgain,
+}
+
+/// What a read-back of `held` found, on its blocking thread: the MTA's own read-back
+/// and, when it was due, the RCPT answer the SMTP probe heard.
+struct ReadBack {
+    held: Held,
+    differences: std::io::Result<Vec<Difference>>,
+    heard: Option<std::io::Result<String>>,
+}
 
 impl Loop {
     /// Converges the MTA on `intent` (the saved state, at start) and then on what each
@@ -78,11 +114,17 @@ impl Loop {
         futures::pin_mut!(stop);
         self.intents.send_replace(intent.clone());
         let mut applied: Option<Held> = None;
+        // What another hand changed in the MTA, as reported; `since` is set while it
+        // differs.
+        let mut drift: Option<DriftReport> = None;
         // Since when the MTA has differed from the intent (`None` while it does not).
         let mut diverged_since: Option<Instant> = None;
         let mut applying: Option<Applying> = None;
         let mut measuring: Option<Measuring> = None;
+        let mut verifying: Option<Verifying> = None;
         let mut retry_at = Instant::now();
+        let mut verify_at = Instant::now();
+        let mut probe_at = Instant::now();
         let mut backoff = self.timing.backoff();
         let mut queue: Option<QueueFigures> = None;
         // The queue as first measured after the last apply: a release is judged on what it
@@ -92,7 +134,9 @@ impl Loop {
         let mut ticks = tokio::time::interval(self.timing.measure_every);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let converged = applied.as_ref() == Some(&intent);
+            let applied_intent = applied.as_ref() == Some(&intent);
+            let drifting = is_drifting(&drift);
+            let converged = applied_intent && !drifting;
             if converged {
                 diverged_since = None;
             } else {
@@ -113,11 +157,18 @@ impl Loop {
                             self.metrics.applies.inc();
                             self.metrics.set_mode(&held.label());
                             self.metrics.set_queue_lifetime(held.queue_lifetime());
-                            backoff = self.timing.backoff();
+                            // While putting back a drift, the backoff goes on until a
+                            // read-back finds the MTA equal: an edit made again and again
+                            // is not fought at full speed.
+                            if !drifting {
+                                backoff = self.timing.backoff();
+                            }
                             retry_at = Instant::now();
+                            verify_at = Instant::now();
+                            probe_at = Instant::now();
                             measured_since_apply = None;
                             applied = Some(held);
-                            self.report(applied.as_ref(), &queue);
+                            self.report(&intent, applied.as_ref(), &drift, &queue);
                         }
                         Err((state, error)) => {
                             let wait = backoff.next().unwrap_or(self.timing.retry_max);
@@ -136,6 +187,31 @@ impl Loop {
                     }
                     None => documents_open = false,
                 },
+                verified = finished(&mut verifying), if verifying.is_some() => {
+                    verifying = None;
+                    verify_at = Instant::now() + self.timing.verify_every;
+                    match verified {
+                        // Only a read-back of what is applied, with nothing being applied,
+                        // says anything about another hand.
+                        Ok(read) if applying.is_none() && applied.as_ref() == Some(&read.held) && read.held == intent => {
+                            match self.take_read_back(read, &mut drift, &mut backoff) {
+                                Ok(Finding::Same) => {}
+                                Ok(finding) => {
+                                    if let Finding::Differs { apply_in } = finding {
+                                        applied = None;
+                                        retry_at = Instant::now() + apply_in;
+                                    }
+                                    self.report(&intent, applied.as_ref(), &drift, &queue);
+                                }
+                                Err(error) => {
+                                    self.metrics.errors.with_label_values(&["verify"]).inc();
+                                    warn!(%error, "cannot read back what the MTA runs");
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 measured = finished(&mut measuring), if measuring.is_some() => {
                     measuring = None;
                     match measured.map_err(std::io::Error::other).and_then(|queue| queue) {
@@ -152,7 +228,7 @@ impl Loop {
                             measured_since_apply.clone_from(&figures);
                             let next = intent.after_measuring(figures.as_ref(), Timestamp::now().as_second());
                             queue = figures;
-                            self.report(applied.as_ref(), &queue);
+                            self.report(&intent, applied.as_ref(), &drift, &queue);
                             self.set_intent(&mut intent, next);
                         }
                         Err(error) => {
@@ -165,8 +241,21 @@ impl Loop {
                     let mta = self.mta.clone();
                     measuring = Some(tokio::task::spawn_blocking(move || mta.queue()));
                 }
-                _ = tokio::time::sleep_until(retry_at), if applying.is_none() && !converged => {
+                _ = tokio::time::sleep_until(retry_at), if applying.is_none() && !applied_intent => {
                     applying = Some(self.start_apply(intent.clone()));
+                }
+                _ = tokio::time::sleep_until(verify_at), if applying.is_none() && verifying.is_none() && applied_intent => {
+                    let mta = self.mta.clone();
+                    let held = intent.clone();
+                    let probe = self.probe.clone().filter(|_| Instant::now() >= probe_at);
+                    if probe.is_some() {
+                        probe_at = Instant::now() + self.timing.probe_every;
+                    }
+                    verifying = Some(tokio::task::spawn_blocking(move || ReadBack {
+                        differences: mta.drift(&held),
+                        heard: probe.map(|probe| probe.ask()),
+                        held,
+                    }));
                 }
                 _ = tokio::time::sleep_until(ready_until.unwrap_or(retry_at)), if ready_until.is_some_and(|until| until > Instant::now()) => {}
             }
@@ -176,6 +265,60 @@ impl Loop {
             tokio::time::timeout(Duration::from_secs(10), apply)
                 .await
                 .ok();
+        }
+    }
+
+    /// Takes in a read-back of the applied state: records what the probe heard, brings the
+    /// drift record up to date and says what changed. A new drift is applied again at once,
+    /// one that keeps coming back with `backoff`, which only a read-back finding the MTA
+    /// equal resets.
+    fn take_read_back(
+        &self,
+        read: ReadBack,
+        drift: &mut Option<DriftReport>,
+        backoff: &mut ExponentialBackoff,
+    ) -> std::io::Result<Finding> {
+        let heard = self.heard(&read.held, read.heard);
+        let mut differences = read.differences?;
+        differences.extend(heard);
+        let was_drifting = is_drifting(drift);
+        *drift = after_read_back(drift.take(), &differences, Timestamp::now().as_second());
+        let state = read.held.label();
+        if !differences.is_empty() {
+            let what = drift.as_ref().map_or("", |d| d.what.as_str());
+            let apply_in = if was_drifting {
+                backoff.next().unwrap_or(self.timing.retry_max)
+            } else {
+                Duration::ZERO
+            };
+            warn!(%what, %state, ?apply_in, "the MTA differs from what the agent applied; applying it again");
+            self.metrics.count_drift(drift_kind(&differences).label());
+            Ok(Finding::Differs { apply_in })
+        } else if was_drifting {
+            info!(%state, "the MTA runs what the agent applied again");
+            *backoff = self.timing.backoff();
+            Ok(Finding::EqualAgain)
+        } else {
+            Ok(Finding::Same)
+        }
+    }
+
+    /// Records what the SMTP probe heard (if it asked) and judges it against `held`: a
+    /// wrong answer is a difference; a session that went wrong is an error, not drift.
+    fn heard(&self, held: &Held, heard: Option<std::io::Result<String>>) -> Option<Difference> {
+        let recipient = &self.probe.as_ref()?.recipient;
+        match heard? {
+            Ok(answer) => {
+                self.metrics
+                    .set_probe_reply_code(probe::reply_code(&answer).unwrap_or(0));
+                probe::judge(held, recipient, &answer)
+            }
+            Err(error) => {
+                self.metrics.set_probe_reply_code(0);
+                self.metrics.errors.with_label_values(&["probe"]).inc();
+                warn!(%error, "the SMTP probe got no answer");
+                None
+            }
         }
     }
 
@@ -199,18 +342,79 @@ impl Loop {
         })
     }
 
-    /// Hands the reporter this pod's entry: the applied hash and the queue, while an
-    /// incident is applied. Never waits.
-    fn report(&self, applied: Option<&Held>, queue: &Option<QueueFigures>) {
-        if let Some(held) = applied {
+    /// Hands the reporter this pod's entry while an incident is applied: the applied
+    /// hash, the queue and any drift. While the MTA drifts the entry names the intent's
+    /// hash with the drift's `since`, so that it never claims a converged MTA (the
+    /// controller does not count a pod applied while `since` is set). Never waits.
+    fn report(
+        &self,
+        intent: &Held,
+        applied: Option<&Held>,
+        drift: &Option<DriftReport>,
+        queue: &Option<QueueFigures>,
+    ) {
+        let reported = if is_drifting(drift) {
+            Some(intent)
+        } else {
+            applied
+        };
+        if let Some(held) = reported {
             self.reports
                 .send_replace(held.hash().map(|hash| AgentReport {
                     hash,
                     queue: queue.clone(),
-                    drift: None,
+                    drift: drift.clone(),
                 }));
         }
     }
+}
+
+fn is_drifting(drift: &Option<DriftReport>) -> bool {
+    drift.as_ref().is_some_and(|drift| drift.since.is_some())
+}
+
+/// The longest `what` a report carries: it goes into an event message.
+const WHAT_LONGEST: usize = 512;
+
+/// The drift report once a read-back at `now` found `differences`: each finding counts
+/// once, says what differed and keeps the time the MTA first differed; a read-back that
+/// finds nothing ends the drift (`since` cleared) and keeps the rest for the record.
+fn after_read_back(
+    previous: Option<DriftReport>,
+    differences: &[Difference],
+    now: i64,
+) -> Option<DriftReport> {
+    if differences.is_empty() {
+        return previous.map(|drift| DriftReport {
+            since: None,
+            ..drift
+        });
+    }
+    let what: Vec<&str> = differences.iter().map(|d| d.what.as_str()).collect();
+    let mut what = what.join("; ");
+    if what.len() > WHAT_LONGEST {
+        let mut cut = WHAT_LONGEST;
+        while !what.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        what.truncate(cut);
+        what.push_str("...");
+    }
+    let previous = previous.unwrap_or_default();
+    Some(DriftReport {
+        count: previous.count.saturating_add(1),
+        what,
+        since: previous.since.or(Some(now)),
+    })
+}
+
+/// The kind a finding is counted under: what decides the RCPT answer first.
+fn drift_kind(differences: &[Difference]) -> super::DriftKind {
+    differences
+        .iter()
+        .map(|d| d.kind)
+        .min()
+        .unwrap_or(super::DriftKind::Queue)
 }
 
 /// What a blocking task returned, once it has finished; never, if there is none.
@@ -263,10 +467,15 @@ mod tests {
 
     /// An MTA that records what it is told, reads the state file at each apply (to see
     /// that the intent was saved first), fails the first `failures` applies and takes
-    /// `apply_time` for each.
+    /// `apply_time` for each. What another hand changed (`tampered`) reads back as drift
+    /// until an apply puts it back; `refights` more applies leave it in place, as a tool
+    /// fighting the agent would.
     #[derive(Default)]
     struct FakeMta {
         applied: Mutex<Vec<Held>>,
+        applied_at: Mutex<Vec<Instant>>,
+        tampered: Mutex<Vec<Difference>>,
+        refights: Mutex<u32>,
         saved_at_apply: Mutex<Vec<Held>>,
         failures: Mutex<u32>,
         apply_time: Duration,
@@ -287,11 +496,21 @@ mod tests {
                 return Err(std::io::Error::other("postfix reload: fatal"));
             }
             self.applied.lock().unwrap().push(held.clone());
+            self.applied_at.lock().unwrap().push(Instant::now());
+            let mut refights = self.refights.lock().unwrap();
+            match refights.checked_sub(1) {
+                Some(left) => *refights = left,
+                None => self.tampered.lock().unwrap().clear(),
+            }
             Ok(())
         }
 
         fn queue(&self) -> std::io::Result<Option<QueueFigures>> {
             Ok(Some(self.queue.lock().unwrap().clone()))
+        }
+
+        fn drift(&self, _: &Held) -> std::io::Result<Vec<Difference>> {
+            Ok(self.tampered.lock().unwrap().clone())
         }
     }
 
@@ -301,6 +520,7 @@ mod tests {
         intents: watch::Receiver<Held>,
         reports: watch::Receiver<Option<AgentReport>>,
         readiness: Readiness,
+        metrics: AgentMetrics,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         task: JoinHandle<()>,
         _directory: tempfile::TempDir,
@@ -309,13 +529,35 @@ mod tests {
     fn timing() -> Timing {
         Timing {
             measure_every: Duration::from_millis(50),
+            verify_every: Duration::from_millis(50),
+            probe_every: Duration::from_millis(50),
             ready_within: Duration::from_millis(300),
             retry_min: Duration::from_millis(20),
             retry_max: Duration::from_millis(100),
         }
     }
 
+    /// The metrics as Prometheus reads them.
+    fn exposition(metrics: &AgentMetrics) -> String {
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &metrics.registry().gather(),
+            &mut text,
+        )
+        .unwrap();
+        String::from_utf8(text).unwrap()
+    }
+
     fn start(saved: Held, configure: impl FnOnce(&mut FakeMta)) -> Harness {
+        start_with(saved, configure, None)
+    }
+
+    fn start_with(
+        saved: Held,
+        configure: impl FnOnce(&mut FakeMta),
+        probe: Option<Probe>,
+    ) -> Harness {
         let directory = tempfile::tempdir().unwrap();
         let state_file = directory.path().join("agent-state.json");
         save_state(&state_file, &saved).unwrap();
@@ -330,11 +572,13 @@ mod tests {
         let (reports, reports_rx) = watch::channel(None);
         let readiness = Readiness::default();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = AgentMetrics::default();
         let agent = Loop {
             mta: mta.clone(),
             state_file,
-            metrics: AgentMetrics::default(),
+            metrics: metrics.clone(),
             readiness: readiness.clone(),
+            probe,
             timing: timing(),
             intents,
             reports,
@@ -348,6 +592,7 @@ mod tests {
             intents: intents_rx,
             reports: reports_rx,
             readiness,
+            metrics,
             stop: Some(stop),
             task,
             _directory: directory,
@@ -495,6 +740,125 @@ mod tests {
         agent.settles_on("TempFail", is_mode(Mode::TempFail)).await;
         eventually("ready again", || agent.readiness.is_ready()).await;
         agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_drift_is_put_back_with_backoff_and_reported_with_its_start_until_equal_again() {
+        let agent = start(Held::Normal, |_| {});
+        agent.send(Some(tempfail()));
+        agent.settles_on("TempFail", is_mode(Mode::TempFail)).await;
+        eventually("reported applied", || {
+            agent.reports.borrow().as_ref().map(|r| r.hash.clone()) == Some(tempfail().hash())
+        })
+        .await;
+        let applies = agent.mta.applied.lock().unwrap().len();
+        // Another hand rewrites what decides the answer, and keeps rewriting it for ten
+        // more applies: with the backoff (at least 20 + 40 + 8 x 50 ms), longer than
+        // ready_within (300 ms).
+        let rewritten = "Exim mode file = \"normal\\n\", want \"tempfail\"";
+        *agent.mta.refights.lock().unwrap() = 10;
+        *agent.mta.tampered.lock().unwrap() = vec![Difference {
+            kind: super::super::DriftKind::Answer,
+            what: rewritten.into(),
+        }];
+        let before = Timestamp::now().as_second();
+        eventually("reported as drifting", || {
+            agent.reports.borrow().as_ref().is_some_and(|report| {
+                report.hash == tempfail().hash()
+                    && report
+                        .drift
+                        .as_ref()
+                        .is_some_and(|d| d.what == rewritten && d.since >= Some(before))
+            })
+        })
+        .await;
+        eventually("not ready while it lasts", || !agent.readiness.is_ready()).await;
+        eventually("ready again once equal", || agent.readiness.is_ready()).await;
+        let report = agent.reports.borrow().clone().unwrap();
+        let drift = report.drift.unwrap();
+        assert_eq!(drift.since, None, "equal again: no longer drifting");
+        assert_eq!(drift.what, rewritten, "what differed stays on the record");
+        // Found before the first apply and after each of the ten that did not put it back.
+        assert_eq!(drift.count, 11);
+        let applied_at = agent.mta.applied_at.lock().unwrap()[applies..].to_vec();
+        assert_eq!(applied_at.len(), 11);
+        // The first is made at once, the next ones with backoff (from 20 ms doubling,
+        // half of 100 ms and up once capped).
+        let last_gap = applied_at[10] - applied_at[9];
+        assert!(last_gap >= Duration::from_millis(50), "{last_gap:?}");
+        let text = exposition(&agent.metrics);
+        assert!(
+            text.contains("mail_incident_agent_drift_total{kind=\"answer\"} 11"),
+            "{text}"
+        );
+        assert!(text.contains("mail_incident_agent_converged 1"), "{text}");
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_wrong_answer_on_the_wire_is_drift_and_its_code_is_exported() {
+        // The MTA's files are right, but senders hear 250 during a TempFail.
+        let mta = probe::fixtures::FakeSmtp::start("250 2.1.5 Ok");
+        let agent = start_with(
+            Held::Normal,
+            |_| {},
+            Some(Probe {
+                address: mta.address,
+                recipient: "probe@e2e.test".into(),
+            }),
+        );
+        agent.send(Some(tempfail()));
+        eventually("reported the wrong answer as drift", || {
+            agent.reports.borrow().as_ref().is_some_and(|report| {
+                report.drift.as_ref().is_some_and(|d| {
+                    d.since.is_some()
+                        && d.what
+                            .starts_with("RCPT TO:<probe@e2e.test> answer = \"250 2.1.5 Ok\"")
+                })
+            })
+        })
+        .await;
+        // Once senders hear the incident's answer, the drift ends.
+        *mta.rcpt_reply.lock().unwrap() =
+            "452 4.3.1 <probe@e2e.test>: Recipient address rejected: storage down".into();
+        eventually("equal again", || {
+            agent
+                .reports
+                .borrow()
+                .as_ref()
+                .is_some_and(|report| report.drift.as_ref().is_some_and(|d| d.since.is_none()))
+        })
+        .await;
+        eventually("the last code exported", || {
+            exposition(&agent.metrics).contains("mail_incident_agent_probe_reply_code 452")
+        })
+        .await;
+        assert!(
+            !mta.heard.lock().unwrap().iter().any(|c| c == "DATA"),
+            "nothing is ever sent"
+        );
+        agent.stop().await;
+    }
+
+    #[test]
+    fn a_read_back_counts_each_finding_keeps_the_first_time_and_ends_when_equal() {
+        let found = |what: &str| Difference {
+            kind: super::super::DriftKind::Queue,
+            what: what.into(),
+        };
+        let first = after_read_back(None, &[found("a")], 100).unwrap();
+        assert_eq!((first.count, first.since), (1, Some(100)));
+        let again = after_read_back(Some(first), &[found("a"), found("b")], 130).unwrap();
+        assert_eq!((again.count, again.since), (2, Some(100)));
+        assert_eq!(again.what, "a; b");
+        let equal = after_read_back(Some(again), &[], 140).unwrap();
+        assert_eq!(
+            (equal.count, equal.since, equal.what.as_str()),
+            (2, None, "a; b")
+        );
+        assert_eq!(after_read_back(None, &[], 150), None);
+        let long = after_read_back(None, &[found(&"é".repeat(400))], 1).unwrap();
+        assert!(long.what.len() <= WHAT_LONGEST + 3, "{}", long.what.len());
     }
 
     #[tokio::test]

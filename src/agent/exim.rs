@@ -21,7 +21,7 @@
 //! delivers one message at a time. Exim times retries and expiry from the first failure
 //! of each address, which the release does not reset.
 
-use super::{Mta, command::run_command, files, state::Held};
+use super::{Difference, DriftKind, Mta, command::run_command, differs, files, state::Held};
 use crate::api::{Mode, mode_document::QueueFigures};
 use std::{
     path::{Path, PathBuf},
@@ -192,6 +192,9 @@ impl Mta for Exim {
     fn apply(&self, held: &Held) -> std::io::Result<()> {
         let (mode, retry) = render(held);
         let retry_file = &self.settings.exim_retry_file;
+        // A retry file another hand changed may have been loaded by a reload of theirs:
+        // the daemon re-reads the agent's again.
+        let changed_by_hand = files::read_if_exists(retry_file)? != retry;
         match &retry {
             Some(text) => files::write_durably(retry_file, text)?,
             None => files::remove_durably(retry_file)?,
@@ -199,7 +202,7 @@ impl Mta for Exim {
         // The mode file is read at each use: written after the lifetime is in force, so
         // that no message is held under the old, shorter lifetime.
         let marker = self.reloaded_marker();
-        if retry != files::read_if_exists(&marker)? {
+        if changed_by_hand || retry != files::read_if_exists(&marker)? {
             self.reload()?;
             match &retry {
                 Some(text) => files::write_durably(&marker, text)?,
@@ -231,6 +234,36 @@ impl Mta for Exim {
         )
         .map(Some)
     }
+
+    /// The two files as they are now. A deleted or rewritten mode file is what Exim's ACL
+    /// reads at the next RCPT; a changed retry file is what its next reload would take.
+    fn drift(&self, held: &Held) -> std::io::Result<Vec<Difference>> {
+        Ok(file_differences(
+            held,
+            files::read_if_exists(&self.settings.exim_mode_file)?.as_deref(),
+            files::read_if_exists(&self.settings.exim_retry_file)?.as_deref(),
+        ))
+    }
+}
+
+/// Where the mode and retry files read back (`None`: absent) differ from what
+/// [`render`] makes for `held`.
+fn file_differences(held: &Held, mode: Option<&str>, retry: Option<&str>) -> Vec<Difference> {
+    let (want_mode, want_retry) = render(held);
+    let mut differences = Vec::new();
+    if mode != Some(want_mode.as_str()) {
+        differences.push(Difference {
+            kind: DriftKind::Answer,
+            what: differs("Exim mode file", mode, Some(&want_mode)),
+        });
+    }
+    if retry != want_retry.as_deref() {
+        differences.push(Difference {
+            kind: DriftKind::Queue,
+            what: differs("Exim retry file", retry, want_retry.as_deref()),
+        });
+    }
+    differences
 }
 
 #[cfg(test)]
@@ -305,6 +338,16 @@ mod tests {
         exim.apply(&Held::Normal).unwrap();
         assert_eq!(count_once_at(2), 2);
         assert!(!directory.path().join("retry.conf").exists());
+        // A retry file written by another hand (and maybe loaded by a reload of theirs)
+        // is put back and reloaded, though the agent's marker says it is loaded.
+        std::fs::write(
+            directory.path().join("retry.conf"),
+            "MAIL_INCIDENT_LIFETIME = 1h\n",
+        )
+        .unwrap();
+        exim.apply(&Held::Normal).unwrap();
+        assert_eq!(count_once_at(3), 3);
+        assert!(!directory.path().join("retry.conf").exists());
         // A pid file that names no single process is refused, never sent a signal.
         for pid in ["-1", "0", "x"] {
             std::fs::write(directory.path().join("exim.pid"), pid).unwrap();
@@ -334,6 +377,41 @@ mod tests {
         assert!(mode.starts_with("reject\n550 5.3.2 "), "{mode}");
         let (mode, _) = render(&held(&document(Mode::AcceptAndQueue, 452, "4.3.1")));
         assert!(mode.starts_with("queue\n"), "{mode}");
+    }
+
+    #[test]
+    fn a_deleted_or_rewritten_mode_file_and_a_changed_retry_file_are_drift() {
+        let temp_fail = held(&document(Mode::TempFail, 452, "4.3.1"));
+        let (mode, retry) = render(&temp_fail);
+        assert_eq!(
+            file_differences(&temp_fail, Some(&mode), retry.as_deref()),
+            []
+        );
+        let deleted = file_differences(&temp_fail, None, retry.as_deref());
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(deleted[0].kind, DriftKind::Answer);
+        assert!(
+            deleted[0]
+                .what
+                .starts_with("Exim mode file = (absent), want \"tempfail\\n452 4.3.1 "),
+            "{deleted:?}"
+        );
+        let rewritten = file_differences(&temp_fail, Some("normal\n"), retry.as_deref());
+        assert!(
+            rewritten[0]
+                .what
+                .starts_with("Exim mode file = \"normal\\n\", want "),
+            "{rewritten:?}"
+        );
+        let retry_gone = file_differences(&temp_fail, Some(&mode), None);
+        assert_eq!(retry_gone.len(), 1);
+        assert_eq!(retry_gone[0].kind, DriftKind::Queue);
+        // Normal service: the mode file says normal and no retry file is left.
+        assert_eq!(file_differences(&Held::Normal, Some("normal\n"), None), []);
+        assert_eq!(
+            file_differences(&Held::Normal, Some("normal\n"), retry.as_deref()).len(),
+            1
+        );
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! `{"state": "Releasing", "release": {"concurrency": 4, "lifetime": "5d", ...}}`.
 //! The hook also gets `MAIL_INCIDENT_STATE` (Normal, AcceptAndQueue, TempFail, HardReject
 //! or Releasing) and `MAIL_INCIDENT_FILE` in its environment; a non-zero exit is a failed
-//! apply, retried with backoff. The agent cannot measure such an MTA's queue.
+//! apply, retried with backoff. The agent cannot measure such an MTA's queue. The file is
+//! the agent's: the hook reads it and leaves it in place, since a changed or missing file
+//! is drift, written again and the hook run again.
 
-use super::{Mta, command::run_command, files, state::Held};
+use super::{Difference, DriftKind, Mta, command::run_command, differs, files, state::Held};
 use crate::api::mode_document::QueueFigures;
 use std::{path::PathBuf, process::Command};
 
@@ -18,8 +20,7 @@ pub struct Generic {
 
 impl Mta for Generic {
     fn apply(&self, held: &Held) -> std::io::Result<()> {
-        let text = serde_json::to_string_pretty(held).map_err(std::io::Error::other)?;
-        files::write_durably(&self.mode_file, &text)?;
+        files::write_durably(&self.mode_file, &render(held)?)?;
         run_command(
             Command::new("sh")
                 .arg("-c")
@@ -32,5 +33,63 @@ impl Mta for Generic {
 
     fn queue(&self) -> std::io::Result<Option<QueueFigures>> {
         Ok(None)
+    }
+
+    /// The mode file as it is now: the hook's MTA reads its state from it. What the hook
+    /// made of it cannot be read back; a changed file is applied again, hook included.
+    fn drift(&self, held: &Held) -> std::io::Result<Vec<Difference>> {
+        let found = files::read_if_exists(&self.mode_file)?;
+        let wanted = render(held)?;
+        Ok(if found.as_deref() == Some(wanted.as_str()) {
+            vec![]
+        } else {
+            vec![Difference {
+                kind: DriftKind::Answer,
+                what: differs("mode file", found.as_deref(), Some(&wanted)),
+            }]
+        })
+    }
+}
+
+/// The mode file's text for `held`.
+fn render(held: &Held) -> std::io::Result<String> {
+    serde_json::to_string_pretty(held).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_or_rewritten_mode_file_is_drift_until_applied_again() {
+        let directory = tempfile::tempdir().unwrap();
+        let generic = Generic {
+            mode_file: directory.path().join("mode.json"),
+            hook: "true".into(),
+        };
+        let held = crate::agent::fixtures::held(&crate::agent::fixtures::document(
+            crate::api::Mode::TempFail,
+            452,
+            "4.3.1",
+        ));
+        generic.apply(&held).unwrap();
+        assert_eq!(generic.drift(&held).unwrap(), []);
+        std::fs::write(&generic.mode_file, "{\"state\": \"Normal\"}").unwrap();
+        let rewritten = generic.drift(&held).unwrap();
+        assert_eq!(rewritten.len(), 1);
+        assert!(
+            rewritten[0]
+                .what
+                .starts_with("mode file = \"{\\\"state\\\": \\\"Normal\\\"}\", want "),
+            "{rewritten:?}"
+        );
+        std::fs::remove_file(&generic.mode_file).unwrap();
+        assert!(
+            generic.drift(&held).unwrap()[0]
+                .what
+                .starts_with("mode file = (absent)")
+        );
+        generic.apply(&held).unwrap();
+        assert_eq!(generic.drift(&held).unwrap(), []);
     }
 }

@@ -15,6 +15,7 @@ pub mod generic;
 mod install;
 pub mod policy;
 pub mod postfix;
+pub mod probe;
 pub mod report;
 pub mod state;
 
@@ -49,7 +50,7 @@ const STATE_FILE: &str = "agent-state.json";
 /// In the state directory: the Postfix settings from before any incident.
 const POSTFIX_BASELINE_FILE: &str = "postfix-baseline.json";
 
-/// What the agent needs of an MTA. Both run on blocking threads.
+/// What the agent needs of an MTA. All run on blocking threads.
 pub trait Mta: Send + Sync {
     /// Configures the MTA for `held` and makes it take effect without a restart; for
     /// `Releasing`, also starts delivering the held mail. Idempotent: an apply cut short
@@ -57,6 +58,56 @@ pub trait Mta: Send + Sync {
     fn apply(&self, held: &Held) -> std::io::Result<()>;
     /// The queue as it is now, or `None` if this MTA's queue cannot be measured.
     fn queue(&self) -> std::io::Result<Option<QueueFigures>>;
+    /// Reads back what the agent is responsible for and says where it differs from what
+    /// `apply(held)` makes it (empty: the MTA runs `held`). Another hand's change is only
+    /// found here; the loop then applies `held` again.
+    fn drift(&self, held: &Held) -> std::io::Result<Vec<Difference>>;
+}
+
+/// One thing the MTA runs that differs from what the agent applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub kind: DriftKind,
+    /// In a few words, what it is and what it should be (`main.cf soft_bounce = no, want yes`).
+    pub what: String,
+}
+
+/// What a difference touches, the same for every MTA (the label of
+/// `mail_incident_agent_drift_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DriftKind {
+    /// What decides the answer at RCPT: Postfix's policy restriction, Exim's and the
+    /// generic mode file.
+    Answer,
+    /// What holds queued mail: Postfix's managed main.cf and master.cf settings, Exim's
+    /// retry file.
+    Queue,
+}
+
+impl DriftKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            DriftKind::Answer => "answer",
+            DriftKind::Queue => "queue",
+        }
+    }
+}
+
+/// `name = found, want wanted`: one difference in a drift message.
+fn differs(name: &str, found: Option<&str>, wanted: Option<&str>) -> String {
+    format!("{name} = {}, want {}", shown(found), shown(wanted))
+}
+
+/// A value as a drift message shows it: quoted, absent values named, long ones cut.
+fn shown(value: Option<&str>) -> String {
+    const LONGEST: usize = 80;
+    match value {
+        None => "(absent)".into(),
+        Some(text) if text.chars().count() > LONGEST => {
+            format!("{:?}...", text.chars().take(LONGEST).collect::<String>())
+        }
+        Some(text) => format!("{text:?}"),
+    }
 }
 
 /// The MTA software next to the agent.
@@ -118,6 +169,31 @@ pub struct Settings {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub report_seconds: u64,
 
+    /// How often, in seconds, the agent reads back what the MTA runs (its managed
+    /// settings, mode and retry files) and puts back whatever another hand changed
+    /// (1 to 3600; also right after each apply). A hand edit stays in force at most this
+    /// long, plus one apply.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub verify_seconds: u64,
+
+    /// A recipient the MTA accepts in normal service. The agent asks its MTA about it over
+    /// SMTP (EHLO, MAIL FROM:<>, RCPT TO, RSET, QUIT: nothing is ever sent) and treats an
+    /// answer other than the one its state promises as drift. No probe without it.
+    #[arg(long, env = "MAIL_INCIDENT_PROBE_RECIPIENT")]
+    pub probe_recipient: Option<String>,
+
+    /// The MTA's SMTP listener the probe asks, on loopback.
+    #[arg(
+        long,
+        env = "MAIL_INCIDENT_PROBE_ADDRESS",
+        default_value = "127.0.0.1:25"
+    )]
+    pub probe_address: SocketAddr,
+
+    /// How often, in seconds, the probe asks (1 to 3600; also right after each apply).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub probe_seconds: u64,
+
     /// How long, in seconds, the MTA may differ from its mode document before /readyz
     /// fails (1 to 3600).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -136,14 +212,16 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-/// The MTA handle `settings` describe. Runs MTA commands: call from a blocking thread.
-fn open_mta(settings: &Settings) -> Result<Arc<dyn Mta>> {
+/// The MTA handle `settings` describe, for an MTA the agent holds in `saved`. Runs MTA
+/// commands: call from a blocking thread.
+fn open_mta(settings: &Settings, saved: &Held) -> Result<Arc<dyn Mta>> {
     let failed = |e: std::io::Error| Error::Agent(e.to_string());
     Ok(match settings.mta {
         Software::Postfix => Arc::new(
             postfix::Postfix::open(
                 &settings.postfix,
                 &settings.state_dir.join(POSTFIX_BASELINE_FILE),
+                saved,
             )
             .map_err(failed)?,
         ),
@@ -168,6 +246,24 @@ pub async fn run(settings: Settings) -> Result<()> {
         ))
     })?;
     let document = document_name(kind, workload);
+    let probe = match &settings.probe_recipient {
+        // A recipient goes on the RCPT line as it is: nothing that could end or bend it.
+        Some(recipient)
+            if recipient.is_empty()
+                || recipient
+                    .chars()
+                    .any(|c| c.is_control() || "<> ".contains(c)) =>
+        {
+            return Err(Error::Agent(format!(
+                "--probe-recipient {recipient:?} is not a plain address"
+            )));
+        }
+        Some(recipient) => Some(probe::Probe {
+            address: settings.probe_address,
+            recipient: recipient.clone(),
+        }),
+        None => None,
+    };
     let state_file = settings.state_dir.join(STATE_FILE);
     let (mta, saved) = {
         let settings = settings.clone();
@@ -177,7 +273,7 @@ pub async fn run(settings: Settings) -> Result<()> {
                 .map_err(|e| Error::Agent(format!("{}: {e}", settings.state_dir.display())))?;
             let saved =
                 converge::load_state(&state_file).map_err(|e| Error::Agent(e.to_string()))?;
-            Ok((open_mta(&settings)?, saved))
+            Ok((open_mta(&settings, &saved)?, saved))
         })
         .await
         .map_err(|e| Error::Agent(e.to_string()))??
@@ -219,8 +315,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         state_file,
         metrics,
         readiness,
+        probe,
         timing: converge::Timing {
             measure_every: Duration::from_secs(settings.report_seconds),
+            verify_every: Duration::from_secs(settings.verify_seconds),
+            probe_every: Duration::from_secs(settings.probe_seconds),
             ready_within: Duration::from_secs(settings.ready_within_seconds),
             retry_min: Duration::from_millis(500),
             retry_max,

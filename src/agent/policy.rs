@@ -3,8 +3,9 @@
 //! for running smtpd processes to exit.
 //!
 //! The site lists the service first in its recipient restrictions, with the answer it
-//! wants when the agent is down (`DUNNO`: mail is accepted, and held while an incident's
-//! `defer_transports` is in `main.cf`; never a bounce):
+//! wants when the agent is down in normal service (`DUNNO`: mail is accepted; never a
+//! bounce). While an incident refuses mail the agent replaces that answer with a 4xx
+//! (see [`fallback_action`]), so that a dead agent never turns a TempFail into 250s:
 //!
 //! ```text
 //! smtpd_recipient_restrictions =
@@ -39,6 +40,28 @@ pub fn action(held: &Held) -> String {
             format!("{} {} {}", reply.code, reply.enhanced_code, reply.text)
         }
         _ => "DUNNO".into(),
+    }
+}
+
+/// What Postfix answers when the policy service does not (the agent is dead, restarting
+/// or in crash-loop back-off), set by the agent as the `default_action` of its
+/// `check_policy_service` restriction while an incident refuses mail: the incident's
+/// reply if it is a 4xx, a 451 otherwise. HardReject fails *soft* without the agent: a
+/// 5xx nobody stands behind loses mail for good, a 4xx only delays it. `None` in every
+/// other state: the site's own `default_action` (DUNNO) is restored.
+pub fn fallback_action(held: &Held) -> Option<String> {
+    match held {
+        Held::Incident { document }
+            if matches!(document.mode, Mode::TempFail | Mode::HardReject) =>
+        {
+            let reply = &document.reply;
+            Some(if (400..500).contains(&reply.code) {
+                action(held)
+            } else {
+                format!("451 4.3.0 {}", reply.text)
+            })
+        }
+        _ => None,
     }
 }
 
@@ -127,6 +150,25 @@ mod tests {
         assert_eq!(action(&Held::Normal), "DUNNO");
         let releasing = held(&document(Mode::TempFail, 452, "4.3.1")).next(None, 1);
         assert_eq!(action(&releasing), "DUNNO");
+    }
+
+    #[test]
+    fn without_the_agent_refusing_modes_fail_soft_and_others_keep_the_sites_fallback() {
+        assert_eq!(
+            fallback_action(&held(&document(Mode::TempFail, 452, "4.3.1"))).as_deref(),
+            Some("452 4.3.1 Mailbox storage temporarily unavailable, try again later")
+        );
+        assert_eq!(
+            fallback_action(&held(&document(Mode::HardReject, 550, "5.3.2"))).as_deref(),
+            Some("451 4.3.0 Mailbox storage temporarily unavailable, try again later")
+        );
+        assert_eq!(
+            fallback_action(&held(&document(Mode::AcceptAndQueue, 452, "4.3.1"))),
+            None
+        );
+        assert_eq!(fallback_action(&Held::Normal), None);
+        let releasing = held(&document(Mode::TempFail, 452, "4.3.1")).next(None, 1);
+        assert_eq!(fallback_action(&releasing), None);
     }
 
     #[tokio::test]

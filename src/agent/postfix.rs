@@ -15,11 +15,27 @@
 //! and caps the mailbox transport's process limit (`master.cf`) at the release
 //! concurrency; `postqueue -f` then retries every deferred message at once. Deferred mail
 //! keeps its arrival time, so the lifetimes must stay long until it is all delivered.
+//!
+//! While TempFail or HardReject holds, the agent's `check_policy_service` restriction
+//! falls back to a 4xx (see [`super::policy::fallback_action`]) rather than the site's
+//! `DUNNO`, so a dead agent leaves Postfix refusing softly, not accepting.
+//!
+//! **Whose value is it?** The agent reads the managed settings back (see
+//! [`read_back`]). During an incident or its release the incident's values win: any
+//! other value is put back. A value that is neither the baseline's nor one the agent has
+//! written since (a human's `maximal_queue_lifetime = 9d`, a new image's `main.cf`) is
+//! also the site's newer choice: it becomes the baseline, so that the end of the incident
+//! restores it rather than the older one. Two exceptions keep that safe: a
+//! `defer_transports` holding the mailbox transport (normal service would never deliver
+//! again) and recipient restrictions without the agent's policy clause (no incident
+//! could refuse mail) are never learned during an incident. In normal service, every
+//! value the agent did not write is the site's and is learned, never put back.
 
 use super::{
-    Mta,
+    Difference, DriftKind, Mta,
     command::{for_each_output_line, run_command},
-    files,
+    differs, files,
+    policy::fallback_action,
     state::{Held, Release},
 };
 use crate::api::{
@@ -28,19 +44,29 @@ use crate::api::{
 };
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
+    ops::Range,
     path::{Path, PathBuf},
     process::Command,
+    sync::{Mutex, PoisonError},
 };
+use tracing::{info, warn};
 
 /// The `main.cf` parameters the agent manages; nothing else in `main.cf` is touched.
-pub const MANAGED: [&str; 4] = [
+pub const MANAGED: [&str; 5] = [
     "soft_bounce",
     "defer_transports",
     "maximal_queue_lifetime",
     "bounce_queue_lifetime",
+    RESTRICTIONS,
 ];
+
+/// Holds the agent's policy clause, whose fallback follows the incident.
+const RESTRICTIONS: &str = "smtpd_recipient_restrictions";
+
+/// The key of the mailbox transport's process limit among the values the agent wrote.
+const PROCESS_LIMIT: &str = "master.cf process_limit";
 
 /// Command-line settings for Postfix.
 #[derive(Clone, Debug, clap::Args)]
@@ -61,7 +87,8 @@ pub struct PostfixSettings {
     pub postfix_policy_listen: SocketAddr,
 }
 
-/// The managed settings as they were before any incident.
+/// The managed settings as they were before any incident (or as the site has set them
+/// since), and what the agent has written over them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Baseline {
@@ -70,6 +97,11 @@ pub struct Baseline {
     main: BTreeMap<String, Option<String>>,
     /// The mailbox transport's `master.cf` process limit (`-`: default_process_limit).
     process_limit: String,
+    /// Every value other than the baseline's the agent has written to each setting since
+    /// normal service was last applied: a value read back from this set is the agent's
+    /// own, never the site's (an apply cut short leaves any of them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    written: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Baseline {
@@ -90,6 +122,48 @@ impl Baseline {
                 .split_once('=')
                 .map_or("-", |(_, value)| value.trim())
                 .to_string(),
+            written: BTreeMap::new(),
+        }
+    }
+
+    /// Records the values of `edits` other than the baseline's as the agent's own; whether
+    /// any was new.
+    fn note_written(&mut self, edits: &Edits) -> bool {
+        let mut values: Vec<(&str, &str)> = edits
+            .main
+            .iter()
+            .filter_map(|(name, value)| Some((*name, value.as_deref()?)))
+            .filter(|(name, value)| self.get(name) != Some(value))
+            .collect();
+        if edits.process_limit != self.process_limit {
+            values.push((PROCESS_LIMIT, &edits.process_limit));
+        }
+        let mut added = false;
+        for (name, value) in values {
+            added |= self
+                .written
+                .entry(name.to_string())
+                .or_default()
+                .insert(value.to_string());
+        }
+        added
+    }
+
+    fn wrote(&self, name: &str, value: Option<&str>) -> bool {
+        value.is_some_and(|value| {
+            self.written
+                .get(name)
+                .is_some_and(|set| set.contains(value))
+        })
+    }
+
+    /// A baseline recorded before `name` was managed lacks it: the agent never wrote it,
+    /// so what the instance runs is the site's.
+    fn complete_from(&mut self, current: &Baseline) {
+        for name in MANAGED {
+            self.main
+                .entry(name.to_string())
+                .or_insert_with(|| current.get(name).map(str::to_string));
         }
     }
 
@@ -126,9 +200,26 @@ impl Edits {
     }
 }
 
-/// The edits that put Postfix in `held`. `mailbox_transport` is the `master.cf`
-/// transport that delivers to mailbox storage.
-pub fn render(held: &Held, baseline: &Baseline, mailbox_transport: &str) -> Edits {
+/// What the agent's edits act on: the `master.cf` transport that delivers to mailbox
+/// storage, and the agent's policy service as `smtpd_recipient_restrictions` names it
+/// (`inet:127.0.0.1:10040`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub mailbox_transport: String,
+    pub policy_service: String,
+}
+
+impl Target {
+    pub fn new(mailbox_transport: &str, policy_listen: SocketAddr) -> Self {
+        Self {
+            mailbox_transport: mailbox_transport.into(),
+            policy_service: format!("inet:{policy_listen}"),
+        }
+    }
+}
+
+/// The edits that put Postfix in `held`.
+pub fn render(held: &Held, baseline: &Baseline, target: &Target) -> Edits {
     let restore = |name: &'static str| (name, baseline.get(name).map(str::to_string));
     let mut edits = Edits {
         main: MANAGED.into_iter().map(restore).collect(),
@@ -137,11 +228,108 @@ pub fn render(held: &Held, baseline: &Baseline, mailbox_transport: &str) -> Edit
     match held {
         Held::Normal => {}
         Held::Incident { document } => {
-            render_incident(&mut edits, document, baseline, mailbox_transport)
+            render_incident(&mut edits, document, baseline, &target.mailbox_transport)
         }
         Held::Releasing { release } => render_release(&mut edits, release),
     }
+    if let Some(action) = fallback_action(held) {
+        let fallback = baseline.get(RESTRICTIONS).and_then(|restrictions| {
+            with_policy_fallback(restrictions, &target.policy_service, &action)
+        });
+        if let Some(restrictions) = fallback {
+            edits.main.insert(RESTRICTIONS, Some(restrictions));
+        }
+    }
     edits
+}
+
+/// `restrictions` with the agent's policy clause (`check_policy_service` naming
+/// `service`) falling back to `action` when the service does not answer, its other
+/// attributes kept; `None` if there is no such clause or the braces do not balance.
+/// The action holds spaces and commas, so it goes in a `{ default_action = ... }` group,
+/// Postfix's syntax for such values (SMTPD_POLICY_README, "Advanced policy client
+/// configuration"); a reply text never holds `{`, `}` or `$` (the API refuses them).
+pub fn with_policy_fallback(restrictions: &str, service: &str, action: &str) -> Option<String> {
+    let items = list_items(restrictions)?;
+    let at = items.windows(2).position(|pair| {
+        &restrictions[pair[0].clone()] == "check_policy_service"
+            && endpoint(&restrictions[pair[1].clone()]) == Some(service)
+    })?;
+    let clause = items[at + 1].clone();
+    let mut rewritten = format!("{{ {service}");
+    if let Some(inner) = group_inner(&restrictions[clause.clone()]) {
+        for attribute in list_items(inner)?.into_iter().skip(1) {
+            if !is_default_action(&inner[attribute.clone()]) {
+                rewritten.push_str(", ");
+                rewritten.push_str(&inner[attribute]);
+            }
+        }
+    }
+    rewritten.push_str(&format!(", {{ default_action = {action} }} }}"));
+    Some(format!(
+        "{}{rewritten}{}",
+        &restrictions[..clause.start],
+        &restrictions[clause.end..]
+    ))
+}
+
+/// The byte ranges of a Postfix list's items (separated by commas or whitespace), a
+/// `{ ... }` group being one item; `None` if the braces do not balance.
+fn list_items(list: &str) -> Option<Vec<Range<usize>>> {
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut start: Option<usize> = None;
+    for (at, c) in list.char_indices() {
+        match c {
+            '{' => {
+                start.get_or_insert(at);
+                depth += 1;
+            }
+            '}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    items.push(start.take()?..at + 1);
+                }
+            }
+            ',' | ' ' | '\t' | '\n' | '\r' if depth == 0 => {
+                if let Some(start) = start.take() {
+                    items.push(start..at);
+                }
+            }
+            _ => {
+                start.get_or_insert(at);
+            }
+        }
+    }
+    if depth != 0 {
+        return None;
+    }
+    items.extend(start.map(|start| start..list.len()));
+    Some(items)
+}
+
+/// What is inside a `{ ... }` group, `None` for a plain item.
+fn group_inner(item: &str) -> Option<&str> {
+    item.strip_prefix('{')?.strip_suffix('}')
+}
+
+/// The service a `check_policy_service` argument names: the item itself, or the first
+/// item of its `{ ... }` group.
+fn endpoint(argument: &str) -> Option<&str> {
+    match group_inner(argument) {
+        Some(inner) => {
+            let first = list_items(inner)?.into_iter().next()?;
+            Some(&inner[first])
+        }
+        None => Some(argument),
+    }
+}
+
+/// Whether a policy clause attribute is `default_action=...` or `{ default_action = ... }`.
+fn is_default_action(attribute: &str) -> bool {
+    let bare = group_inner(attribute).unwrap_or(attribute).trim_start();
+    bare.strip_prefix("default_action")
+        .is_some_and(|rest| rest.trim_start().starts_with('='))
 }
 
 fn render_incident(
@@ -201,22 +389,31 @@ pub fn queued_message(line: &str) -> Option<(String, i64)> {
 /// A Postfix instance, driven through its own commands.
 pub struct Postfix {
     config_dir: PathBuf,
-    mailbox_transport: String,
-    baseline: Baseline,
+    target: Target,
+    baseline_file: PathBuf,
+    /// The baseline as recorded in `baseline_file`, learning the site's new values.
+    baseline: Mutex<Baseline>,
 }
 
 impl Postfix {
-    /// The instance `settings` describe. Its baseline is read the first time and kept in
-    /// `baseline_file` from then on: an agent restarted during an incident must not take
-    /// the incident's settings for the MTA's own, so only a missing file means "first
-    /// start". Refuses an instance whose recipient restrictions do not ask the agent's
-    /// policy service, which would never refuse a recipient.
-    pub fn open(settings: &PostfixSettings, baseline_file: &Path) -> std::io::Result<Self> {
+    /// The instance `settings` describe, which the agent holds in `saved`. Its baseline
+    /// is read the first time and kept in `baseline_file` from then on: an agent
+    /// restarted during an incident must not take the incident's settings for the MTA's
+    /// own, so only a missing file means "first start". A recorded baseline learns what
+    /// the site has changed since (a new pod's fresh `main.cf`, see [`read_back`]).
+    /// Refuses an instance whose recipient restrictions do not ask the agent's policy
+    /// service, which would never refuse a recipient.
+    pub fn open(
+        settings: &PostfixSettings,
+        baseline_file: &Path,
+        saved: &Held,
+    ) -> std::io::Result<Self> {
         let config_dir = &settings.postfix_config;
+        let target = Target::new(&settings.mailbox_transport, settings.postfix_policy_listen);
         let restrictions =
             run_command(postconf(config_dir).args(["-hx", "smtpd_recipient_restrictions"]))?;
-        let service = format!("inet:{}", settings.postfix_policy_listen);
-        if !restrictions.contains(&service) {
+        let service = &target.policy_service;
+        if !restrictions.contains(service.as_str()) {
             return Err(std::io::Error::other(format!(
                 "{}/main.cf: smtpd_recipient_restrictions must start with \
                  `check_policy_service {{ {service}, default_action=DUNNO }}` so that the agent \
@@ -225,40 +422,85 @@ impl Postfix {
                 restrictions.trim()
             )));
         }
+        let current = Baseline::of_instance(config_dir, &target.mailbox_transport)?;
+        let clause_found = current
+            .get(RESTRICTIONS)
+            .and_then(|restrictions| with_policy_fallback(restrictions, service, "DUNNO"))
+            .is_some();
+        if !clause_found {
+            warn!(
+                "smtpd_recipient_restrictions asks {service} only through another parameter: \
+                 the agent cannot set its fallback, so while it is down Postfix does what \
+                 the site's default_action says, in every mode"
+            );
+        }
         let baseline = match files::read_if_exists(baseline_file)? {
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|e| std::io::Error::other(format!("{}: {e}", baseline_file.display())))?,
-            None => {
-                let baseline = Baseline::of_instance(config_dir, &settings.mailbox_transport)?;
-                let text =
-                    serde_json::to_string_pretty(&baseline).map_err(std::io::Error::other)?;
-                files::write_durably(baseline_file, &text)?;
-                baseline
+            Some(text) => {
+                let mut recorded: Baseline = serde_json::from_str(&text).map_err(|e| {
+                    std::io::Error::other(format!("{}: {e}", baseline_file.display()))
+                })?;
+                recorded.complete_from(&current);
+                let read = read_back(&recorded, &current, saved, &target);
+                log_learned(&read.learned);
+                read.baseline
             }
+            None => current,
         };
+        save_baseline(baseline_file, &baseline)?;
         Ok(Self {
             config_dir: config_dir.clone(),
-            mailbox_transport: settings.mailbox_transport.clone(),
-            baseline,
+            target,
+            baseline_file: baseline_file.to_path_buf(),
+            baseline: Mutex::new(baseline),
         })
     }
 }
 
+fn save_baseline(path: &Path, baseline: &Baseline) -> std::io::Result<()> {
+    files::write_durably(
+        path,
+        &serde_json::to_string_pretty(baseline).map_err(std::io::Error::other)?,
+    )
+}
+
+fn log_learned(learned: &[String]) {
+    for setting in learned {
+        info!(%setting, "the site changed a managed setting: kept as its own, restored when no incident holds the MTA");
+    }
+}
+
 impl Mta for Postfix {
+    /// Notes the values about to be written as the agent's own (durably, before
+    /// `postconf` runs), then applies them; normal service, once applied, leaves nothing
+    /// of the agent's in the files.
     fn apply(&self, held: &Held) -> std::io::Result<()> {
-        apply_edits(
-            &self.config_dir,
-            &self.mailbox_transport,
-            &render(held, &self.baseline, &self.mailbox_transport),
-        )?;
-        if let Held::Releasing { .. } = held {
-            // Retry every deferred message now rather than at its next scheduled attempt.
-            run_command(
-                Command::new("postqueue")
-                    .arg("-c")
-                    .arg(&self.config_dir)
-                    .arg("-f"),
-            )?;
+        let edits = {
+            let mut baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
+            let edits = render(held, &baseline, &self.target);
+            if baseline.note_written(&edits) {
+                save_baseline(&self.baseline_file, &baseline)?;
+            }
+            edits
+        };
+        apply_edits(&self.config_dir, &self.target.mailbox_transport, &edits)?;
+        match held {
+            Held::Releasing { .. } => {
+                // Retry every deferred message now rather than at its next scheduled attempt.
+                run_command(
+                    Command::new("postqueue")
+                        .arg("-c")
+                        .arg(&self.config_dir)
+                        .arg("-f"),
+                )?;
+            }
+            Held::Normal => {
+                let mut baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
+                if !baseline.written.is_empty() {
+                    baseline.written.clear();
+                    save_baseline(&self.baseline_file, &baseline)?;
+                }
+            }
+            Held::Incident { .. } => {}
         }
         Ok(())
     }
@@ -281,6 +523,114 @@ impl Mta for Postfix {
             },
         )?;
         Ok(Some(figures))
+    }
+
+    /// The managed settings as `postconf -n` and `postconf -F` show them now; the site's
+    /// new values are learned into the baseline on the way (see [`read_back`]).
+    fn drift(&self, held: &Held) -> std::io::Result<Vec<Difference>> {
+        let current = Baseline::of_instance(&self.config_dir, &self.target.mailbox_transport)?;
+        let mut baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
+        let read = read_back(&baseline, &current, held, &self.target);
+        if read.baseline != *baseline {
+            save_baseline(&self.baseline_file, &read.baseline)?;
+            log_learned(&read.learned);
+            *baseline = read.baseline;
+        }
+        Ok(read.differences)
+    }
+}
+
+/// What reading the managed settings back found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReadBack {
+    /// The recorded baseline, with the site's new values learned.
+    pub baseline: Baseline,
+    /// The settings learned, as `name = value` in a few words.
+    pub learned: Vec<String>,
+    /// Where the instance differs from what `held` needs (to be put back).
+    pub differences: Vec<Difference>,
+}
+
+/// Compares what the instance runs (`current`) with the `recorded` baseline and what
+/// `held` needs. A value that is neither the baseline's nor one the agent wrote is the
+/// site's: learned into the baseline, except, while an incident or its release holds the
+/// MTA, a `defer_transports` listing the mailbox transport or recipient restrictions
+/// without the agent's policy clause (see the module's documentation). Every value other
+/// than what `held` needs is a difference, learned or not.
+pub fn read_back(
+    recorded: &Baseline,
+    current: &Baseline,
+    held: &Held,
+    target: &Target,
+) -> ReadBack {
+    let mut baseline = recorded.clone();
+    let mut learned = Vec::new();
+    let in_normal = *held == Held::Normal;
+    for name in MANAGED {
+        let found = current.get(name);
+        if found == recorded.get(name) || recorded.wrote(name, found) {
+            continue;
+        }
+        let safe_to_keep = match name {
+            "defer_transports" => !found.is_some_and(|list| {
+                list_contains(list, &target.mailbox_transport)
+                    && !recorded
+                        .get(name)
+                        .is_some_and(|list| list_contains(list, &target.mailbox_transport))
+            }),
+            RESTRICTIONS => found.is_some_and(|restrictions| {
+                with_policy_fallback(restrictions, &target.policy_service, "DUNNO").is_some()
+            }),
+            _ => true,
+        };
+        if in_normal || safe_to_keep {
+            baseline
+                .main
+                .insert(name.to_string(), found.map(str::to_string));
+            learned.push(format!("main.cf {name} = {}", found.unwrap_or("(absent)")));
+        }
+    }
+    if current.process_limit != recorded.process_limit
+        && !recorded.wrote(PROCESS_LIMIT, Some(&current.process_limit))
+    {
+        baseline.process_limit.clone_from(&current.process_limit);
+        learned.push(format!(
+            "master.cf {} process_limit = {}",
+            target.mailbox_transport, current.process_limit
+        ));
+    }
+    let wanted = render(held, &baseline, target);
+    let mut differences: Vec<Difference> = wanted
+        .main
+        .iter()
+        .filter(|(name, value)| current.get(name) != value.as_deref())
+        .map(|(name, value)| Difference {
+            kind: if *name == RESTRICTIONS {
+                DriftKind::Answer
+            } else {
+                DriftKind::Queue
+            },
+            what: differs(
+                &format!("main.cf {name}"),
+                current.get(name),
+                value.as_deref(),
+            ),
+        })
+        .collect();
+    if current.process_limit != wanted.process_limit {
+        differences.push(Difference {
+            kind: DriftKind::Queue,
+            what: differs(
+                &format!("master.cf {} process_limit", target.mailbox_transport),
+                Some(&current.process_limit),
+                Some(&wanted.process_limit),
+            ),
+        });
+    }
+    ReadBack {
+        baseline,
+        learned,
+        differences,
     }
 }
 
@@ -393,6 +743,16 @@ mydestination = example.org
         Baseline::read(postconf_n, "lmtp/unix/process_limit = -")
     }
 
+    fn target() -> Target {
+        Target::new("lmtp", "127.0.0.1:10040".parse().unwrap())
+    }
+
+    /// A site's main.cf with the agent's policy clause, as `postconf -n` shows it.
+    const WITH_POLICY: &str = "\
+maximal_queue_lifetime = 3d
+smtpd_recipient_restrictions = check_policy_service { inet:127.0.0.1:10040, default_action=DUNNO }, permit_mynetworks, reject_unauth_destination
+";
+
     #[test]
     fn the_baseline_keeps_only_the_managed_parameters_set_in_main_cf() {
         let baseline = baseline(BASELINE);
@@ -404,7 +764,7 @@ mydestination = example.org
     #[test]
     fn normal_service_restores_the_baseline_exactly() {
         let baseline = baseline(BASELINE);
-        let edits = render(&Held::Normal, &baseline, "lmtp");
+        let edits = render(&Held::Normal, &baseline, &target());
         assert_eq!(edits.main.len(), MANAGED.len());
         assert_eq!(edits.value("maximal_queue_lifetime"), Some("3d"));
         // Not set before the incident: removed, so Postfix's default applies again.
@@ -418,7 +778,7 @@ mydestination = example.org
         let edits = render(
             &held(&document(Mode::AcceptAndQueue, 452, "4.3.1")),
             &baseline,
-            "lmtp",
+            &target(),
         );
         assert_eq!(edits.value("defer_transports"), Some("lmtp"));
         assert_eq!(edits.value("soft_bounce"), Some("yes"));
@@ -432,9 +792,13 @@ mydestination = example.org
         let edits = render(
             &held(&document(Mode::TempFail, 452, "4.3.1")),
             &baseline,
-            "lmtp",
+            &target(),
         );
-        assert!(!edits.main.contains_key("smtpd_recipient_restrictions"));
+        assert_eq!(
+            edits.value(RESTRICTIONS),
+            Some("permit_mynetworks, reject_unauth_destination"),
+            "no policy clause to fall back from: the site's own restrictions"
+        );
         assert_eq!(edits.value("soft_bounce"), Some("yes"));
         assert_eq!(
             edits.value("defer_transports"),
@@ -448,7 +812,7 @@ mydestination = example.org
         let edits = render(
             &held(&document(Mode::HardReject, 550, "5.3.2")),
             &baseline(""),
-            "lmtp",
+            &target(),
         );
         assert_eq!(edits.value("soft_bounce"), Some("no"));
         assert_eq!(edits.value("defer_transports"), Some("lmtp"));
@@ -474,12 +838,12 @@ not json: the queue changed while it was listed
     #[test]
     fn only_what_differs_is_edited() {
         let now = baseline(BASELINE);
-        let unchanged = render(&Held::Normal, &now, "lmtp");
+        let unchanged = render(&Held::Normal, &now, &target());
         assert_eq!(changes(&now, &unchanged), Changes::default());
         let hold = render(
             &held(&document(Mode::AcceptAndQueue, 452, "4.3.1")),
             &now,
-            "lmtp",
+            &target(),
         );
         let changed = changes(&now, &hold);
         assert_eq!(
@@ -493,7 +857,13 @@ not json: the queue changed while it was listed
         );
         assert!(changed.unset.is_empty() && changed.process_limit.is_none());
         // And back: what the incident added is removed, its lifetime restored.
-        let during = Baseline::read(&changed.set.join("\n"), "lmtp/unix/process_limit = 4");
+        let during = Baseline::read(
+            &format!(
+                "{}\nsmtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination",
+                changed.set.join("\n")
+            ),
+            "lmtp/unix/process_limit = 4",
+        );
         let back = changes(&during, &unchanged);
         assert_eq!(back.set, ["maximal_queue_lifetime = 3d"]);
         assert_eq!(
@@ -509,14 +879,14 @@ not json: the queue changed while it was listed
         let edits = render(
             &held(&document(Mode::AcceptAndQueue, 452, "4.3.1")),
             &smtp,
-            "lmtp",
+            &target(),
         );
         assert_eq!(edits.value("defer_transports"), Some("smtp, lmtp"));
         let already = baseline("defer_transports = lmtp smtp\n");
         let edits = render(
             &held(&document(Mode::AcceptAndQueue, 452, "4.3.1")),
             &already,
-            "lmtp",
+            &target(),
         );
         assert_eq!(edits.value("defer_transports"), Some("lmtp smtp"));
     }
@@ -525,7 +895,7 @@ not json: the queue changed while it was listed
     fn a_release_lifts_the_hold_but_keeps_the_lifetimes_and_paces_delivery() {
         let baseline = baseline(BASELINE);
         let releasing = held(&document(Mode::TempFail, 452, "4.3.1")).next(None, 100);
-        let edits = render(&releasing, &baseline, "lmtp");
+        let edits = render(&releasing, &baseline, &target());
         assert_eq!(
             edits.main.get("defer_transports"),
             Some(&None),
@@ -536,8 +906,229 @@ not json: the queue changed while it was listed
         assert_eq!(edits.value("soft_bounce"), Some("yes"));
         assert_eq!(edits.process_limit, "4");
         // Then normal service puts the transport's own limit back.
-        assert_eq!(render(&Held::Normal, &baseline, "lmtp").process_limit, "-");
+        assert_eq!(
+            render(&Held::Normal, &baseline, &target()).process_limit,
+            "-"
+        );
         let limited = Baseline::read("", "lmtp/unix/process_limit = 20");
-        assert_eq!(render(&Held::Normal, &limited, "lmtp").process_limit, "20");
+        assert_eq!(
+            render(&Held::Normal, &limited, &target()).process_limit,
+            "20"
+        );
+    }
+
+    /// What `postconf -n` and `-F` show once `edits` are applied.
+    fn running(edits: &Edits) -> Baseline {
+        Baseline {
+            main: edits
+                .main
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.clone()))
+                .collect(),
+            process_limit: edits.process_limit.clone(),
+            written: BTreeMap::new(),
+        }
+    }
+
+    /// `instance` with `name` set to `value` by another hand.
+    fn edited(instance: &Baseline, name: &str, value: Option<&str>) -> Baseline {
+        let mut edited = instance.clone();
+        edited
+            .main
+            .insert(name.to_string(), value.map(str::to_string));
+        edited
+    }
+
+    #[test]
+    fn the_policy_clause_falls_back_to_the_action_given_keeping_its_other_attributes() {
+        let service = "inet:127.0.0.1:10040";
+        let action = "452 4.3.1 Mailbox storage down, try later";
+        assert_eq!(
+            with_policy_fallback(
+                "check_policy_service { inet:127.0.0.1:10040, default_action=DUNNO }, permit_mynetworks",
+                service,
+                action
+            )
+            .as_deref(),
+            Some(
+                "check_policy_service { inet:127.0.0.1:10040, { default_action = 452 4.3.1 Mailbox storage down, try later } }, permit_mynetworks"
+            )
+        );
+        // Other attributes stay; a braced default_action is replaced as a bare one is.
+        assert_eq!(
+            with_policy_fallback(
+                "reject_unauth_pipelining check_policy_service {inet:127.0.0.1:10040,timeout=10s, { default_action = DUNNO }}",
+                service,
+                "451 4.3.0 x"
+            )
+            .as_deref(),
+            Some(
+                "reject_unauth_pipelining check_policy_service { inet:127.0.0.1:10040, timeout=10s, { default_action = 451 4.3.0 x } }"
+            )
+        );
+        // The plain form gets a group.
+        assert_eq!(
+            with_policy_fallback(
+                "check_policy_service inet:127.0.0.1:10040, permit",
+                service,
+                "451 4.3.0 x"
+            )
+            .as_deref(),
+            Some(
+                "check_policy_service { inet:127.0.0.1:10040, { default_action = 451 4.3.0 x } }, permit"
+            )
+        );
+        // Another policy service is not the agent's; no clause, or unbalanced braces: nothing.
+        let other = "check_policy_service { inet:127.0.0.1:9998, default_action=DUNNO }, permit";
+        assert_eq!(with_policy_fallback(other, service, "451 4.3.0 x"), None);
+        assert_eq!(
+            with_policy_fallback("permit_mynetworks", service, "x"),
+            None
+        );
+        assert_eq!(
+            with_policy_fallback("check_policy_service { inet:127.0.0.1:10040", service, "x"),
+            None
+        );
+    }
+
+    #[test]
+    fn refusing_modes_make_the_policy_fallback_soft_and_others_keep_the_sites_own() {
+        let site = baseline(WITH_POLICY);
+        let restrictions = |held: &Held| {
+            render(held, &site, &target())
+                .value(RESTRICTIONS)
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            restrictions(&held(&document(Mode::TempFail, 452, "4.3.1")))
+                .starts_with("check_policy_service { inet:127.0.0.1:10040, { default_action = 452 4.3.1 Mailbox storage temporarily unavailable, try again later } }, permit_mynetworks"),
+        );
+        assert!(
+            restrictions(&held(&document(Mode::HardReject, 550, "5.3.2")))
+                .contains("{ default_action = 451 4.3.0 Mailbox storage"),
+            "HardReject fails soft without the agent"
+        );
+        let own = site.get(RESTRICTIONS).unwrap();
+        assert_eq!(
+            restrictions(&held(&document(Mode::AcceptAndQueue, 452, "4.3.1"))),
+            own
+        );
+        assert_eq!(restrictions(&Held::Normal), own);
+    }
+
+    #[test]
+    fn a_read_back_of_what_was_applied_finds_nothing_and_learns_nothing() {
+        let mut recorded = baseline(WITH_POLICY);
+        let temp_fail = held(&document(Mode::TempFail, 452, "4.3.1"));
+        let edits = render(&temp_fail, &recorded, &target());
+        assert!(recorded.note_written(&edits));
+        let read = read_back(&recorded, &running(&edits), &temp_fail, &target());
+        assert_eq!(read.differences, []);
+        assert_eq!(read.baseline, recorded);
+    }
+
+    #[test]
+    fn a_hand_edit_during_an_incident_is_put_back_and_kept_for_after_it() {
+        let mut recorded = baseline(WITH_POLICY);
+        let temp_fail = held(&document(Mode::TempFail, 452, "4.3.1"));
+        let edits = render(&temp_fail, &recorded, &target());
+        recorded.note_written(&edits);
+        let instance = edited(&running(&edits), "maximal_queue_lifetime", Some("9d"));
+        let read = read_back(&recorded, &instance, &temp_fail, &target());
+        assert_eq!(read.differences.len(), 1);
+        assert_eq!(read.differences[0].kind, DriftKind::Queue);
+        assert_eq!(
+            read.differences[0].what,
+            "main.cf maximal_queue_lifetime = \"9d\", want \"30d\""
+        );
+        // The incident's value is put back; the end of the incident restores the 9d.
+        assert_eq!(
+            render(&temp_fail, &read.baseline, &target()),
+            edits,
+            "the incident's values win while it holds"
+        );
+        assert_eq!(
+            render(&Held::Normal, &read.baseline, &target()).value("maximal_queue_lifetime"),
+            Some("9d")
+        );
+        assert_eq!(read.learned, ["main.cf maximal_queue_lifetime = 9d"]);
+    }
+
+    #[test]
+    fn values_the_agent_wrote_or_that_would_hold_mail_for_good_are_never_learned() {
+        let mut recorded = baseline(WITH_POLICY);
+        let reject = held(&document(Mode::HardReject, 550, "5.3.2"));
+        recorded.note_written(&render(&reject, &recorded, &target()));
+        let temp_fail = held(&document(Mode::TempFail, 452, "4.3.1"));
+        let edits = render(&temp_fail, &recorded, &target());
+        recorded.note_written(&edits);
+        // HardReject's soft_bounce = no, left by an apply cut short: the agent's own.
+        let instance = edited(&running(&edits), "soft_bounce", Some("no"));
+        let read = read_back(&recorded, &instance, &temp_fail, &target());
+        assert_eq!(read.learned, Vec::<String>::new());
+        assert_eq!(read.differences.len(), 1);
+        // A defer list holding the mailbox transport would never deliver again.
+        let instance = edited(&running(&edits), "defer_transports", Some("smtp, lmtp"));
+        let read = read_back(&recorded, &instance, &temp_fail, &target());
+        assert_eq!(read.baseline, recorded);
+        assert_eq!(read.differences.len(), 1);
+        // Restrictions without the policy clause: the incident could not refuse mail.
+        let instance = edited(&running(&edits), RESTRICTIONS, Some("permit_mynetworks"));
+        let read = read_back(&recorded, &instance, &temp_fail, &target());
+        assert_eq!(read.baseline, recorded);
+        assert_eq!(read.differences[0].kind, DriftKind::Answer);
+        assert!(
+            read.differences[0]
+                .what
+                .starts_with("main.cf smtpd_recipient_restrictions = \"permit_mynetworks\", want "),
+            "{:?}",
+            read.differences
+        );
+    }
+
+    #[test]
+    fn a_new_main_cf_from_the_site_becomes_the_baseline_and_in_normal_service_stays() {
+        let mut recorded = baseline(WITH_POLICY);
+        let temp_fail = held(&document(Mode::TempFail, 452, "4.3.1"));
+        recorded.note_written(&render(&temp_fail, &recorded, &target()));
+        // A new pod: the site's fresh main.cf, with a new lifetime and restrictions.
+        let fresh = baseline(
+            "maximal_queue_lifetime = 7d\nsmtpd_recipient_restrictions = check_policy_service { inet:127.0.0.1:10040, default_action=DUNNO }, permit_mynetworks, reject_rbl_client rbl.example\n",
+        );
+        let read = read_back(&recorded, &fresh, &temp_fail, &target());
+        assert_eq!(read.learned.len(), 2, "{:?}", read.learned);
+        let back = render(&Held::Normal, &read.baseline, &target());
+        assert_eq!(back.value("maximal_queue_lifetime"), Some("7d"));
+        assert_eq!(back.value(RESTRICTIONS), fresh.get(RESTRICTIONS));
+        assert!(
+            render(&temp_fail, &read.baseline, &target())
+                .value(RESTRICTIONS)
+                .unwrap()
+                .ends_with("default_action = 452 4.3.1 Mailbox storage temporarily unavailable, try again later } }, permit_mynetworks, reject_rbl_client rbl.example")
+        );
+        // In normal service the site's edits are its own: learned, never put back.
+        let mut normal = baseline(WITH_POLICY);
+        normal.note_written(&render(&Held::Normal, &normal, &target()));
+        let site = edited(&fresh, "soft_bounce", Some("yes"));
+        let read = read_back(&normal, &site, &Held::Normal, &target());
+        assert_eq!(read.differences, []);
+        assert_eq!(read.baseline.get("soft_bounce"), Some("yes"));
+        // A site's new process limit is learned as well.
+        let mut limited = running(&render(&temp_fail, &recorded, &target()));
+        limited.process_limit = "20".into();
+        let read = read_back(&recorded, &limited, &temp_fail, &target());
+        assert_eq!(read.baseline.process_limit, "20");
+        assert_eq!(read.differences, []);
+    }
+
+    #[test]
+    fn a_baseline_recorded_before_a_setting_was_managed_takes_the_instances_value() {
+        let mut old: Baseline = serde_json::from_str(
+            r#"{"main": {"soft_bounce": null, "defer_transports": null, "maximal_queue_lifetime": "3d", "bounce_queue_lifetime": null}, "processLimit": "-"}"#,
+        )
+        .unwrap();
+        old.complete_from(&baseline(WITH_POLICY));
+        assert_eq!(old, baseline(WITH_POLICY));
     }
 }
