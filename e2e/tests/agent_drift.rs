@@ -9,7 +9,7 @@
 use crate::{
     exim::EximInstance,
     fakes::FakeKubelet,
-    mta::{AgentProcess, Smtp, every_admitted_character, mta_with_agent_rbac, run},
+    mta::{AgentProcess, Smtp, admitted_character_texts, mta_with_agent_rbac, run},
     postfix::PostfixInstance,
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
     world::{Scene, http_get, rand_suffix},
@@ -369,18 +369,22 @@ async fn a_dead_agent_leaves_postfix_refusing_softly_in_temp_fail_and_hard_rejec
     let mut agent = outage.agent(&postfix.agent_args()).await;
     // The fallback carries the reply in main.cf: any character the API admits must get
     // through Postfix's parsing of it unchanged.
-    let every = every_admitted_character();
     let rejected = "<user@e2e.test>: Recipient address rejected:";
-    for (mode, extra, alive, dead) in [
+    let temp_fail_with = |text: &str| {
         (
             "TempFail",
             format!(
                 "smtpReply: {{code: 451, enhancedCode: 4.3.0, text: {}}}",
-                serde_json::to_string(&every).unwrap()
+                serde_json::to_string(text).unwrap()
             ),
             "451 4.3.0 ".to_string(),
-            format!("451 4.3.0 {rejected} {every}"),
-        ),
+            format!("451 4.3.0 {rejected} {text}"),
+        )
+    };
+    let [first, second] = admitted_character_texts();
+    for (mode, extra, alive, dead) in [
+        temp_fail_with(&first),
+        temp_fail_with(&second),
         (
             "HardReject",
             "hardReject: {acknowledgeBounces: true}".into(),

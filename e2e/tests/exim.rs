@@ -4,7 +4,7 @@
 
 use crate::{
     mta::{
-        AgentProcess, Smtp, every_admitted_character, instance_script, maildir_count,
+        AgentProcess, Smtp, admitted_character_texts, instance_script, maildir_count,
         mta_with_agent_rbac, run,
     },
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
@@ -109,9 +109,8 @@ async fn a_mail_incident_switches_a_real_exim_and_its_held_mail_is_all_delivered
 
     // TempFail and HardReject: exactly the incident's reply at RCPT, whatever characters
     // its text holds.
-    // In two halves: a text is at most 61 characters, so that it stays on one line.
-    let every = every_admitted_character();
-    let halves = every.split_at(every.len() / 2);
+    // In two texts: a text is at most 61 characters, so that it stays on one line.
+    let [first, second] = admitted_character_texts();
     let tempfail_with = |text: &str| {
         let quoted = serde_json::to_string(text).unwrap();
         (
@@ -121,8 +120,8 @@ async fn a_mail_incident_switches_a_real_exim_and_its_held_mail_is_all_delivered
         )
     };
     for (mode, extra, expected) in [
-        tempfail_with(halves.0),
-        tempfail_with(halves.1),
+        tempfail_with(&first),
+        tempfail_with(&second),
         (
             "TempFail",
             "smtpReply: {code: 452, enhancedCode: 4.3.1, text: 'Mailbox storage down, try later'}"

@@ -8,6 +8,7 @@ use crate::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, ResourceExt, api::ListParams};
+use mail_incident_operator::api::validation::MAX_REPLY_TEXT;
 use std::{
     ffi::OsString,
     io::{BufRead, BufReader, Write},
@@ -53,6 +54,16 @@ pub fn every_admitted_character() -> String {
         .filter(|c| !matches!(c, '{' | '}' | '$' | '\\'))
         .collect();
     format!("a{middle}z")
+}
+
+/// [`every_admitted_character`] in two reply texts the API admits (each at most
+/// `MAX_REPLY_TEXT` characters, between two letters).
+pub fn admitted_character_texts() -> [String; 2] {
+    let every = every_admitted_character();
+    let (first, second) = every.split_at(every.len() / 2);
+    let texts = [format!("{first}z"), format!("a{second}")];
+    assert!(texts.iter().all(|t| t.len() <= MAX_REPLY_TEXT));
+    texts
 }
 
 /// One SMTP client session; QUIT is sent when it is dropped.
