@@ -463,6 +463,91 @@ async fn agent_restarted(client: &Client, namespace: &str, mta: &PodMta, before:
     .await;
 }
 
+/// How long the crash-loop test keeps each MTA's agent down, killing every process of it
+/// the kubelet starts.
+const AGENT_DOWN: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn an_agent_crash_looping_during_temp_fail_leaves_its_mta_refusing_softly() {
+    let node = Node::get();
+    let client = node.client().await;
+    let ns = TestNamespace::new(&node.world, "node-crashloop");
+    let mtas = start_examples(node, &ns.name, |_| {}).await;
+    let incidents: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
+    answer_all(&mtas, "250").await;
+    let baselines = baselines(&client, &ns.name, &mtas).await;
+    apply_incident(
+        &node.world,
+        &ns.name,
+        "outage",
+        &format!("mode: TempFail\nreason: INC-18 storage down\n{TARGETS}"),
+    );
+    wait_for_within(
+        CONVERGE,
+        &incidents,
+        "outage",
+        "applied",
+        ready_because("Applied"),
+    )
+    .await;
+    answer_all(&mtas, "452").await;
+
+    // Every agent process the kubelet starts is killed at once, for AGENT_DOWN: the
+    // kubelet's back-off grows, the MTA runs alone, and every RCPT meanwhile must be
+    // refused softly: never accepted, never bounced.
+    for mta in &mtas {
+        let pod = the_pod(&client, &ns.name, mta).await;
+        let before = agent_restarts(&pod);
+        let (mut asked, mut kills, mut slowest) = (0, 0, Duration::ZERO);
+        let down = std::time::Instant::now();
+        while down.elapsed() < AGENT_DOWN {
+            if let Some(pid) = container_pid(&pod, "/mail-incident-operator") {
+                crate::mta::run(
+                    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]),
+                );
+                kills += 1;
+            }
+            let started = std::time::Instant::now();
+            let answer = mta.rcpt_reply().await;
+            slowest = slowest.max(started.elapsed());
+            asked += 1;
+            assert!(
+                answer.as_deref().is_some_and(|a| a.starts_with("452 ")),
+                "{}: RCPT answered {answer:?} while its agent was down",
+                mta.label
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "{}: agent killed {kills} times over {} s; {asked} RCPTs meanwhile, each 452, the slowest in {:.2} s",
+            mta.label,
+            AGENT_DOWN.as_secs(),
+            slowest.as_secs_f64()
+        );
+        assert!(
+            kills >= 2,
+            "{}: the kubelet restarted the agent {kills} time(s)",
+            mta.label
+        );
+        agent_restarted(&client, &ns.name, mta, before).await;
+        // Back after the kubelet's back-off (up to 40 s by now), before the next MTA.
+        eventually_within(
+            Duration::from_secs(90),
+            &format!("{}: its agent running again", mta.label),
+            || async { container_pid(&pod, "/mail-incident-operator").map(drop) },
+        )
+        .await;
+    }
+
+    node.world
+        .kubectl_ok(&["delete", "mailincident", "-n", &ns.name, "outage"]);
+    for (mta, baseline) in mtas.iter().zip(&baselines) {
+        let pod = the_pod(&client, &ns.name, mta).await;
+        back_to_baseline(mta, &pod, baseline).await;
+    }
+    answer_all(&mtas, "250").await;
+}
+
 #[tokio::test]
 async fn an_agent_killed_mid_incident_and_mid_release_is_restarted_and_no_message_is_lost() {
     let node = Node::get();
