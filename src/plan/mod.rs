@@ -254,7 +254,11 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
         if !carries_mode_of(target, &frozen) {
             let delivery = deliver(target, document, &hash, owners);
             writes.extend(delivery.writes);
-            restorations.extend(delivery.restorations.into_iter().map(|r| (winner, r)));
+            // A target whose last write was refused is not put back (its TargetFailed
+            // event says why): announcing each retry would repeat a restoration that fails.
+            if !ns.write_failures.contains_key(&target.target) {
+                restorations.extend(delivery.restorations.into_iter().map(|r| (winner, r)));
+            }
         }
         let uptake = match ns.write_failures.get(&target.target) {
             Some(failure) => Uptake::Failed(failure.clone()),

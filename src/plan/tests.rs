@@ -1169,6 +1169,15 @@ fn hand_edited_restart_env_vars_are_applied_again() {
     let plan = world.plan(at(1));
     assert!(matches!(&plan.writes[..], [Write::SetRestartEnv { .. }]));
     assert_eq!(plan.incidents[0].restored, [Restored::RestartEnv]);
+    // Refused (another field manager owns the value): retried, but not announced again.
+    world.failures.insert(
+        world.targets[0].target.clone(),
+        "conflict with \"kubectl-set\"".into(),
+    );
+    let plan = world.plan(at(1));
+    assert!(matches!(&plan.writes[..], [Write::SetRestartEnv { .. }]));
+    assert!(plan.incidents[0].restored.is_empty());
+    world.failures.clear();
     // A leftover env var of ours on a target no incident selects is cleared.
     world.targets[3].template_env = vec![("MAIL_INCIDENT_MODE".into(), "HardReject".into())];
     let plan = world.settle(at(2), true);
