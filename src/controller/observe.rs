@@ -22,6 +22,7 @@ use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectM
 use kube::{
     ResourceExt,
     core::{PartialObjectMeta, SelectorExt},
+    runtime::reflector::ObjectRef,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -67,13 +68,17 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
         .into_iter()
         .map(|c| (c.name_any(), c))
         .collect();
-    let all_pods = caches.pods.state_filter(|p| in_ns(&p.metadata));
+    let pods = caches
+        .pods
+        .state_filter(|p| in_ns(&p.metadata) && p.metadata.deletion_timestamp.is_none());
     // Terminating pods still run their agents: their report entries stay until they go.
-    let existing_pods: BTreeSet<String> = all_pods.iter().map(|p| p.name_any()).collect();
-    let pods: Vec<_> = all_pods
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
+    // Looked up per report entry, so a sync costs nothing more per pod of the namespace.
+    let pod_exists = |name: &str| {
+        caches
+            .pods
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some()
+    };
     // Live pods by each of their labels, so that finding a workload's pods costs the size
     // of one label's group, not a scan of the namespace per workload.
     let mut pods_by_label: HashMap<(&str, &str), Vec<&PartialObjectMeta<Pod>>> = HashMap::new();
@@ -110,7 +115,7 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
                 }
                 None => vec![],
             };
-            let target = target(&w, &config_maps, &live_pods, &existing_pods);
+            let target = target(&w, &config_maps, &live_pods, &pod_exists);
             versions.insert(
                 target.target.clone(),
                 Versions {
@@ -202,7 +207,7 @@ fn target(
     w: &Workload<'_>,
     config_maps: &BTreeMap<String, std::sync::Arc<CachedConfigMap>>,
     live_pods: &[String],
-    existing_pods: &BTreeSet<String>,
+    pod_exists: &dyn Fn(&str) -> bool,
 ) -> Target {
     let name = w.meta.name.clone().unwrap_or_default();
     let annotations = w.meta.annotations.clone().unwrap_or_default();
@@ -266,7 +271,7 @@ fn target(
             .map(|r| {
                 r.reports
                     .iter()
-                    .filter(|(pod, _)| !existing_pods.contains(pod))
+                    .filter(|(pod, _)| !pod_exists(pod))
                     .map(|(pod, _)| pod.clone())
                     .collect()
             })
