@@ -645,7 +645,7 @@ mod tests {
     }
 
     fn is_mode(mode: Mode) -> impl Fn(&Held) -> bool {
-        move |held| matches!(held, Held::Incident { document } if document.mode == mode)
+        move |held| matches!(held, Held::Incident { document } if document.headline().mode == mode)
     }
 
     fn tempfail() -> ModeDocument {

@@ -75,12 +75,12 @@ pub fn render(held: &Held) -> (String, Option<String>) {
         Held::Normal => ("normal\n".into(), None),
         Held::Releasing { release } => ("normal\n".into(), lifetime(&release.lifetime)),
         Held::Incident { document } => {
-            let mode = match document.mode {
+            let mode = match document.headline().mode {
                 Mode::AcceptAndQueue => "queue",
                 Mode::TempFail => "tempfail",
                 Mode::HardReject => "reject",
             };
-            let reply = &document.reply;
+            let reply = &document.headline().reply;
             (
                 format!(
                     "{mode}\n{} {} {}\n",

@@ -396,7 +396,7 @@ mod fixtures {
         Mode,
         mode_document::{
             DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply, MODE_DOCUMENT_KIND,
-            MODE_DOCUMENT_VERSION, ModeDocument,
+            MODE_DOCUMENT_VERSION, ModeDocument, Rule,
         },
     };
 
@@ -406,23 +406,26 @@ mod fixtures {
         ModeDocument {
             api_version: MODE_DOCUMENT_VERSION.into(),
             kind: MODE_DOCUMENT_KIND.into(),
-            mode,
-            reply: DocumentReply {
-                code,
-                enhanced_code: enhanced.into(),
-                text: "Mailbox storage temporarily unavailable, try again later".into(),
-            },
+            rules: vec![Rule {
+                mode,
+                reply: DocumentReply {
+                    code,
+                    enhanced_code: enhanced.into(),
+                    text: "Mailbox storage temporarily unavailable, try again later".into(),
+                },
+                recipient_domains: None,
+                incident: DocumentIncident {
+                    name: "outage".into(),
+                    uid: "u".into(),
+                    reason: "r".into(),
+                },
+            }],
             queue: DocumentQueue {
                 lifetime: "30d".into(),
                 bounce_lifetime: "10d".into(),
             },
             release: DocumentRelease { concurrency: 4 },
             mta: None,
-            incident: DocumentIncident {
-                name: "outage".into(),
-                uid: "u".into(),
-                reason: "r".into(),
-            },
         }
     }
 
@@ -454,7 +457,7 @@ mod tests {
     fn updates(events: Vec<watcher::Result<Event<ConfigMap>>>) -> Vec<Option<Mode>> {
         futures::executor::block_on(
             document_updates(stream::iter(events))
-                .map(|update| update.map(|document| document.mode))
+                .map(|update| update.map(|document| document.headline().mode))
                 .collect(),
         )
     }

@@ -34,9 +34,9 @@ const MAX_LINE: usize = 16 * 1024;
 pub fn action(held: &Held) -> String {
     match held {
         Held::Incident { document }
-            if matches!(document.mode, Mode::TempFail | Mode::HardReject) =>
+            if matches!(document.headline().mode, Mode::TempFail | Mode::HardReject) =>
         {
-            let reply = &document.reply;
+            let reply = &document.headline().reply;
             format!("{} {} {}", reply.code, reply.enhanced_code, reply.text)
         }
         _ => "DUNNO".into(),
@@ -52,9 +52,9 @@ pub fn action(held: &Held) -> String {
 pub fn fallback_action(held: &Held) -> Option<String> {
     match held {
         Held::Incident { document }
-            if matches!(document.mode, Mode::TempFail | Mode::HardReject) =>
+            if matches!(document.headline().mode, Mode::TempFail | Mode::HardReject) =>
         {
-            let reply = &document.reply;
+            let reply = &document.headline().reply;
             Some(if (400..500).contains(&reply.code) {
                 action(held)
             } else {
@@ -193,7 +193,7 @@ mod tests {
         };
         assert_eq!(ask(&mut postfix).await, "action=DUNNO\n\n");
         let mut quoted = document(Mode::TempFail, 452, "4.3.1");
-        quoted.reply.text = r#"say "hi" now, {x} $y \z"#.into();
+        quoted.rules[0].reply.text = r#"say "hi" now, {x} $y \z"#.into();
         intents.send_replace(held(&quoted));
         assert_eq!(
             ask(&mut postfix).await,

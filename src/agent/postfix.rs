@@ -343,7 +343,7 @@ fn render_incident(
         Some(existing) if !existing.is_empty() => format!("{existing}, {mailbox_transport}"),
         _ => mailbox_transport.to_string(),
     };
-    let soft_bounce = if document.mode == Mode::HardReject {
+    let soft_bounce = if document.headline().mode == Mode::HardReject {
         "no"
     } else {
         "yes"

@@ -95,9 +95,13 @@ pub fn reply_code(reply: &str) -> Option<u16> {
 pub fn judge(held: &Held, recipient: &str, heard: &str) -> Option<Difference> {
     let wanted = match held {
         Held::Incident { document }
-            if matches!(document.mode, Mode::TempFail | Mode::HardReject) =>
+            if matches!(document.headline().mode, Mode::TempFail | Mode::HardReject) =>
         {
-            format!("{} {} ", document.reply.code, document.reply.enhanced_code)
+            format!(
+                "{} {} ",
+                document.headline().reply.code,
+                document.headline().reply.enhanced_code
+            )
         }
         _ => "2".to_string(),
     };

@@ -111,7 +111,7 @@ impl Held {
     pub fn label(&self) -> String {
         match self {
             Held::Normal => "Normal".into(),
-            Held::Incident { document } => format!("{:?}", document.mode),
+            Held::Incident { document } => format!("{:?}", document.headline().mode),
             Held::Releasing { .. } => "Releasing".into(),
         }
     }

@@ -15,6 +15,12 @@ const TIME_SPAN_PATTERN: &str = "^[0-9]{1,7}[smhdw]$";
 /// object would fail the controller's whole watch.
 const EXPIRES_AT_PATTERN: &str = "^2[0-9]{3}-";
 
+/// A recipient domain of a scope: a lower-case DNS name, or `*.` and one for its
+/// subdomains. Lengths are checked by the controller (a label at most 63 characters, the
+/// name at most 253).
+const RECIPIENT_DOMAIN_PATTERN: &str =
+    r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
 /// The CEL expression turning a `TimeSpan` string into seconds, for range rules.
 macro_rules! time_span_seconds {
     () => {
@@ -60,6 +66,12 @@ macro_rules! time_span_at_most {
         description = "The mode this incident currently asks its targets for"
     ),
     printcolumn(
+        name = "Scope",
+        type_ = "string",
+        json_path = ".status.scope",
+        description = "Which recipients the incident covers: all, or how many domains"
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
@@ -70,6 +82,12 @@ macro_rules! time_span_at_most {
         type_ = "string",
         json_path = ".status.targets.summary",
         description = "Targets that apply the mode / targets matched"
+    ),
+    printcolumn(
+        name = "Starts",
+        type_ = "string",
+        json_path = ".status.startsAt",
+        description = "When a scheduled incident takes effect"
     ),
     printcolumn(
         name = "Expires",
@@ -120,6 +138,19 @@ pub struct MailIncidentSpec {
     /// covers.
     pub targets: Targets,
 
+    /// Which recipients the incident is about. Absent: every recipient of the targets.
+    /// With several incidents on one target, each recipient gets the most severe mode
+    /// among the incidents covering its domain (then the oldest incident's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+
+    /// When the incident takes effect (RFC 3339, in the years 2000 to 2999), at most 100d
+    /// after its creation. Until then nothing changes on any MTA; expiresAt and duration
+    /// count from it. Absent: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = EXPIRES_AT_PATTERN))]
+    pub starts_at: Option<Time>,
+
     /// How long accepted mail may wait in the queue before it is returned to the sender.
     #[serde(default)]
     pub queue: QueueLifetimes,
@@ -141,15 +172,17 @@ pub struct MailIncidentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hard_reject: Option<HardRejectSettings>,
 
-    /// When the incident ends by itself (RFC 3339, in the years 2000 to 2999), at most 100d
-    /// after its creation (checked by the controller: no schema rule can see the creation
-    /// time). Alternative to duration.
+    /// When the incident ends by itself (RFC 3339, in the years 2000 to 2999), after
+    /// startsAt and at most 100d after it (or after the creation, without startsAt;
+    /// checked by the controller: no schema rule can see the creation time). Alternative
+    /// to duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = EXPIRES_AT_PATTERN))]
     pub expires_at: Option<Time>,
 
-    /// How long after its creation the incident ends by itself (number and unit s, m, h,
-    /// d or w, e.g. 36h), at most 100d. Alternative to expiresAt.
+    /// How long after its start (startsAt, or its creation) the incident ends by itself
+    /// (number and unit s, m, h, d or w, e.g. 36h), at most 100d. Alternative to
+    /// expiresAt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = TIME_SPAN_PATTERN))]
     #[x_kube(validation = Rule::new(time_span_at_most!(8640000)).message("spec.duration must be more than 0 and at most 100d"))]
@@ -166,6 +199,22 @@ pub struct MailIncidentSpec {
     /// way out.
     #[serde(default)]
     pub release: Release,
+}
+
+/// The recipients an incident covers.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Scope {
+    /// Recipient domains, lower-case: `example.com` covers exactly that domain,
+    /// `*.example.com` every subdomain of it (not example.com itself). 1 to 1000 entries,
+    /// no duplicates. In AcceptAndQueue only their mail is held; in TempFail and
+    /// HardReject only their RCPTs are refused; other recipients get normal service.
+    #[schemars(length(min = 1, max = 1000))]
+    #[schemars(inner(regex(pattern = RECIPIENT_DOMAIN_PATTERN), length(min = 1, max = 253)))]
+    // A set: the API server refuses duplicates (a CEL rule comparing every pair would
+    // exceed the cost budget at 1000 entries).
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub recipient_domains: Vec<String>,
 }
 
 /// The three incident modes.
@@ -393,7 +442,17 @@ pub struct MailIncidentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub superseded_by: Vec<Supersession>,
 
-    /// When the incident ends by itself, from spec.expiresAt or creation + spec.duration.
+    /// Which recipients the incident covers, for `kubectl get`: `all recipients`, or
+    /// `N domain(s)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+
+    /// When the incident takes effect (from spec.startsAt); Ready's reason is Scheduled
+    /// until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<Time>,
+
+    /// When the incident ends by itself, from spec.expiresAt or its start + spec.duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
 
@@ -442,6 +501,10 @@ pub struct TargetCounts {
     /// Targets scaled to zero: the mode is delivered, but no MTA of theirs runs to answer.
     #[serde(default)]
     pub idle: u32,
+    /// While the incident is scheduled: matched targets with fewer ready pods than
+    /// desired (an MTA or its agent not ready), which may not take the mode at the start.
+    #[serde(default)]
+    pub unready: u32,
     /// `applied/(matched - superseded - idle)`, for `kubectl get`.
     pub summary: String,
 }
@@ -455,15 +518,20 @@ pub struct TargetProblem {
     pub reason: String,
 }
 
-/// Targets of this incident that follow another, more severe or older, incident.
+/// Recipients of this incident that follow another, more severe or older, incident
+/// covering them too.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct Supersession {
     /// The incident they follow.
     pub incident: String,
-    /// How many targets follow it.
+    /// On how many targets.
     pub count: u32,
     /// Which (`Kind/name`; at most 20 listed).
     pub targets: Vec<String>,
+    /// Which of this incident's recipient domains follow it there (at most 20 listed);
+    /// absent: every recipient.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
 }
 
 /// One change of the incident's effective mode.

@@ -2,6 +2,7 @@
 
 mod incident;
 pub mod mode_document;
+pub mod scope;
 mod time_span;
 pub mod validation;
 

@@ -3,13 +3,16 @@
 //! contract between the two halves, so it lives here, with a content hash both sides use
 //! to say which version they mean.
 
-use super::{Mode, MtaKind, validation::Reply};
+use super::{Mode, MtaKind, scope::DomainPattern, validation::Reply};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// `apiVersion` of the document; bump it on any incompatible change.
-pub const MODE_DOCUMENT_VERSION: &str = "mailops.dev/v1alpha1";
+pub const MODE_DOCUMENT_VERSION: &str = "mailops.dev/v1alpha2";
+/// The version before scopes (one mode for every recipient): still read, so that an
+/// agent upgraded mid-incident understands its saved state.
+pub const MODE_DOCUMENT_VERSION_V1ALPHA1: &str = "mailops.dev/v1alpha1";
 /// `kind` of the document.
 pub const MODE_DOCUMENT_KIND: &str = "ModeDocument";
 /// The ConfigMap key holding the document (JSON).
@@ -130,25 +133,72 @@ impl QueueFigures {
 }
 
 /// What one workload's MTAs must do now. Absent document = normal service.
+///
+/// Since `mailops.dev/v1alpha2` it holds **rules**, in order of precedence: a recipient
+/// gets the first rule whose scope covers its domain (a rule without a scope covers every
+/// recipient), and normal service if none does. The controller orders them (most severe
+/// mode first, then the oldest incident) and drops those no recipient can reach. Reading
+/// one checks it whole: an unknown version, no rules or a malformed domain is an error,
+/// and the agent keeps its MTA where it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", try_from = "serde_json::Value")]
 pub struct ModeDocument {
     pub api_version: String,
     pub kind: String,
+    /// At least one; the first is the most severe.
+    pub rules: Vec<Rule>,
+    /// Queue lifetimes, in Postfix notation (`5d`), in force while any rule holds mail
+    /// and until its release is over: the longest of the rules' incidents.
+    pub queue: DocumentQueue,
+    /// How the held mail is released once the incidents end.
+    pub release: DocumentRelease,
+    /// The MTA software, when the workload or incident says; the agent has its own default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mta: Option<MtaKind>,
+}
+
+/// One incident's mode, for the recipients of its scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
     /// The incident mode to apply.
     pub mode: Mode,
     /// The RCPT reply for TempFail and HardReject (for AcceptAndQueue: the reply an
     /// escalation to TempFail uses).
     pub reply: DocumentReply,
-    /// Queue lifetimes, in Postfix notation (`5d`).
-    pub queue: DocumentQueue,
-    /// How the held mail is released once the incident ends.
-    pub release: DocumentRelease,
-    /// The MTA software, when the workload or incident says; the agent has its own default.
+    /// The recipient domains covered (`example.com`, `*.example.com`); absent: every
+    /// recipient.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mta: Option<MtaKind>,
-    /// The incident this mode comes from.
+    pub recipient_domains: Option<Vec<String>>,
+    /// The incident this rule comes from.
     pub incident: DocumentIncident,
+}
+
+impl Rule {
+    /// The rule's scope, parsed (`None`: every recipient). A document is checked when it
+    /// is read, so an entry that does not parse here is skipped.
+    pub fn scope(&self) -> Option<Vec<DomainPattern>> {
+        self.recipient_domains.as_ref().map(|domains| {
+            domains
+                .iter()
+                .filter_map(|d| DomainPattern::parse(d).ok())
+                .collect()
+        })
+    }
+
+    /// Whether the rule covers a recipient in `domain` (lower-case; `None`: an address
+    /// without a domain, covered only by an unscoped rule).
+    pub fn covers(&self, domain: Option<&str>) -> bool {
+        match (&self.recipient_domains, domain) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(domain)) => self
+                .scope()
+                .unwrap_or_default()
+                .iter()
+                .any(|pattern| pattern.covers(domain)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +242,48 @@ impl From<&Reply> for DocumentReply {
 }
 
 impl ModeDocument {
+    /// The rule a recipient in `domain` gets, if any covers it.
+    pub fn rule_for(&self, domain: Option<&str>) -> Option<&Rule> {
+        self.rules.iter().find(|rule| rule.covers(domain))
+    }
+
+    /// The most severe rule: what the document is named by in metrics and logs.
+    pub fn headline(&self) -> &Rule {
+        &self.rules[0]
+    }
+
+    /// Whether some rule covers every recipient: the MTA holds all its mail, as before
+    /// scopes.
+    pub fn covers_everyone(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| rule.recipient_domains.is_none())
+    }
+
+    /// The domains whose mail is held, when not everyone's is: every scoped rule's (each
+    /// incident mode holds the mail already queued for its recipients).
+    pub fn held_domains(&self) -> Vec<DomainPattern> {
+        let mut held: Vec<DomainPattern> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.scope().unwrap_or_default())
+            .collect();
+        held.sort();
+        held.dedup();
+        held
+    }
+
+    /// The incidents whose rules it holds, in order, comma-separated: the
+    /// `mailops.dev/incident` annotation (object names hold no comma).
+    pub fn incident_names(&self) -> String {
+        let names: Vec<&str> = self
+            .rules
+            .iter()
+            .map(|r| r.incident.name.as_str())
+            .collect();
+        names.join(",")
+    }
+
     /// The canonical JSON text: what is stored and what the hash covers.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a mode document serializes")
@@ -204,24 +296,145 @@ impl ModeDocument {
         content_hash(&self.to_json())
     }
 
-    /// The environment variables restart delivery sets on the MTA container.
+    /// The environment variables restart delivery sets on the MTA container: the first
+    /// rule's mode (restart delivery carries no scope; the controller refuses scoped rules
+    /// for it).
     pub fn env(&self) -> Vec<(&'static str, String)> {
+        let rule = self.headline();
         vec![
-            ("MAIL_INCIDENT_MODE", format!("{:?}", self.mode)),
-            ("MAIL_INCIDENT_REPLY_CODE", self.reply.code.to_string()),
+            ("MAIL_INCIDENT_MODE", format!("{:?}", rule.mode)),
+            ("MAIL_INCIDENT_REPLY_CODE", rule.reply.code.to_string()),
             (
                 "MAIL_INCIDENT_REPLY_ENHANCED_CODE",
-                self.reply.enhanced_code.clone(),
+                rule.reply.enhanced_code.clone(),
             ),
-            ("MAIL_INCIDENT_REPLY_TEXT", self.reply.text.clone()),
+            ("MAIL_INCIDENT_REPLY_TEXT", rule.reply.text.clone()),
             ("MAIL_INCIDENT_QUEUE_LIFETIME", self.queue.lifetime.clone()),
             (
                 "MAIL_INCIDENT_BOUNCE_LIFETIME",
                 self.queue.bounce_lifetime.clone(),
             ),
-            ("MAIL_INCIDENT_NAME", self.incident.name.clone()),
+            ("MAIL_INCIDENT_NAME", rule.incident.name.clone()),
             ("MAIL_INCIDENT_HASH", self.hash()),
         ]
+    }
+}
+
+/// A document as stored, before its version is known.
+impl TryFrom<serde_json::Value> for ModeDocument {
+    type Error = String;
+
+    fn try_from(value: serde_json::Value) -> Result<Self, String> {
+        let version = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let document = match version.as_str() {
+            MODE_DOCUMENT_VERSION => serde_json::from_value::<Wire>(value)
+                .map_err(|e| e.to_string())?
+                .into(),
+            MODE_DOCUMENT_VERSION_V1ALPHA1 => serde_json::from_value::<WireV1Alpha1>(value)
+                .map_err(|e| e.to_string())?
+                .into(),
+            other => {
+                return Err(format!(
+                    "mode document apiVersion {other:?} is not one this agent understands ({MODE_DOCUMENT_VERSION} or {MODE_DOCUMENT_VERSION_V1ALPHA1}): upgrade the agent"
+                ));
+            }
+        };
+        check(&document)?;
+        Ok(document)
+    }
+}
+
+/// What a document must hold beyond its shape.
+fn check(document: &ModeDocument) -> Result<(), String> {
+    if document.kind != MODE_DOCUMENT_KIND {
+        return Err(format!(
+            "mode document kind {:?} is not {MODE_DOCUMENT_KIND}",
+            document.kind
+        ));
+    }
+    if document.rules.is_empty() {
+        return Err("mode document has no rules".into());
+    }
+    for (index, rule) in document.rules.iter().enumerate() {
+        match &rule.recipient_domains {
+            Some(domains) if domains.is_empty() => {
+                return Err(format!(
+                    "mode document rule {index} has an empty recipientDomains"
+                ));
+            }
+            Some(domains) => {
+                for domain in domains {
+                    DomainPattern::parse(domain)
+                        .map_err(|e| format!("mode document rule {index}: {e}"))?;
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// The v1alpha2 shape, read without the conversion.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire {
+    api_version: String,
+    kind: String,
+    rules: Vec<Rule>,
+    queue: DocumentQueue,
+    release: DocumentRelease,
+    #[serde(default)]
+    mta: Option<MtaKind>,
+}
+
+impl From<Wire> for ModeDocument {
+    fn from(wire: Wire) -> Self {
+        Self {
+            api_version: wire.api_version,
+            kind: wire.kind,
+            rules: wire.rules,
+            queue: wire.queue,
+            release: wire.release,
+            mta: wire.mta,
+        }
+    }
+}
+
+/// A v1alpha1 document: one mode for every recipient. Read as one unscoped rule (its
+/// version is kept, so its hash stays the one it was written with).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireV1Alpha1 {
+    api_version: String,
+    kind: String,
+    mode: Mode,
+    reply: DocumentReply,
+    queue: DocumentQueue,
+    release: DocumentRelease,
+    #[serde(default)]
+    mta: Option<MtaKind>,
+    incident: DocumentIncident,
+}
+
+impl From<WireV1Alpha1> for ModeDocument {
+    fn from(wire: WireV1Alpha1) -> Self {
+        Self {
+            api_version: wire.api_version,
+            kind: wire.kind,
+            rules: vec![Rule {
+                mode: wire.mode,
+                reply: wire.reply,
+                recipient_domains: None,
+                incident: wire.incident,
+            }],
+            queue: wire.queue,
+            release: wire.release,
+            mta: wire.mta,
+        }
     }
 }
 
@@ -233,23 +446,26 @@ mod tests {
         ModeDocument {
             api_version: MODE_DOCUMENT_VERSION.into(),
             kind: MODE_DOCUMENT_KIND.into(),
-            mode: Mode::TempFail,
-            reply: DocumentReply {
-                code: 452,
-                enhanced_code: "4.3.1".into(),
-                text: "Mailbox storage temporarily unavailable, try again later".into(),
-            },
+            rules: vec![Rule {
+                mode: Mode::TempFail,
+                reply: DocumentReply {
+                    code: 452,
+                    enhanced_code: "4.3.1".into(),
+                    text: "Mailbox storage temporarily unavailable, try again later".into(),
+                },
+                recipient_domains: None,
+                incident: DocumentIncident {
+                    name: "outage".into(),
+                    uid: "0b6f".into(),
+                    reason: "INC-1".into(),
+                },
+            }],
             queue: DocumentQueue {
                 lifetime: "5d".into(),
                 bounce_lifetime: "5d".into(),
             },
             release: DocumentRelease { concurrency: 4 },
             mta: Some(MtaKind::Postfix),
-            incident: DocumentIncident {
-                name: "outage".into(),
-                uid: "0b6f".into(),
-                reason: "INC-1".into(),
-            },
         }
     }
 
@@ -263,7 +479,7 @@ mod tests {
     #[test]
     fn the_hash_follows_the_content() {
         let mut other = document();
-        other.reply.code = 451;
+        other.rules[0].reply.code = 451;
         assert_ne!(other.hash(), document().hash());
     }
 
@@ -272,6 +488,66 @@ mod tests {
         let parsed: ModeDocument = serde_json::from_str(&document().to_json()).unwrap();
         assert_eq!(parsed, document());
         assert!(document().to_json().contains("\"enhancedCode\": \"4.3.1\""));
+    }
+
+    fn scoped(mode: Mode, name: &str, domains: &[&str]) -> Rule {
+        let mut rule = document().rules[0].clone();
+        rule.mode = mode;
+        rule.incident.name = name.into();
+        rule.recipient_domains = Some(domains.iter().map(|d| d.to_string()).collect());
+        rule
+    }
+
+    #[test]
+    fn a_recipient_gets_the_first_rule_covering_its_domain() {
+        let mut two = document();
+        two.rules = vec![
+            scoped(Mode::HardReject, "pec", &["pec.example.it"]),
+            scoped(Mode::TempFail, "storage", &["*.example.it", "example.it"]),
+        ];
+        let rule = |domain: &str| two.rule_for(Some(domain)).map(|r| r.incident.name.as_str());
+        assert_eq!(rule("pec.example.it"), Some("pec"));
+        assert_eq!(rule("mx.example.it"), Some("storage"));
+        assert_eq!(rule("example.it"), Some("storage"));
+        assert_eq!(rule("example.com"), None);
+        assert_eq!(two.rule_for(None), None);
+        assert!(!two.covers_everyone());
+        assert_eq!(
+            two.held_domains()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["example.it", "pec.example.it", "*.example.it"]
+        );
+        assert!(document().covers_everyone());
+        assert!(document().rule_for(None).is_some());
+    }
+
+    #[test]
+    fn a_document_is_read_whole_or_refused_with_the_reason() {
+        let read =
+            |text: &str| serde_json::from_str::<ModeDocument>(text).map_err(|e| e.to_string());
+        assert_eq!(read(&document().to_json()).unwrap(), document());
+        let v1 = r#"{"apiVersion": "mailops.dev/v1alpha1", "kind": "ModeDocument", "mode": "TempFail",
+            "reply": {"code": 452, "enhancedCode": "4.3.1", "text": "t"},
+            "queue": {"lifetime": "5d", "bounceLifetime": "5d"}, "release": {"concurrency": 4},
+            "incident": {"name": "old", "uid": "u", "reason": "r"}}"#;
+        let old = read(v1).unwrap();
+        assert_eq!(old.rules.len(), 1);
+        assert_eq!(old.headline().incident.name, "old");
+        assert!(old.covers_everyone());
+        let future = document().to_json().replace("v1alpha2", "v1beta1");
+        assert!(
+            read(&future)
+                .unwrap_err()
+                .contains("\"mailops.dev/v1beta1\" is not one this agent understands")
+        );
+        let mut empty = document();
+        empty.rules.clear();
+        assert!(read(&empty.to_json()).unwrap_err().contains("no rules"));
+        let mut bad = document();
+        bad.rules = vec![scoped(Mode::TempFail, "x", &["Bad_Domain"])];
+        assert!(read(&bad.to_json()).unwrap_err().contains("Bad_Domain"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use super::{
     incident::{Escalation, LabelOperator, LabelRequirement, MailIncidentSpec, Mode, Targets},
+    scope::{DomainPattern, MAX_SCOPE_DOMAINS},
     time_span::TimeSpan,
 };
 use k8s_openapi::jiff::Timestamp;
@@ -15,8 +16,11 @@ use std::fmt;
 /// better returned than kept). The CEL rules say the same in seconds: 8640000.
 pub const MAX_QUEUE_LIFETIME: TimeSpan = TimeSpan::from_days(100);
 /// Longest an incident may last, by spec.duration or spec.expiresAt, counted from its
-/// creation: what a queue can hold. A longer outage takes a new incident, a new decision.
+/// start: what a queue can hold. A longer outage takes a new incident, a new decision.
 pub const MAX_INCIDENT_DURATION: TimeSpan = MAX_QUEUE_LIFETIME;
+/// Furthest ahead of its creation an incident may be scheduled (spec.startsAt): a window
+/// further off is a plan, not an incident.
+pub const MAX_SCHEDULE_AHEAD: TimeSpan = TimeSpan::from_days(100);
 /// Largest spec.escalation.maxOldestMessageAge: an older message has been returned to its
 /// sender already, whatever the lifetimes.
 pub const MAX_OLDEST_MESSAGE_AGE: TimeSpan = MAX_QUEUE_LIFETIME;
@@ -86,6 +90,10 @@ pub struct ValidIncident {
     pub queue_lifetime: TimeSpan,
     pub bounce_lifetime: TimeSpan,
     pub selector: Selector,
+    /// The recipient domains covered, as written (sorted); `None`: every recipient.
+    pub scope: Option<Vec<DomainPattern>>,
+    /// When the incident takes effect, if it was scheduled.
+    pub starts_at: Option<Timestamp>,
     /// When the incident ends by itself, if it does.
     pub expires_at: Option<Timestamp>,
     pub resolved: bool,
@@ -172,6 +180,17 @@ pub fn validate(
         );
     }
 
+    let scope = spec
+        .scope
+        .as_ref()
+        .and_then(|scope| scope_of(&scope.recipient_domains, &mut fail));
+
+    let starts_at = spec
+        .starts_at
+        .as_ref()
+        .and_then(|at| start_at(at.0, created, &mut fail));
+    // Expiry counts from the start: the scheduled one, or the creation.
+    let start = starts_at.or(created);
     let expires_at = match (&spec.expires_at, &spec.duration) {
         (Some(_), Some(_)) => {
             fail(
@@ -180,9 +199,9 @@ pub fn validate(
             );
             None
         }
-        (Some(at), None) => expiry_at(at.0, created, &mut fail),
+        (Some(at), None) => expiry_at(at.0, start, starts_at.is_some(), &mut fail),
         (None, Some(text)) => bounded_span("spec.duration", text, MAX_INCIDENT_DURATION, &mut fail)
-            .and_then(|span| expiry_after(span, created?, &mut fail)),
+            .and_then(|span| expiry_after(span, start?, &mut fail)),
         (None, None) => None,
     };
 
@@ -194,6 +213,8 @@ pub fn validate(
                 queue_lifetime,
                 bounce_lifetime,
                 selector,
+                scope,
+                starts_at,
                 expires_at,
                 resolved: spec.resolved,
                 escalation,
@@ -224,27 +245,67 @@ fn bounded_span(
     }
 }
 
-/// The latest end an incident created at `created` may have. Saturates rather than
-/// overflows, for a creation time near the end of representable time.
-pub fn latest_expiry(created: Timestamp) -> Timestamp {
-    created
+/// The latest end an incident starting at `start` may have. Saturates rather than
+/// overflows, for a time near the end of representable time.
+pub fn latest_expiry(start: Timestamp) -> Timestamp {
+    start
         .checked_add(MAX_INCIDENT_DURATION.as_duration())
         .unwrap_or(Timestamp::MAX)
 }
 
-/// spec.expiresAt, at most MAX_INCIDENT_DURATION after creation. Without a creation time
-/// (an object no API server has stored) there is nothing to count from.
+/// spec.expiresAt, at most MAX_INCIDENT_DURATION after the start, and after a scheduled
+/// start. Without a start (an object no API server has stored) there is nothing to count
+/// from.
 fn expiry_at(
+    at: Timestamp,
+    start: Option<Timestamp>,
+    scheduled: bool,
+    fail: &mut impl FnMut(&'static str, String),
+) -> Option<Timestamp> {
+    let from = if scheduled {
+        "spec.startsAt"
+    } else {
+        "the incident's creation"
+    };
+    match start {
+        Some(start) if at > latest_expiry(start) => {
+            fail(
+                "spec.expiresAt",
+                format!(
+                    "{at} is more than {MAX_INCIDENT_DURATION} after {from} at {start}: an incident lasts at most {MAX_INCIDENT_DURATION}"
+                ),
+            );
+            None
+        }
+        Some(start) if scheduled && at <= start => {
+            fail(
+                "spec.expiresAt",
+                format!("{at} is not after spec.startsAt {start}: the window would never open"),
+            );
+            None
+        }
+        _ => Some(at),
+    }
+}
+
+/// spec.startsAt, at most MAX_SCHEDULE_AHEAD after creation. A start before the creation
+/// (a window re-applied from Git after it opened) takes effect at once.
+fn start_at(
     at: Timestamp,
     created: Option<Timestamp>,
     fail: &mut impl FnMut(&'static str, String),
 ) -> Option<Timestamp> {
-    match created {
-        Some(created) if at > latest_expiry(created) => {
+    let latest = created.map(|created| {
+        created
+            .checked_add(MAX_SCHEDULE_AHEAD.as_duration())
+            .unwrap_or(Timestamp::MAX)
+    });
+    match (created, latest) {
+        (Some(created), Some(latest)) if at > latest => {
             fail(
-                "spec.expiresAt",
+                "spec.startsAt",
                 format!(
-                    "{at} is more than {MAX_INCIDENT_DURATION} after the incident's creation at {created}: an incident lasts at most {MAX_INCIDENT_DURATION}"
+                    "{at} is more than {MAX_SCHEDULE_AHEAD} after the incident's creation at {created}: declare a window at most {MAX_SCHEDULE_AHEAD} ahead"
                 ),
             );
             None
@@ -253,20 +314,59 @@ fn expiry_at(
     }
 }
 
-/// The end of an incident lasting `span` from `created`, if it can be represented.
+/// spec.scope.recipientDomains, each entry parsed, sorted; every problem is named.
+fn scope_of(
+    domains: &[String],
+    fail: &mut impl FnMut(&'static str, String),
+) -> Option<Vec<DomainPattern>> {
+    const FIELD: &str = "spec.scope.recipientDomains";
+    if domains.is_empty() || domains.len() > MAX_SCOPE_DOMAINS {
+        fail(
+            FIELD,
+            format!(
+                "lists {} domains: 1 to {MAX_SCOPE_DOMAINS} are allowed (leave spec.scope out to cover every recipient)",
+                domains.len()
+            ),
+        );
+        return None;
+    }
+    let mut patterns = Vec::with_capacity(domains.len());
+    let mut problems = Vec::new();
+    for domain in domains {
+        match DomainPattern::parse(domain) {
+            Ok(pattern) => patterns.push(pattern),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    patterns.sort();
+    let duplicates: Vec<String> = patterns
+        .windows(2)
+        .filter(|pair| pair[0] == pair[1])
+        .map(|pair| pair[0].to_string())
+        .collect();
+    if !duplicates.is_empty() {
+        problems.push(format!("lists {} more than once", duplicates.join(", ")));
+    }
+    if !problems.is_empty() {
+        problems.truncate(5);
+        fail(FIELD, problems.join("; "));
+        return None;
+    }
+    Some(patterns)
+}
+
+/// The end of an incident lasting `span` from `start`, if it can be represented.
 fn expiry_after(
     span: TimeSpan,
-    created: Timestamp,
+    start: Timestamp,
     fail: &mut impl FnMut(&'static str, String),
 ) -> Option<Timestamp> {
-    match created.checked_add(span.as_duration()) {
+    match start.checked_add(span.as_duration()) {
         Ok(at) => Some(at),
         Err(_) => {
             fail(
                 "spec.duration",
-                format!(
-                    "{span} after the creation at {created} is past the last representable time"
-                ),
+                format!("{span} after the start at {start} is past the last representable time"),
             );
             None
         }

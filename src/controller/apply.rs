@@ -227,7 +227,7 @@ pub fn document_object(target: &TargetRef, document: &ModeDocument, owners: &[Ow
             "labels": {MANAGED_BY_LABEL: MANAGED_BY, ROLE_LABEL: ROLE_DOCUMENT},
             "annotations": {
                 MODE_HASH_ANNOTATION: document.hash(),
-                INCIDENT_ANNOTATION: document.incident.name,
+                INCIDENT_ANNOTATION: document.incident_names(),
                 WORKLOAD_ANNOTATION: target.to_string(),
             },
             "ownerReferences": owned_by_incidents,
@@ -411,7 +411,7 @@ fn restart_env_patch(
         json!({"spec": {"template": {
             "metadata": {"annotations": {
                 MODE_HASH_ANNOTATION: document.hash(),
-                INCIDENT_ANNOTATION: document.incident.name,
+                INCIDENT_ANNOTATION: document.incident_names(),
             }},
             "spec": {"containers": [{"name": container, "env": env}]},
         }}}),

@@ -35,6 +35,7 @@ struct Workload<'a> {
     template: &'a PodTemplate,
     claim_templates: &'a [ClaimTemplate],
     rollout_complete: bool,
+    ready_replicas: i32,
 }
 
 /// What a sync sees of a namespace.
@@ -168,6 +169,7 @@ fn deployment(d: &CachedDeployment) -> Workload<'_> {
         &d.metadata,
         spec,
         rollout_complete,
+        status.ready_replicas,
     )
 }
 
@@ -183,6 +185,7 @@ fn statefulset(s: &CachedStatefulSet) -> Workload<'_> {
         &s.metadata,
         spec,
         rollout_complete,
+        status.ready_replicas,
     )
 }
 
@@ -191,6 +194,7 @@ fn workload<'a>(
     meta: &'a ObjectMeta,
     spec: &'a WorkloadSpec,
     rollout_complete: bool,
+    ready_replicas: Option<i32>,
 ) -> Workload<'a> {
     Workload {
         kind,
@@ -200,6 +204,7 @@ fn workload<'a>(
         template: &spec.template,
         claim_templates: &spec.volume_claim_templates,
         rollout_complete,
+        ready_replicas: ready_replicas.unwrap_or(0),
     }
 }
 
@@ -245,9 +250,11 @@ fn target(
     };
     let template_annotation =
         |key: &str| w.template.metadata.annotations.as_ref()?.get(key).cloned();
-    let source_incident = document
+    let source_incidents = document
         .and_then(|d| d.incident.clone())
-        .or_else(|| template_annotation(INCIDENT_ANNOTATION));
+        .or_else(|| template_annotation(INCIDENT_ANNOTATION))
+        .map(|names| names.split(',').map(String::from).collect())
+        .unwrap_or_default();
     Target {
         target: TargetRef { kind: w.kind, name },
         labels: w.meta.labels.clone().unwrap_or_default(),
@@ -277,7 +284,7 @@ fn target(
             })
             .unwrap_or_default(),
         template_hash: template_annotation(MODE_HASH_ANNOTATION),
-        source_incident,
+        source_incidents,
         report_exists: report.is_some(),
         // A pod whose MTA differs from what its agent applied does not count as applied.
         pod_reports: reports
@@ -294,6 +301,7 @@ fn target(
             .filter_map(|r| r.queue)
             .collect(),
         replicas: w.replicas,
+        ready_replicas: w.ready_replicas,
         rollout_complete: w.rollout_complete,
         mta_container: mta_container(w, annotation(MTA_CONTAINER_ANNOTATION)),
         queue: queue_storage(

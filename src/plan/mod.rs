@@ -13,10 +13,11 @@ pub use target::{Delivery, QueueStorage, Target, TargetRef, Uptake, WorkloadKind
 use crate::api::{
     MailIncident, MailIncidentStatus, Mode, TimeSpan, Transition,
     mode_document::{
-        DocumentIncident, DocumentQueue, DocumentRelease, DriftReport, MODE_DOCUMENT_KEY,
-        MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION, ModeDocument, QueueFigures, RESTART_ENV_PREFIX,
-        document_name, report_name,
+        DELIVERY_ANNOTATION, DocumentIncident, DocumentQueue, DocumentRelease, DriftReport,
+        MODE_DOCUMENT_KEY, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION, ModeDocument, QueueFigures,
+        RESTART_ENV_PREFIX, Rule, document_name, report_name,
     },
+    scope::DomainPattern,
     validation::{self, EscalationLimits, ValidIncident},
 };
 use k8s_openapi::jiff::Timestamp;
@@ -189,8 +190,31 @@ enum Standing {
         errors: Vec<validation::FieldError>,
         ended: Option<String>,
     },
-    /// Valid; `active` says whether it still asks for its mode.
-    Valid { spec: ValidIncident, active: bool },
+    /// Valid, at one point of its life.
+    Valid { spec: ValidIncident, phase: Phase },
+}
+
+/// Where a valid incident stands in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Declared ahead of time: nothing changes on any MTA until `spec.startsAt`.
+    Scheduled,
+    /// It asks for its mode.
+    Active,
+    /// Resolved, expired or deleted.
+    Ended,
+}
+
+impl Standing {
+    fn active(&self) -> Option<&ValidIncident> {
+        match self {
+            Standing::Valid {
+                spec,
+                phase: Phase::Active,
+            } => Some(spec),
+            _ => None,
+        }
+    }
 }
 
 /// Plans one namespace.
@@ -205,45 +229,56 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
         .filter(|(_, s)| matches!(s, Standing::Invalid { ended: None, .. }))
         .map(|(i, _)| i.metadata.name.as_deref().unwrap_or_default())
         .collect();
+    // Every active incident, most severe first, then the oldest: the order of the rules.
+    let mut by_precedence: Vec<usize> = (0..standings.len())
+        .filter(|&i| standings[i].active().is_some())
+        .collect();
+    by_precedence.sort_by(|&a, &b| {
+        precedence(ns.incidents[b], &standings[b]).cmp(&precedence(ns.incidents[a], &standings[a]))
+    });
 
     let mut writes = Vec::new();
     let mut outcomes = Vec::with_capacity(ns.targets.len());
     // Put-backs of what another hand changed, by the index of the incident deciding.
     let mut restorations: Vec<(usize, Restoration)> = Vec::new();
     for target in ns.targets {
-        let candidates: Vec<usize> = standings
+        let candidates: Vec<usize> = by_precedence
             .iter()
-            .enumerate()
-            .filter(|(_, s)| {
-                matches!(s, Standing::Valid { spec, active: true } if spec.selector.matches(&target.labels))
+            .copied()
+            .filter(|&i| {
+                standings[i]
+                    .active()
+                    .is_some_and(|spec| spec.selector.matches(&target.labels))
             })
-            .map(|(index, _)| index)
             .collect();
-        let winner = candidates.iter().copied().max_by(|&a, &b| {
-            precedence(ns.incidents[a], &standings[a])
-                .cmp(&precedence(ns.incidents[b], &standings[b]))
-        });
-        let Some(winner) = winner else {
+        let scopes: Vec<Option<&[DomainPattern]>> = candidates
+            .iter()
+            .map(|&i| standings[i].active().and_then(|spec| spec.scope.as_deref()))
+            .collect();
+        let layering = layer(&scopes);
+        let deciding: Vec<usize> = layering
+            .iter()
+            .zip(&candidates)
+            .filter(|(layer, _)| layer.decides)
+            .map(|(_, &index)| index)
+            .collect();
+        let Some(&headline) = deciding.first() else {
             if !carries_mode_of(target, &frozen) {
                 writes.extend(restore_normal(target));
             }
-            outcomes.push(TargetOutcome {
-                winner: None,
-                uptake: None,
-                escalated: None,
-            });
+            outcomes.push(TargetOutcome::default());
             continue;
         };
-        let Standing::Valid { spec, .. } = &standings[winner] else {
-            unreachable!("only valid incidents are candidates")
-        };
-        let incident = ns.incidents[winner];
-        let escalated = spec
-            .escalation
-            .as_ref()
-            .and_then(|limits| target.escalation(limits));
-        let document = document_for(incident, spec, target, escalated.is_some());
+        let escalated: BTreeMap<usize, String> = deciding
+            .iter()
+            .filter_map(|&index| {
+                let limits = standings[index].active()?.escalation.as_ref()?;
+                Some((index, target.escalation(limits)?))
+            })
+            .collect();
+        let document = document_for(ns, &standings, &deciding, target, &escalated);
         let hash = document.hash();
+        let scoped = !document.rules.iter().all(|r| r.recipient_domains.is_none());
         let owners = candidates
             .iter()
             .map(|&c| Owner {
@@ -251,21 +286,41 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
                 uid: ns.incidents[c].metadata.uid.clone().unwrap_or_default(),
             })
             .collect();
-        if !carries_mode_of(target, &frozen) {
+        let refusal = (scoped && target.delivery == Delivery::Restart).then(|| {
+            format!(
+                "restart delivery gives every recipient one mode, so it cannot carry a scoped incident: annotate the workload {DELIVERY_ANNOTATION}: reload"
+            )
+        });
+        if !carries_mode_of(target, &frozen) && refusal.is_none() {
             let delivery = deliver(target, document, &hash, owners);
             writes.extend(delivery.writes);
             // A target whose last write was refused is not put back (its TargetFailed
             // event says why): announcing each retry would repeat a restoration that fails.
             if !ns.write_failures.contains_key(&target.target) {
-                restorations.extend(delivery.restorations.into_iter().map(|r| (winner, r)));
+                restorations.extend(delivery.restorations.into_iter().map(|r| (headline, r)));
             }
         }
-        let uptake = match ns.write_failures.get(&target.target) {
-            Some(failure) => Uptake::Failed(failure.clone()),
-            None => target.uptake(&hash),
+        let uptake = match (ns.write_failures.get(&target.target), refusal) {
+            (Some(failure), _) => Uptake::Failed(failure.clone()),
+            (None, Some(refusal)) => Uptake::Failed(refusal),
+            (None, None) => target.uptake(&hash),
         };
+        let followed = candidates
+            .iter()
+            .zip(&layering)
+            .filter(|(_, layer)| !layer.follows.is_empty())
+            .map(|(&index, layer)| {
+                let follows = layer
+                    .follows
+                    .iter()
+                    .map(|(earlier, domains)| (candidates[*earlier], domains.clone()))
+                    .collect();
+                (index, follows)
+            })
+            .collect();
         outcomes.push(TargetOutcome {
-            winner: Some(winner),
+            deciding,
+            followed,
             uptake: Some(uptake),
             escalated,
         });
@@ -288,7 +343,7 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
         .enumerate()
         .map(|(index, (incident, standing))| {
             let mut decision = status::decide(incident, index, standing, ns, &outcomes);
-            if let Standing::Valid { spec, .. } = standing {
+            if let Some(spec) = standing.active() {
                 decision.queue_watch = Some(queue_watch(spec, index, ns.targets, &outcomes));
             }
             for (_, restoration) in restorations.iter().filter(|(i, _)| *i == index) {
@@ -303,7 +358,14 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
         .iter()
         .zip(&ns.incidents)
         .filter_map(|(s, incident)| match s {
-            Standing::Valid { spec, active: true } => spec.expires_at,
+            Standing::Valid {
+                spec,
+                phase: Phase::Active,
+            } => spec.expires_at,
+            Standing::Valid {
+                spec,
+                phase: Phase::Scheduled,
+            } => spec.starts_at,
             // Its last valid generation's end still ends it.
             Standing::Invalid { ended: None, .. } => incident
                 .status
@@ -321,6 +383,85 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
     }
 }
 
+/// Where one candidate incident stands among those before it on a target.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Layer {
+    /// Some recipient it covers gets its rule: it has a rule in the document.
+    decides: bool,
+    /// The domains it covers that follow an earlier candidate instead, by that candidate's
+    /// position; empty domains: every recipient it covers.
+    follows: Vec<(usize, Vec<String>)>,
+}
+
+/// Layers the scopes of a target's candidates, in order of precedence (`None`: every
+/// recipient). A recipient gets the first candidate covering its domain, so each one is
+/// decided wherever no earlier one covers it: it has a rule unless every pattern of it is
+/// included in an earlier scope (or an earlier candidate covers everyone).
+fn layer(scopes: &[Option<&[DomainPattern]>]) -> Vec<Layer> {
+    let mut layers: Vec<Layer> = Vec::with_capacity(scopes.len());
+    for (position, scope) in scopes.iter().enumerate() {
+        let earlier = &scopes[..position];
+        let mut layer = Layer::default();
+        if let Some(everyone) = earlier.iter().position(Option::is_none) {
+            layer.follows.push((everyone, vec![]));
+            layers.push(layer);
+            continue;
+        }
+        let mut follows: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        match scope {
+            None => {
+                // Everyone but the earlier scopes' domains.
+                layer.decides = true;
+                for (at, earlier_scope) in earlier.iter().enumerate() {
+                    let domains = earlier_scope.unwrap_or_default();
+                    follows
+                        .entry(at)
+                        .or_default()
+                        .extend(domains.iter().map(ToString::to_string));
+                }
+            }
+            Some(patterns) => {
+                for pattern in *patterns {
+                    let including = earlier
+                        .iter()
+                        .position(|s| s.unwrap_or_default().iter().any(|e| e.includes(pattern)));
+                    match including {
+                        Some(at) => follows.entry(at).or_default().push(pattern.to_string()),
+                        None => {
+                            layer.decides = true;
+                            // Narrower earlier patterns inside it take their part.
+                            for (at, earlier_scope) in earlier.iter().enumerate() {
+                                follows.entry(at).or_default().extend(
+                                    earlier_scope
+                                        .unwrap_or_default()
+                                        .iter()
+                                        .filter(|e| pattern.includes(e))
+                                        .map(ToString::to_string),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        layer.follows = follows
+            .into_iter()
+            .filter(|(_, domains)| !domains.is_empty())
+            .map(|(at, mut domains)| {
+                domains.sort();
+                domains.dedup();
+                (at, domains)
+            })
+            .collect();
+        if !layer.decides {
+            // Wholly followed: the domains listed are all of it.
+            layer.follows.retain(|(_, d)| !d.is_empty());
+        }
+        layers.push(layer);
+    }
+    layers
+}
+
 fn queue_watch(
     spec: &ValidIncident,
     index: usize,
@@ -331,7 +472,7 @@ fn queue_watch(
         targets
             .iter()
             .zip(outcomes)
-            .filter(move |(_, outcome)| outcome.winner == Some(index))
+            .filter(move |(_, outcome)| outcome.deciding.contains(&index))
     };
     QueueWatch {
         lifetime: spec.queue_lifetime,
@@ -339,19 +480,24 @@ fn queue_watch(
         peak: QueuePeak::of(governed().flat_map(|(target, _)| &target.queues)),
         accepting_peak: QueuePeak::of(
             governed()
-                .filter(|(_, outcome)| outcome.escalated.is_none())
+                .filter(|(_, outcome)| !outcome.escalated.contains_key(&index))
                 .flat_map(|(target, _)| &target.queues),
         ),
     }
 }
 
 /// What planning concluded for one target.
+#[derive(Default)]
 struct TargetOutcome {
-    /// Index of the winning incident.
-    winner: Option<usize>,
+    /// The incidents with a rule in its document, in the rules' order.
+    deciding: Vec<usize>,
+    /// For each incident some of whose recipients on it follow earlier incidents: those
+    /// incidents and the domains (empty: every recipient it covers).
+    followed: BTreeMap<usize, Vec<(usize, Vec<String>)>>,
     uptake: Option<Uptake>,
-    /// Why the target was switched from AcceptAndQueue to TempFail, if it was.
-    escalated: Option<String>,
+    /// Deciding incidents whose AcceptAndQueue the target's queue switched to TempFail,
+    /// and why.
+    escalated: BTreeMap<usize, String>,
 }
 
 fn standing(incident: &MailIncident, now: Timestamp) -> Standing {
@@ -372,10 +518,14 @@ fn standing(incident: &MailIncident, now: Timestamp) -> Standing {
             let ended = spec.resolved
                 || spec.expires_at.is_some_and(|at| at <= now)
                 || incident.metadata.deletion_timestamp.is_some();
-            Standing::Valid {
-                spec,
-                active: !ended,
-            }
+            let phase = if ended {
+                Phase::Ended
+            } else if spec.starts_at.is_some_and(|at| at > now) {
+                Phase::Scheduled
+            } else {
+                Phase::Active
+            };
+            Standing::Valid { spec, phase }
         }
     }
 }
@@ -402,10 +552,7 @@ fn precedence(
     incident: &MailIncident,
     standing: &Standing,
 ) -> (u8, std::cmp::Reverse<(Option<Timestamp>, String)>) {
-    let severity = match standing {
-        Standing::Valid { spec, .. } => severity(spec.mode),
-        _ => 0,
-    };
+    let severity = standing.active().map_or(0, |spec| severity(spec.mode));
     let created = incident.metadata.creation_timestamp.as_ref().map(|t| t.0);
     (severity, std::cmp::Reverse((created, incident.name_any())))
 }
@@ -423,37 +570,75 @@ pub fn severity(mode: Mode) -> u8 {
 fn carries_mode_of(target: &Target, frozen: &BTreeSet<&str>) -> bool {
     !frozen.is_empty()
         && target
-            .source_incident
-            .as_deref()
-            .is_some_and(|name| frozen.contains(name))
+            .source_incidents
+            .iter()
+            .any(|name| frozen.contains(name.as_str()))
 }
 
-/// The document for `target`; an escalated AcceptAndQueue target gets TempFail, with the
-/// incident's reply (validation keeps it a 4xx) and lifetimes.
+/// The document for `target`: one rule per deciding incident, in order of precedence; an
+/// escalated AcceptAndQueue rule is TempFail, with the incident's reply (validation keeps
+/// it a 4xx). The lifetimes are the longest of the rules' (no held message may expire
+/// early), the release the most gentle.
 fn document_for(
-    incident: &MailIncident,
-    spec: &ValidIncident,
+    ns: &Namespace<'_>,
+    standings: &[Standing],
+    deciding: &[usize],
     target: &Target,
-    escalated: bool,
+    escalated: &BTreeMap<usize, String>,
 ) -> ModeDocument {
+    let specs: Vec<(&MailIncident, &ValidIncident)> = deciding
+        .iter()
+        .filter_map(|&i| Some((ns.incidents[i], standings[i].active()?)))
+        .collect();
+    let rules = deciding
+        .iter()
+        .zip(&specs)
+        .map(|(index, (incident, spec))| Rule {
+            mode: if escalated.contains_key(index) {
+                Mode::TempFail
+            } else {
+                spec.mode
+            },
+            reply: (&spec.reply).into(),
+            recipient_domains: spec
+                .scope
+                .as_ref()
+                .map(|scope| scope.iter().map(ToString::to_string).collect()),
+            incident: DocumentIncident {
+                name: incident.name_any(),
+                uid: incident.metadata.uid.clone().unwrap_or_default(),
+                reason: incident.spec.reason.clone(),
+            },
+        })
+        .collect();
+    let longest = |span: fn(&ValidIncident) -> TimeSpan| {
+        specs
+            .iter()
+            .map(|(_, spec)| span(spec))
+            .max()
+            .map(|span| span.to_string())
+            .unwrap_or_default()
+    };
     ModeDocument {
         api_version: MODE_DOCUMENT_VERSION.into(),
         kind: MODE_DOCUMENT_KIND.into(),
-        mode: if escalated { Mode::TempFail } else { spec.mode },
-        reply: (&spec.reply).into(),
+        rules,
         queue: DocumentQueue {
-            lifetime: spec.queue_lifetime.to_string(),
-            bounce_lifetime: spec.bounce_lifetime.to_string(),
+            lifetime: longest(|spec| spec.queue_lifetime),
+            bounce_lifetime: longest(|spec| spec.bounce_lifetime),
         },
         release: DocumentRelease {
-            concurrency: spec.release_concurrency,
+            concurrency: specs
+                .iter()
+                .map(|(_, spec)| spec.release_concurrency)
+                .min()
+                .unwrap_or(1),
         },
-        mta: target.mta.or(incident.spec.targets.mta),
-        incident: DocumentIncident {
-            name: incident.name_any(),
-            uid: incident.metadata.uid.clone().unwrap_or_default(),
-            reason: incident.spec.reason.clone(),
-        },
+        mta: target.mta.or_else(|| {
+            specs
+                .first()
+                .and_then(|(incident, _)| incident.spec.targets.mta)
+        }),
     }
 }
 
@@ -615,7 +800,7 @@ fn agent_drifts(index: usize, targets: &[Target], outcomes: &[TargetOutcome]) ->
     targets
         .iter()
         .zip(outcomes)
-        .filter(|(_, outcome)| outcome.winner == Some(index))
+        .filter(|(_, outcome)| outcome.deciding.first() == Some(&index))
         .flat_map(|(target, _)| {
             target.drifts.iter().map(|(pod, drift)| AgentDrift {
                 target: target.target.clone(),

@@ -1,12 +1,12 @@
 //! One incident's status and events, from the plan of its namespace.
 
 use super::{
-    ConditionType, Decision, HISTORY_LIMIT, LISTED_TARGETS_LIMIT, Namespace, Note, Standing,
+    ConditionType, Decision, HISTORY_LIMIT, LISTED_TARGETS_LIMIT, Namespace, Note, Phase, Standing,
     TargetOutcome, Uptake, set_conditions,
 };
 use crate::api::{
     EffectiveMode, MailIncident, MailIncidentStatus, Supersession, TargetCounts, TargetProblem,
-    Transition, validation::FieldError,
+    Transition, scope::DomainPattern, validation::FieldError,
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, core::SelectorExt};
@@ -42,36 +42,48 @@ pub(super) fn decide(
         Standing::Invalid { errors, ended } => {
             invalid(incident, errors, ended.as_deref(), previous, ns)
         }
-        Standing::Valid { spec, active } => {
+        Standing::Valid { spec, phase } => {
             let mut builder = Builder::new(incident, &previous, ns.now);
             builder.status.expires_at = spec.expires_at.map(Time);
+            builder.status.starts_at = spec.starts_at.map(Time);
+            builder.status.scope = Some(scope_summary(spec.scope.as_deref()));
             if previous.observed_generation != generation {
+                let start = spec
+                    .starts_at
+                    .map(|at| format!(", starting at {at}"))
+                    .unwrap_or_default();
                 builder.note(
                     false,
                     "Accepted",
                     format!(
-                        "Generation {} accepted: {:?} for targets {}, reply {} ({})",
+                        "Generation {} accepted: {:?} for targets {}, {}{start}, reply {} ({})",
                         generation.unwrap_or_default(),
                         spec.mode,
                         spec.selector,
+                        scope_listing(spec.scope.as_deref()),
                         spec.reply,
                         incident.spec.reason
                     ),
                 );
             }
-            let effective = if *active {
-                spec.mode.into()
-            } else {
-                EffectiveMode::Normal
+            let effective = match phase {
+                Phase::Active => spec.mode.into(),
+                Phase::Scheduled | Phase::Ended => EffectiveMode::Normal,
             };
             let why = if incident.metadata.deletion_timestamp.is_some() {
                 format!("deleted: {}", incident.spec.reason)
             } else if spec.resolved {
                 format!("resolved: {}", incident.spec.reason)
-            } else if !*active {
+            } else if *phase == Phase::Ended {
                 format!(
                     "expired at {}",
                     spec.expires_at.map(|t| t.to_string()).unwrap_or_default()
+                )
+            } else if *phase == Phase::Scheduled {
+                format!(
+                    "scheduled to start at {}: {}",
+                    spec.starts_at.map(|t| t.to_string()).unwrap_or_default(),
+                    incident.spec.reason
                 )
             } else {
                 incident.spec.reason.clone()
@@ -84,12 +96,40 @@ pub(super) fn decide(
                 .filter(|(_, t)| spec.selector.matches(&t.labels))
                 .map(|(i, _)| i)
                 .collect();
-            if *active {
-                builder.active(index, &matched, ns, outcomes, effective);
-            } else {
-                builder.ended(&matched, ns, spec.resolved);
+            match phase {
+                Phase::Active => builder.active(index, &matched, ns, outcomes, effective),
+                Phase::Scheduled => builder.scheduled(&matched, ns, spec.starts_at),
+                Phase::Ended => builder.ended(&matched, ns, spec.resolved),
             }
             builder.finish()
+        }
+    }
+}
+
+/// `all recipients`, or how many domains: the status field `kubectl get` shows.
+fn scope_summary(scope: Option<&[DomainPattern]>) -> String {
+    match scope {
+        None => "all recipients".into(),
+        Some([_]) => "1 domain".into(),
+        Some(domains) => format!("{} domains", domains.len()),
+    }
+}
+
+/// The scope in an event: every recipient, or the first domains by name.
+fn scope_listing(scope: Option<&[DomainPattern]>) -> String {
+    const LISTED: usize = 5;
+    match scope {
+        None => "all recipients".into(),
+        Some(domains) => {
+            let mut listed: Vec<String> = domains
+                .iter()
+                .take(LISTED)
+                .map(ToString::to_string)
+                .collect();
+            if domains.len() > LISTED {
+                listed.push(format!("and {} more", domains.len() - LISTED));
+            }
+            format!("recipients in {}", listed.join(", "))
         }
     }
 }
@@ -119,7 +159,7 @@ fn invalid(
             let still = ns
                 .targets
                 .iter()
-                .filter(|t| t.source_incident.as_deref() == Some(name.as_str()))
+                .filter(|t| t.source_incidents.contains(&name))
                 .count();
             format!(
                 "Invalid spec, but the incident has ended ({how}); {still} target(s) still run its mode: {message}"
@@ -212,6 +252,18 @@ impl<'a> Builder<'a> {
     }
 
     fn counts(&mut self, matched: u32, applied: u32, failed: u32, superseded: u32, idle: u32) {
+        self.counts_with_unready(matched, applied, failed, superseded, idle, 0);
+    }
+
+    fn counts_with_unready(
+        &mut self,
+        matched: u32,
+        applied: u32,
+        failed: u32,
+        superseded: u32,
+        idle: u32,
+        unready: u32,
+    ) {
         let previous_matched = self.previous.targets.as_ref().map(|t| t.matched);
         if let Some(before) = previous_matched.filter(|m| *m != matched) {
             self.note(
@@ -226,6 +278,7 @@ impl<'a> Builder<'a> {
             failed,
             superseded,
             idle,
+            unready,
             summary: format!(
                 "{applied}/{}",
                 matched.saturating_sub(superseded).saturating_sub(idle)
@@ -245,29 +298,34 @@ impl<'a> Builder<'a> {
         let mut idle = 0;
         let mut pending = 0;
         let mut failures = Vec::new();
-        let mut superseded: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // By the incident followed: the targets, and the domains of ours that follow it.
+        let mut superseded: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        let mut superseded_count = 0;
         let mut escalated = Vec::new();
         for &t in matched {
             let outcome = &outcomes[t];
             let target = ns.targets[t].target.to_string();
-            if let (Some(w), Some(reason)) = (outcome.winner, &outcome.escalated)
-                && w == index
-            {
+            if let Some(reason) = outcome.escalated.get(&index) {
                 escalated.push(TargetProblem {
                     target: target.clone(),
                     reason: reason.clone(),
                 });
             }
-            match (outcome.winner, &outcome.uptake) {
-                (Some(w), _) if w != index => {
-                    superseded
-                        .entry(ns.incidents[w].name_any())
-                        .or_default()
-                        .push(target);
-                }
-                (_, Some(Uptake::Applied)) => applied += 1,
-                (_, Some(Uptake::Idle)) => idle += 1,
-                (_, Some(Uptake::Failed(reason))) => failures.push(TargetProblem {
+            for (followed, domains) in outcome.followed.get(&index).into_iter().flatten() {
+                let (targets, listed) = superseded
+                    .entry(ns.incidents[*followed].name_any())
+                    .or_default();
+                targets.push(target.clone());
+                listed.extend(domains.iter().cloned());
+            }
+            if !outcome.deciding.contains(&index) {
+                superseded_count += 1;
+                continue;
+            }
+            match &outcome.uptake {
+                Some(Uptake::Applied) => applied += 1,
+                Some(Uptake::Idle) => idle += 1,
+                Some(Uptake::Failed(reason)) => failures.push(TargetProblem {
                     target,
                     reason: reason.clone(),
                 }),
@@ -275,7 +333,6 @@ impl<'a> Builder<'a> {
             }
         }
         self.escalated(escalated);
-        let superseded_count: usize = superseded.values().map(Vec::len).sum();
         let failed = failures.len();
         self.counts(
             matched.len() as u32,
@@ -302,20 +359,34 @@ impl<'a> Builder<'a> {
 
         let supersessions: Vec<Supersession> = superseded
             .into_iter()
-            .map(|(incident, mut targets)| {
+            .map(|(incident, (mut targets, mut domains))| {
                 let count = targets.len() as u32;
                 targets.truncate(LISTED_TARGETS_LIMIT);
+                domains.sort();
+                domains.dedup();
+                domains.truncate(LISTED_TARGETS_LIMIT);
                 Supersession {
                     incident,
                     count,
                     targets,
+                    domains,
                 }
             })
             .collect();
         if supersessions != self.previous.superseded_by && !supersessions.is_empty() {
             let by: Vec<String> = supersessions
                 .iter()
-                .map(|s| format!("{} target(s) follow incident {}", s.count, s.incident))
+                .map(|s| {
+                    let which = if s.domains.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" for {}", s.domains.join(", "))
+                    };
+                    format!(
+                        "{} target(s) follow incident {}{which}",
+                        s.count, s.incident
+                    )
+                })
                 .collect();
             self.note(false, "Superseded", by.join("; "));
         }
@@ -384,13 +455,53 @@ impl<'a> Builder<'a> {
         self.set(ready, reconciling, stalled, reason, &message);
     }
 
+    /// A scheduled incident changes nothing until its start, so nothing is awaited: it is
+    /// Ready (GitOps tools apply a window declared for tomorrow today without waiting).
+    /// Its targets are counted, with those whose pods are not all ready: an MTA or agent
+    /// not ready now may miss the start.
+    fn scheduled(
+        &mut self,
+        matched: &[usize],
+        ns: &Namespace<'_>,
+        starts_at: Option<k8s_openapi::jiff::Timestamp>,
+    ) {
+        let unready = matched
+            .iter()
+            .filter(|&&t| {
+                let target = &ns.targets[t];
+                target.replicas > 0 && target.ready_replicas < target.replicas
+            })
+            .count() as u32;
+        let total = matched.len() as u32;
+        self.counts_with_unready(total, 0, 0, 0, 0, unready);
+        self.status.failed_targets.clear();
+        self.status.escalated_targets.clear();
+        self.status.superseded_by.clear();
+        let start = starts_at.map(|t| t.to_string()).unwrap_or_default();
+        let message = if matched.is_empty() {
+            format!(
+                "Starts at {start}: nothing changes on any MTA until then; spec.targets matches no Deployment or StatefulSet in namespace {} yet",
+                ns.name
+            )
+        } else {
+            format!(
+                "Starts at {start}: nothing changes on any MTA until then; {}/{total} matched targets have every pod ready",
+                total - unready
+            )
+        };
+        if matched.is_empty() && !self.was_because("Scheduled") {
+            self.note(true, "NoTargets", message.clone());
+        }
+        self.set(true, false, false, "Scheduled", &message);
+    }
+
     /// An ended incident is done once no target runs its mode any more.
     fn ended(&mut self, matched: &[usize], ns: &Namespace<'_>, resolved: bool) {
         let name = self.incident.name_any();
         let still: Vec<&super::Target> = ns
             .targets
             .iter()
-            .filter(|t| t.source_incident.as_deref() == Some(name.as_str()))
+            .filter(|t| t.source_incidents.contains(&name))
             .collect();
         self.counts(matched.len() as u32, 0, 0, 0, 0);
         self.status.superseded_by.clear();

@@ -121,8 +121,8 @@ pub struct Target {
     pub departed_reports: Vec<String>,
     /// Hash our env vars carry on its pod template (restart channel), if any.
     pub template_hash: Option<String>,
-    /// The incident named on its stored document or pod template: whose mode it runs.
-    pub source_incident: Option<String>,
+    /// The incidents named on its stored document or pod template: whose modes it runs.
+    pub source_incidents: Vec<String>,
     /// Whether the ConfigMap its agents report to exists.
     pub report_exists: bool,
     /// For each live pod, the mode document hash its agent reports applied.
@@ -131,6 +131,8 @@ pub struct Target {
     pub queues: Vec<QueueFigures>,
     /// Desired replicas.
     pub replicas: i32,
+    /// Replicas whose pods are ready (their MTA and agent answer their probes).
+    pub ready_replicas: i32,
     /// The latest pod template is rolled out to every replica.
     pub rollout_complete: bool,
     /// The container restart delivery puts env vars on.
