@@ -24,10 +24,16 @@ start() {
   mkdir -p "$base/.bin" && chmod 0755 "$base" "$base/.bin"
   cmp -s "$cached" "$exim" || install -m 0755 "$cached" "$exim"
   stop
-  rm -rf "$root" && mkdir -p "$root/spool" "$root/log" "$root/Maildir" "$root/Bounces" "$root/mail-incident"
+  rm -rf "$root" && mkdir -p "$root/spool" "$root/log" "$root/Maildir" "$root/Bounces" "$root/domains" "$root/mail-incident"
   chmod 0755 "$root" "$root/mail-incident"
-  # The example image's configuration, with this instance's paths and port.
+  # The example image's configuration, with this instance's paths and port, and more
+  # local domains for scoped incidents (pec.local.test, storage.local.test and two of its
+  # subdomains), each delivered to a Maildir of its own, domains/DOMAIN/Maildir, so that
+  # a test can break one domain's store. $domain_data, not $domain: Exim refuses a
+  # tainted (sender-given) path.
   sed -e "s|/etc/exim4/mail-incident|$root/mail-incident|g" \
+    -e "s|^domainlist local_domains = .*|domainlist local_domains = local.test : pec.local.test : storage.local.test : a.storage.local.test : b.storage.local.test|" \
+    -e 's|^  directory = /var/mail/vhosts/Maildir$|  directory = /var/mail/vhosts/${if eq{$domain_data}{local.test}{Maildir}{domains/$domain_data/Maildir}}|' \
     -e "s|^exim_path = .*|exim_path = $exim|" \
     -e "s|/var/spool/exim4|$root/spool|" -e "s|/var/log/exim4|$root/log|" \
     -e "s|/run/exim4/exim.pid|$root/exim.pid|" \
@@ -39,7 +45,7 @@ start() {
     || die "examples/images/exim/exim4.conf has a path this script does not redirect"
   # Exim trusts a -C configuration only if root owns it and nobody else may write it.
   chmod 0644 "$root/exim.conf"
-  chown -R Debian-exim:Debian-exim "$root/spool" "$root/log" "$root/Maildir" "$root/Bounces"
+  chown -R Debian-exim:Debian-exim "$root/spool" "$root/log" "$root/Maildir" "$root/Bounces" "$root/domains"
   "$exim" -C "$root/exim.conf" -bV >/dev/null 2>"$root/log/check" || { cat "$root/log/check" >&2; die "exim.conf does not check"; }
   # -bdf: the daemon stays the process started here; -q10s: a queue run every 10 s.
   setsid "$exim" -C "$root/exim.conf" -bdf -q10s </dev/null >>"$root/log/daemon.out" 2>&1 &

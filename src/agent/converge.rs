@@ -239,7 +239,8 @@ impl Loop {
                 }
                 _ = ticks.tick(), if measuring.is_none() => {
                     let mta = self.mta.clone();
-                    measuring = Some(tokio::task::spawn_blocking(move || mta.queue()));
+                    let held = intent.clone();
+                    measuring = Some(tokio::task::spawn_blocking(move || mta.queue(&held)));
                 }
                 _ = tokio::time::sleep_until(retry_at), if applying.is_none() && !applied_intent => {
                     applying = Some(self.start_apply(intent.clone()));
@@ -505,7 +506,7 @@ mod tests {
             Ok(())
         }
 
-        fn queue(&self) -> std::io::Result<Option<QueueFigures>> {
+        fn queue(&self, _: &Held) -> std::io::Result<Option<QueueFigures>> {
             Ok(Some(self.queue.lock().unwrap().clone()))
         }
 

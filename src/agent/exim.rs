@@ -2,27 +2,48 @@
 //! edit it: the site's configuration reads two small files the agent writes (the
 //! stanzas to add are marked "mail-incident" in `examples/images/exim/exim4.conf`):
 //!
-//! - the **mode file**, read with `${readfile}` by the RCPT ACL and the routers at every
-//!   use: its first line is the mode (normal, queue, tempfail, reject), its second the
-//!   incident's full SMTP reply, taken with `${extract{2}{\n}...}` exactly as written,
-//!   with no quoting for any character to break (a reply is printable ASCII, so never
-//!   holds a line break). The ACL answers `defer` or `deny` with that reply; in every
-//!   incident mode a router defers delivery to mailbox storage, so held mail stays queued.
+//! - the **mode file**, an `nwildlsearch` lookup file: one line per recipient domain
+//!   pattern of the document's rules, in their order of precedence, `KEY: MODE REPLY`
+//!   (`pec.example.it: tempfail 452 4.3.1 text`; `*.example.it` for subdomains, `*` for a
+//!   rule without a scope). Exim takes the first line whose key matches, so a recipient
+//!   gets the first rule covering its domain, as the document says. MODE is `queue`,
+//!   `tempfail` or `reject`; the reply is the incident's full SMTP reply, taken exactly
+//!   as written, with no quoting for any character to break (a reply is printable ASCII,
+//!   so never holds a line break, and keys never need quotes). In normal service the
+//!   file is the one word `normal`: a key with no data, which holds and refuses nothing.
+//!   The RCPT ACL looks the recipient's `$domain` up and answers `defer` or `deny` with
+//!   the reply for `tempfail` and `reject`; a router defers delivery for every domain
+//!   found, whatever the mode, so held mail stays queued while other domains' mail is
+//!   delivered.
+//!
+//!   The file is replaced whole (a rename), so that no reader ever sees half of it.
+//!   Exim keeps a looked-up file open, and caches results, until the message being
+//!   received ends: the site's lookup says `cache=no_rd` so that each lookup reads the
+//!   file again, but an SMTP session in the middle of a message still reads the file it
+//!   opened, and gets the new rules from its next message on (a new session at once).
 //! - the **retry file**, `.include`d at the top of the configuration, sets the macro
 //!   `MAIL_INCIDENT_LIFETIME` used as the final time of the retry rule for local
 //!   deliveries, so held mail does not bounce before the incident's queue lifetime. Retry
 //!   rules are read when Exim starts, so a change of lifetime needs a reload: SIGHUP to
 //!   the daemon, which re-executes itself with the new configuration (listening sockets
 //!   and queued mail are untouched). The configuration is checked first (`exim -bV`),
-//!   because a daemon whose re-execution fails is gone.
+//!   because a daemon whose re-execution fails is gone. Exim's retry rules name no
+//!   recipient domain here: the lifetime is every local delivery's while an incident lasts.
 //!
-//! Releasing writes mode `normal` with the incident's lifetime still in the retry file,
-//! then starts as many queue runners (`exim -qff`) as the release concurrency: each
-//! delivers one message at a time. Exim times retries and expiry from the first failure
-//! of each address, which the release does not reset.
+//! Releasing writes `normal` with the incident's lifetime still in the retry file, then
+//! starts as many queue runners (`exim -qff`) as the release concurrency: each delivers
+//! one message at a time. When scoped rules change during an incident (one of two ends),
+//! the same runners deliver the mail of the domains no longer held at once rather than at
+//! its next retry; what is still held the router defers again. Exim times retries and
+//! expiry from the first failure of each address, which the release does not reset.
 
 use super::{Difference, DriftKind, Mta, command::run_command, differs, files, state::Held};
-use crate::api::{Mode, mode_document::QueueFigures};
+use crate::api::{
+    Mode,
+    mode_document::{ModeDocument, QueueFigures},
+    scope::DomainPattern,
+};
+use std::collections::BTreeSet;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -67,29 +88,43 @@ pub struct EximSettings {
     pub exim_pid_file: PathBuf,
 }
 
+/// The mode file in normal service: a lone key without data, which matches no rule.
+pub const NORMAL: &str = "normal\n";
+
 /// The two files' contents for `held`. `None` for the retry file: no incident lifetime,
 /// the configuration's own retry rules apply.
 pub fn render(held: &Held) -> (String, Option<String>) {
     let lifetime = |lifetime: &str| Some(format!("{LIFETIME_MACRO} = {lifetime}\n"));
     match held {
-        Held::Normal => ("normal\n".into(), None),
-        Held::Releasing { release } => ("normal\n".into(), lifetime(&release.lifetime)),
-        Held::Incident { document } => {
-            let mode = match document.headline().mode {
-                Mode::AcceptAndQueue => "queue",
-                Mode::TempFail => "tempfail",
-                Mode::HardReject => "reject",
-            };
-            let reply = &document.headline().reply;
-            (
-                format!(
-                    "{mode}\n{} {} {}\n",
-                    reply.code, reply.enhanced_code, reply.text
-                ),
-                lifetime(&document.queue.lifetime),
-            )
+        Held::Normal => (NORMAL.into(), None),
+        Held::Releasing { release } => (NORMAL.into(), lifetime(&release.lifetime)),
+        Held::Incident { document } => (rules(document), lifetime(&document.queue.lifetime)),
+    }
+}
+
+/// The mode file of a document: its rules' lines, in order.
+fn rules(document: &ModeDocument) -> String {
+    let mut text = String::new();
+    for rule in &document.rules {
+        let mode = match rule.mode {
+            Mode::AcceptAndQueue => "queue",
+            Mode::TempFail => "tempfail",
+            Mode::HardReject => "reject",
+        };
+        let reply = &rule.reply;
+        let data = format!(
+            "{mode} {} {} {}",
+            reply.code, reply.enhanced_code, reply.text
+        );
+        let keys: Vec<String> = match rule.scope() {
+            None => vec!["*".into()],
+            Some(patterns) => patterns.iter().map(ToString::to_string).collect(),
+        };
+        for key in keys {
+            text.push_str(&format!("{key}: {data}\n"));
         }
     }
+    text
 }
 
 /// The arrival time (seconds since the epoch) in a spool header file (`<id>-H`): its
@@ -104,10 +139,92 @@ pub fn arrival_time(header: &str) -> Option<i64> {
         .ok()
 }
 
+/// The recipients a spool header file (`<id>-H`) has not delivered yet: its recipients
+/// less those in its non-recipients tree. `None` for a file that cannot be read so far
+/// (being written, or cut short). After the first four lines come `-` option lines,
+/// among which an ACL variable (`-aclc NAME LENGTH`, `-aclm ...`) is followed by its
+/// value, LENGTH bytes that may hold line breaks; then the tree (`XX` when empty,
+/// otherwise one `YN address` line per node), the number of recipients and the
+/// recipients, one per line (`address` or, with DSN data, `address orcpt ...#flags`).
+pub fn pending_recipients(header: &[u8]) -> Option<Vec<String>> {
+    let mut lines = Lines(header);
+    for _ in 0..4 {
+        lines.next()?;
+    }
+    let mut line = lines.next()?;
+    while line.starts_with(b"-") {
+        if line.starts_with(b"-acl") {
+            let length: usize = std::str::from_utf8(line)
+                .ok()?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            lines.skip_value(length)?;
+        }
+        line = lines.next()?;
+    }
+    let mut delivered = BTreeSet::new();
+    if line == b"XX" {
+        line = lines.next()?;
+    } else {
+        while let Some(address) = tree_node(line) {
+            delivered.insert(String::from_utf8_lossy(address).into_owned());
+            line = lines.next()?;
+        }
+    }
+    let count: usize = std::str::from_utf8(line).ok()?.trim().parse().ok()?;
+    let mut pending = Vec::new();
+    for _ in 0..count {
+        let line = String::from_utf8_lossy(lines.next()?).into_owned();
+        // With DSN data the address is followed by a space and fields ending `#flags`.
+        let address = match line.split_once(' ') {
+            Some((address, _)) if line.contains('#') => address.to_string(),
+            _ => line,
+        };
+        if !delivered.contains(&address) {
+            pending.push(address);
+        }
+    }
+    Some(pending)
+}
+
+/// The address of a non-recipients tree line (`YN address`), if it is one.
+fn tree_node(line: &[u8]) -> Option<&[u8]> {
+    match line {
+        [b'Y' | b'N', b'Y' | b'N', b' ', address @ ..] if !address.is_empty() => Some(address),
+        _ => None,
+    }
+}
+
+/// The lines of a spool header file, each without its line break; a last line without
+/// one is cut short and is not a line.
+struct Lines<'a>(&'a [u8]);
+
+impl<'a> Lines<'a> {
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let end = self.0.iter().position(|&b| b == b'\n')?;
+        let line = &self.0[..end];
+        self.0 = &self.0[end + 1..];
+        Some(line)
+    }
+
+    /// Skips a value of `length` bytes and the line break after it.
+    fn skip_value(&mut self, length: usize) -> Option<()> {
+        self.0 = self.0.get(length..)?.strip_prefix(b"\n")?;
+        Some(())
+    }
+}
+
 /// Queue figures read straight from the spool's `input` directory (also split into
 /// subdirectories when `split_spool_directory` is set): one `-H` file per message. Cheaper
-/// than `exim -bp` on a huge queue, and exact to the second.
-pub fn spool_figures(spool: &Path, now: i64) -> std::io::Result<QueueFigures> {
+/// than `exim -bp` on a huge queue, and exact to the second. With a `scope`, only the
+/// messages with a recipient left in a held domain count (see [`Held::counts`]).
+pub fn spool_figures(
+    spool: &Path,
+    now: i64,
+    scope: Option<&[DomainPattern]>,
+) -> std::io::Result<QueueFigures> {
     let mut figures = QueueFigures::default();
     let mut directories = vec![spool.join("input")];
     while let Some(directory) = directories.pop() {
@@ -123,10 +240,15 @@ pub fn spool_figures(spool: &Path, now: i64) -> std::io::Result<QueueFigures> {
                 directories.push(path);
             } else if path.to_string_lossy().ends_with("-H") {
                 // A message delivered meanwhile takes its files with it.
-                if let Some(arrival) = std::fs::read_to_string(&path)
-                    .ok()
-                    .as_deref()
-                    .and_then(arrival_time)
+                let Ok(header) = std::fs::read(&path) else {
+                    continue;
+                };
+                let held = scope.is_none()
+                    || pending_recipients(&header).is_some_and(|pending| {
+                        Held::counts(scope, pending.iter().map(String::as_str))
+                    });
+                if let Some(arrival) = arrival_time(&String::from_utf8_lossy(&header))
+                    && held
                 {
                     figures.add("queue", arrival, now);
                 }
@@ -209,28 +331,37 @@ impl Mta for Exim {
                 None => files::remove_durably(&marker)?,
             }
         }
-        files::write_durably(&self.settings.exim_mode_file, &mode)?;
-        if let Held::Releasing { release } = held {
-            for _ in 0..release.concurrency {
-                // Queue runners work on their own and exit when the queue is done; a
-                // thread waits for each so that none is left a zombie.
-                let mut runner = self
-                    .exim()
-                    .arg("-qff")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()?;
-                std::thread::spawn(move || runner.wait());
+        let mode_file = &self.settings.exim_mode_file;
+        let rules_changed = files::read_if_exists(mode_file)?.as_deref() != Some(mode.as_str());
+        files::write_durably(mode_file, &mode)?;
+        let runners = match held {
+            Held::Releasing { release } => release.concurrency,
+            // Domains may have left the hold: their mail goes out now.
+            Held::Incident { document } if rules_changed && !document.covers_everyone() => {
+                document.release.concurrency
             }
+            _ => 0,
+        };
+        for _ in 0..runners {
+            // Queue runners work on their own and exit when the queue is done; a thread
+            // waits for each so that none is left a zombie.
+            let mut runner = self
+                .exim()
+                .arg("-qff")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            std::thread::spawn(move || runner.wait());
         }
         Ok(())
     }
 
-    fn queue(&self) -> std::io::Result<Option<QueueFigures>> {
+    fn queue(&self, held: &Held) -> std::io::Result<Option<QueueFigures>> {
         spool_figures(
             &self.settings.exim_spool_dir,
             k8s_openapi::jiff::Timestamp::now().as_second(),
+            held.held_scope().as_deref(),
         )
         .map(Some)
     }

@@ -31,7 +31,7 @@ impl Mta for Generic {
         Ok(())
     }
 
-    fn queue(&self) -> std::io::Result<Option<QueueFigures>> {
+    fn queue(&self, _: &Held) -> std::io::Result<Option<QueueFigures>> {
         Ok(None)
     }
 

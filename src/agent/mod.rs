@@ -56,8 +56,9 @@ pub trait Mta: Send + Sync {
     /// `Releasing`, also starts delivering the held mail. Idempotent: an apply cut short
     /// by a crash is simply made again.
     fn apply(&self, held: &Held) -> std::io::Result<()>;
-    /// The queue as it is now, or `None` if this MTA's queue cannot be measured.
-    fn queue(&self) -> std::io::Result<Option<QueueFigures>>;
+    /// The queue as it is now, or `None` if this MTA's queue cannot be measured: the
+    /// messages `held` holds (see [`state::Held::held_scope`]).
+    fn queue(&self, held: &Held) -> std::io::Result<Option<QueueFigures>>;
     /// Reads back what the agent is responsible for and says where it differs from what
     /// `apply(held)` makes it (empty: the MTA runs `held`). Another hand's change is only
     /// found here; the loop then applies `held` again.
@@ -432,6 +433,29 @@ mod fixtures {
     /// The state once `document` has been applied.
     pub fn held(document: &ModeDocument) -> Held {
         Held::Normal.next(Some(document), 0)
+    }
+
+    /// A document of `rules`, each `(mode, code, enhanced code, domains)` with the text of
+    /// [`document`]'s reply and an incident named after its position (`i0`, `i1`...);
+    /// no domains: every recipient.
+    pub fn rules(rules: &[(Mode, u16, &str, &[&str])]) -> ModeDocument {
+        let mut document = document(Mode::TempFail, 452, "4.3.1");
+        let template = document.rules[0].clone();
+        document.rules = rules
+            .iter()
+            .enumerate()
+            .map(|(at, (mode, code, enhanced, domains))| {
+                let mut rule = template.clone();
+                rule.mode = *mode;
+                rule.reply.code = *code;
+                rule.reply.enhanced_code = enhanced.to_string();
+                rule.recipient_domains =
+                    (!domains.is_empty()).then(|| domains.iter().map(|d| d.to_string()).collect());
+                rule.incident.name = format!("i{at}");
+                rule
+            })
+            .collect();
+        document
     }
 }
 

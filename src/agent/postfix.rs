@@ -3,31 +3,58 @@
 //! [`Postfix`] handle applies its result with `postconf` and `postfix reload`.
 //!
 //! The RCPT answer does not go through `main.cf`: the agent's policy service (see
-//! [`super::policy`]) gives TempFail's and HardReject's reply at the next RCPT, with no
-//! reload. What `main.cf` carries is what must outlive a request: every incident mode
-//! holds the mail already queued (storage is down in all three): the mailbox transport is
-//! listed in `defer_transports`, the queue lifetimes are the incident's, and
-//! `soft_bounce = yes` turns any delivery failure into a retry. HardReject sets
-//! `soft_bounce = no`, because with `yes` the Postfix SMTP server turns every 5xx reply,
-//! the policy service's included, into a 4xx.
+//! [`super::policy`]) gives each recipient the reply of its rule at the next RCPT, with
+//! no reload. What `main.cf` carries is what must outlive a request: every incident mode
+//! holds the mail already queued for the recipients it covers (their storage is down in
+//! all three), with the incident's queue lifetimes.
+//!
+//! **Everyone's mail** (a rule without a scope): the mailbox transport is listed in
+//! `defer_transports`, and `soft_bounce = yes` turns any delivery failure into a retry.
+//!
+//! **Only some domains' mail** (every rule scoped): `transport_maps` gets, ahead of the
+//! site's own maps, a `regexp:` table routing each held domain (`/@pec\.example\.it$/`,
+//! and `/\.example\.it$/` for `*.example.it`) to the transport [`HOLD_TRANSPORT`], which
+//! `defer_transports` lists and no `master.cf` defines. The queue manager splits a
+//! message by transport, so a recipient in a held domain waits in the queue while the
+//! message's other recipients are delivered at once. A regexp table is asked with the
+//! full address before any table is asked with a domain, so the site's own entries (an
+//! address, a subdomain) cannot route held mail around the hold. Postfix's `retry:`
+//! transport, which always defers, would do it too, but the SMTP server refuses a
+//! recipient whose transport is `error` or `retry` with a 4xx at RCPT, so AcceptAndQueue
+//! would refuse mail. A flush (`postqueue -f`) ignores `defer_transports`; it then finds
+//! no such service and defers that mail again ("mail transport unavailable"): held mail
+//! is never delivered by a flush, nor bounced. So when the held domains change (one of
+//! two incidents ends) the agent flushes, and the released domains' mail goes out at
+//! once instead of at its next retry. It never flushes while the mailbox transport
+//! itself is held: that hold a flush would lift.
+//!
+//! Queue lifetimes are global in Postfix: while a scoped incident holds, mail for other
+//! domains that happens to be deferred (a remote site down) also lives as long as the
+//! incident's lifetime says. `soft_bounce` is `yes` while everyone's mail is held; with
+//! scoped rules only it is the site's, since the held mail never reaches a delivery agent
+//! and the rest is delivered as usual.
+//!
+//! HardReject sets `soft_bounce = no` in both cases, because with `yes` the Postfix SMTP
+//! server turns every 5xx reply, the policy service's included, into a 4xx.
 //!
 //! Releasing lifts the hold but keeps the incident's lifetimes and `soft_bounce = yes`,
 //! and caps the mailbox transport's process limit (`master.cf`) at the release
 //! concurrency; `postqueue -f` then retries every deferred message at once. Deferred mail
 //! keeps its arrival time, so the lifetimes must stay long until it is all delivered.
 //!
-//! While TempFail or HardReject holds, the agent's `check_policy_service` restriction
-//! falls back to a 4xx (see [`super::policy::fallback_action`]) rather than the site's
-//! `DUNNO`, so a dead agent leaves Postfix refusing softly, not accepting.
+//! While a rule covering everyone refuses mail, the agent's `check_policy_service`
+//! restriction falls back to a 4xx (see [`super::policy::fallback_action`]) rather than
+//! the site's `DUNNO`, so a dead agent leaves Postfix refusing softly, not accepting.
 //!
 //! **Whose value is it?** The agent reads the managed settings back (see
 //! [`read_back`]). During an incident or its release the incident's values win: any
 //! other value is put back. A value that is neither the baseline's nor one the agent has
 //! written since (a human's `maximal_queue_lifetime = 9d`, a new image's `main.cf`) is
 //! also the site's newer choice: it becomes the baseline, so that the end of the incident
-//! restores it rather than the older one. Two exceptions keep that safe: a
-//! `defer_transports` holding the mailbox transport (normal service would never deliver
-//! again) and recipient restrictions without the agent's policy clause (no incident
+//! restores it rather than the older one. Three exceptions keep that safe: a
+//! `defer_transports` holding the mailbox transport or [`HOLD_TRANSPORT`] and a
+//! `transport_maps` naming [`HOLD_TRANSPORT`] (normal service would never deliver that
+//! mail again), and recipient restrictions without the agent's policy clause (no incident
 //! could refuse mail) are never learned during an incident. In normal service, every
 //! value the agent did not write is the site's and is learned, never put back.
 
@@ -41,6 +68,7 @@ use super::{
 use crate::api::{
     Mode,
     mode_document::{ModeDocument, QueueFigures},
+    scope::DomainPattern,
 };
 use serde::{Deserialize, Serialize};
 use std::{
@@ -54,13 +82,23 @@ use std::{
 use tracing::{info, warn};
 
 /// The `main.cf` parameters the agent manages; nothing else in `main.cf` is touched.
-pub const MANAGED: [&str; 5] = [
+pub const MANAGED: [&str; 6] = [
     "soft_bounce",
     "defer_transports",
+    TRANSPORT_MAPS,
     "maximal_queue_lifetime",
     "bounce_queue_lifetime",
     RESTRICTIONS,
 ];
+
+/// Routes the held domains to [`HOLD_TRANSPORT`] while scoped rules hold their mail.
+const TRANSPORT_MAPS: &str = "transport_maps";
+
+/// The transport the mail of held domains is routed to: listed in `defer_transports`, so
+/// the queue manager defers it without asking any delivery agent, and never defined in
+/// `master.cf`, so that a flush, which ignores `defer_transports`, finds no agent to
+/// deliver it either.
+pub const HOLD_TRANSPORT: &str = "mail-incident-hold";
 
 /// Holds the agent's policy clause, whose fallback follows the incident.
 const RESTRICTIONS: &str = "smtpd_recipient_restrictions";
@@ -338,18 +376,35 @@ fn render_incident(
     baseline: &Baseline,
     mailbox_transport: &str,
 ) {
-    let defer_transports = match baseline.get("defer_transports") {
-        Some(existing) if list_contains(existing, mailbox_transport) => existing.to_string(),
-        Some(existing) if !existing.is_empty() => format!("{existing}, {mailbox_transport}"),
-        _ => mailbox_transport.to_string(),
-    };
-    let soft_bounce = if document.headline().mode == Mode::HardReject {
-        "no"
+    let hard_reject = document
+        .rules
+        .iter()
+        .any(|rule| rule.mode == Mode::HardReject);
+    let held_transport = if document.covers_everyone() {
+        edits.main.insert(
+            "soft_bounce",
+            Some(if hard_reject { "no" } else { "yes" }.to_string()),
+        );
+        mailbox_transport
     } else {
-        "yes"
+        if hard_reject {
+            edits.main.insert("soft_bounce", Some("no".to_string()));
+        }
+        edits.main.insert(
+            TRANSPORT_MAPS,
+            Some(with_hold_map(
+                &document.held_domains(),
+                baseline.get(TRANSPORT_MAPS),
+            )),
+        );
+        HOLD_TRANSPORT
+    };
+    let defer_transports = match baseline.get("defer_transports") {
+        Some(existing) if list_contains(existing, held_transport) => existing.to_string(),
+        Some(existing) if !existing.is_empty() => format!("{existing}, {held_transport}"),
+        _ => held_transport.to_string(),
     };
     edits.main.extend([
-        ("soft_bounce", Some(soft_bounce.to_string())),
         ("defer_transports", Some(defer_transports)),
         (
             "maximal_queue_lifetime",
@@ -360,6 +415,31 @@ fn render_incident(
             Some(document.queue.bounce_lifetime.clone()),
         ),
     ]);
+}
+
+/// `transport_maps` routing every recipient in a `held` domain to [`HOLD_TRANSPORT`],
+/// ahead of the `site`'s own maps: an inline `regexp:` table matching the end of the
+/// full address (`$$` is a `$` once `main.cf` is read; a domain holds no other character
+/// a regular expression or `main.cf` would take for syntax but the escaped dot).
+pub fn with_hold_map(held: &[DomainPattern], site: Option<&str>) -> String {
+    let rules: Vec<String> = held
+        .iter()
+        .map(|pattern| {
+            let (lead, domain) = match pattern {
+                DomainPattern::Exact(domain) => ("@", domain),
+                DomainPattern::Subdomains(parent) => ("\\.", parent),
+            };
+            format!(
+                "{{/{lead}{}$$/ {HOLD_TRANSPORT}:}}",
+                domain.replace('.', "\\.")
+            )
+        })
+        .collect();
+    let map = format!("regexp:{{ {} }}", rules.join(", "));
+    match site {
+        Some(site) if !site.trim().is_empty() => format!("{map}, {site}"),
+        _ => map,
+    }
 }
 
 fn render_release(edits: &mut Edits, release: &Release) {
@@ -376,14 +456,34 @@ fn render_release(edits: &mut Edits, release: &Release) {
 
 /// One message of `postqueue -j` output (one JSON object per line), `None` for a line
 /// that cannot be read (the queue changes while it is listed).
-pub fn queued_message(line: &str) -> Option<(String, i64)> {
+pub fn queued_message(line: &str) -> Option<QueuedMessage> {
     #[derive(Deserialize)]
     struct Message {
         queue_name: String,
         arrival_time: i64,
+        #[serde(default)]
+        recipients: Vec<Recipient>,
+    }
+    #[derive(Deserialize)]
+    struct Recipient {
+        address: String,
     }
     let message: Message = serde_json::from_str(line).ok()?;
-    Some((message.queue_name, message.arrival_time))
+    Some(QueuedMessage {
+        queue: message.queue_name,
+        arrival: message.arrival_time,
+        recipients: message.recipients.into_iter().map(|r| r.address).collect(),
+    })
+}
+
+/// A queued message as `postqueue -j` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub queue: String,
+    /// Seconds since the epoch.
+    pub arrival: i64,
+    /// The recipients not yet delivered.
+    pub recipients: Vec<String>,
 }
 
 /// A Postfix instance, driven through its own commands.
@@ -456,6 +556,19 @@ impl Postfix {
     }
 }
 
+impl Postfix {
+    /// `postqueue -f`: every deferred message is tried again now.
+    fn flush(&self) -> std::io::Result<()> {
+        run_command(
+            Command::new("postqueue")
+                .arg("-c")
+                .arg(&self.config_dir)
+                .arg("-f"),
+        )?;
+        Ok(())
+    }
+}
+
 fn save_baseline(path: &Path, baseline: &Baseline) -> std::io::Result<()> {
     files::write_durably(
         path,
@@ -482,16 +595,14 @@ impl Mta for Postfix {
             }
             edits
         };
-        apply_edits(&self.config_dir, &self.target.mailbox_transport, &edits)?;
+        let changed = apply_edits(&self.config_dir, &self.target.mailbox_transport, &edits)?;
         match held {
-            Held::Releasing { .. } => {
-                // Retry every deferred message now rather than at its next scheduled attempt.
-                run_command(
-                    Command::new("postqueue")
-                        .arg("-c")
-                        .arg(&self.config_dir)
-                        .arg("-f"),
-                )?;
+            // Retry every deferred message now rather than at its next scheduled attempt.
+            Held::Releasing { .. } => self.flush()?,
+            // The held domains changed: the mail of those released goes out now; what is
+            // still held is deferred again (see the module's documentation).
+            Held::Incident { document } if changed && !document.covers_everyone() => {
+                self.flush()?
             }
             Held::Normal => {
                 let mut baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
@@ -507,9 +618,11 @@ impl Mta for Postfix {
 
     /// `postqueue -j` reads the queue files itself when the showq service is down, so
     /// this also works on a stopped MTA. Its output is read line by line: a huge queue is
-    /// counted, never held in memory.
-    fn queue(&self) -> std::io::Result<Option<QueueFigures>> {
+    /// counted, never held in memory. While scoped rules hold, only messages with a
+    /// recipient in a held domain are counted (see [`Held::counts`]).
+    fn queue(&self, held: &Held) -> std::io::Result<Option<QueueFigures>> {
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let scope = held.held_scope();
         let mut figures = QueueFigures::default();
         for_each_output_line(
             Command::new("postqueue")
@@ -517,8 +630,13 @@ impl Mta for Postfix {
                 .arg(&self.config_dir)
                 .arg("-j"),
             |line| {
-                if let Some((queue, arrival)) = queued_message(line) {
-                    figures.add(&queue, arrival, now);
+                if let Some(message) = queued_message(line)
+                    && Held::counts(
+                        scope.as_deref(),
+                        message.recipients.iter().map(String::as_str),
+                    )
+                {
+                    figures.add(&message.queue, message.arrival, now);
                 }
             },
         )?;
@@ -573,11 +691,13 @@ pub fn read_back(
         }
         let safe_to_keep = match name {
             "defer_transports" => !found.is_some_and(|list| {
-                list_contains(list, &target.mailbox_transport)
-                    && !recorded
-                        .get(name)
-                        .is_some_and(|list| list_contains(list, &target.mailbox_transport))
+                list_contains(list, HOLD_TRANSPORT)
+                    || list_contains(list, &target.mailbox_transport)
+                        && !recorded
+                            .get(name)
+                            .is_some_and(|list| list_contains(list, &target.mailbox_transport))
             }),
+            TRANSPORT_MAPS => !found.is_some_and(|maps| maps.contains(HOLD_TRANSPORT)),
             RESTRICTIONS => found.is_some_and(|restrictions| {
                 with_policy_fallback(restrictions, &target.policy_service, "DUNNO").is_some()
             }),
@@ -678,11 +798,12 @@ pub fn changes(current: &Baseline, edits: &Edits) -> Changes {
 /// differs from what the files say now) and reloads: running smtpd processes finish
 /// their sessions, new ones answer in the new mode; nothing restarts. The reload is
 /// always made, so that an apply cut short between the edit and the reload is completed.
+/// Whether any setting was changed.
 pub fn apply_edits(
     config_dir: &Path,
     mailbox_transport: &str,
     edits: &Edits,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
     let current = Baseline::of_instance(config_dir, mailbox_transport)?;
     let changes = changes(&current, edits);
     if !changes.set.is_empty() {
@@ -705,7 +826,7 @@ pub fn apply_edits(
             .arg(config_dir)
             .arg("reload"),
     )?;
-    Ok(())
+    Ok(changes != Changes::default())
 }
 
 /// Marks a configuration file `postconf` has just replaced as settled. Every Postfix

@@ -6,7 +6,7 @@
 //! then RSET and QUIT: no message is ever sent. Runs on a blocking thread.
 
 use super::{Difference, DriftKind, differs, state::Held};
-use crate::api::Mode;
+use crate::api::{Mode, scope::recipient_domain};
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
@@ -89,21 +89,21 @@ pub fn reply_code(reply: &str) -> Option<u16> {
     reply.get(..3)?.parse().ok()
 }
 
-/// Where the RCPT answer the probe heard differs from what `held` promises senders:
-/// the incident's code and enhanced code while TempFail or HardReject holds (MTAs may
-/// put their own words before its text), a 2xx in every other state.
+/// Where the RCPT answer the probe heard differs from what `held` promises senders for
+/// `recipient`: the code and enhanced code of the rule covering its domain while that
+/// rule is TempFail or HardReject (MTAs may put their own words before its text), a 2xx
+/// in every other case.
 pub fn judge(held: &Held, recipient: &str, heard: &str) -> Option<Difference> {
-    let wanted = match held {
-        Held::Incident { document }
-            if matches!(document.headline().mode, Mode::TempFail | Mode::HardReject) =>
-        {
-            format!(
-                "{} {} ",
-                document.headline().reply.code,
-                document.headline().reply.enhanced_code
-            )
-        }
-        _ => "2".to_string(),
+    let domain = recipient_domain(recipient);
+    let refusing = match held {
+        Held::Incident { document } => document
+            .rule_for(domain.as_deref())
+            .filter(|rule| matches!(rule.mode, Mode::TempFail | Mode::HardReject)),
+        _ => None,
+    };
+    let wanted = match refusing {
+        Some(rule) => format!("{} {} ", rule.reply.code, rule.reply.enhanced_code),
+        None => "2".to_string(),
     };
     (!heard.starts_with(&wanted)).then(|| Difference {
         kind: DriftKind::Answer,
@@ -137,6 +137,17 @@ mod tests {
         assert_eq!(judge(&queueing, "u", "250 Accepted"), None);
         assert!(judge(&Held::Normal, "u", "550 5.1.1 unknown").is_some());
         assert_eq!(reply_code("452 4.3.1 x"), Some(452));
+        // A scoped incident: the probe recipient's own domain decides.
+        let scoped = held(&crate::agent::fixtures::rules(&[(
+            Mode::TempFail,
+            452,
+            "4.3.1",
+            &["pec.e2e.test"],
+        )]));
+        assert_eq!(judge(&scoped, "probe@e2e.test", "250 2.1.5 Ok"), None);
+        assert!(judge(&scoped, "probe@e2e.test", "452 4.3.1 x").is_some());
+        assert_eq!(judge(&scoped, "probe@PEC.e2e.test", "452 4.3.1 x"), None);
+        assert!(judge(&scoped, "probe@pec.e2e.test", "250 2.1.5 Ok").is_some());
         assert_eq!(reply_code(""), None);
     }
 

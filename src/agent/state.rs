@@ -6,10 +6,16 @@
 //! with the incident's queue lifetimes still in force so that no held message expires on
 //! its way out. Once no message older than the release is left, it returns to `Normal`,
 //! the MTA's own configuration.
+//!
+//! A document whose rules are all scoped holds only the mail of its domains (see
+//! [`Held::held_scope`]): the queue figures the agent reports count that mail only, so
+//! that escalation and the end of a release are judged on what was held, not on mail
+//! for other domains that happens to be queued.
 
 use crate::api::{
     TimeSpan,
     mode_document::{ModeDocument, QueueFigures},
+    scope::{DomainPattern, recipient_domain},
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +43,11 @@ pub struct Release {
     pub bounce_lifetime: String,
     /// When the release began (seconds since the epoch): mail older than this is held mail.
     pub since: i64,
+    /// The domains whose mail was held (`*.example.com` for subdomains), when the incident
+    /// held only theirs; absent when it held every recipient's (and in state files
+    /// written before scopes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_domains: Option<Vec<String>>,
 }
 
 impl Held {
@@ -52,6 +63,13 @@ impl Held {
                     lifetime: document.queue.lifetime.clone(),
                     bounce_lifetime: document.queue.bounce_lifetime.clone(),
                     since: now,
+                    held_domains: (!document.covers_everyone()).then(|| {
+                        document
+                            .held_domains()
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect()
+                    }),
                 },
             },
             (None, other) => other.clone(),
@@ -86,6 +104,40 @@ impl Held {
         matches!(self, Held::Releasing { .. })
             && matches!((previous, now), (Some(before), Some(after))
                 if after.messages > 0 && after.messages >= before.messages)
+    }
+
+    /// Whose mail the MTA holds, or held before this release: `None` for every recipient's
+    /// (and in normal service, where the whole queue is reported), otherwise the domains
+    /// of the scoped rules.
+    pub fn held_scope(&self) -> Option<Vec<DomainPattern>> {
+        match self {
+            Held::Normal => None,
+            Held::Incident { document } => {
+                (!document.covers_everyone()).then(|| document.held_domains())
+            }
+            Held::Releasing { release } => release.held_domains.as_ref().map(|domains| {
+                domains
+                    .iter()
+                    .filter_map(|d| DomainPattern::parse(d).ok())
+                    .collect()
+            }),
+        }
+    }
+
+    /// Whether a queued message with these not yet delivered `recipients` is held mail in
+    /// this state: any message when every recipient's mail is held (see
+    /// [`Held::held_scope`]), otherwise one with a recipient in a held domain.
+    pub fn counts<'a>(
+        scope: Option<&[DomainPattern]>,
+        mut recipients: impl Iterator<Item = &'a str>,
+    ) -> bool {
+        match scope {
+            None => true,
+            Some(scope) => recipients.any(|recipient| {
+                recipient_domain(recipient)
+                    .is_some_and(|domain| scope.iter().any(|pattern| pattern.covers(&domain)))
+            }),
+        }
     }
 
     /// The mode document's hash while an incident is applied: what the agent reports.
@@ -164,6 +216,7 @@ mod tests {
                     lifetime: "30d".into(),
                     bounce_lifetime: "10d".into(),
                     since: 1000,
+                    held_domains: None,
                 }
             }
         );
@@ -225,5 +278,53 @@ mod tests {
         assert_eq!(Held::Normal.after_measuring(None, 10), Held::Normal);
         assert_eq!(Held::Normal.next(None, 10), Held::Normal);
         assert!(incident.hash().is_some() && Held::Normal.hash().is_none());
+    }
+
+    #[test]
+    fn a_scoped_hold_and_its_release_name_the_held_domains_and_old_state_files_still_read() {
+        let mut scoped = document(Mode::AcceptAndQueue);
+        scoped.rules[0].recipient_domains = Some(vec!["pec.example.it".into()]);
+        let mut second = scoped.rules[0].clone();
+        second.recipient_domains = Some(vec!["*.example.it".into(), "pec.example.it".into()]);
+        scoped.rules.push(second);
+        let holding = Held::Normal.next(Some(&scoped), 0);
+        let names = |scope: Option<Vec<DomainPattern>>| {
+            scope.map(|s| s.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        let held = Some(vec![
+            "pec.example.it".to_string(),
+            "*.example.it".to_string(),
+        ]);
+        assert_eq!(names(holding.held_scope()), held);
+        let releasing = holding.next(None, 10);
+        assert_eq!(names(releasing.held_scope()), held);
+        // Everyone's mail: the whole queue, as in normal service.
+        let everyone = Held::Normal.next(Some(&document(Mode::TempFail)), 0);
+        assert_eq!(everyone.held_scope(), None);
+        assert_eq!(everyone.next(None, 10).held_scope(), None);
+        assert_eq!(Held::Normal.held_scope(), None);
+        // A state file from before scopes releases every recipient's mail.
+        let old: Held = serde_json::from_str(
+            r#"{"state": "Releasing", "release": {"concurrency": 4, "lifetime": "5d", "bounceLifetime": "5d", "since": 7}}"#,
+        )
+        .unwrap();
+        assert_eq!(old.held_scope(), None);
+    }
+
+    #[test]
+    fn a_message_counts_as_held_by_any_recipient_left_in_a_held_domain() {
+        let scope = [
+            DomainPattern::parse("pec.example.it").unwrap(),
+            DomainPattern::parse("*.storage.example.it").unwrap(),
+        ];
+        let counts = |recipients: &[&str]| Held::counts(Some(&scope), recipients.iter().copied());
+        assert!(counts(&["a@example.com", "b@PEC.example.it"]));
+        assert!(counts(&["c@x.storage.example.it"]));
+        assert!(!counts(&["c@storage.example.it", "d@example.com"]));
+        assert!(!counts(&[]), "every recipient delivered");
+        assert!(
+            Held::counts(None, std::iter::empty()),
+            "everyone's mail held"
+        );
     }
 }
