@@ -486,7 +486,7 @@ async fn incidents_past_the_time_bounds_stall_and_the_operator_serves_the_next_o
     let document = mode_document(client, &ns.name, "Deployment", "postfix")
         .await
         .expect("the valid incident's mode document");
-    assert_eq!(document.incident.name, "outage");
+    assert_eq!(document.incident_names(), "outage");
     let health = http_get(&format!("{}/healthz", operator.http)).await;
     assert_eq!(health.map(|(code, _)| code), Some(200));
     assert!(!operator.log().contains("panicked"), "{}", operator.log());

@@ -410,9 +410,13 @@ fn layer(scopes: &[Option<&[DomainPattern]>]) -> Vec<Layer> {
         let mut follows: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         match scope {
             None => {
-                // Everyone but the earlier scopes' domains.
+                // Everyone but the earlier scopes' domains (of those that decide: the
+                // others' domains are inside them).
                 layer.decides = true;
                 for (at, earlier_scope) in earlier.iter().enumerate() {
+                    if !layers[at].decides {
+                        continue;
+                    }
                     let domains = earlier_scope.unwrap_or_default();
                     follows
                         .entry(at)
@@ -431,6 +435,9 @@ fn layer(scopes: &[Option<&[DomainPattern]>]) -> Vec<Layer> {
                             layer.decides = true;
                             // Narrower earlier patterns inside it take their part.
                             for (at, earlier_scope) in earlier.iter().enumerate() {
+                                if !layers[at].decides {
+                                    continue;
+                                }
                                 follows.entry(at).or_default().extend(
                                     earlier_scope
                                         .unwrap_or_default()
@@ -453,10 +460,6 @@ fn layer(scopes: &[Option<&[DomainPattern]>]) -> Vec<Layer> {
                 (at, domains)
             })
             .collect();
-        if !layer.decides {
-            // Wholly followed: the domains listed are all of it.
-            layer.follows.retain(|(_, d)| !d.is_empty());
-        }
         layers.push(layer);
     }
     layers
