@@ -137,6 +137,10 @@ pub struct Decision {
     pub escalations: u32,
     /// The queue figures the incident is watched by, while its spec is valid.
     pub queue_watch: Option<QueueWatch>,
+    /// When it takes effect, while it is scheduled.
+    pub scheduled_start: Option<Timestamp>,
+    /// How many recipient domains it covers, when its spec is valid and scoped.
+    pub scope_domains: Option<u32>,
 }
 
 /// What an incident's queue alerts compare: its lifetime and escalation limits, and the
@@ -345,6 +349,13 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
             let mut decision = status::decide(incident, index, standing, ns, &outcomes);
             if let Some(spec) = standing.active() {
                 decision.queue_watch = Some(queue_watch(spec, index, ns.targets, &outcomes));
+            }
+            if let Standing::Valid { spec, phase } = standing {
+                decision.scheduled_start = spec.starts_at.filter(|_| *phase == Phase::Scheduled);
+                decision.scope_domains = spec
+                    .scope
+                    .as_ref()
+                    .map(|scope| u32::try_from(scope.len()).unwrap_or(u32::MAX));
             }
             for (_, restoration) in restorations.iter().filter(|(i, _)| *i == index) {
                 decision.restored.push(restoration.object);
