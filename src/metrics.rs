@@ -73,6 +73,8 @@ pub struct Metrics {
     mode: IntGaugeVec,
     targets: IntGaugeVec,
     expiry: IntGaugeVec,
+    scheduled_start: IntGaugeVec,
+    scope_domains: IntGaugeVec,
     created: IntGaugeVec,
     queue_lifetime: IntGaugeVec,
     escalation_limit: IntGaugeVec,
@@ -184,12 +186,22 @@ impl Default for Metrics {
             ),
             targets: gauge(
                 "mail_incident_targets",
-                "Targets of each incident by state: matched, applied, failed, superseded, idle (scaled to zero).",
+                "Targets of each incident by state: matched, applied, failed, superseded, idle (scaled to zero), unready (while scheduled: fewer ready pods than desired).",
                 &["namespace", "incident", "state"],
             ),
             expiry: gauge(
                 "mail_incident_expiry_timestamp_seconds",
                 "When each incident ends by itself, as a Unix timestamp.",
+                &["namespace", "incident"],
+            ),
+            scheduled_start: gauge(
+                "mail_incident_scheduled_start_timestamp_seconds",
+                "When each scheduled incident takes effect (spec.startsAt), as a Unix timestamp; only until it does.",
+                &["namespace", "incident"],
+            ),
+            scope_domains: gauge(
+                "mail_incident_scope_domains",
+                "How many recipient domains each scoped incident covers (spec.scope.recipientDomains); absent for an incident covering every recipient.",
                 &["namespace", "incident"],
             ),
             created: gauge(
@@ -246,6 +258,7 @@ impl Metrics {
                 ("failed", targets.failed),
                 ("superseded", targets.superseded),
                 ("idle", targets.idle),
+                ("unready", targets.unready),
             ] {
                 self.targets
                     .with_label_values(&[namespace, incident, state])
@@ -258,6 +271,16 @@ impl Metrics {
             status.expires_at.as_ref().map(|at| at.0.as_second()),
         );
         set_or_remove(&self.created, &labels, created);
+        set_or_remove(
+            &self.scheduled_start,
+            &labels,
+            decision.scheduled_start.map(|at| at.as_second()),
+        );
+        set_or_remove(
+            &self.scope_domains,
+            &labels,
+            decision.scope_domains.map(i64::from),
+        );
         let watch = decision.queue_watch.as_ref();
         set_or_remove(
             &self.queue_lifetime,
@@ -321,6 +344,8 @@ impl Metrics {
             &self.mode,
             &self.targets,
             &self.expiry,
+            &self.scheduled_start,
+            &self.scope_domains,
             &self.created,
             &self.queue_lifetime,
             &self.escalation_limit,
@@ -357,12 +382,25 @@ impl Metrics {
     /// Drops every series of an incident that no longer exists.
     pub fn forget_incident(&self, namespace: &str, incident: &str) {
         let labels = [namespace, incident];
-        for state in ["matched", "applied", "failed", "superseded", "idle"] {
+        for state in [
+            "matched",
+            "applied",
+            "failed",
+            "superseded",
+            "idle",
+            "unready",
+        ] {
             self.targets
                 .remove_label_values(&[namespace, incident, state])
                 .ok();
         }
-        for gauge in [&self.expiry, &self.created, &self.queue_lifetime] {
+        for gauge in [
+            &self.expiry,
+            &self.scheduled_start,
+            &self.scope_domains,
+            &self.created,
+            &self.queue_lifetime,
+        ] {
             gauge.remove_label_values(&labels).ok();
         }
         for figure in [MESSAGES, OLDEST_MESSAGE_AGE] {
@@ -669,9 +707,41 @@ mod tests {
             transition: None,
             escalations: 0,
             queue_watch: watch,
+            scheduled_start: None,
+            scope_domains: None,
             restored: vec![],
             agent_drifts: vec![],
         }
+    }
+
+    #[test]
+    fn a_scheduled_scoped_incident_exports_its_start_and_scope_until_it_starts() {
+        let metrics = Metrics::default();
+        let mut window = decision(EffectiveMode::Normal, None);
+        window.scheduled_start =
+            Some(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap());
+        window.scope_domains = Some(2);
+        metrics.observe_incident("mail", "window", None, &window);
+        let text = exposition(&metrics.registry());
+        assert_eq!(
+            series(&text, "mail_incident_scheduled_start_timestamp_seconds"),
+            [
+                r#"mail_incident_scheduled_start_timestamp_seconds{incident="window",namespace="mail"} 1800000000"#
+            ]
+        );
+        assert_eq!(
+            series(&text, "mail_incident_scope_domains"),
+            [r#"mail_incident_scope_domains{incident="window",namespace="mail"} 2"#]
+        );
+        // Started: the start is no longer upcoming.
+        window.scheduled_start = None;
+        window.status.effective_mode = Some(EffectiveMode::TempFail);
+        metrics.observe_incident("mail", "window", None, &window);
+        let text = exposition(&metrics.registry());
+        assert!(series(&text, "mail_incident_scheduled_start_timestamp_seconds").is_empty());
+        metrics.forget_incident("mail", "window");
+        let text = exposition(&metrics.registry());
+        assert!(series(&text, "mail_incident_scope_domains").is_empty());
     }
 
     /// No series of any incident is left, and the incident that had `mode` is no longer

@@ -23,7 +23,7 @@ async fn document_says(client: &kube::Client, namespace: &str, mode: Mode) {
         || async {
             mode_document(client, namespace, "Deployment", "mx")
                 .await
-                .filter(|d| d.mode == mode)
+                .filter(|d| d.headline().mode == mode)
         },
     )
     .await;

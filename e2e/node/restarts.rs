@@ -219,7 +219,7 @@ async fn sigterm_of_the_operator_pods_mid_change_hands_over_and_the_change_conve
             for n in 0..TARGETS {
                 let document =
                     mode_document(&client, &namespace, "Deployment", &format!("mx-{n:03}")).await;
-                if document.is_none_or(|d| d.mode != mode) {
+                if document.is_none_or(|d| d.headline().mode != mode) {
                     return None;
                 }
             }

@@ -40,7 +40,7 @@ use mail_incident_operator::{
         mode_document::{
             DELIVERY_ANNOTATION, DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply,
             INCIDENT_ANNOTATION, MODE_DOCUMENT_KEY, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION,
-            MODE_HASH_ANNOTATION, ModeDocument, ROLE_DOCUMENT, ROLE_LABEL, document_name,
+            MODE_HASH_ANNOTATION, ModeDocument, ROLE_DOCUMENT, ROLE_LABEL, Rule, document_name,
             report_name,
         },
     },
@@ -119,7 +119,7 @@ async fn stored_documents(client: &Client, namespace: &str) -> BTreeMap<String, 
 fn document_mode(config_map: &ConfigMap) -> Option<Mode> {
     let text = config_map.data.as_ref()?.get(MODE_DOCUMENT_KEY)?;
     let document: ModeDocument = serde_json::from_str(text).expect("a stored mode document parses");
-    Some(document.mode)
+    Some(document.headline().mode)
 }
 
 fn carrying(documents: &BTreeMap<String, Stored>, mode: Mode) -> usize {
@@ -750,23 +750,26 @@ fn leftover_document(incident: &str) -> ModeDocument {
     ModeDocument {
         api_version: MODE_DOCUMENT_VERSION.into(),
         kind: MODE_DOCUMENT_KIND.into(),
-        mode: Mode::HardReject,
-        reply: DocumentReply {
-            code: 550,
-            enhanced_code: "5.3.2".into(),
-            text: "Mailbox storage unavailable".into(),
-        },
+        rules: vec![Rule {
+            mode: Mode::HardReject,
+            reply: DocumentReply {
+                code: 550,
+                enhanced_code: "5.3.2".into(),
+                text: "Mailbox storage unavailable".into(),
+            },
+            recipient_domains: None,
+            incident: DocumentIncident {
+                name: incident.into(),
+                uid: "00000000-0000-0000-0000-000000000000".into(),
+                reason: "INC-0 long over".into(),
+            },
+        }],
         queue: DocumentQueue {
             lifetime: "5d".into(),
             bounce_lifetime: "5d".into(),
         },
         release: DocumentRelease { concurrency: 4 },
         mta: None,
-        incident: DocumentIncident {
-            name: incident.into(),
-            uid: "00000000-0000-0000-0000-000000000000".into(),
-            reason: "INC-0 long over".into(),
-        },
     }
 }
 
@@ -836,7 +839,7 @@ async fn leftovers_planted_while_the_operator_is_down_are_swept_at_start() {
                 "spec": {"template": {
                     "metadata": {"annotations": {
                         MODE_HASH_ANNOTATION: document.hash(),
-                        INCIDENT_ANNOTATION: document.incident.name,
+                        INCIDENT_ANNOTATION: document.incident_names(),
                     }},
                     "spec": {"containers": [{"name": "postfix", "env": env}]},
                 }},

@@ -104,16 +104,17 @@ async fn reload_delivers_each_mode_to_one_and_to_many_targets() {
             let document = mode_document(client, &ns.name, kind, name)
                 .await
                 .expect("a mode document");
-            assert_eq!(format!("{:?}", document.mode), mode, "{kind}/{name}");
-            assert_eq!(document.reply.code, code, "{kind}/{name}");
+            let rule = document.headline();
+            assert_eq!(format!("{:?}", rule.mode), mode, "{kind}/{name}");
+            assert_eq!(rule.reply.code, code, "{kind}/{name}");
         }
     }
     let hold = mode_document(client, &ns.name, "Deployment", "in-b")
         .await
         .unwrap();
-    assert_eq!(hold.mode, Mode::HardReject);
-    assert_eq!(hold.reply.enhanced_code, "5.3.2");
-    assert_eq!(hold.incident.name, "many");
+    assert_eq!(hold.headline().mode, Mode::HardReject);
+    assert_eq!(hold.headline().reply.enhanced_code, "5.3.2");
+    assert_eq!(hold.headline().incident.name, "many");
     let described = world.kubectl_ok(&["describe", "mailinc", "many", "-n", &ns.name]);
     assert!(
         described.contains("Applied") && described.contains("4/4 targets answer HardReject"),
@@ -387,6 +388,7 @@ async fn the_most_severe_incident_wins_and_ending_it_hands_targets_back() {
         mode_document(client, &ns.name, "Deployment", "c")
             .await
             .unwrap()
+            .headline()
             .mode,
         Mode::HardReject
     );
@@ -394,6 +396,7 @@ async fn the_most_severe_incident_wins_and_ending_it_hands_targets_back() {
         mode_document(client, &ns.name, "Deployment", "a")
             .await
             .unwrap()
+            .headline()
             .mode,
         Mode::TempFail
     );
@@ -410,8 +413,7 @@ async fn the_most_severe_incident_wins_and_ending_it_hands_targets_back() {
         mode_document(client, &ns.name, "Deployment", "d")
             .await
             .unwrap()
-            .incident
-            .name,
+            .incident_names(),
         "queue"
     );
     eventually("the deleted incident gone", || async {
@@ -602,7 +604,7 @@ async fn an_operator_restarted_mid_transition_converges_without_leftovers() {
         let document = mode_document(&client, &ns.name, "Deployment", &format!("mta-{i:02}"))
             .await
             .unwrap();
-        assert_eq!(document.mode, Mode::HardReject, "mta-{i:02}");
+        assert_eq!(document.headline().mode, Mode::HardReject, "mta-{i:02}");
     }
     for name in ["mta-10", "mta-11"] {
         assert!(

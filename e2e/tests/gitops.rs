@@ -603,3 +603,89 @@ async fn argo_cd_health_reads_incidents_that_protect_nothing_yield_or_have_expir
         [("extend".into(), true), ("resolve".into(), false)]
     );
 }
+
+/// RFC 3339 for `seconds` from now, to the second.
+fn seconds_from_now(seconds: u64) -> String {
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + seconds;
+    k8s_openapi::jiff::Timestamp::from_second(at as i64)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_window_declared_for_tomorrow_is_healthy_and_current_today_and_touches_nothing() {
+    let scene = Scene::start("gitops-window").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents,
+        ..
+    } = &scene;
+    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
+    let _agents = FakeAgents::start(client.clone(), &ns.name).await;
+    Mta::deployment("mta", json!({"app": "mta"}))
+        .create(client, &ns.name)
+        .await;
+    let tomorrow = seconds_from_now(86_400);
+    let spec = |starts_at: &str| {
+        format!(
+            "mode: TempFail\nreason: CHG-311 storage firmware upgrade\ntargets: {{matchLabels: {{app: mta}}}}\n\
+             scope: {{recipientDomains: [pec.example.it, '*.storage.example.it']}}\nstartsAt: '{starts_at}'\nduration: 4h"
+        )
+    };
+    apply_incident(world, &ns.name, "window", &spec(&tomorrow));
+    wait_for(incidents, "window", "scheduled", ready_because("Scheduled")).await;
+    let scheduled = fetch(world, &ns.name, "window");
+    let message = message_of(&scheduled, "Ready");
+    assert_eq!(
+        message,
+        format!(
+            "Starts at {tomorrow}: nothing changes on any MTA until then; 1/1 matched targets have every pod ready"
+        )
+    );
+    // What Argo CD's sync and Flux's health checks wait for is already there today.
+    assert_eq!(argo_health(&scheduled), ("Healthy".into(), message));
+    assert_eq!(kstatus(&scheduled), Kstatus::Current);
+    assert_eq!(scheduled["status"]["effectiveMode"], "Normal");
+    assert_eq!(scheduled["status"]["scope"], "2 domains");
+    let documents = world.kubectl_ok(&[
+        "get",
+        "configmaps",
+        "-n",
+        &ns.name,
+        "-l",
+        "mailops.dev/role=mode-document",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(documents.trim(), "", "no mode document before the start");
+    let listed = world.kubectl_ok(&["get", "mailinc", "-n", &ns.name]);
+    let header: Vec<&str> = listed.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "MODE", "SCOPE", "READY", "APPLIED", "STARTS", "EXPIRES", "AGE"
+        ]
+    );
+    assert!(
+        listed.contains("2 domains") && listed.contains(&tomorrow),
+        "{listed}"
+    );
+
+    // Moved to a few seconds from now: it starts by itself, with no edit or poll.
+    apply_incident(world, &ns.name, "window", &spec(&seconds_from_now(3)));
+    wait_for(incidents, "window", "started and applied", |i| {
+        ready_because("Applied")(i)
+            && status(i).effective_mode
+                == Some(mail_incident_operator::api::EffectiveMode::TempFail)
+    })
+    .await;
+    let started = fetch(world, &ns.name, "window");
+    assert_eq!(argo_health(&started).0, "Healthy");
+    assert_eq!(kstatus(&started), Kstatus::Current);
+}

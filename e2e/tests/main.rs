@@ -14,5 +14,6 @@ mod mta;
 mod operations;
 mod ownership;
 mod postfix;
+mod schedule;
 mod support;
 mod world;

@@ -24,7 +24,7 @@ use mail_incident_operator::api::{
     Mode,
     mode_document::{
         DocumentIncident, DocumentQueue, DocumentRelease, DocumentReply, MODE_DOCUMENT_KIND,
-        MODE_DOCUMENT_VERSION, ModeDocument,
+        MODE_DOCUMENT_VERSION, ModeDocument, Rule,
     },
 };
 use mail_incident_operator::metrics::AgentMetrics;
@@ -125,23 +125,26 @@ fn document(mode: Mode, code: u16, enhanced: &str, text: &str) -> ModeDocument {
     ModeDocument {
         api_version: MODE_DOCUMENT_VERSION.into(),
         kind: MODE_DOCUMENT_KIND.into(),
-        mode,
-        reply: DocumentReply {
-            code,
-            enhanced_code: enhanced.into(),
-            text: text.into(),
-        },
+        rules: vec![Rule {
+            mode,
+            reply: DocumentReply {
+                code,
+                enhanced_code: enhanced.into(),
+                text: text.into(),
+            },
+            recipient_domains: None,
+            incident: DocumentIncident {
+                name: "outage".into(),
+                uid: "u".into(),
+                reason: "r".into(),
+            },
+        }],
         queue: DocumentQueue {
             lifetime: "30d".into(),
             bounce_lifetime: "30d".into(),
         },
         release: DocumentRelease { concurrency: 4 },
         mta: None,
-        incident: DocumentIncident {
-            name: "outage".into(),
-            uid: "u".into(),
-            reason: "r".into(),
-        },
     }
 }
 

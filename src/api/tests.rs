@@ -485,8 +485,10 @@ fn crd_names_printer_columns_and_status_subresource() {
         columns,
         [
             ("Mode", 0),
+            ("Scope", 0),
             ("Ready", 0),
             ("Applied", 0),
+            ("Starts", 0),
             ("Expires", 0),
             ("Age", 0),
             ("Reason", 1)
@@ -610,4 +612,91 @@ fn label_keys_and_values_are_refused_as_the_api_server_refuses_them() {
     let long = "a".repeat(64);
     assert!(with_targets(&format!("{{matchLabels: {{app: {long}}}}}")).is_err());
     assert!(with_targets(&format!("{{matchLabels: {{{long}: x}}}}")).is_err());
+}
+
+#[test]
+fn a_scheduled_window_starts_at_most_100_days_ahead_and_its_end_counts_from_the_start() {
+    let created: Timestamp = "2026-01-23T16:00:00Z".parse().unwrap();
+    let spec = format!("{VALID_TEMP_FAIL}startsAt: '2026-01-24T22:00:00Z'\nduration: 4h\n");
+    let valid = validate(&incident(&spec).spec, Some(created)).expect("valid");
+    assert_eq!(valid.starts_at.unwrap().to_string(), "2026-01-24T22:00:00Z");
+    assert_eq!(
+        valid.expires_at.unwrap().to_string(),
+        "2026-01-25T02:00:00Z"
+    );
+    // expiresAt may lie up to 100 days after the start, not after the creation.
+    let spec = format!(
+        "{VALID_TEMP_FAIL}startsAt: '2026-03-01T00:00:00Z'\nexpiresAt: '2026-06-01T00:00:00Z'\n"
+    );
+    assert!(validate(&incident(&spec).spec, Some(created)).is_ok());
+    for (extra, field, says) in [
+        (
+            "startsAt: '2026-05-03T16:00:01Z'\n",
+            "spec.startsAt",
+            "at most 100d ahead",
+        ),
+        (
+            "startsAt: '2026-02-01T00:00:00Z'\nexpiresAt: '2026-02-01T00:00:00Z'\n",
+            "spec.expiresAt",
+            "is not after spec.startsAt",
+        ),
+        (
+            "startsAt: '2026-02-01T00:00:00Z'\nexpiresAt: '2026-05-12T00:00:01Z'\n",
+            "spec.expiresAt",
+            "after spec.startsAt",
+        ),
+    ] {
+        let errors = validate(
+            &incident(&format!("{VALID_TEMP_FAIL}{extra}")).spec,
+            Some(created),
+        )
+        .expect_err(extra);
+        assert_eq!(errors[0].field, field, "{extra}");
+        assert!(errors[0].message.contains(says), "{errors:?}");
+    }
+    // A start before the creation (a window re-applied from Git) is simply in effect.
+    let spec = format!("{VALID_TEMP_FAIL}startsAt: '2026-01-01T00:00:00Z'\n");
+    assert!(validate(&incident(&spec).spec, Some(created)).is_ok());
+}
+
+#[test]
+fn a_scope_lists_valid_distinct_domains_and_names_every_problem() {
+    let spec = format!(
+        "{VALID_TEMP_FAIL}scope: {{recipientDomains: ['pec.example.it', '*.storage.example.it']}}\n"
+    );
+    let valid = validate(&incident(&spec).spec, None).expect("valid");
+    let scope: Vec<String> = valid
+        .scope
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(scope, ["pec.example.it", "*.storage.example.it"]);
+    assert!(
+        validate(&incident(VALID_TEMP_FAIL).spec, None)
+            .unwrap()
+            .scope
+            .is_none()
+    );
+    for (domains, says) in [
+        ("[]", "1 to 1000 are allowed"),
+        ("['Example.it']", "not a lower-case domain name"),
+        ("['a.it', 'a.it']", "lists a.it more than once"),
+        ("['user@a.it', 'x.*.it']", "\"x.*.it\""),
+    ] {
+        let spec = format!("{VALID_TEMP_FAIL}scope: {{recipientDomains: {domains}}}\n");
+        let errors = validate(&incident(&spec).spec, None).expect_err(domains);
+        assert_eq!(errors[0].field, "spec.scope.recipientDomains");
+        assert!(errors[0].message.contains(says), "{domains}: {errors:?}");
+    }
+    let many: Vec<String> = (0..1001).map(|i| format!("'d{i}.it'")).collect();
+    let spec = format!(
+        "{VALID_TEMP_FAIL}scope: {{recipientDomains: [{}]}}\n",
+        many.join(", ")
+    );
+    let errors = validate(&incident(&spec).spec, None).expect_err("too many");
+    assert!(
+        errors[0].message.contains("lists 1001 domains"),
+        "{errors:?}"
+    );
 }

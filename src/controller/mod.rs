@@ -35,7 +35,7 @@ use events::Events;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::{
     api::core::v1::{Namespace, Pod},
-    jiff::{Timestamp, TimestampRound, Unit},
+    jiff::{RoundMode, Timestamp, TimestampRound, Unit},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -388,9 +388,16 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
         .get(namespace)
         .cloned()
         .unwrap_or_default();
-    let now = Timestamp::now()
-        .round(TimestampRound::new().smallest(Unit::Second))
-        .expect("rounding to seconds stays in range");
+    // Statuses carry whole seconds (so an unchanged one is written once); truncated, not
+    // rounded, so that nothing starts or ends before its second has begun.
+    let precise_now = Timestamp::now();
+    let now = precise_now
+        .round(
+            TimestampRound::new()
+                .smallest(Unit::Second)
+                .mode(RoundMode::Trunc),
+        )
+        .expect("truncating to seconds stays in range");
     let plan = plan::plan(&plan::Namespace {
         name: namespace,
         incidents: incidents.iter().map(AsRef::as_ref).collect(),
@@ -477,12 +484,12 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "synced"
     );
+    // Woken right at a start or an end, from the precise clock.
     let until_wake = plan.wake_at.map(|at| {
-        Duration::from_secs(
-            u64::try_from(at.as_second() - now.as_second())
-                .unwrap_or(0)
-                .max(1),
-        )
+        at.duration_since(precise_now)
+            .try_into()
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_millis(50))
     });
     Ok(Action::requeue(
         until_wake.map_or(RESYNC_PERIOD, |wait| wait.min(RESYNC_PERIOD)),

@@ -5,7 +5,7 @@
 use super::{tests::World, *};
 use crate::api::{
     Escalation, HardRejectSettings, LabelOperator, LabelRequirement, MailIncidentSpec, MtaKind,
-    QueueLifetimes, Release, SmtpReply, Targets, TimeSpan,
+    QueueLifetimes, Release, Scope, SmtpReply, Targets, TimeSpan,
     mode_document::QueueFigures,
     validation::{
         MAX_INCIDENT_DURATION, MAX_OLDEST_MESSAGE_AGE, MAX_QUEUE_LIFETIME, MAX_QUEUED_MESSAGES,
@@ -152,6 +152,8 @@ prop_compose! {
         ],
         resolved in any::<bool>(),
         concurrency in prop_oneof![8 => 1..=100u16, 1 => 0..=101u16, 1 => any::<u16>()],
+        scope in option::weighted(0.3, collection::vec(domain(), 1..3)),
+        starts_at in option::weighted(0.1, timestamp()),
     ) -> MailIncidentSpec {
         MailIncidentSpec {
             mode,
@@ -167,6 +169,8 @@ prop_compose! {
             duration,
             resolved,
             release: Release { concurrency },
+            scope: scope.map(|recipient_domains| Scope { recipient_domains }),
+            starts_at: starts_at.map(Time),
         }
     }
 }
@@ -205,11 +209,23 @@ prop_compose! {
     }
 }
 
+/// A scope entry: mostly valid domains from a small set (so scopes overlap), wildcards,
+/// and some malformed ones.
+fn domain() -> impl Strategy<Value = String> {
+    prop_oneof![
+        12 => select(vec!["a.example.it", "b.example.it", "example.it", "pec.it"]).prop_map(String::from),
+        6 => select(vec!["*.example.it", "*.it", "*.b.example.it"]).prop_map(String::from),
+        1 => ".{0,20}",
+    ]
+}
+
 fn target() -> impl Strategy<Value = Target> {
     let delivery = select(vec![Delivery::Reload, Delivery::Restart]);
     let hash = option::of(select(vec!["0123456789abcdef", ""]).prop_map(String::from));
-    let source =
-        option::of(select(vec!["incident-0", "incident-1", "other"]).prop_map(String::from));
+    let source = collection::vec(
+        select(vec!["incident-0", "incident-1", "other"]).prop_map(String::from),
+        0..3,
+    );
     let queue =
         (any::<u64>(), any::<u64>()).prop_map(|(messages, oldest_age_seconds)| QueueFigures {
             messages,
@@ -241,7 +257,7 @@ fn target() -> impl Strategy<Value = Target> {
             |(
                 labels,
                 delivery,
-                (document_hash, template_hash, source_incident),
+                (document_hash, template_hash, source_incidents),
                 report_exists,
                 pod_reports,
                 queues,
@@ -265,11 +281,12 @@ fn target() -> impl Strategy<Value = Target> {
                 drifts: vec![],
                 departed_reports: vec![],
                 template_hash,
-                source_incident,
+                source_incidents,
                 report_exists,
                 pod_reports,
                 queues,
                 replicas,
+                ready_replicas: replicas.saturating_sub(1),
                 rollout_complete,
                 mta_container: Some("mta".into()),
                 queue,
@@ -332,18 +349,30 @@ proptest! {
             prop_assert!(limits.max_queued_messages.is_none_or(|m| (1..=MAX_QUEUED_MESSAGES).contains(&m)));
             prop_assert!(limits.max_oldest_message_age.is_none_or(|age| age <= MAX_OLDEST_MESSAGE_AGE));
         }
-        match (created, valid.expires_at) {
-            (Some(created), Some(expires_at)) => prop_assert!(
-                expires_at <= latest_expiry(created),
-                "expires at {expires_at}, created at {created}"
-            ),
-            (None, Some(_)) => prop_assert!(spec.expires_at.is_some(), "a duration needs a creation time"),
-            (_, None) => prop_assert!(spec.expires_at.is_none() && (spec.duration.is_none() || created.is_none())),
+        if let (Some(created), Some(starts_at)) = (created, valid.starts_at) {
+            prop_assert!(starts_at <= latest_expiry(created), "starts at {starts_at}, created at {created}");
         }
-        if let (Some(created), Some(text)) = (created, &spec.duration) {
+        // Expiry counts from the start: the scheduled one, or the creation.
+        let start = valid.starts_at.or(created);
+        match (start, valid.expires_at) {
+            (Some(start), Some(expires_at)) => {
+                prop_assert!(
+                    expires_at <= latest_expiry(start),
+                    "expires at {expires_at}, starts at {start}"
+                );
+                prop_assert!(valid.starts_at.is_none_or(|s| s < expires_at));
+            }
+            (None, Some(_)) => prop_assert!(spec.expires_at.is_some(), "a duration needs a start"),
+            (_, None) => prop_assert!(spec.expires_at.is_none() && (spec.duration.is_none() || start.is_none())),
+        }
+        if let (Some(start), Some(text)) = (start, &spec.duration) {
             let span: TimeSpan = text.parse().expect("a valid duration parses");
             prop_assert!(span <= MAX_INCIDENT_DURATION);
-            prop_assert_eq!(valid.expires_at, created.checked_add(span.as_duration()).ok());
+            prop_assert_eq!(valid.expires_at, start.checked_add(span.as_duration()).ok());
+        }
+        if let Some(scope) = &valid.scope {
+            prop_assert!(!scope.is_empty() && scope.len() <= crate::api::scope::MAX_SCOPE_DOMAINS);
+            prop_assert!(scope.windows(2).all(|pair| pair[0] < pair[1]), "sorted, no duplicates");
         }
     }
 
@@ -362,6 +391,33 @@ proptest! {
         if let Some(wake_at) = settled.wake_at {
             prop_assert!(now < wake_at && wake_at <= latest_expiry(now), "wake at {wake_at}, now {now}");
         }
+        // Each recipient gets the most severe, then oldest, active incident covering it.
+        for target in world.targets.iter().filter(|t| t.delivery == Delivery::Reload) {
+            let Some(document) = world.documents.get(&target.target.name) else { continue };
+            for domain in ["a.example.it", "x.b.example.it", "example.it", "pec.it", "other.com"] {
+                let expected = world
+                    .incidents
+                    .iter()
+                    .filter_map(|incident| {
+                        let created = incident.metadata.creation_timestamp.as_ref().map(|t| t.0);
+                        let spec = validate(&incident.spec, created).ok()?;
+                        let active = !spec.resolved
+                            && incident.metadata.deletion_timestamp.is_none()
+                            && spec.expires_at.is_none_or(|at| at > now)
+                            && spec.starts_at.is_none_or(|at| at <= now);
+                        let covers = spec.scope.as_ref().is_none_or(|scope| scope.iter().any(|p| p.covers(domain)));
+                        let seen = incident.status.as_ref().is_some_and(|s| s.observed_generation.is_some());
+                        (active && covers && seen && spec.selector.matches(&target.labels))
+                            .then(|| (severity(spec.mode), std::cmp::Reverse((created, incident.name_any()))))
+                    })
+                    .max()
+                    .map(|(_, std::cmp::Reverse((_, name)))| name);
+                let decided = document.rule_for(Some(domain)).map(|r| r.incident.name.clone());
+                if !target.source_incidents.iter().any(|n| world.incidents.iter().any(|i| i.name_any() == *n && validate(&i.spec, None).is_err())) {
+                    prop_assert_eq!(decided, expected, "{} on {}", domain, target.target.name);
+                }
+            }
+        }
         for incident in &world.incidents {
             let status = incident.status.as_ref().expect("planning gives every incident a status");
             let created = incident.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -371,7 +427,15 @@ proptest! {
             }
             if let (Ok(valid), Some(created)) = (validated, created) {
                 prop_assert_eq!(status.expires_at.as_ref().map(|t| t.0), valid.expires_at);
-                prop_assert!(valid.expires_at.is_none_or(|at| at <= latest_expiry(created)));
+                let start = valid.starts_at.unwrap_or(created);
+                prop_assert!(valid.expires_at.is_none_or(|at| at <= latest_expiry(start)));
+                // Scheduled: Ready, and no target carries its mode.
+                if valid.starts_at.is_some_and(|at| at > now) && !valid.resolved {
+                    prop_assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "Scheduled" && c.status == "True"));
+                    let name = incident.metadata.name.clone().unwrap_or_default();
+                    prop_assert!(world.targets.iter().all(|t| !t.source_incidents.contains(&name) || t.document_hash.is_none() && t.template_hash.is_none()),
+                        "a scheduled incident's mode reached a target");
+                }
             }
         }
     }
@@ -404,6 +468,8 @@ proptest! {
             duration: Some(duration),
             resolved: false,
             release: Release::default(),
+            scope: None,
+            starts_at: None,
         });
         incident.metadata.namespace = Some("mail".into());
         prop_assert_eq!(

@@ -137,6 +137,10 @@ pub struct Decision {
     pub escalations: u32,
     /// The queue figures the incident is watched by, while its spec is valid.
     pub queue_watch: Option<QueueWatch>,
+    /// When it takes effect, while it is scheduled.
+    pub scheduled_start: Option<Timestamp>,
+    /// How many recipient domains it covers, when its spec is valid and scoped.
+    pub scope_domains: Option<u32>,
 }
 
 /// What an incident's queue alerts compare: its lifetime and escalation limits, and the
@@ -346,6 +350,13 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
             if let Some(spec) = standing.active() {
                 decision.queue_watch = Some(queue_watch(spec, index, ns.targets, &outcomes));
             }
+            if let Standing::Valid { spec, phase } = standing {
+                decision.scheduled_start = spec.starts_at.filter(|_| *phase == Phase::Scheduled);
+                decision.scope_domains = spec
+                    .scope
+                    .as_ref()
+                    .map(|scope| u32::try_from(scope.len()).unwrap_or(u32::MAX));
+            }
             for (_, restoration) in restorations.iter().filter(|(i, _)| *i == index) {
                 decision.restored.push(restoration.object);
                 decision.events.push(restoration.note());
@@ -410,9 +421,13 @@ fn layer(scopes: &[Option<&[DomainPattern]>]) -> Vec<Layer> {
         let mut follows: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         match scope {
             None => {
-                // Everyone but the earlier scopes' domains.
+                // Everyone but the earlier scopes' domains (of those that decide: the
+                // others' domains are inside them).
                 layer.decides = true;
                 for (at, earlier_scope) in earlier.iter().enumerate() {
+                    if !layers[at].decides {
+                        continue;
+                    }
                     let domains = earlier_scope.unwrap_or_default();
                     follows
                         .entry(at)
@@ -431,6 +446,9 @@ fn layer(scopes: &[Option<&[DomainPattern]>]) -> Vec<Layer> {
                             layer.decides = true;
                             // Narrower earlier patterns inside it take their part.
                             for (at, earlier_scope) in earlier.iter().enumerate() {
+                                if !layers[at].decides {
+                                    continue;
+                                }
                                 follows.entry(at).or_default().extend(
                                     earlier_scope
                                         .unwrap_or_default()
@@ -453,10 +471,6 @@ fn layer(scopes: &[Option<&[DomainPattern]>]) -> Vec<Layer> {
                 (at, domains)
             })
             .collect();
-        if !layer.decides {
-            // Wholly followed: the domains listed are all of it.
-            layer.follows.retain(|(_, d)| !d.is_empty());
-        }
         layers.push(layer);
     }
     layers

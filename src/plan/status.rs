@@ -35,6 +35,8 @@ pub(super) fn decide(
                 transition: None,
                 escalations: 0,
                 queue_watch: None,
+                scheduled_start: None,
+                scope_domains: None,
                 restored: vec![],
                 agent_drifts: vec![],
             }
@@ -593,6 +595,8 @@ impl<'a> Builder<'a> {
             transition: self.transition,
             escalations: self.escalations,
             queue_watch: None,
+            scheduled_start: None,
+            scope_domains: None,
             restored: vec![],
             agent_drifts: vec![],
         }

@@ -1,7 +1,7 @@
 use super::*;
 use crate::api::{EffectiveMode, MailIncident};
 use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::Condition,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::{SignedDuration, Timestamp},
 };
 
@@ -47,11 +47,12 @@ fn target(kind: WorkloadKind, name: &str, labels: &[(&str, &str)]) -> Target {
         drifts: vec![],
         departed_reports: vec![],
         template_hash: None,
-        source_incident: None,
+        source_incidents: vec![],
         report_exists: false,
         pod_reports: vec![None],
         queues: vec![],
         replicas: 1,
+        ready_replicas: 1,
         rollout_complete: true,
         mta_container: Some("mta".into()),
         queue: QueueStorage::Persistent,
@@ -82,6 +83,8 @@ pub(super) struct World {
     pub(super) targets: Vec<Target>,
     failures: BTreeMap<TargetRef, String>,
     events: Vec<(String, Note)>,
+    /// The mode document last written for each target, by name.
+    pub(super) documents: BTreeMap<String, ModeDocument>,
 }
 
 impl World {
@@ -91,6 +94,7 @@ impl World {
             targets,
             failures: BTreeMap::new(),
             events: vec![],
+            documents: BTreeMap::new(),
         }
     }
 
@@ -159,20 +163,26 @@ impl World {
                 ..
             } => {
                 let i = find(&mut self.targets, target);
+                self.documents.insert(target.name.clone(), document.clone());
                 self.targets[i].document_hash = Some(document.hash());
                 self.targets[i].document_mismatch = None;
                 self.targets[i].document_owners = owners.iter().map(|o| o.uid.clone()).collect();
                 self.targets[i].changed_by = None;
-                self.targets[i].source_incident = Some(document.incident.name.clone());
+                self.targets[i].source_incidents = document
+                    .rules
+                    .iter()
+                    .map(|r| r.incident.name.clone())
+                    .collect();
                 self.targets[i].report_exists = true;
                 self.targets[i].report_owned = true;
             }
             Write::DeleteDocument { target } => {
                 let i = find(&mut self.targets, target);
+                self.documents.remove(&target.name);
                 self.targets[i].document_hash = None;
                 self.targets[i].document_mismatch = None;
                 self.targets[i].document_owners.clear();
-                self.targets[i].source_incident = None;
+                self.targets[i].source_incidents.clear();
                 self.targets[i].report_exists = false;
                 self.targets[i].report_owned = false;
             }
@@ -186,7 +196,11 @@ impl World {
                     .into_iter()
                     .map(|(name, value)| (name.to_string(), value))
                     .collect();
-                self.targets[i].source_incident = Some(document.incident.name.clone());
+                self.targets[i].source_incidents = document
+                    .rules
+                    .iter()
+                    .map(|r| r.incident.name.clone())
+                    .collect();
             }
             Write::PruneReport { target, pods } => {
                 let i = find(&mut self.targets, target);
@@ -198,7 +212,7 @@ impl World {
                 let i = find(&mut self.targets, target);
                 self.targets[i].template_hash = None;
                 self.targets[i].template_env.clear();
-                self.targets[i].source_incident = None;
+                self.targets[i].source_incidents.clear();
             }
         }
     }
@@ -320,7 +334,7 @@ fn the_mode_document_carries_reply_lifetimes_and_source() {
     else {
         panic!("expected a document write, got {:?}", plan.writes);
     };
-    assert_eq!(document.mode, Mode::AcceptAndQueue);
+    assert_eq!(document.headline().mode, Mode::AcceptAndQueue);
     assert_eq!(
         (
             document.queue.lifetime.as_str(),
@@ -329,11 +343,14 @@ fn the_mode_document_carries_reply_lifetimes_and_source() {
         ("30d", "10d")
     );
     assert_eq!(
-        (document.reply.code, document.reply.enhanced_code.as_str()),
+        (
+            document.headline().reply.code,
+            document.headline().reply.enhanced_code.as_str()
+        ),
         (452, "4.3.1")
     );
     assert_eq!(document.mta, Some(crate::api::MtaKind::Exim));
-    assert_eq!(document.incident.name, "hold");
+    assert_eq!(document.headline().incident.name, "hold");
     assert_eq!(
         owners,
         &[Owner {
@@ -368,11 +385,19 @@ fn the_most_severe_incident_wins_and_the_loser_says_by_whom() {
     );
     world.settle(at(5), true);
     assert_eq!(
-        world.target("postfix-b").source_incident.as_deref(),
+        world
+            .target("postfix-b")
+            .source_incidents
+            .first()
+            .map(String::as_str),
         Some("reject")
     );
     assert_eq!(
-        world.target("postfix-a").source_incident.as_deref(),
+        world
+            .target("postfix-a")
+            .source_incidents
+            .first()
+            .map(String::as_str),
         Some("queue")
     );
     let loser = world.status("queue");
@@ -413,7 +438,7 @@ fn between_equal_modes_the_oldest_incident_wins() {
             .targets
             .iter()
             .filter(|t| t.document_hash.is_some())
-            .all(|t| t.source_incident.as_deref() == Some("old"))
+            .all(|t| t.source_incidents.first().map(String::as_str) == Some("old"))
     );
     assert_eq!(world.condition("young", "Ready").reason, "Superseded");
 }
@@ -436,7 +461,11 @@ fn resolving_moves_targets_to_the_next_incident_or_back_to_normal() {
     ));
     world.settle(at(30), true);
     assert_eq!(
-        world.target("postfix-b").source_incident.as_deref(),
+        world
+            .target("postfix-b")
+            .source_incidents
+            .first()
+            .map(String::as_str),
         Some("queue")
     );
     assert_eq!(
@@ -463,7 +492,7 @@ fn resolving_moves_targets_to_the_next_incident_or_back_to_normal() {
         world
             .targets
             .iter()
-            .all(|t| t.document_hash.is_none() && t.source_incident.is_none())
+            .all(|t| t.document_hash.is_none() && t.source_incidents.is_empty())
     );
     assert_eq!(world.condition("queue", "Ready").reason, "Resolved");
     assert!(world.event_reasons("queue").contains(&"Restored"));
@@ -514,7 +543,7 @@ fn an_incident_deleted_while_its_spec_is_invalid_releases_its_targets() {
 fn leftovers_no_incident_accounts_for_are_restored() {
     let mut targets = fleet();
     targets[0].document_hash = Some("h1".into());
-    targets[0].source_incident = Some("gone".into());
+    targets[0].source_incidents = vec!["gone".into()];
     targets[1].delivery = Delivery::Restart;
     targets[1].template_hash = Some("h2".into());
     let plan = World::new(vec![], targets).plan(at(0));
@@ -797,7 +826,11 @@ fn an_incident_past_the_time_bounds_stalls_while_its_neighbours_are_served() {
     }
     assert_eq!(world.condition("outage", "Ready").reason, "Applied");
     assert_eq!(
-        world.target("postfix-b").source_incident.as_deref(),
+        world
+            .target("postfix-b")
+            .source_incidents
+            .first()
+            .map(String::as_str),
         Some("outage")
     );
 }
@@ -900,7 +933,7 @@ fn a_queue_past_the_limit_switches_accept_and_queue_to_temp_fail() {
         .filter_map(|w| match w {
             Write::PutDocument {
                 target, document, ..
-            } => Some((target.name.clone(), document.mode)),
+            } => Some((target.name.clone(), document.headline().mode)),
             _ => None,
         })
         .collect();
@@ -1254,4 +1287,254 @@ fn a_target_scaled_to_zero_is_idle_not_applied() {
         ready.message,
         "2/2 targets answer TempFail; 1 scaled to zero (no MTA to answer)"
     );
+}
+
+/// A target's rules as (incident, mode, domains): what its agents apply.
+fn rules(world: &World, target: &str) -> Vec<(String, Mode, Option<Vec<String>>)> {
+    world
+        .documents
+        .get(target)
+        .map_or_else(Vec::new, |document| {
+            document
+                .rules
+                .iter()
+                .map(|r| (r.incident.name.clone(), r.mode, r.recipient_domains.clone()))
+                .collect()
+        })
+}
+
+fn domains(list: &[&str]) -> Option<Vec<String>> {
+    Some(list.iter().map(|d| d.to_string()).collect())
+}
+
+#[test]
+fn a_scoped_incident_carries_its_domains_and_shows_its_scope() {
+    let scoped = format!(
+        "{TEMP_FAIL}\nscope: {{recipientDomains: ['*.storage.example.it', 'pec.example.it']}}"
+    );
+    let mut world = World::new(vec![incident("storage", 0, 1, &scoped)], fleet());
+    world.settle(at(0), true);
+    assert_eq!(
+        rules(&world, "postfix-a"),
+        [(
+            "storage".to_string(),
+            Mode::TempFail,
+            domains(&["pec.example.it", "*.storage.example.it"])
+        )]
+    );
+    let status = world.status("storage");
+    assert_eq!(status.scope.as_deref(), Some("2 domains"));
+    assert_eq!(status.targets.as_ref().unwrap().summary, "3/3");
+    let accepted = world
+        .events
+        .iter()
+        .find(|(_, e)| e.reason == "Accepted")
+        .unwrap();
+    assert!(
+        accepted
+            .1
+            .message
+            .contains("recipients in pec.example.it, *.storage.example.it"),
+        "{}",
+        accepted.1.message
+    );
+    let whole = World::new(vec![incident("all", 0, 1, TEMP_FAIL)], fleet());
+    let mut whole = whole;
+    whole.settle(at(0), true);
+    assert_eq!(whole.status("all").scope.as_deref(), Some("all recipients"));
+}
+
+#[test]
+fn overlapping_scopes_give_each_domain_the_most_severe_then_oldest_incident() {
+    let storage = "mode: TempFail\nreason: storage\ntargets: {matchLabels: {app: mta}}\nscope: {recipientDomains: ['*.example.it']}";
+    let rebuild = "mode: HardReject\nreason: rebuild\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}\nscope: {recipientDomains: ['a.example.it']}";
+    let queue = "mode: AcceptAndQueue\nreason: everyone\ntargets: {matchLabels: {app: mta}}";
+    let inside = "mode: TempFail\nreason: inside\ntargets: {matchLabels: {app: mta}}\nscope: {recipientDomains: ['b.example.it']}";
+    let mut world = World::new(
+        vec![
+            incident("storage", 0, 1, storage),
+            incident("rebuild", 5, 1, rebuild),
+            incident("queue", 10, 1, queue),
+            incident("inside", 20, 1, inside),
+        ],
+        fleet(),
+    );
+    world.settle(at(20), true);
+    // HardReject first; the younger TempFail inside *.example.it adds nothing.
+    assert_eq!(
+        rules(&world, "exim"),
+        [
+            (
+                "rebuild".to_string(),
+                Mode::HardReject,
+                domains(&["a.example.it"])
+            ),
+            (
+                "storage".to_string(),
+                Mode::TempFail,
+                domains(&["*.example.it"])
+            ),
+            ("queue".to_string(), Mode::AcceptAndQueue, None),
+        ]
+    );
+    let document = &world.documents["exim"];
+    let rule = |domain: &str| {
+        document
+            .rule_for(Some(domain))
+            .map(|r| r.incident.name.clone())
+    };
+    assert_eq!(rule("a.example.it").as_deref(), Some("rebuild"));
+    assert_eq!(rule("x.a.example.it").as_deref(), Some("storage"));
+    assert_eq!(rule("example.com").as_deref(), Some("queue"));
+    assert_eq!(
+        world.target("exim").source_incidents,
+        ["rebuild", "storage", "queue"]
+    );
+    // Partly followed: still applied, and the status says for which domains.
+    let storage = world.status("storage");
+    assert_eq!(storage.targets.as_ref().unwrap().summary, "3/3");
+    assert_eq!(storage.superseded_by.len(), 1);
+    assert_eq!(storage.superseded_by[0].incident, "rebuild");
+    assert_eq!(storage.superseded_by[0].domains, ["a.example.it"]);
+    let queue = world.status("queue");
+    let followed: Vec<(&str, &[String])> = queue
+        .superseded_by
+        .iter()
+        .map(|s| (s.incident.as_str(), s.domains.as_slice()))
+        .collect();
+    assert_eq!(
+        followed,
+        [
+            ("rebuild", &["a.example.it".to_string()][..]),
+            ("storage", &["*.example.it".to_string()][..])
+        ]
+    );
+    assert_eq!(world.condition("queue", "Ready").reason, "Applied");
+    // Wholly inside an older scope of the same severity: superseded, per domain.
+    let inside = world.status("inside");
+    assert_eq!(world.condition("inside", "Ready").reason, "Superseded");
+    assert_eq!(inside.superseded_by[0].incident, "storage");
+    assert_eq!(inside.superseded_by[0].domains, ["b.example.it"]);
+    assert_eq!(inside.targets.as_ref().unwrap().superseded, 3);
+
+    // Resolving the HardReject hands a.example.it to the TempFail covering it.
+    let mut resolved = world.incident("rebuild").clone();
+    resolved.spec.resolved = true;
+    resolved.metadata.generation = Some(2);
+    world.replace(resolved);
+    world.settle(at(30), true);
+    assert_eq!(
+        rules(&world, "exim"),
+        [
+            (
+                "storage".to_string(),
+                Mode::TempFail,
+                domains(&["*.example.it"])
+            ),
+            ("queue".to_string(), Mode::AcceptAndQueue, None),
+        ]
+    );
+    assert!(world.status("storage").superseded_by.is_empty());
+    assert_eq!(world.condition("rebuild", "Ready").reason, "Resolved");
+}
+
+#[test]
+fn restart_delivery_cannot_carry_a_scope_and_says_so() {
+    let scoped = format!("{TEMP_FAIL}\nscope: {{recipientDomains: [pec.example.it]}}");
+    let mut targets = fleet();
+    targets[0].delivery = Delivery::Restart;
+    let mut world = World::new(vec![incident("storage", 0, 1, &scoped)], targets);
+    world.settle(at(0), true);
+    assert_eq!(world.target("postfix-a").template_hash, None);
+    let status = world.status("storage");
+    assert_eq!(status.failed_targets.len(), 1);
+    assert!(
+        status.failed_targets[0]
+            .reason
+            .contains("restart delivery gives every recipient one mode"),
+        "{:?}",
+        status.failed_targets
+    );
+}
+
+#[test]
+fn a_scheduled_incident_changes_nothing_until_its_start_and_is_ready_meanwhile() {
+    let window = format!("{TEMP_FAIL}\nstartsAt: '{}'\nduration: 2h", at(60));
+    let mut targets = fleet();
+    targets[2].ready_replicas = 0;
+    let mut world = World::new(vec![incident("window", 0, 1, &window)], targets);
+    let plan = world.settle(at(0), true);
+    assert!(world.documents.is_empty(), "nothing before the start");
+    assert_eq!(plan.wake_at, Some(at(60)), "woken at the start, no polling");
+    let status = world.status("window");
+    assert_eq!(status.starts_at.as_ref().unwrap().0, at(60));
+    assert_eq!(status.expires_at.as_ref().unwrap().0, at(180));
+    assert_eq!(status.effective_mode, Some(EffectiveMode::Normal));
+    assert_eq!(status.targets.as_ref().unwrap().unready, 1);
+    let ready = world.condition("window", "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Scheduled")
+    );
+    assert!(
+        ready
+            .message
+            .contains("2/3 matched targets have every pod ready")
+    );
+    assert_eq!(world.condition("window", "Reconciling").status, "False");
+    assert_eq!(world.condition("window", "Stalled").status, "False");
+    // A minute before, still nothing; at the start, the mode.
+    world.settle(at(59), true);
+    assert!(world.documents.is_empty());
+    let plan = world.settle(at(60), true);
+    assert_eq!(world.documents.len(), 3);
+    assert_eq!(plan.wake_at, Some(at(180)));
+    assert_eq!(
+        world.status("window").effective_mode,
+        Some(EffectiveMode::TempFail)
+    );
+    assert_eq!(world.condition("window", "Ready").reason, "Applied");
+    let history: Vec<_> = world
+        .status("window")
+        .history
+        .iter()
+        .map(|t| (t.from, t.to))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (None, EffectiveMode::Normal),
+            (Some(EffectiveMode::Normal), EffectiveMode::TempFail)
+        ]
+    );
+    world.settle(at(180), true);
+    assert!(world.documents.is_empty());
+    assert_eq!(world.condition("window", "Ready").reason, "Expired");
+}
+
+#[test]
+fn a_scheduled_incident_resolved_or_deleted_before_its_start_leaves_no_trace() {
+    let window = format!("{TEMP_FAIL}\nstartsAt: '{}'", at(60));
+    for end in ["resolve", "delete", "postpone"] {
+        let mut world = World::new(vec![incident("window", 0, 1, &window)], fleet());
+        world.settle(at(0), true);
+        let mut edited = world.incident("window").clone();
+        edited.metadata.generation = Some(2);
+        match end {
+            "resolve" => edited.spec.resolved = true,
+            "delete" => edited.metadata.deletion_timestamp = Some(Time(at(30))),
+            _ => edited.spec.starts_at = Some(Time(at(120))),
+        }
+        world.replace(edited);
+        let plan = world.settle(at(30), true);
+        assert!(plan.writes.is_empty(), "{end}: {:?}", plan.writes);
+        let plan = world.settle(at(60), true);
+        assert!(world.documents.is_empty(), "{end}: a mode reached an MTA");
+        assert!(plan.writes.is_empty(), "{end}");
+        assert_ne!(
+            world.status("window").effective_mode,
+            Some(EffectiveMode::TempFail),
+            "{end}"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 -- Moves the end of an active incident one day later: spec.expiresAt becomes the end the
--- controller computed (status.expiresAt) plus a day, at most 100 days after creation, the
--- longest the controller lets an incident last. spec.duration goes: it and expiresAt are
+-- controller computed (status.expiresAt) plus a day, at most 100 days after its start
+-- (status.startsAt, or its creation), the longest the controller lets an incident last. spec.duration goes: it and expiresAt are
 -- alternatives. It never shortens an incident, and refuses rather than guess.
 --
 -- Argo CD runs this without Lua's string library, so a time is read by a binary search
@@ -90,13 +90,25 @@ if ends == nil or created == nil then
   refuse("cannot read status.expiresAt " .. tostring(status.expiresAt)
     .. " and metadata.creationTimestamp " .. tostring(obj.metadata.creationTimestamp))
 end
+-- An incident lasts at most 100 days from its start: spec.startsAt, or its creation.
+local start, start_name = created, "its creation"
+if status.startsAt ~= nil then
+  start, start_name = seconds(status.startsAt), "its start"
+  if start == nil then
+    refuse("cannot read status.startsAt " .. tostring(status.startsAt))
+  end
+  if start > os.time() then
+    refuse("the incident has not started yet (it starts at " .. status.startsAt
+      .. "); change spec.duration or spec.expiresAt instead")
+  end
+end
 if status.effectiveMode == "Normal" or ends <= os.time() then
   refuse("the incident ended at " .. status.expiresAt .. "; declare a new one")
 end
-local latest = created + LONGEST
+local latest = start + LONGEST
 if ends >= latest then
   refuse("the incident already ends at " .. status.expiresAt
-    .. ", 100 days after its creation: the longest an incident may last")
+    .. ", 100 days after " .. start_name .. ": the longest an incident may last")
 end
 local later = ends + STEP
 if later > latest then

@@ -1,0 +1,176 @@
+//! Incidents declared ahead of time (`spec.startsAt`): nothing reaches an MTA before the
+//! start, the mode does at the start with no edit and no polling (the controller wakes
+//! for it), and a start that fell while no replica led is applied by the next leader at
+//! once.
+
+use crate::{
+    fakes::{FakeAgents, FakeKubelet},
+    mta::{AgentProcess, mta_with_agent_rbac},
+    postfix::PostfixInstance,
+    support::{Mta, apply_incident, ready_because, status, wait_for},
+    world::{Operator, Scene},
+};
+use k8s_openapi::{api::core::v1::ConfigMap, jiff::Timestamp};
+use kube::{Api, api::ListParams};
+use mail_incident_operator::api::{
+    EffectiveMode,
+    mode_document::{ROLE_DOCUMENT, ROLE_LABEL},
+};
+use serde_json::json;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A whole second at least `ahead` from now, as the Unix second and as the wall clock.
+fn start_in(ahead: Duration) -> (Timestamp, SystemTime) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let second = (now + ahead).as_secs() + 1;
+    (
+        Timestamp::from_second(second as i64).unwrap(),
+        UNIX_EPOCH + Duration::from_secs(second),
+    )
+}
+
+/// Signed seconds from `start` to `at` (negative: before the start).
+fn seconds_after(start: SystemTime, at: SystemTime) -> f64 {
+    match at.duration_since(start) {
+        Ok(after) => after.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
+    }
+}
+
+async fn mode_documents(api: &Api<ConfigMap>) -> usize {
+    api.list(&ListParams::default().labels(&format!("{ROLE_LABEL}={ROLE_DOCUMENT}")))
+        .await
+        .expect("list mode documents")
+        .items
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_window_changes_the_rcpt_answer_at_its_start_and_not_before() {
+    let scene = Scene::start("window").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents,
+        ..
+    } = &scene;
+    let (_kubelet, pod) = mta_with_agent_rbac(world, client, &ns.name).await;
+    let postfix = PostfixInstance::start(&format!("window-{}", ns.name));
+    let _agent = AgentProcess::start(world, &ns.name, &pod, &postfix.agent_args()).await;
+    let (starts_at, start) = start_in(Duration::from_secs(8));
+    apply_incident(
+        world,
+        &ns.name,
+        "window",
+        &format!(
+            "mode: TempFail\nreason: CHG-311 storage firmware upgrade\n\
+             targets: {{matchLabels: {{app.kubernetes.io/component: mta}}}}\n\
+             startsAt: '{starts_at}'\nduration: 10m"
+        ),
+    );
+    wait_for(incidents, "window", "scheduled", ready_because("Scheduled")).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+
+    // Ask Postfix over and over, each time in a fresh session, until it refuses.
+    let mut asked_before = 0;
+    let first_refusal = loop {
+        let asked_at = SystemTime::now();
+        let answer = postfix
+            .smtp
+            .try_rcpt_reply()
+            .unwrap_or_else(|why| panic!("Postfix: {why}"));
+        if answer.starts_with("452 4.3.1 ") {
+            break (asked_at, answer);
+        }
+        assert!(
+            answer.starts_with("250"),
+            "before the window Postfix accepts: {answer}"
+        );
+        if asked_at < start {
+            asked_before += 1;
+        }
+        assert!(
+            seconds_after(start, asked_at) < 30.0,
+            "no 452 within 30 s of the start; last answer {answer}"
+        );
+        if seconds_after(start, asked_at) < -1.0 && asked_before % 20 == 0 {
+            assert_eq!(
+                mode_documents(&config_maps).await,
+                0,
+                "a mode document before the start"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let delay = seconds_after(start, first_refusal.0);
+    eprintln!(
+        "startsAt {starts_at}: {asked_before} RCPTs before it answered 250; the first 452 \
+         came {delay:.3} s after startsAt: {}",
+        first_refusal.1
+    );
+    assert!(
+        asked_before > 50,
+        "asked {asked_before} times before the start"
+    );
+    assert!(delay >= 0.0, "refused {:.3} s before the start", -delay);
+    assert!(delay < 5.0, "the start took {delay:.3} s to reach the wire");
+    let started = wait_for(incidents, "window", "applied", ready_because("Applied")).await;
+    assert_eq!(
+        status(&started).effective_mode,
+        Some(EffectiveMode::TempFail)
+    );
+}
+
+#[tokio::test]
+async fn a_start_that_fell_while_no_replica_led_is_applied_at_once_by_the_next_leader() {
+    let mut scene = Scene::start("window-failover").await;
+    let ns = scene.ns.name.clone();
+    let client = scene.client.clone();
+    let _kubelet = FakeKubelet::start(client.clone(), &ns).await;
+    let _agents = FakeAgents::start(client.clone(), &ns).await;
+    for name in ["mta-a", "mta-b", "mta-c"] {
+        Mta::deployment(name, json!({"app": "mta"}))
+            .create(&client, &ns)
+            .await;
+    }
+    let (starts_at, start) = start_in(Duration::from_secs(4));
+    apply_incident(
+        scene.world,
+        &ns,
+        "window",
+        &format!(
+            "mode: TempFail\nreason: CHG-312\ntargets: {{matchLabels: {{app: mta}}}}\nstartsAt: '{starts_at}'"
+        ),
+    );
+    wait_for(
+        &scene.incidents,
+        "window",
+        "scheduled",
+        ready_because("Scheduled"),
+    )
+    .await;
+    // No replica runs across the start.
+    scene.operator.kill();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    while SystemTime::now() < start + Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(mode_documents(&config_maps).await, 0, "nobody led");
+    let restarted = Instant::now();
+    scene.operator = Operator::start(scene.world, &ns).await;
+    wait_for(
+        &scene.incidents,
+        "window",
+        "applied",
+        ready_because("Applied"),
+    )
+    .await;
+    assert_eq!(mode_documents(&config_maps).await, 3);
+    eprintln!(
+        "the start fell {:.1} s before a replica led again; applied {:.2} s after it started",
+        seconds_after(start, SystemTime::now()) - restarted.elapsed().as_secs_f64(),
+        restarted.elapsed().as_secs_f64()
+    );
+    assert!(restarted.elapsed() < Duration::from_secs(20));
+}
