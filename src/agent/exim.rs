@@ -400,7 +400,7 @@ fn file_differences(held: &Held, mode: Option<&str>, retry: Option<&str>) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::fixtures::{document, held};
+    use crate::agent::fixtures::{document, held, rules};
 
     /// An Exim in a directory: `true` accepts any configuration check, and the daemon is a
     /// shell that counts the SIGHUPs it gets.
@@ -501,13 +501,13 @@ mod tests {
         let (mode, retry) = render(&held(&document(Mode::TempFail, 452, "4.3.1")));
         assert_eq!(
             mode,
-            "tempfail\n452 4.3.1 Mailbox storage temporarily unavailable, try again later\n"
+            "*: tempfail 452 4.3.1 Mailbox storage temporarily unavailable, try again later\n"
         );
         assert_eq!(retry.as_deref(), Some("MAIL_INCIDENT_LIFETIME = 30d\n"));
         let (mode, _) = render(&held(&document(Mode::HardReject, 550, "5.3.2")));
-        assert!(mode.starts_with("reject\n550 5.3.2 "), "{mode}");
+        assert!(mode.starts_with("*: reject 550 5.3.2 "), "{mode}");
         let (mode, _) = render(&held(&document(Mode::AcceptAndQueue, 452, "4.3.1")));
-        assert!(mode.starts_with("queue\n"), "{mode}");
+        assert!(mode.starts_with("*: queue 452 4.3.1 "), "{mode}");
     }
 
     #[test]
@@ -524,7 +524,7 @@ mod tests {
         assert!(
             deleted[0]
                 .what
-                .starts_with("Exim mode file = (absent), want \"tempfail\\n452 4.3.1 "),
+                .starts_with("Exim mode file = (absent), want \"*: tempfail 452 4.3.1 "),
             "{deleted:?}"
         );
         let rewritten = file_differences(&temp_fail, Some("normal\n"), retry.as_deref());
@@ -579,14 +579,104 @@ mod tests {
         )
         .unwrap();
         std::fs::write(input.join("A/1tAbCf-000ABC-56-H"), "cut short\n").unwrap();
-        let figures = spool_figures(spool.path(), 5000).unwrap();
+        let figures = spool_figures(spool.path(), 5000, None).unwrap();
         assert_eq!(figures.messages, 2);
         assert_eq!(figures.oldest_age_seconds, 4000);
         assert_eq!(figures.by_queue.get("queue"), Some(&2));
         let fresh = tempfile::tempdir().unwrap();
         assert_eq!(
-            spool_figures(fresh.path(), 5000).unwrap(),
+            spool_figures(fresh.path(), 5000, None).unwrap(),
             QueueFigures::default()
         );
+    }
+
+    #[test]
+    fn scoped_rules_become_one_line_per_domain_in_order_and_a_rule_for_everyone_a_star() {
+        let (mode, retry) = render(&held(&rules(&[
+            (Mode::HardReject, 550, "5.3.2", &["a.storage.local.test"]),
+            (
+                Mode::TempFail,
+                452,
+                "4.3.1",
+                &["*.storage.local.test", "pec.local.test"],
+            ),
+            (Mode::AcceptAndQueue, 452, "4.3.1", &[]),
+        ])));
+        let text = "Mailbox storage temporarily unavailable, try again later";
+        assert_eq!(
+            mode,
+            format!(
+                "a.storage.local.test: reject 550 5.3.2 {text}\n\
+                 *.storage.local.test: tempfail 452 4.3.1 {text}\n\
+                 pec.local.test: tempfail 452 4.3.1 {text}\n\
+                 *: queue 452 4.3.1 {text}\n"
+            )
+        );
+        assert_eq!(retry.as_deref(), Some("MAIL_INCIDENT_LIFETIME = 30d\n"));
+    }
+
+    /// A spool header file as Exim 4.96 wrote it for a message to three recipients, one
+    /// delivered, with the ACL variable the site's configuration sets.
+    const HEADER: &str = "1xa9EC-000498-0q-H
+Debian-exim 999 995
+<sender@example.net>
+1796551940 0
+-received_time_usec .262361
+--helo_name c
+-host_address [127.0.0.1]:48120
+-aclm _mail_incident 36
+queue 452 4.3.1 Mailbox storage down
+-aclc _two_lines 9
+NN x\n3
+yz
+-body_linecount 1
+NN u@local.test
+3
+u@pec.local.test
+u@local.test
+v@pec.local.test rfc822;v@pec.local.test 22,0  0,-1#3
+
+169P Received: from [127.0.0.1] (helo=c)
+";
+
+    #[test]
+    fn the_recipients_left_are_read_from_the_spool_header_past_its_acl_variables() {
+        assert_eq!(
+            pending_recipients(HEADER.as_bytes()),
+            Some(vec![
+                "u@pec.local.test".to_string(),
+                "v@pec.local.test".to_string()
+            ])
+        );
+        let none_delivered = HEADER.replace("NN u@local.test\n", "XX\n");
+        assert_eq!(
+            pending_recipients(none_delivered.as_bytes()).map(|p| p.len()),
+            Some(3)
+        );
+        // Cut short while being written: not read, never a panic.
+        for cut in [40, 200, 330, HEADER.len() - 60] {
+            assert_eq!(pending_recipients(&HEADER.as_bytes()[..cut]), None, "{cut}");
+        }
+        let lying = HEADER.replace("_mail_incident 36", "_mail_incident 9999");
+        assert_eq!(pending_recipients(lying.as_bytes()), None);
+    }
+
+    #[test]
+    fn a_scoped_hold_counts_only_messages_with_a_held_recipient_left() {
+        let spool = tempfile::tempdir().unwrap();
+        let input = spool.path().join("input");
+        std::fs::create_dir_all(&input).unwrap();
+        std::fs::write(input.join("1xa9EC-000498-0q-H"), HEADER).unwrap();
+        let other = HEADER
+            .replace("1796551940 0", "1796550000 0")
+            .replace("pec.local.test", "other.test");
+        std::fs::write(input.join("1xa9ED-000498-0q-H"), other).unwrap();
+        let pec = [DomainPattern::parse("pec.local.test").unwrap()];
+        let figures = spool_figures(spool.path(), 1796552000, Some(&pec)).unwrap();
+        assert_eq!(figures.messages, 1);
+        assert_eq!(figures.oldest_age_seconds, 60);
+        let everyone = spool_figures(spool.path(), 1796552000, None).unwrap();
+        assert_eq!(everyone.messages, 2);
+        assert_eq!(everyone.oldest_age_seconds, 2000);
     }
 }

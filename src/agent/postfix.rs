@@ -851,7 +851,7 @@ fn list_contains(list: &str, item: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::fixtures::{document, held};
+    use crate::agent::fixtures::{document, held, rules};
 
     const BASELINE: &str = "\
 alias_maps = hash:/etc/aliases
@@ -947,8 +947,8 @@ smtpd_recipient_restrictions = check_policy_service { inet:127.0.0.1:10040, defa
 not json: the queue changed while it was listed
 "#;
         let mut figures = QueueFigures::default();
-        for (queue, arrival) in listing.lines().filter_map(queued_message) {
-            figures.add(&queue, arrival, 5000);
+        for message in listing.lines().filter_map(queued_message) {
+            figures.add(&message.queue, message.arrival, 5000);
         }
         assert_eq!(figures.messages, 3);
         assert_eq!(figures.by_queue.get("deferred"), Some(&2));
@@ -1251,5 +1251,133 @@ not json: the queue changed while it was listed
         .unwrap();
         old.complete_from(&baseline(WITH_POLICY));
         assert_eq!(old, baseline(WITH_POLICY));
+    }
+
+    fn scoped(mode: Mode) -> Held {
+        held(&rules(&[(
+            mode,
+            452,
+            "4.3.1",
+            &["pec.e2e.test", "*.storage.e2e.test"],
+        )]))
+    }
+
+    const HOLD_MAP: &str = "regexp:{ {/@pec\\.e2e\\.test$$/ mail-incident-hold:}, {/\\.storage\\.e2e\\.test$$/ mail-incident-hold:} }";
+
+    #[test]
+    fn a_scoped_hold_routes_only_its_domains_to_the_deferred_hold_transport() {
+        let site = baseline(&format!(
+            "{WITH_POLICY}transport_maps = hash:/etc/postfix/transport\ndefer_transports = smtp\n"
+        ));
+        let edits = render(&scoped(Mode::AcceptAndQueue), &site, &target());
+        assert_eq!(
+            edits.value(TRANSPORT_MAPS),
+            Some(format!("{HOLD_MAP}, hash:/etc/postfix/transport").as_str()),
+            "ours first, the site's after"
+        );
+        assert_eq!(
+            edits.value("defer_transports"),
+            Some("smtp, mail-incident-hold"),
+            "the mailbox transport keeps delivering other domains"
+        );
+        assert_eq!(edits.main.get("soft_bounce"), Some(&None), "the site's own");
+        assert_eq!(edits.value("maximal_queue_lifetime"), Some("30d"));
+        assert_eq!(
+            edits.value(RESTRICTIONS),
+            site.get(RESTRICTIONS),
+            "no fallback: nobody's mail is refused for a dead agent"
+        );
+        // Without a site map, ours alone; a scoped HardReject turns soft_bounce off.
+        let edits = render(&scoped(Mode::HardReject), &baseline(WITH_POLICY), &target());
+        assert_eq!(edits.value(TRANSPORT_MAPS), Some(HOLD_MAP));
+        assert_eq!(edits.value("soft_bounce"), Some("no"));
+        // A rule for everyone behind a scoped one: the whole mailbox transport is held.
+        let everyone = held(&rules(&[
+            (Mode::HardReject, 550, "5.3.2", &["pec.e2e.test"]),
+            (Mode::AcceptAndQueue, 452, "4.3.1", &[]),
+        ]));
+        let edits = render(&everyone, &baseline(WITH_POLICY), &target());
+        assert_eq!(edits.main.get(TRANSPORT_MAPS), Some(&None));
+        assert_eq!(edits.value("defer_transports"), Some("lmtp"));
+        assert_eq!(edits.value("soft_bounce"), Some("no"));
+    }
+
+    #[test]
+    fn a_scoped_release_and_normal_service_give_the_site_its_transport_maps_back() {
+        let site = baseline("transport_maps = hash:/etc/postfix/transport\n");
+        let releasing = scoped(Mode::TempFail).next(None, 100);
+        let edits = render(&releasing, &site, &target());
+        assert_eq!(
+            edits.value(TRANSPORT_MAPS),
+            Some("hash:/etc/postfix/transport")
+        );
+        assert_eq!(edits.main.get("defer_transports"), Some(&None));
+        assert_eq!(edits.process_limit, "4");
+        assert_eq!(edits.value("soft_bounce"), Some("yes"));
+        let back = render(&Held::Normal, &site, &target());
+        assert_eq!(
+            back.value(TRANSPORT_MAPS),
+            Some("hash:/etc/postfix/transport")
+        );
+        assert_eq!(back.main.get("soft_bounce"), Some(&None));
+    }
+
+    #[test]
+    fn a_hold_map_is_read_back_as_the_agents_own_and_never_learned_from_another_hand() {
+        let mut recorded = baseline(WITH_POLICY);
+        let holding = scoped(Mode::AcceptAndQueue);
+        let edits = render(&holding, &recorded, &target());
+        recorded.note_written(&edits);
+        let read = read_back(&recorded, &running(&edits), &holding, &target());
+        assert_eq!(read.differences, []);
+        assert_eq!(read.baseline, recorded);
+        // A hold map left behind (a copy of ours, a restore from a backup) is put back
+        // to the baseline's, never kept as the site's.
+        let stale = format!("{HOLD_MAP}, hash:/old");
+        for (name, value) in [
+            (TRANSPORT_MAPS, stale.as_str()),
+            ("defer_transports", "smtp, mail-incident-hold"),
+        ] {
+            let instance = edited(&running(&edits), name, Some(value));
+            let read = read_back(&recorded, &instance, &holding, &target());
+            assert_eq!(read.baseline, recorded, "{name}");
+            assert_eq!(read.learned, Vec::<String>::new(), "{name}");
+            assert_eq!(read.differences.len(), 1, "{name}");
+        }
+        // The site's own new map is learned and kept behind ours.
+        let instance = edited(
+            &running(&edits),
+            TRANSPORT_MAPS,
+            Some("hash:/etc/postfix/transport"),
+        );
+        let read = read_back(&recorded, &instance, &holding, &target());
+        assert_eq!(
+            read.learned,
+            ["main.cf transport_maps = hash:/etc/postfix/transport"]
+        );
+        assert_eq!(
+            render(&holding, &read.baseline, &target()).value(TRANSPORT_MAPS),
+            Some(format!("{HOLD_MAP}, hash:/etc/postfix/transport").as_str())
+        );
+    }
+
+    #[test]
+    fn a_scoped_queue_counts_messages_with_a_held_recipient_left() {
+        let listing = r#"{"queue_name": "deferred", "queue_id": "A1", "arrival_time": 1000, "recipients": [{"address": "u@PEC.e2e.test", "delay_reason": "deferred transport"}]}
+{"queue_name": "deferred", "queue_id": "A2", "arrival_time": 2000, "recipients": [{"address": "u@e2e.test"}, {"address": "v@a.storage.e2e.test"}]}
+{"queue_name": "deferred", "queue_id": "A3", "arrival_time": 500, "recipients": [{"address": "u@remote.example", "delay_reason": "connection refused"}]}
+"#;
+        let scope = scoped(Mode::AcceptAndQueue).held_scope();
+        let mut figures = QueueFigures::default();
+        for message in listing.lines().filter_map(queued_message) {
+            if Held::counts(
+                scope.as_deref(),
+                message.recipients.iter().map(String::as_str),
+            ) {
+                figures.add(&message.queue, message.arrival, 5000);
+            }
+        }
+        assert_eq!(figures.messages, 2);
+        assert_eq!(figures.oldest_age_seconds, 4000, "not the remote message");
     }
 }
