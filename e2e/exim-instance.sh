@@ -24,7 +24,9 @@ start() {
   mkdir -p "$base/.bin" && chmod 0755 "$base" "$base/.bin"
   cmp -s "$cached" "$exim" || install -m 0755 "$cached" "$exim"
   stop
-  rm -rf "$root" && mkdir -p "$root/spool" "$root/log" "$root/Maildir" "$root/Bounces" "$root/domains" "$root/mail-incident"
+  rm -rf "$root" && mkdir -p "$root/spool" "$root/log" "$root/Maildir" "$root/Bounces" "$root/mail-incident"
+  local d
+  for d in pec.local.test storage.local.test a.storage.local.test b.storage.local.test; do mkdir -p "$root/domains/$d"; done
   chmod 0755 "$root" "$root/mail-incident"
   # The example image's configuration, with this instance's paths and port, and more
   # local domains for scoped incidents (pec.local.test, storage.local.test and two of its

@@ -2,7 +2,9 @@
 # A private Postfix instance from Debian's package, on a loopback port, with its own
 # configuration, queue, log and mailbox store under /tmp/mail-incident-operator-postfix/NAME.
 # Mail to any address @e2e.test is delivered by the `virtual` transport to the Maildir
-# NAME/mailboxes/user/: the mailbox storage that incidents hold mail from.
+# NAME/mailboxes/user/: the mailbox storage that incidents hold mail from. For scoped
+# incidents, mail to pec.e2e.test, storage.e2e.test and its subdomains a. and b. goes to
+# a Maildir per domain, NAME/mailboxes/DOMAIN/, so that a test can break one domain's store.
 #
 # Its recipient restrictions ask the agent's policy service on POLICY_PORT first, as a
 # site's main.cf does (see README, "Postfix"); with no agent there, Postfix goes on
@@ -22,7 +24,9 @@ conf="$root/conf"
 start() {
   local port="${1:?a port is needed}" policy_port="${2:?a policy service port is needed}"
   command -v postfix >/dev/null || die "postfix not found: apt-get install postfix (e2e/install-deps.sh does)"
+  local scoped="pec.e2e.test storage.e2e.test a.storage.e2e.test b.storage.e2e.test" d
   rm -rf "$root" && mkdir -p "$conf" "$root/queue" "$root/data" "$root/log" "$root/mailboxes"
+  for d in $scoped; do mkdir -p "$root/mailboxes/$d"; done
   # Until its own logger runs, Postfix reports fatal errors to syslog only (absent here):
   # the log file and its prefix come first.
   cat >"$conf/main.cf" <<MAIN
@@ -33,9 +37,9 @@ maillog_file_prefixes = /var, /dev/stdout, $base
 maillog_file = $root/log/maillog
 myhostname = mx.e2e.test
 mydestination =
-virtual_mailbox_domains = e2e.test
+virtual_mailbox_domains = e2e.test $scoped
 virtual_mailbox_base = $root/mailboxes
-virtual_mailbox_maps = static:user/
+virtual_mailbox_maps = inline:{ @e2e.test=user/ $(for d in $scoped; do printf '@%s=%s/ ' "$d" "$d"; done)}
 virtual_uid_maps = static:$(id -u postfix)
 virtual_gid_maps = static:$(id -g postfix)
 inet_interfaces = 127.0.0.1

@@ -4,13 +4,15 @@
 
 use crate::{
     mta::{
-        AgentProcess, Smtp, admitted_character_texts, instance_script, maildir_count,
-        mta_with_agent_rbac, run,
+        AgentProcess, ScopedMta, Smtp,
+        a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message,
+        admitted_character_texts, instance_script, maildir_count, mta_with_agent_rbac, run,
+        scoped_incidents_answer_each_recipient_by_its_domain,
     },
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
     world::{Scene, free_port},
 };
-use std::{ffi::OsString, path::PathBuf, process::Command, time::Duration};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 pub struct EximInstance {
     name: String,
@@ -73,6 +75,60 @@ impl EximInstance {
             "--exim-pid-file".into(),
             path("exim.pid"),
         ]
+    }
+}
+
+impl ScopedMta for EximInstance {
+    fn label(&self) -> &'static str {
+        "Exim"
+    }
+
+    fn address(&self) -> SocketAddr {
+        self.smtp.address
+    }
+
+    fn domain(&self) -> &'static str {
+        "local.test"
+    }
+
+    /// e2e/exim-instance.sh delivers each scoped domain to domains/DOMAIN/Maildir.
+    fn store(&self, domain: &str) -> PathBuf {
+        self.root.join("domains").join(domain)
+    }
+
+    fn delivered(&self, domain: &str) -> usize {
+        if domain == self.domain() {
+            EximInstance::delivered(self)
+        } else {
+            maildir_count(&self.store(domain).join("Maildir"))
+        }
+    }
+
+    fn queued(&self) -> usize {
+        EximInstance::queued(self)
+    }
+
+    fn bounced(&self) -> usize {
+        EximInstance::bounced(self)
+    }
+
+    fn run_queue(&self) {
+        run(self.exim().arg("-qff"));
+    }
+
+    /// The mode file, the retry file and the site's exim.conf (never edited).
+    fn configuration(&self) -> String {
+        [
+            "mail-incident/mode",
+            "mail-incident/retry.conf",
+            "exim.conf",
+        ]
+        .iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(self.root.join(file));
+            format!("--- {file}\n{}", text.unwrap_or_else(|e| e.to_string()))
+        })
+        .collect()
     }
 }
 
@@ -227,7 +283,8 @@ async fn a_mail_incident_switches_a_real_exim_and_its_held_mail_is_all_delivered
     .await;
     assert_eq!(
         std::fs::read_to_string(exim.root.join("mail-incident/mode")).unwrap(),
-        "normal\n"
+        "normal\n",
+        "a key without data: no rule for any domain"
     );
     assert_eq!(
         std::fs::read_to_string(exim.root.join("exim.conf")).unwrap(),
@@ -236,4 +293,28 @@ async fn a_mail_incident_switches_a_real_exim_and_its_held_mail_is_all_delivered
     );
     assert!(exim.smtp.rcpt_reply().starts_with("250"));
     assert!(agent.log().contains("state=Releasing"), "{}", agent.log());
+}
+
+/// The scoped incident's answer per recipient in one SMTP session, driven through the
+/// controller and the agent: see [`scoped_incidents_answer_each_recipient_by_its_domain`].
+#[tokio::test]
+async fn scoped_incidents_answer_each_recipient_by_its_domain_on_a_real_exim() {
+    let scene = Scene::start("scope-ex-answers").await;
+    let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
+    let exim = EximInstance::start(&format!("scope-answers-{}", scene.ns.name));
+    let _agent = AgentProcess::start(scene.world, &scene.ns.name, &pod, &exim.agent_args()).await;
+    scoped_incidents_answer_each_recipient_by_its_domain(&scene, &exim).await;
+}
+
+/// A scoped AcceptAndQueue holds only its domains' mail, on a real Exim: see
+/// [`a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message`].
+#[tokio::test]
+async fn scoped_hold_delivers_other_domains_and_releases_domain_by_domain_on_a_real_exim() {
+    let scene = Scene::start("scope-ex-hold").await;
+    let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
+    let exim = EximInstance::start(&format!("scope-hold-{}", scene.ns.name));
+    let agent = AgentProcess::start(scene.world, &scene.ns.name, &pod, &exim.agent_args()).await;
+    a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message(&scene, &exim, &pod).await;
+    let log = agent.log();
+    assert!(log.contains("state=Releasing"), "{log}");
 }

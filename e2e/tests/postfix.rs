@@ -5,8 +5,10 @@
 
 use crate::{
     mta::{
-        AgentProcess, Smtp, every_admitted_character, instance_script, maildir_count,
-        mta_with_agent_rbac, run,
+        AgentProcess, ScopedMta, Smtp,
+        a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message,
+        every_admitted_character, instance_script, maildir_count, mta_with_agent_rbac, run,
+        scoped_incidents_answer_each_recipient_by_its_domain,
     },
     operations::promtool_check,
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
@@ -110,6 +112,56 @@ impl PostfixInstance {
             "--postfix-policy-listen".into(),
             self.policy.to_string().into(),
         ]
+    }
+}
+
+impl ScopedMta for PostfixInstance {
+    fn label(&self) -> &'static str {
+        "Postfix"
+    }
+
+    fn address(&self) -> SocketAddr {
+        self.smtp.address
+    }
+
+    fn domain(&self) -> &'static str {
+        "e2e.test"
+    }
+
+    /// e2e/postfix-instance.sh delivers each scoped domain to mailboxes/DOMAIN/.
+    fn store(&self, domain: &str) -> PathBuf {
+        self.conf.parent().unwrap().join("mailboxes").join(domain)
+    }
+
+    fn delivered(&self, domain: &str) -> usize {
+        if domain == self.domain() {
+            maildir_count(&self.mailbox())
+        } else {
+            maildir_count(&self.store(domain))
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.queue().len()
+    }
+
+    /// Bounces to sender@example.net cannot leave (no DNS here): they wait in the queue.
+    fn bounced(&self) -> usize {
+        self.queue()
+            .iter()
+            .filter(|m| m["sender"] == "MAILER-DAEMON")
+            .count()
+    }
+
+    fn run_queue(&self) {
+        run(Command::new("postqueue")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-f"));
+    }
+
+    fn configuration(&self) -> String {
+        PostfixInstance::configuration(self)
     }
 }
 
@@ -532,4 +584,30 @@ async fn mail_held_through_a_storage_outage_is_all_delivered_when_the_incident_e
             .send("after")
             .starts_with("250 2.0.0 Ok: queued")
     );
+}
+
+/// The scoped incident's answer per recipient in one SMTP session, driven through the
+/// controller and the agent: see [`scoped_incidents_answer_each_recipient_by_its_domain`].
+#[tokio::test]
+async fn scoped_incidents_answer_each_recipient_by_its_domain_on_a_real_postfix() {
+    let scene = Scene::start("scope-pf-answers").await;
+    let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
+    let postfix = PostfixInstance::start(&format!("scope-answers-{}", scene.ns.name));
+    let _agent =
+        AgentProcess::start(scene.world, &scene.ns.name, &pod, &postfix.agent_args()).await;
+    scoped_incidents_answer_each_recipient_by_its_domain(&scene, &postfix).await;
+}
+
+/// A scoped AcceptAndQueue holds only its domains' mail, on a real Postfix: see
+/// [`a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message`].
+#[tokio::test]
+async fn scoped_hold_delivers_other_domains_and_releases_domain_by_domain_on_a_real_postfix() {
+    let scene = Scene::start("scope-pf-hold").await;
+    let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
+    let postfix = PostfixInstance::start(&format!("scope-hold-{}", scene.ns.name));
+    let agent = AgentProcess::start(scene.world, &scene.ns.name, &pod, &postfix.agent_args()).await;
+    a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message(&scene, &postfix, &pod)
+        .await;
+    let log = agent.log();
+    assert!(log.contains("state=Releasing"), "{log}");
 }

@@ -2,6 +2,11 @@
 //! command that reconfigures the MTA from it. The file holds a [`Held`]:
 //! `{"state": "Normal"}`, `{"state": "Incident", "document": {...mode document...}}` or
 //! `{"state": "Releasing", "release": {"concurrency": 4, "lifetime": "5d", ...}}`.
+//! The document's `rules` are in order of precedence: a recipient gets the first rule
+//! whose `recipientDomains` cover its domain (`example.com` exactly, `*.example.com` its
+//! subdomains; a rule without them covers everyone) and normal service if none does;
+//! every rule's recipients have their queued mail held. A release names the
+//! `heldDomains` when only theirs was held, so that the hook releases that mail only.
 //! The hook also gets `MAIL_INCIDENT_STATE` (Normal, AcceptAndQueue, TempFail, HardReject
 //! or Releasing) and `MAIL_INCIDENT_FILE` in its environment; a non-zero exit is a failed
 //! apply, retried with backoff. The agent cannot measure such an MTA's queue. The file is
