@@ -118,17 +118,22 @@ impl ScopedMta for EximInstance {
 
     /// The mode file, the retry file and the site's exim.conf (never edited).
     fn configuration(&self) -> String {
-        [
-            "mail-incident/mode",
-            "mail-incident/retry.conf",
-            "exim.conf",
-        ]
-        .iter()
-        .map(|file| {
-            let text = std::fs::read_to_string(self.root.join(file));
-            format!("--- {file}\n{}", text.unwrap_or_else(|e| e.to_string()))
-        })
-        .collect()
+        let read = |file: &str| std::fs::read_to_string(self.root.join(file)).ok();
+        format!(
+            "mode: {:?}\nretry: {:?}\n{}",
+            read("mail-incident/mode"),
+            read("mail-incident/retry.conf"),
+            read("exim.conf").unwrap_or_default()
+        )
+    }
+
+    /// `normal`, no retry file (the site's own retry rules), exim.conf as the site wrote it.
+    fn baseline(&self) -> String {
+        format!(
+            "mode: {:?}\nretry: None\n{}",
+            Some("normal\n"),
+            std::fs::read_to_string(self.root.join("exim.conf")).unwrap()
+        )
     }
 }
 

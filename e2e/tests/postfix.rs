@@ -163,6 +163,11 @@ impl ScopedMta for PostfixInstance {
     fn configuration(&self) -> String {
         PostfixInstance::configuration(self)
     }
+
+    /// The agent changes nothing in normal service: main.cf and master.cf as they are.
+    fn baseline(&self) -> String {
+        PostfixInstance::configuration(self)
+    }
 }
 
 impl Drop for PostfixInstance {
