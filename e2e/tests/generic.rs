@@ -76,4 +76,36 @@ async fn a_generic_mta_gets_the_state_in_a_file_and_its_hook_run() {
         told.contains("\nReleasing {\"state\":\"Releasing\",\"release\":{\"concurrency\":4"),
         "{told}"
     );
+
+    // Scoped: the rules carry their domains, and the release names the held ones.
+    let scoped = format!(
+        "mode: AcceptAndQueue\nreason: INC-61\n{targets}\nscope: {{recipientDomains: [pec.e2e.test, '*.storage.e2e.test']}}"
+    );
+    apply_incident(world, &ns.name, "scoped", &scoped);
+    wait_for(incidents, "scoped", "applied by the hook", |i| {
+        ready_because("Applied")(i) && summary(i) == Some("1/1")
+    })
+    .await;
+    let last = hook_lines().lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.starts_with("AcceptAndQueue ")
+            && last.contains("\"recipientDomains\":[\"pec.e2e.test\",\"*.storage.e2e.test\"]"),
+        "{last}"
+    );
+    apply_incident(
+        world,
+        &ns.name,
+        "scoped",
+        &format!("{scoped}\nresolved: true"),
+    );
+    let told = eventually("the hook told Normal again", || async {
+        let told = hook_lines();
+        told.ends_with("Normal {\"state\":\"Normal\"}\n")
+            .then_some(told)
+    })
+    .await;
+    assert!(
+        told.contains("\"heldDomains\":[\"pec.e2e.test\",\"*.storage.e2e.test\"]"),
+        "{told}"
+    );
 }

@@ -23,10 +23,10 @@
 //! recipient whose transport is `error` or `retry` with a 4xx at RCPT, so AcceptAndQueue
 //! would refuse mail. A flush (`postqueue -f`) ignores `defer_transports`; it then finds
 //! no such service and defers that mail again ("mail transport unavailable"): held mail
-//! is never delivered by a flush, nor bounced. So when the held domains change (one of
-//! two incidents ends) the agent flushes, and the released domains' mail goes out at
-//! once instead of at its next retry. It never flushes while the mailbox transport
-//! itself is held: that hold a flush would lift.
+//! is never delivered by a flush, nor bounced. So after each apply that changes a scoped
+//! hold the agent flushes: when the held domains shrink (one of two incidents ends), the
+//! released domains' mail goes out at once instead of at its next retry. It never
+//! flushes while the mailbox transport itself is held: that hold a flush would lift.
 //!
 //! Queue lifetimes are global in Postfix: while a scoped incident holds, mail for other
 //! domains that happens to be deferred (a remote site down) also lives as long as the
