@@ -127,6 +127,19 @@ fn rules(document: &ModeDocument) -> String {
     text
 }
 
+/// How many queue runners an apply of `held` starts: a release's concurrency, and as
+/// many when scoped rules have just changed (`rules_changed`), since domains may have
+/// left the hold and their mail should go out now; none otherwise.
+pub fn queue_runners(held: &Held, rules_changed: bool) -> u16 {
+    match held {
+        Held::Releasing { release } => release.concurrency,
+        Held::Incident { document } if rules_changed && !document.covers_everyone() => {
+            document.release.concurrency
+        }
+        _ => 0,
+    }
+}
+
 /// The arrival time (seconds since the epoch) in a spool header file (`<id>-H`): its
 /// fourth line starts with it.
 pub fn arrival_time(header: &str) -> Option<i64> {
@@ -334,15 +347,7 @@ impl Mta for Exim {
         let mode_file = &self.settings.exim_mode_file;
         let rules_changed = files::read_if_exists(mode_file)?.as_deref() != Some(mode.as_str());
         files::write_durably(mode_file, &mode)?;
-        let runners = match held {
-            Held::Releasing { release } => release.concurrency,
-            // Domains may have left the hold: their mail goes out now.
-            Held::Incident { document } if rules_changed && !document.covers_everyone() => {
-                document.release.concurrency
-            }
-            _ => 0,
-        };
-        for _ in 0..runners {
+        for _ in 0..queue_runners(held, rules_changed) {
             // Queue runners work on their own and exit when the queue is done; a thread
             // waits for each so that none is left a zombie.
             let mut runner = self
@@ -678,5 +683,21 @@ v@pec.local.test rfc822;v@pec.local.test 22,0  0,-1#3
         let everyone = spool_figures(spool.path(), 1796552000, None).unwrap();
         assert_eq!(everyone.messages, 2);
         assert_eq!(everyone.oldest_age_seconds, 2000);
+    }
+
+    #[test]
+    fn queue_runners_start_for_a_release_and_for_changed_scoped_rules_only() {
+        let scoped = held(&rules(&[(
+            Mode::AcceptAndQueue,
+            452,
+            "4.3.1",
+            &["pec.local.test"],
+        )]));
+        assert_eq!(queue_runners(&scoped, true), 4);
+        assert_eq!(queue_runners(&scoped, false), 0, "the same rules again");
+        let everyone = held(&document(Mode::AcceptAndQueue, 452, "4.3.1"));
+        assert_eq!(queue_runners(&everyone, true), 0, "everything is held");
+        assert_eq!(queue_runners(&scoped.next(None, 1), false), 4);
+        assert_eq!(queue_runners(&Held::Normal, true), 0);
     }
 }
