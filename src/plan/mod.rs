@@ -11,7 +11,7 @@ pub use conditions::{ConditionType, set_conditions};
 pub use target::{Delivery, QueueStorage, Target, TargetRef, Uptake, WorkloadKind};
 
 use crate::api::{
-    MailIncident, MailIncidentStatus, Mode, TimeSpan, Transition,
+    MailIncident, MailIncidentStatus, Mode, MtaKind, TimeSpan, Transition,
     mode_document::{
         DELIVERY_ANNOTATION, DocumentIncident, DocumentQueue, DocumentRelease, DriftReport,
         MODE_DOCUMENT_KEY, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION, ModeDocument, QueueFigures,
@@ -22,7 +22,7 @@ use crate::api::{
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::{ResourceExt, core::SelectorExt};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// How many transitions the status keeps.
 pub const HISTORY_LIMIT: usize = 20;
@@ -243,6 +243,8 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
 
     let mut writes = Vec::new();
     let mut outcomes = Vec::with_capacity(ns.targets.len());
+    let mut layerings: HashMap<Vec<usize>, Vec<Layer>> = HashMap::new();
+    let mut documents: HashMap<DocumentKey, (ModeDocument, String)> = HashMap::new();
     // Put-backs of what another hand changed, by the index of the incident deciding.
     let mut restorations: Vec<(usize, Restoration)> = Vec::new();
     for target in ns.targets {
@@ -255,11 +257,18 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
                     .is_some_and(|spec| spec.selector.matches(&target.labels))
             })
             .collect();
-        let scopes: Vec<Option<&[DomainPattern]>> = candidates
-            .iter()
-            .map(|&i| standings[i].active().and_then(|spec| spec.scope.as_deref()))
-            .collect();
-        let layering = layer(&scopes);
+        // Comparing scopes is quadratic in their domains: done once per set of
+        // candidates, which most targets of a fleet share.
+        let layering = layerings
+            .entry(candidates.clone())
+            .or_insert_with(|| {
+                let scopes: Vec<Option<&[DomainPattern]>> = candidates
+                    .iter()
+                    .map(|&i| standings[i].active().and_then(|spec| spec.scope.as_deref()))
+                    .collect();
+                layer(&scopes)
+            })
+            .clone();
         let deciding: Vec<usize> = layering
             .iter()
             .zip(&candidates)
@@ -280,8 +289,18 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
                 Some((index, target.escalation(limits)?))
             })
             .collect();
-        let document = document_for(ns, &standings, &deciding, target, &escalated);
-        let hash = document.hash();
+        // Targets decided alike share one document (a scope of 1000 domains makes it
+        // tens of kilobytes of JSON to build and hash).
+        let mta = target.mta.or(ns.incidents[headline].spec.targets.mta);
+        let escalated_indices: Vec<usize> = escalated.keys().copied().collect();
+        let (document, hash) = documents
+            .entry((deciding.clone(), escalated_indices, mta))
+            .or_insert_with(|| {
+                let document = document_for(ns, &standings, &deciding, mta, &escalated);
+                let hash = document.hash();
+                (document, hash)
+            })
+            .clone();
         let scoped = !document.rules.iter().all(|r| r.recipient_domains.is_none());
         let owners = candidates
             .iter()
@@ -593,11 +612,14 @@ fn carries_mode_of(target: &Target, frozen: &BTreeSet<&str>) -> bool {
 /// escalated AcceptAndQueue rule is TempFail, with the incident's reply (validation keeps
 /// it a 4xx). The lifetimes are the longest of the rules' (no held message may expire
 /// early), the release the most gentle.
+/// What decides a target's document: its deciding incidents, those escalated, its MTA.
+type DocumentKey = (Vec<usize>, Vec<usize>, Option<MtaKind>);
+
 fn document_for(
     ns: &Namespace<'_>,
     standings: &[Standing],
     deciding: &[usize],
-    target: &Target,
+    mta: Option<MtaKind>,
     escalated: &BTreeMap<usize, String>,
 ) -> ModeDocument {
     let specs: Vec<(&MailIncident, &ValidIncident)> = deciding
@@ -648,11 +670,7 @@ fn document_for(
                 .min()
                 .unwrap_or(1),
         },
-        mta: target.mta.or_else(|| {
-            specs
-                .first()
-                .and_then(|(incident, _)| incident.spec.targets.mta)
-        }),
+        mta,
     }
 }
 
