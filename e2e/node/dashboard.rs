@@ -1,9 +1,10 @@
 //! The Grafana dashboard (`charts/mail-incident-operator/files/grafana/`) proven on real
 //! data: a real Prometheus (Debian's) on the host scrapes the operator's two pods and the
 //! agents of the example Postfix and Exim pods every second while an incident runs its
-//! course: AcceptAndQueue with escalation limits and the mailbox storage broken (mail
-//! held), an escalation, a transition to TempFail, and the resolve whose release drains
-//! the backlog once the storage works again. Then every panel query and annotation of
+//! course: declared a few seconds ahead (nothing changes until it starts) and scoped to
+//! the MTAs' recipient domains, AcceptAndQueue with escalation limits and the mailbox
+//! storage broken (mail held), an escalation, a transition to TempFail, and the resolve
+//! whose release drains the backlog once the storage works again. Then every panel query and annotation of
 //! the dashboard, its variables substituted as Grafana substitutes them, must return
 //! series with values through Prometheus' HTTP API, and every variable its values.
 //!
@@ -46,7 +47,8 @@ const PROMETHEUS_START: Duration = Duration::from_secs(30);
 const RELEASE: Duration = Duration::from_secs(30);
 const HELD: usize = 3;
 const INCIDENT: &str = "outage";
-const TARGETS: &str = "targets: {matchLabels: {app.kubernetes.io/component: mta}}";
+const TARGETS: &str = "targets: {matchLabels: {app.kubernetes.io/component: mta}}\n\
+     scope: {recipientDomains: [e2e.test, local.test]}";
 
 /// A real Prometheus on loopback, scraping what it is given every second; killed, and its
 /// storage removed, when dropped (its log printed if the test failed).
@@ -353,19 +355,52 @@ fn hold_spec(max_queued_messages: usize) -> String {
     )
 }
 
-const TEMPFAIL_SPEC: &str = "mode: TempFail\nreason: INC-10 mailbox storage down, queues full\n\
-     targets: {matchLabels: {app.kubernetes.io/component: mta}}\nduration: 1h\n\
-     queue: {lifetime: 40d, bounceLifetime: 8d}\nrelease: {concurrency: 2}";
+fn tempfail_spec() -> String {
+    format!(
+        "mode: TempFail\nreason: INC-10 mailbox storage down, queues full\n{TARGETS}\nduration: 1h\n\
+         queue: {{lifetime: 40d, bounceLifetime: 8d}}\nrelease: {{concurrency: 2}}"
+    )
+}
 
 /// Drives the incident the dashboard shows, step by step, each seen by Prometheus.
 async fn run_the_incident(node: &Node, namespace: &str, mtas: &[PodMta], prometheus: &Prometheus) {
     let incidents: Api<MailIncident> = Api::namespaced(node.client().await, namespace);
 
-    // AcceptAndQueue, the storage broken: every message is accepted and held.
+    // AcceptAndQueue, the storage broken: every message is accepted and held. Declared a
+    // few seconds ahead: until then the MTAs answer as usual and hold nothing.
     for mta in mtas {
         set_mode(&mta.store, 0o000);
     }
-    apply_incident(&node.world, namespace, INCIDENT, &hold_spec(1000));
+    let starts_at = k8s_openapi::jiff::Timestamp::from_second(now() as i64 + 20)
+        .expect("a time")
+        .to_string();
+    apply_incident(
+        &node.world,
+        namespace,
+        INCIDENT,
+        &format!("{}\nstartsAt: '{starts_at}'", hold_spec(1000)),
+    );
+    wait_for_within(
+        CONVERGE,
+        &incidents,
+        INCIDENT,
+        "Ready (Scheduled)",
+        ready_because("Scheduled"),
+    )
+    .await;
+    prometheus
+        .until(
+            &format!("the upcoming window for {RATE_INTERVAL}"),
+            &format!(
+                "min_over_time(mail_incident_scheduled_start_timestamp_seconds{{namespace=\"{namespace}\"}}[{RATE_INTERVAL}]) > 0"
+            ),
+            1,
+            CONVERGE,
+        )
+        .await;
+    let postfix = mtas.iter().find(|m| m.label == "Postfix").expect("Postfix");
+    let before = postfix.rcpt_reply().await.unwrap_or_default();
+    assert!(before.starts_with("250"), "before the window: {before}");
     wait_for_within(
         CONVERGE,
         &incidents,
@@ -413,7 +448,7 @@ async fn run_the_incident(node: &Node, namespace: &str, mtas: &[PodMta], prometh
         .await;
 
     // The incident itself moves to TempFail; Postfix's policy service answers 452.
-    apply_incident(&node.world, namespace, INCIDENT, TEMPFAIL_SPEC);
+    apply_incident(&node.world, namespace, INCIDENT, &tempfail_spec());
     wait_for_within(
         CONVERGE,
         &incidents,
@@ -447,7 +482,7 @@ async fn run_the_incident(node: &Node, namespace: &str, mtas: &[PodMta], prometh
         &node.world,
         namespace,
         INCIDENT,
-        &format!("{TEMPFAIL_SPEC}\nresolved: true"),
+        &format!("{}\nresolved: true", tempfail_spec()),
     );
     prometheus
         .until(
@@ -497,8 +532,8 @@ fn shows_the_incident(panel: &str, series: &[Value]) -> Result<(), String> {
         }
     };
     match panel {
-        // AcceptAndQueue, TempFail, Normal.
-        "Mode of each incident" => each("the modes 1, 2, 0", &|v| v == [1.0, 2.0, 0.0]),
+        // Normal while scheduled, AcceptAndQueue, TempFail, Normal.
+        "Mode of each incident" => each("the modes 0, 1, 2, 0", &|v| v == [0.0, 1.0, 2.0, 0.0]),
         // Normal, AcceptAndQueue, TempFail (escalated, then the incident's), Releasing, Normal.
         "Mode each agent reports" => each("the modes 0, 1, 2, 4, 0", &|v| {
             v == [0.0, 1.0, 2.0, 4.0, 0.0]

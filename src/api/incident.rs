@@ -230,7 +230,7 @@ pub enum Mode {
 }
 
 /// The MTA software a target runs, when its workload does not say.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum MtaKind {
     /// Postfix, reconfigured with postconf and postfix reload.
     Postfix,

@@ -11,7 +11,7 @@ pub use conditions::{ConditionType, set_conditions};
 pub use target::{Delivery, QueueStorage, Target, TargetRef, Uptake, WorkloadKind};
 
 use crate::api::{
-    MailIncident, MailIncidentStatus, Mode, TimeSpan, Transition,
+    MailIncident, MailIncidentStatus, Mode, MtaKind, TimeSpan, Transition,
     mode_document::{
         DELIVERY_ANNOTATION, DocumentIncident, DocumentQueue, DocumentRelease, DriftReport,
         MODE_DOCUMENT_KEY, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION, ModeDocument, QueueFigures,
@@ -22,7 +22,10 @@ use crate::api::{
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::{ResourceExt, core::SelectorExt};
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 /// How many transitions the status keeps.
 pub const HISTORY_LIMIT: usize = 20;
@@ -58,7 +61,8 @@ pub enum Write {
     /// Create or update the target's mode document (reload delivery).
     PutDocument {
         target: TargetRef,
-        document: ModeDocument,
+        /// Shared by every target decided alike.
+        document: Arc<ModeDocument>,
         /// Every active incident selecting the target: if all of them disappear without
         /// the controller (say, their finalizers removed by hand), garbage collection
         /// removes the document and the agents restore normal service.
@@ -74,7 +78,7 @@ pub enum Write {
     SetRestartEnv {
         target: TargetRef,
         container: String,
-        document: ModeDocument,
+        document: Arc<ModeDocument>,
     },
     /// Remove our env vars from the pod template: normal service.
     ClearRestartEnv { target: TargetRef },
@@ -243,6 +247,8 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
 
     let mut writes = Vec::new();
     let mut outcomes = Vec::with_capacity(ns.targets.len());
+    let mut layerings: HashMap<Vec<usize>, Arc<Layered>> = HashMap::new();
+    let mut documents: HashMap<DocumentKey, (Arc<ModeDocument>, String)> = HashMap::new();
     // Put-backs of what another hand changed, by the index of the incident deciding.
     let mut restorations: Vec<(usize, Restoration)> = Vec::new();
     for target in ns.targets {
@@ -255,12 +261,23 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
                     .is_some_and(|spec| spec.selector.matches(&target.labels))
             })
             .collect();
-        let scopes: Vec<Option<&[DomainPattern]>> = candidates
-            .iter()
-            .map(|&i| standings[i].active().and_then(|spec| spec.scope.as_deref()))
-            .collect();
-        let layering = layer(&scopes);
-        let deciding: Vec<usize> = layering
+        // Comparing scopes is quadratic in their domains: done once per set of
+        // candidates, which most targets of a fleet share.
+        let layered = layerings
+            .entry(candidates.clone())
+            .or_insert_with(|| {
+                let scopes: Vec<Option<&[DomainPattern]>> = candidates
+                    .iter()
+                    .map(|&i| standings[i].active().and_then(|spec| spec.scope.as_deref()))
+                    .collect();
+                Arc::new(Layered {
+                    layers: layer(&scopes),
+                    candidates: candidates.clone(),
+                })
+            })
+            .clone();
+        let deciding: Vec<usize> = layered
+            .layers
             .iter()
             .zip(&candidates)
             .filter(|(layer, _)| layer.decides)
@@ -280,8 +297,18 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
                 Some((index, target.escalation(limits)?))
             })
             .collect();
-        let document = document_for(ns, &standings, &deciding, target, &escalated);
-        let hash = document.hash();
+        // Targets decided alike share one document (a scope of 1000 domains makes it
+        // tens of kilobytes of JSON to build and hash).
+        let mta = target.mta.or(ns.incidents[headline].spec.targets.mta);
+        let escalated_indices: Vec<usize> = escalated.keys().copied().collect();
+        let (document, hash) = documents
+            .entry((deciding.clone(), escalated_indices, mta))
+            .or_insert_with(|| {
+                let document = document_for(ns, &standings, &deciding, mta, &escalated);
+                let hash = document.hash();
+                (Arc::new(document), hash)
+            })
+            .clone();
         let scoped = !document.rules.iter().all(|r| r.recipient_domains.is_none());
         let owners = candidates
             .iter()
@@ -309,22 +336,9 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
             (None, Some(refusal)) => Uptake::Failed(refusal),
             (None, None) => target.uptake(&hash),
         };
-        let followed = candidates
-            .iter()
-            .zip(&layering)
-            .filter(|(_, layer)| !layer.follows.is_empty())
-            .map(|(&index, layer)| {
-                let follows = layer
-                    .follows
-                    .iter()
-                    .map(|(earlier, domains)| (candidates[*earlier], domains.clone()))
-                    .collect();
-                (index, follows)
-            })
-            .collect();
         outcomes.push(TargetOutcome {
             deciding,
-            followed,
+            layered: Some(layered),
             uptake: Some(uptake),
             escalated,
         });
@@ -391,6 +405,37 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
         writes,
         incidents,
         wake_at,
+    }
+}
+
+/// The active incidents selecting a target, in order of precedence, and how their
+/// scopes layer.
+#[derive(Debug)]
+struct Layered {
+    candidates: Vec<usize>,
+    layers: Vec<Layer>,
+}
+
+impl TargetOutcome {
+    /// The incidents some of whose recipients `index`'s follow on this target, with those
+    /// recipients' domains (empty: every recipient it covers).
+    fn follows(&self, index: usize) -> impl Iterator<Item = (usize, &[String])> {
+        self.layered.iter().flat_map(move |layered| {
+            let position = layered.candidates.iter().position(|&c| c == index);
+            position.into_iter().flat_map(move |p| {
+                layered.layers[p]
+                    .follows
+                    .iter()
+                    .map(move |(earlier, domains)| {
+                        (layered.candidates[*earlier], domains.as_slice())
+                    })
+            })
+        })
+    }
+
+    /// Which layering it shares with other targets: the same one gives the same domains.
+    fn layering_id(&self) -> Option<*const Layered> {
+        self.layered.as_ref().map(Arc::as_ptr)
     }
 }
 
@@ -505,9 +550,9 @@ fn queue_watch(
 struct TargetOutcome {
     /// The incidents with a rule in its document, in the rules' order.
     deciding: Vec<usize>,
-    /// For each incident some of whose recipients on it follow earlier incidents: those
-    /// incidents and the domains (empty: every recipient it covers).
-    followed: BTreeMap<usize, Vec<(usize, Vec<String>)>>,
+    /// How the scopes of the incidents selecting it layer, shared by every target with
+    /// the same incidents.
+    layered: Option<Arc<Layered>>,
     uptake: Option<Uptake>,
     /// Deciding incidents whose AcceptAndQueue the target's queue switched to TempFail,
     /// and why.
@@ -593,11 +638,14 @@ fn carries_mode_of(target: &Target, frozen: &BTreeSet<&str>) -> bool {
 /// escalated AcceptAndQueue rule is TempFail, with the incident's reply (validation keeps
 /// it a 4xx). The lifetimes are the longest of the rules' (no held message may expire
 /// early), the release the most gentle.
+/// What decides a target's document: its deciding incidents, those escalated, its MTA.
+type DocumentKey = (Vec<usize>, Vec<usize>, Option<MtaKind>);
+
 fn document_for(
     ns: &Namespace<'_>,
     standings: &[Standing],
     deciding: &[usize],
-    target: &Target,
+    mta: Option<MtaKind>,
     escalated: &BTreeMap<usize, String>,
 ) -> ModeDocument {
     let specs: Vec<(&MailIncident, &ValidIncident)> = deciding
@@ -648,11 +696,7 @@ fn document_for(
                 .min()
                 .unwrap_or(1),
         },
-        mta: target.mta.or_else(|| {
-            specs
-                .first()
-                .and_then(|(incident, _)| incident.spec.targets.mta)
-        }),
+        mta,
     }
 }
 
@@ -695,7 +739,12 @@ impl Restoration {
 
 /// The writes that put `document` on the target's delivery channel and clear the other;
 /// whatever differs from it is written back, whoever changed it.
-fn deliver(target: &Target, document: ModeDocument, hash: &str, owners: Vec<Owner>) -> Delivered {
+fn deliver(
+    target: &Target,
+    document: Arc<ModeDocument>,
+    hash: &str,
+    owners: Vec<Owner>,
+) -> Delivered {
     let target_ref = target.target.clone();
     let mut restorations = Vec::new();
     let writes = match target.delivery {

@@ -303,6 +303,7 @@ impl<'a> Builder<'a> {
         // By the incident followed: the targets, and the domains of ours that follow it.
         let mut superseded: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
         let mut superseded_count = 0;
+        let mut merged_layerings = std::collections::HashSet::new();
         let mut escalated = Vec::new();
         for &t in matched {
             let outcome = &outcomes[t];
@@ -313,12 +314,18 @@ impl<'a> Builder<'a> {
                     reason: reason.clone(),
                 });
             }
-            for (followed, domains) in outcome.followed.get(&index).into_iter().flatten() {
+            // Targets sharing a layering share its domains: merged once.
+            let first_of_its_layering = outcome
+                .layering_id()
+                .is_some_and(|id| merged_layerings.insert(id));
+            for (followed, domains) in outcome.follows(index) {
                 let (targets, listed) = superseded
-                    .entry(ns.incidents[*followed].name_any())
+                    .entry(ns.incidents[followed].name_any())
                     .or_default();
                 targets.push(target.clone());
-                listed.extend(domains.iter().cloned());
+                if first_of_its_layering {
+                    listed.extend(domains.iter().cloned());
+                }
             }
             if !outcome.deciding.contains(&index) {
                 superseded_count += 1;

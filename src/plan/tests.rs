@@ -163,7 +163,8 @@ impl World {
                 ..
             } => {
                 let i = find(&mut self.targets, target);
-                self.documents.insert(target.name.clone(), document.clone());
+                self.documents
+                    .insert(target.name.clone(), (**document).clone());
                 self.targets[i].document_hash = Some(document.hash());
                 self.targets[i].document_mismatch = None;
                 self.targets[i].document_owners = owners.iter().map(|o| o.uid.clone()).collect();
