@@ -7,7 +7,7 @@
 //! its baseline.
 
 use crate::{
-    mta::{Smtp, maildir_count},
+    mta::{Smtp, SmtpSession, maildir_count},
     node::{Node, container_pid, count_files, pod_ip, pods_ready, set_mode, smtp_address},
     support::{apply_incident, apply_yaml, eventually_within, ready_because, wait_for_within},
     world::TestNamespace,
@@ -602,4 +602,176 @@ async fn an_agent_killed_mid_incident_and_mid_release_is_restarted_and_no_messag
         agent_restarted(&client, &ns.name, mta, before).await;
     }
     delivered_and_back_to_baseline(&client, &ns.name, &mtas, &baselines).await;
+}
+
+/// One SMTP session to `mta`: EHLO, MAIL FROM, then RCPT to each of `recipients`; the
+/// RCPT replies, printed as a transcript.
+async fn rcpt_session(mta: &PodMta, recipients: &[&str]) -> Vec<String> {
+    let address = mta.smtp.address;
+    let label = mta.label;
+    let recipients: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut session = SmtpSession::open(address);
+        session.command("EHLO client.e2e.test");
+        session.command("MAIL FROM:<sender@example.net>");
+        let replies: Vec<String> = recipients
+            .iter()
+            .map(|r| session.command(&format!("RCPT TO:<{r}>")))
+            .collect();
+        eprintln!("--- {label}");
+        for (recipient, reply) in recipients.iter().zip(&replies) {
+            eprintln!("C: RCPT TO:<{recipient}>\nS: {reply}");
+        }
+        replies
+    })
+    .await
+    .expect("SMTP task")
+}
+
+/// One message to every recipient of `recipients`, each RCPT and the DATA answered 250.
+async fn send_to(mta: &PodMta, recipients: &[&str], subject: &str) {
+    let address = mta.smtp.address;
+    let recipients: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+    let subject = subject.to_string();
+    let label = mta.label;
+    tokio::task::spawn_blocking(move || {
+        let mut session = SmtpSession::open(address);
+        session.command("EHLO client.e2e.test");
+        session.command("MAIL FROM:<sender@example.net>");
+        for recipient in &recipients {
+            let reply = session.command(&format!("RCPT TO:<{recipient}>"));
+            assert!(
+                reply.starts_with("250"),
+                "{label} RCPT {recipient}: {reply}"
+            );
+        }
+        session.command("DATA");
+        let reply = session.command(&format!("Subject: {subject}\r\n\r\nscoped\r\n."));
+        assert!(reply.starts_with("250"), "{label} DATA: {reply}");
+    })
+    .await
+    .expect("SMTP task")
+}
+
+#[tokio::test]
+async fn scoped_incidents_answer_and_hold_each_recipient_by_its_domain_in_real_pods() {
+    let node = Node::get();
+    let client = node.client().await;
+    let ns = TestNamespace::new(&node.world, "node-scope");
+    let mtas = start_examples(node, &ns.name, |_| {}).await;
+    let incidents: Api<MailIncident> = Api::namespaced(client.clone(), &ns.name);
+    answer_all(&mtas, "250").await;
+    let baselines = baselines(&client, &ns.name, &mtas).await;
+    // Each MTA delivers its own domain and pec. below it; the incidents cover pec. only.
+    let recipients = |mta: &PodMta| {
+        let domain = mta.smtp.recipient.split_once('@').expect("an address").1;
+        (format!("user@pec.{domain}"), mta.smtp.recipient.to_string())
+    };
+    let scope = "scope: {recipientDomains: [pec.e2e.test, pec.local.test]}";
+
+    for (spec, code) in [
+        ("mode: TempFail", "452 4.3.1 "),
+        (
+            "mode: HardReject\nhardReject: {acknowledgeBounces: true}",
+            "550 5.3.2 ",
+        ),
+    ] {
+        apply_incident(
+            &node.world,
+            &ns.name,
+            "pec",
+            &format!("{spec}\nreason: INC-11 PEC storage down\n{TARGETS}\n{scope}"),
+        );
+        wait_for_within(
+            CONVERGE,
+            &incidents,
+            "pec",
+            "Ready with both MTAs",
+            ready_because("Applied"),
+        )
+        .await;
+        for mta in &mtas {
+            let (scoped, unscoped) = recipients(mta);
+            let replies = eventually_within(
+                CONVERGE,
+                &format!("{}: {code} for {scoped} and 250 for {unscoped}", mta.label),
+                || async {
+                    let replies = rcpt_session(mta, &[&scoped, &unscoped]).await;
+                    (replies[0].starts_with(code) && replies[1].starts_with("250"))
+                        .then_some(replies)
+                },
+            )
+            .await;
+            assert!(replies[0].contains("Mailbox storage"), "{replies:?}");
+        }
+    }
+
+    // AcceptAndQueue, every store working: pec mail is held, the rest delivered at once,
+    // a message to both split by recipient.
+    apply_incident(
+        &node.world,
+        &ns.name,
+        "pec",
+        &format!("mode: AcceptAndQueue\nreason: INC-11 PEC storage down\n{TARGETS}\n{scope}"),
+    );
+    wait_for_within(
+        CONVERGE,
+        &incidents,
+        "pec",
+        "Ready with both MTAs",
+        ready_because("Applied"),
+    )
+    .await;
+    for mta in &mtas {
+        let (scoped, unscoped) = recipients(mta);
+        send_to(mta, &[&scoped], "pec only").await;
+        send_to(mta, &[&unscoped], "base only").await;
+        send_to(mta, &[&scoped, &unscoped], "both").await;
+    }
+    for mta in &mtas {
+        eventually_within(
+            CONVERGE,
+            &format!("{}: the 2 copies outside the scope delivered", mta.label),
+            || async { (mta.delivered() == 2).then_some(()) },
+        )
+        .await;
+        eventually_within(
+            CONVERGE,
+            &format!("{}: the 2 pec messages held", mta.label),
+            || async { (mta.held() == 2).then_some(()) },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for mta in &mtas {
+        assert_eq!(
+            mta.delivered(),
+            2,
+            "{}: nothing in scope delivered",
+            mta.label
+        );
+    }
+    apply_incident(
+        &node.world,
+        &ns.name,
+        "pec",
+        &format!(
+            "mode: AcceptAndQueue\nreason: INC-11 PEC storage down\n{TARGETS}\n{scope}\nresolved: true"
+        ),
+    );
+    for (mta, baseline) in mtas.iter().zip(&baselines) {
+        eventually_within(
+            RELEASE,
+            &format!("{}: the 2 held pec messages delivered", mta.label),
+            || async { (mta.delivered() == 4).then_some(()) },
+        )
+        .await;
+        let pod = the_pod(&client, &ns.name, mta).await;
+        back_to_baseline(mta, &pod, baseline).await;
+        eprintln!(
+            "{}: 4 recipients' copies delivered of 4 sent, 2 of them held until the resolve",
+            mta.label
+        );
+    }
+    answer_all(&mtas, "250").await;
 }
