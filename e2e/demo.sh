@@ -97,7 +97,7 @@ done
 rcpt_answer() { # ip recipient: the RCPT answer of one SMTP session
   exec 3<>"/dev/tcp/$1/25"
   printf 'EHLO demo.example\r\nMAIL FROM:<sender@example.net>\r\nRCPT TO:<%s>\r\nQUIT\r\n' "$2" >&3
-  timeout 3 cat <&3 | tr -d '\r' | grep -E '^(250 2\.1\.5|[45][0-9][0-9] [45]\.)' | head -n 1
+  timeout 3 cat <&3 | tr -d '\r' | grep -E '^(250 2\.1\.5|250 Accepted|[45][0-9][0-9] [45]\.)' | head -n 1
   exec 3<&-
 }
 answers() { # what
@@ -159,6 +159,50 @@ echo
 echo "Resolved: delivered to mailbox storage:"
 for m in "${mtas[@]}"; do set -- $m; echo "  $1: $(delivered "$1")"; done
 k -n mail delete mailinc storage-outage-queue >/dev/null
+
+log "a TempFail scoped to the pec. domains: their storage is down, every other mailbox is fine"
+k -n mail apply -f - <<'YAML'
+apiVersion: mailops.dev/v1alpha1
+kind: MailIncident
+metadata:
+  name: pec-storage-outage
+spec:
+  mode: TempFail
+  reason: "INC-2052: PEC mailbox storage down; other mailboxes fine"
+  targets: {matchLabels: {app.kubernetes.io/component: mta}}
+  scope: {recipientDomains: [pec.e2e.test, pec.local.test]}
+YAML
+k -n mail wait --for=condition=Ready --timeout=60s mailinc/pec-storage-outage >/dev/null \
+  || die "the scoped incident did not turn Ready"
+echo
+echo "During the scoped TempFail, each MTA answers RCPT, by recipient:"
+for m in "${mtas[@]}"; do
+  set -- $m
+  printf '  %-34s %-24s %s\n' "$1" "user@pec.${3#*@}" "$(rcpt_answer "$2" "user@pec.${3#*@}")"
+  printf '  %-34s %-24s %s\n' "$1" "$3" "$(rcpt_answer "$2" "$3")"
+done
+k -n mail delete mailinc pec-storage-outage >/dev/null
+
+log "a maintenance window declared for tomorrow: nothing changes until it starts"
+k -n mail apply -f - <<YAML
+apiVersion: mailops.dev/v1alpha1
+kind: MailIncident
+metadata:
+  name: firmware-window
+spec:
+  mode: TempFail
+  reason: "CHG-311: storage firmware upgrade"
+  targets: {matchLabels: {app.kubernetes.io/component: mta}}
+  startsAt: "$(date -u -d tomorrow +%Y-%m-%dT22:00:00Z)"
+  duration: 4h
+YAML
+k -n mail wait --for=condition=Ready --timeout=60s mailinc/firmware-window >/dev/null \
+  || die "the scheduled window did not turn Ready"
+echo
+echo "\$ kubectl get mailinc -n mail   (Ready, reason Scheduled: GitOps syncs pass today)"
+k -n mail get mailinc
+answers "With tomorrow's window declared, each MTA still answers RCPT with"
+k -n mail delete mailinc firmware-window >/dev/null
 
 log "applying examples/tempfail-incident.yaml"
 applied=$(date +%s%N)
