@@ -668,19 +668,13 @@ async fn scoped_incidents_answer_and_hold_each_recipient_by_its_domain_in_real_p
         (format!("user@pec.{domain}"), mta.smtp.recipient.to_string())
     };
     let scope = "scope: {recipientDomains: [pec.e2e.test, pec.local.test]}";
-
-    for (spec, code) in [
-        ("mode: TempFail", "452 4.3.1 "),
-        (
-            "mode: HardReject\nhardReject: {acknowledgeBounces: true}",
-            "550 5.3.2 ",
-        ),
-    ] {
+    // Declares incident `pec` (INC-11, every MTA) and waits until both MTAs apply it.
+    let declare = async |spec: &str| {
         apply_incident(
             &node.world,
             &ns.name,
             "pec",
-            &format!("{spec}\nreason: INC-11 PEC storage down\n{TARGETS}\n{scope}"),
+            &format!("{spec}\nreason: INC-11 PEC storage down\n{TARGETS}"),
         );
         wait_for_within(
             CONVERGE,
@@ -690,6 +684,16 @@ async fn scoped_incidents_answer_and_hold_each_recipient_by_its_domain_in_real_p
             ready_because("Applied"),
         )
         .await;
+    };
+
+    for (spec, code) in [
+        ("mode: TempFail", "452 4.3.1 "),
+        (
+            "mode: HardReject\nhardReject: {acknowledgeBounces: true}",
+            "550 5.3.2 ",
+        ),
+    ] {
+        declare(&format!("{spec}\n{scope}")).await;
         for mta in &mtas {
             let (scoped, unscoped) = recipients(mta);
             let replies = eventually_within(
@@ -708,20 +712,7 @@ async fn scoped_incidents_answer_and_hold_each_recipient_by_its_domain_in_real_p
 
     // AcceptAndQueue, every store working: pec mail is held, the rest delivered at once,
     // a message to both split by recipient.
-    apply_incident(
-        &node.world,
-        &ns.name,
-        "pec",
-        &format!("mode: AcceptAndQueue\nreason: INC-11 PEC storage down\n{TARGETS}\n{scope}"),
-    );
-    wait_for_within(
-        CONVERGE,
-        &incidents,
-        "pec",
-        "Ready with both MTAs",
-        ready_because("Applied"),
-    )
-    .await;
+    declare(&format!("mode: AcceptAndQueue\n{scope}")).await;
     for mta in &mtas {
         let (scoped, unscoped) = recipients(mta);
         send_to(mta, &[&scoped], "pec only").await;
@@ -756,7 +747,7 @@ async fn scoped_incidents_answer_and_hold_each_recipient_by_its_domain_in_real_p
         &ns.name,
         "pec",
         &format!(
-            "mode: AcceptAndQueue\nreason: INC-11 PEC storage down\n{TARGETS}\n{scope}\nresolved: true"
+            "mode: AcceptAndQueue\n{scope}\nresolved: true\nreason: INC-11 PEC storage down\n{TARGETS}"
         ),
     );
     for (mta, baseline) in mtas.iter().zip(&baselines) {

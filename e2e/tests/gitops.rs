@@ -237,6 +237,18 @@ fn message_of(object: &Value, kind: &str) -> String {
         .to_string()
 }
 
+/// One Deployment `mta` labelled `app: mta`, run by the fakes returned (kubelet, agents).
+async fn one_mta(client: &kube::Client, namespace: &str) -> (FakeKubelet, FakeAgents) {
+    let fakes = (
+        FakeKubelet::start(client.clone(), namespace).await,
+        FakeAgents::start(client.clone(), namespace).await,
+    );
+    Mta::deployment("mta", json!({"app": "mta"}))
+        .create(client, namespace)
+        .await;
+    fakes
+}
+
 fn progressing(message: &str) -> (String, String) {
     ("Progressing".into(), message.into())
 }
@@ -536,11 +548,7 @@ async fn argo_cd_health_reads_incidents_that_protect_nothing_yield_or_have_expir
         incidents,
         ..
     } = &scene;
-    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
-    let _agents = FakeAgents::start(client.clone(), &ns.name).await;
-    Mta::deployment("mta", json!({"app": "mta"}))
-        .create(client, &ns.name)
-        .await;
+    let _fakes = one_mta(client, &ns.name).await;
     let spec = |mode: &str, app: &str| {
         format!(
             "mode: {mode}\nreason: INC-88 storage maintenance\ntargets: {{matchLabels: {{app: {app}}}}}"
@@ -626,11 +634,7 @@ async fn a_window_declared_for_tomorrow_is_healthy_and_current_today_and_touches
         incidents,
         ..
     } = &scene;
-    let _kubelet = FakeKubelet::start(client.clone(), &ns.name).await;
-    let _agents = FakeAgents::start(client.clone(), &ns.name).await;
-    Mta::deployment("mta", json!({"app": "mta"}))
-        .create(client, &ns.name)
-        .await;
+    let _fakes = one_mta(client, &ns.name).await;
     let tomorrow = seconds_from_now(86_400);
     let spec = |starts_at: &str| {
         format!(
