@@ -11,6 +11,7 @@ mod error;
 pub mod http;
 pub mod metrics;
 pub mod plan;
+pub mod plugin;
 mod retry;
 mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,1 @@
+//! `kubectl mail-incident` commands that write: declare, extend, escalate, resolve.
