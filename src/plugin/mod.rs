@@ -9,6 +9,7 @@
 
 mod connect;
 mod error;
+mod look_style;
 mod output;
 
 pub mod completion;
@@ -95,6 +96,9 @@ pub enum Command {
     History(history::HistoryArgs),
     /// Shell completion for bash, zsh or fish.
     Completion(completion::CompletionArgs),
+    /// kubectl's plugin completion (cobra's protocol), run by kubectl_complete-mail_incident.
+    #[command(name = "__complete", hide = true)]
+    Complete(completion::CompleteArgs),
 }
 
 /// Runs the plugin; what it prints goes to stdout, errors to stderr.
@@ -109,6 +113,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Resolve(args) => resolve::run(connection, args).await,
         Command::History(args) => history::run(connection, args).await,
         Command::Completion(args) => completion::run(connection, args).await,
+        Command::Complete(args) => completion::complete(connection, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
