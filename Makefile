@@ -5,12 +5,26 @@
 CARGO ?= cargo
 OPERATOR := target/debug/mail-incident-operator
 
-.PHONY: all build crds fmt clippy unit artefacts e2e e2e-node images bench test demo cluster-up cluster-down clean
+PREFIX ?=
+# Where cargo builds (CARGO_TARGET_DIR when set).
+BUILD_DIR := $(or $(CARGO_TARGET_DIR),target)/debug
+
+.PHONY: all build plugin crds fmt clippy unit artefacts e2e e2e-node images bench test demo cluster-up cluster-down clean
 
 all: build
 
+## Builds the operator and the plugin (target/debug/kubectl-mail_incident), and puts the
+## plugin's completion shim next to it.
 build:
 	$(CARGO) build --locked
+	install -m 0755 plugins/kubectl_complete-mail_incident $(BUILD_DIR)/
+
+## `kubectl mail-incident`: built as by `make build`; with PREFIX (make plugin
+## PREFIX=~/.local), also installed with its completion shim in PREFIX/bin.
+plugin:
+	$(CARGO) build --locked --bin kubectl-mail_incident
+	install -m 0755 plugins/kubectl_complete-mail_incident $(BUILD_DIR)/
+	$(if $(PREFIX),install -d $(PREFIX)/bin && install -m 0755 $(BUILD_DIR)/kubectl-mail_incident plugins/kubectl_complete-mail_incident $(PREFIX)/bin/)
 
 ## Regenerate the committed CRD from the Rust types.
 crds: build
