@@ -14,6 +14,7 @@ packages=(
   python3 python3-venv                  # Helm's engine (helm-python-sdk) for the chart tests
   postfix                               # a real MTA the agent's rendering is proven on
   swaks                                 # to talk SMTP to it by hand after `make demo`
+  tmux                                  # the plugin tests look at its output in a terminal
   libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 libpcre2-8-0 perl
                                         # what Exim's binary links against (see below)
   curl ca-certificates
