@@ -14,6 +14,7 @@ use crate::{
     support::{apply_incident, ready_because, wait_for},
     world::Scene,
 };
+use k8s_openapi::jiff::Timestamp;
 use std::{
     path::Path,
     process::Command,
@@ -43,19 +44,12 @@ impl Tmux {
             plugin_dir.display(),
             std::env::var("PATH").unwrap()
         );
-        tmux.run(&[
-            "new-session",
-            "-d",
-            "-x",
-            "200",
-            "-y",
-            "50",
-            "-e",
-            &format!("PATH={path}"),
-            "-e",
-            "PS1=$ ",
-            "sh",
-        ]);
+        // The server, started by this first command, gives its environment to the shell.
+        run(Command::new("tmux")
+            .args(["-L", &tmux.socket, "-f", "/dev/null"])
+            .args(["new-session", "-d", "-x", "200", "-y", "50", "sh"])
+            .env("PATH", path)
+            .env("PS1", "$ "));
         tmux
     }
 
@@ -336,9 +330,9 @@ async fn status_history_and_the_terminal_through_a_hold_and_its_release() {
     ))
     .unwrap();
     let entries = json["entries"].as_array().unwrap();
-    let times: Vec<&str> = entries
+    let times: Vec<Timestamp> = entries
         .iter()
-        .map(|e| e["time"].as_str().unwrap())
+        .map(|e| e["time"].as_str().unwrap().parse().unwrap())
         .collect();
     let mut sorted = times.clone();
     sorted.sort();

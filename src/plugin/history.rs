@@ -95,7 +95,11 @@ pub fn table(entries: &[Entry]) -> Table {
             entry.message.clone()
         };
         table.push(vec![
-            entry.time.map(|t| t.to_string()).unwrap_or_default(),
+            // To the second, as kubectl shows times; JSON and YAML keep the precision.
+            entry
+                .time
+                .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_default(),
             format!("{:?}", entry.kind),
             entry.reason.clone(),
             message,
