@@ -8,13 +8,15 @@
 //! shim answers subcommands and incident names from the API.
 
 use crate::{
+    fakes::{FakeAgents, FakeKubelet},
     mta::{AgentProcess, maildir_count, mta_with_agent_rbac, run},
     plugin::{PLUGIN, plugin_as, plugin_ok},
     postfix::PostfixInstance,
-    support::{apply_incident, ready_because, wait_for},
+    support::{Mta, Queue, apply_incident, ready_because, summary, wait_for},
     world::Scene,
 };
 use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
 use std::{
     path::Path,
     process::Command,
@@ -25,6 +27,8 @@ use std::{
 /// outlives the test.
 struct Tmux {
     socket: String,
+    /// The server's socket file, which `kill-server` leaves behind.
+    socket_path: std::path::PathBuf,
 }
 
 impl Tmux {
@@ -35,8 +39,9 @@ impl Tmux {
             found.is_ok_and(|o| o.status.success()),
             "tmux is missing: install it with `apt-get install tmux` (e2e/install-deps.sh does)"
         );
-        let tmux = Self {
+        let mut tmux = Self {
             socket: format!("pl-{name}-{}", std::process::id()),
+            socket_path: Default::default(),
         };
         let plugin_dir = Path::new(PLUGIN).parent().unwrap();
         let path = format!(
@@ -50,6 +55,10 @@ impl Tmux {
             .args(["new-session", "-d", "-x", "200", "-y", "50", "sh"])
             .env("PATH", path)
             .env("PS1", "$ "));
+        tmux.socket_path = tmux
+            .run(&["display-message", "-p", "#{socket_path}"])
+            .trim()
+            .into();
         tmux
     }
 
@@ -98,6 +107,7 @@ impl Drop for Tmux {
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .output();
+        let _ = std::fs::remove_file(&self.socket_path);
     }
 }
 
@@ -509,4 +519,102 @@ fn the_krew_manifest_installs_the_plugin_on_each_platform_from_its_templated_rel
     let release: serde_yaml::Value = serde_yaml::from_str(&rendered).unwrap();
     assert_eq!(release["spec"]["version"], "v0.1.0");
     assert_eq!(release["spec"]["platforms"][0]["sha256"], sha.as_str());
+}
+
+#[tokio::test]
+async fn status_shows_each_target_of_several_incidents_and_what_each_answers() {
+    let scene = Scene::start("pl-many").await;
+    let ns = scene.ns.name.clone();
+    let _kubelet = FakeKubelet::start(scene.client.clone(), &ns).await;
+    let _agents = FakeAgents::start(scene.client.clone(), &ns).await;
+    Mta::deployment("mta-a", json!({"app": "mta"}))
+        .replicas(2)
+        .create(&scene.client, &ns)
+        .await;
+    Mta::statefulset("mta-b", json!({"app": "mta"}))
+        .create(&scene.client, &ns)
+        .await;
+    // Restart delivery with its queue on an emptyDir: the controller refuses it.
+    Mta::deployment("mta-c", json!({"app": "mta"}))
+        .annotate("mailops.dev/delivery", "restart")
+        .queue(Queue::EmptyDir)
+        .create(&scene.client, &ns)
+        .await;
+    apply_incident(
+        scene.world,
+        &ns,
+        "outage",
+        "mode: AcceptAndQueue\nreason: INC-10 storage slow\ntargets: {matchLabels: {app: mta}}\nduration: 2h",
+    );
+    apply_incident(
+        scene.world,
+        &ns,
+        "pec",
+        "mode: TempFail\nreason: INC-11 PEC storage down\ntargets: {matchLabels: {app: mta}}\n\
+         scope: {recipientDomains: [pec.example.it, pec.example.com]}\nduration: 2h",
+    );
+    for name in ["outage", "pec"] {
+        wait_for(&scene.incidents, name, "both targets applied", |i| {
+            summary(i).is_some_and(|s| s.starts_with("2/"))
+        })
+        .await;
+    }
+    let all = plugin_ok(scene.world, &["status", "-n", &ns]);
+    eprintln!("$ kubectl mail-incident status -n {ns}\n{all}");
+    assert_eq!(all.matches("Incident ").count(), 2, "{all}");
+    let outage = plugin_ok(scene.world, &["status", "outage", "-n", &ns, "-o", "wide"]);
+    eprintln!("$ kubectl mail-incident status outage -o wide\n{outage}");
+    let lines: Vec<&str> = outage.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("WORKLOAD "))
+        .unwrap();
+    let rows = &lines[header + 1..header + 4];
+    for row in rows {
+        assert_aligned(lines[header], row);
+    }
+    // The scoped TempFail is the most severe rule on every target it reaches.
+    assert!(rows[0].starts_with("Deployment/mta-a "), "{outage}");
+    for cell in [
+        "TempFail (2 domains)",
+        "pec ",
+        "2/2",
+        "holding",
+        "pec,outage",
+    ] {
+        assert!(rows[0].contains(cell), "{cell} not in {}", rows[0]);
+    }
+    assert!(rows[1].starts_with("Deployment/mta-c "), "{outage}");
+    assert!(rows[1].contains(" Normal "), "{}", rows[1]);
+    assert!(rows[2].starts_with("StatefulSet/mta-b "), "{outage}");
+    assert!(rows[2].contains("1/1"), "{}", rows[2]);
+    assert!(outage.contains("Problems:"), "{outage}");
+    assert!(outage.contains("Deployment/mta-c failed: "), "{outage}");
+    assert!(
+        outage.contains("follow incident pec for pec.example.com, pec.example.it"),
+        "{outage}"
+    );
+    let everywhere = plugin_ok(scene.world, &["status", "-A", "-o", "name"]);
+    assert!(
+        everywhere.contains("mailincident.mailops.dev/outage\n"),
+        "{everywhere}"
+    );
+    assert!(
+        everywhere.contains("mailincident.mailops.dev/pec\n"),
+        "{everywhere}"
+    );
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&plugin_ok(
+        scene.world,
+        &["status", "pec", "-n", &ns, "-o", "yaml"],
+    ))
+    .unwrap();
+    assert_eq!(yaml["items"][0]["targets"][0]["domains"], 2);
+    assert_eq!(yaml["items"][0]["targets"][0]["podsTotal"], 2);
+    let missing = plugin_as(&scene.world.kubeconfig, &["status", "pec", "-n", "default"]);
+    assert!(!missing.status.success());
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        said.contains(&format!("there is one in namespace {ns}: add -n {ns}")),
+        "{said}"
+    );
 }

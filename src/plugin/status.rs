@@ -17,15 +17,15 @@ use super::{
 use crate::api::{
     MailIncident,
     mode_document::{
-        AgentReport, MODE_DOCUMENT_KEY, MODE_HASH_ANNOTATION, MTA_ANNOTATION, ModeDocument,
-        document_name, report_name,
+        AgentReport, DELIVERY_ANNOTATION, INCIDENT_ANNOTATION, MODE_DOCUMENT_KEY,
+        MODE_HASH_ANNOTATION, MTA_ANNOTATION, ModeDocument, document_name, report_name,
     },
     validation::selector_of,
 };
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
-    core::v1::ConfigMap,
+    core::v1::{ConfigMap, PodTemplateSpec},
 };
 use kube::{Api, Client, ResourceExt, api::ListParams, runtime::watcher};
 use serde::Serialize;
@@ -126,6 +126,19 @@ pub struct TargetFacts {
     pub document: Option<(String, String)>,
     /// The report ConfigMap's data: pod name → `AgentReport` JSON.
     pub report: Option<BTreeMap<String, String>>,
+    /// Set for a workload in restart delivery (`mailops.dev/delivery: restart`).
+    pub restart: Option<RestartFacts>,
+}
+
+/// A restart-delivery workload carries its mode in its pod template, not in a document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestartFacts {
+    /// `MAIL_INCIDENT_MODE` of the template's containers; absent: normal service.
+    pub mode: Option<String>,
+    /// The template's `mailops.dev/incident` annotation.
+    pub incident: Option<String>,
+    /// Pods updated to the template (its rollout's progress).
+    pub updated: u32,
 }
 
 /// The line of one target, from what was read about it.
@@ -192,25 +205,64 @@ pub fn target_view(incident: &MailIncident, facts: &TargetFacts) -> TargetView {
                 workload,
             }
         }
-        None => TargetView {
-            mta: facts.mta_annotation.clone().or(spec_mta),
-            mode: "Normal".into(),
-            domains: None,
-            from: None,
-            incidents: vec![],
-            pods_applied: 0,
-            pods_total: facts.replicas,
-            release: match queued_messages {
-                Some(left) if left > 0 => Release::Releasing {
-                    messages_left: left,
-                },
-                _ => Release::Normal,
+        None => match &facts.restart {
+            Some(RestartFacts {
+                mode: Some(mode),
+                incident,
+                updated,
+            }) => TargetView {
+                mta: facts.mta_annotation.clone().or(spec_mta),
+                mode: mode.clone(),
+                domains: None,
+                from: incident.clone(),
+                incidents: incident.iter().cloned().collect(),
+                pods_applied: (*updated).min(facts.replicas),
+                pods_total: facts.replicas,
+                queued_messages: None,
+                oldest_message_age_seconds: None,
+                escalated,
+                release: Release::Holding,
+                workload,
             },
-            queued_messages,
-            oldest_message_age_seconds,
-            escalated,
-            workload,
+            _ => normal_view(
+                facts,
+                workload,
+                spec_mta,
+                escalated,
+                queued_messages,
+                oldest_message_age_seconds,
+            ),
         },
+    }
+}
+
+/// A target no incident mode reaches: normal service, or the release of what it held.
+fn normal_view(
+    facts: &TargetFacts,
+    workload: String,
+    spec_mta: Option<String>,
+    escalated: bool,
+    queued_messages: Option<u64>,
+    oldest_message_age_seconds: Option<u64>,
+) -> TargetView {
+    TargetView {
+        mta: facts.mta_annotation.clone().or(spec_mta),
+        mode: "Normal".into(),
+        domains: None,
+        from: None,
+        incidents: vec![],
+        pods_applied: 0,
+        pods_total: facts.replicas,
+        release: match queued_messages {
+            Some(left) if left > 0 => Release::Releasing {
+                messages_left: left,
+            },
+            _ => Release::Normal,
+        },
+        queued_messages,
+        oldest_message_age_seconds,
+        escalated,
+        workload,
     }
 }
 
@@ -318,7 +370,11 @@ pub fn targets_table(view: &IncidentView, wide: bool) -> Table {
             release_cell(target.release),
         ];
         if wide {
-            row.push(target.incidents.join(","));
+            row.push(if target.incidents.is_empty() {
+                "-".into()
+            } else {
+                target.incidents.join(",")
+            });
         }
         table.push(row);
     }
@@ -565,7 +621,9 @@ async fn read_targets(
         .items
     {
         let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        targets.push(("Deployment", d.metadata, replicas));
+        let updated = d.status.and_then(|s| s.updated_replicas).unwrap_or(0);
+        let template = d.spec.map(|s| s.template);
+        targets.push(("Deployment", d.metadata, replicas, template, updated));
     }
     for s in statefulsets
         .list(&selected)
@@ -574,10 +632,12 @@ async fn read_targets(
         .items
     {
         let replicas = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        targets.push(("StatefulSet", s.metadata, replicas));
+        let updated = s.status.and_then(|s| s.updated_replicas).unwrap_or(0);
+        let template = s.spec.map(|s| s.template);
+        targets.push(("StatefulSet", s.metadata, replicas, template, updated));
     }
     let mut facts = vec![];
-    for (kind, metadata, replicas) in targets {
+    for (kind, metadata, replicas, template, updated) in targets {
         let name = metadata.name.clone().unwrap_or_default();
         let document_cm = document_name(kind, &name);
         let get = |name: String| {
@@ -598,7 +658,14 @@ async fn read_targets(
         let report = get(report_name(&document_cm))
             .await?
             .map(|cm| cm.data.unwrap_or_default());
+        let restart = metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DELIVERY_ANNOTATION))
+            .is_some_and(|d| d == "restart")
+            .then(|| restart_facts(template.as_ref(), updated));
         facts.push(TargetFacts {
+            restart,
             kind,
             mta_annotation: metadata
                 .annotations
@@ -613,6 +680,29 @@ async fn read_targets(
     facts.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
     Ok(facts)
 }
+
+/// What a restart-delivery workload's pod template carries.
+fn restart_facts(template: Option<&PodTemplateSpec>, updated: i32) -> RestartFacts {
+    let mode = template
+        .and_then(|t| t.spec.as_ref())
+        .into_iter()
+        .flat_map(|spec| &spec.containers)
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|env| env.name == RESTART_MODE_ENV)
+        .and_then(|env| env.value.clone());
+    let incident = template
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(INCIDENT_ANNOTATION).cloned());
+    RestartFacts {
+        mode,
+        incident,
+        updated: u32::try_from(updated).unwrap_or(0),
+    }
+}
+
+/// The env var restart delivery names the mode in.
+const RESTART_MODE_ENV: &str = "MAIL_INCIDENT_MODE";
 
 /// Draws the status again whenever the incidents or the ConfigMaps of their namespace
 /// change (through watches), and every 2 s for the ages and replicas no watch here sees;
@@ -748,6 +838,7 @@ mod tests {
             replicas: 3,
             mta_annotation: Some("Postfix".into()),
             document,
+            restart: None,
             report: Some(
                 entries
                     .iter()
@@ -810,6 +901,32 @@ mod tests {
             (normal.release, normal.queued_messages),
             (Release::Normal, None)
         );
+    }
+
+    #[test]
+    fn a_restart_delivery_target_answers_the_mode_of_its_pod_template() {
+        let incident = incident(MailIncidentStatus::default());
+        let restarting = TargetFacts {
+            restart: Some(RestartFacts {
+                mode: Some("TempFail".into()),
+                incident: Some("outage".into()),
+                updated: 2,
+            }),
+            report: None,
+            ..facts(None, &[])
+        };
+        let view = target_view(&incident, &restarting);
+        assert_eq!(
+            (view.mode.as_str(), view.from.as_deref()),
+            ("TempFail", Some("outage"))
+        );
+        assert_eq!((view.pods_applied, view.pods_total), (2, 3));
+        let normal = TargetFacts {
+            restart: Some(RestartFacts::default()),
+            report: None,
+            ..facts(None, &[])
+        };
+        assert_eq!(target_view(&incident, &normal).mode, "Normal");
     }
 
     #[test]
