@@ -267,6 +267,17 @@ async fn status_history_and_the_terminal_through_a_hold_and_its_release() {
         "no green 1/1 on the terminal:\n{coloured:?}"
     );
     eprintln!("--- tmux, status outage:\n{screen}");
+    // The same command piped, in the same terminal: no colour.
+    tmux.type_line("clear");
+    tmux.type_line(&format!(
+        "kubectl-mail_incident --kubeconfig {kubeconfig} -n {ns} status outage | cat"
+    ));
+    tmux.wait_for_screen("the piped status", |s| s.contains("Stalled"));
+    let piped = tmux.screen(true);
+    assert!(
+        !piped.contains("\x1b[32m"),
+        "colour through a pipe:\n{piped:?}"
+    );
     tmux.type_line("clear");
     tmux.type_line(&format!(
         "kubectl-mail_incident --kubeconfig {kubeconfig} -n {ns} status outage --watch"
