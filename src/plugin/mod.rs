@@ -10,6 +10,7 @@
 mod connect;
 mod error;
 mod output;
+mod write_common;
 
 pub mod completion;
 pub mod declare;
