@@ -115,7 +115,7 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
         &[&declare[..], &["--reply", "550 5.3.2 Gone"]].concat(),
     );
     assert!(
-        refused.contains("spec.smtpReply.code must be 421, 450, 451 or 452 for TempFail"),
+        refused.contains("spec.smtpReply.code: 550 is not allowed for mode TempFail"),
         "{refused}"
     );
     assert!(incidents.get_opt("outage").await.unwrap().is_none());

@@ -6,7 +6,7 @@
 use super::{
     Connection, ConnectionArgs, FIELD_MANAGER, Format, OutputArgs, PluginError, Table,
     output::print_objects,
-    write_common::{Look, check_spec, current_ready, follow, parse_span, parse_time},
+    write_common::{Look, bar, check_spec, current_ready, follow, parse_span, parse_time},
 };
 use crate::api::{
     HardRejectSettings, LabelOperator, LabelRequirement, MailIncident, MailIncidentSpec, Mode,
@@ -551,10 +551,13 @@ pub fn applying_look(incident: &MailIncident) -> Look {
         || "waiting for the controller".to_string(),
         |c| format!("{} ({})", c.reason, c.message),
     );
-    let line = format!(
-        "{} {applied}/{matched} targets applied: {state}",
-        crate::plugin::write_common::bar(u64::from(applied), u64::from(matched), 20)
-    );
+    // No bar before the controller has counted the targets: an empty total is not done.
+    let drawn = if matched == 0 {
+        String::new()
+    } else {
+        format!("{} ", bar(u64::from(applied), u64::from(matched), 20))
+    };
+    let line = format!("{drawn}{applied}/{matched} targets applied: {state}");
     let left = match ready {
         Some(c) if c.status == "True" => None,
         _ => {
