@@ -207,6 +207,43 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
         "550 5.3.2 <user@e2e.test>: Recipient address rejected: Mailbox storage unavailable, message not accepted"
     );
 
+    // An incident looked for in the wrong namespace: where it is instead.
+    let refused = plugin_refused(world, &["extend", "outage", "-n", "default", "--by", "1h"]);
+    assert!(
+        refused.contains(&format!(
+            "no MailIncident \"outage\" in namespace default; there is one in namespace {n}: add -n {n}"
+        )),
+        "{refused}"
+    );
+
+    // --wait gives up at its timeout, naming what is pending.
+    let refused = plugin_refused(
+        world,
+        &[
+            "declare",
+            "nothing",
+            "-n",
+            n,
+            "--mode",
+            "TempFail",
+            "--targets",
+            "app=none",
+            "--reason",
+            "INC-51",
+            "--for",
+            "1h",
+            "--wait",
+            "--timeout",
+            "3s",
+        ],
+    );
+    assert!(
+        refused.contains(
+            "timed out: after 3s, MailIncident \"nothing\": 0/0 targets applied; NoTargets"
+        ),
+        "{refused}"
+    );
+
     // A user with only the view role is told what they may not do and which role grants it.
     world.kubectl_ok(&["create", "serviceaccount", "viewer", "-n", n]);
     world.kubectl_ok(&[

@@ -141,6 +141,8 @@ impl From<MtaArg> for MtaKind {
 
 pub async fn run(connection: &ConnectionArgs, args: &DeclareArgs) -> Result<(), PluginError> {
     let spec = build_spec(args)?;
+    // Read before writing: a typo in --timeout must not leave a declared incident behind.
+    let timeout = parse_span("--timeout", &args.timeout)?;
     let now = Timestamp::now();
     let valid = check_spec(&args.name, &spec, now)?;
     let cluster = Connection::open(connection).await?;
@@ -182,7 +184,6 @@ pub async fn run(connection: &ConnectionArgs, args: &DeclareArgs) -> Result<(), 
         args.output,
     )?;
     if args.wait {
-        let timeout = parse_span("--timeout", &args.timeout)?;
         follow(&cluster, &args.name, timeout, async |incident| {
             Ok(applying_look(incident))
         })
