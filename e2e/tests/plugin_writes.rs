@@ -3,10 +3,11 @@
 //! agent answering on the wire.
 
 use crate::{
+    fakes::{FakeAgents, FakeKubelet},
     mta::{AgentProcess, maildir_count, mta_with_agent_rbac, run},
-    plugin::{plugin_as, plugin_ok},
+    plugin::{PLUGIN, plugin_as, plugin_ok},
     postfix::PostfixInstance,
-    support::{eventually_within, ready_because, summary, wait_for},
+    support::{Mta, eventually_within, ready_because, summary, wait_for},
     world::{Scene, World, service_account_kubeconfig},
 };
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -362,4 +363,121 @@ async fn resolve_wait_follows_the_release_of_held_mail() {
         || async { (maildir_count(&mailbox) == HELD).then_some(()) },
     )
     .await;
+}
+
+/// A tmux server of its own (so other tmux users are left alone), killed when dropped.
+struct Terminal {
+    socket: String,
+}
+
+impl Terminal {
+    /// Runs `command` (a shell line) in a 160x40 terminal; it echoes `EXIT=<status>` when
+    /// done and stays open to be read.
+    fn run(socket: &str, command: &str) -> Self {
+        let terminal = Self {
+            socket: socket.into(),
+        };
+        let line = format!("{command}; echo EXIT=$?; sleep 600");
+        terminal.tmux(&["new-session", "-d", "-x", "160", "-y", "40", &line]);
+        terminal
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        run(Command::new("tmux").arg("-L").arg(&self.socket).args(args))
+    }
+
+    /// What the terminal shows now.
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p"])
+    }
+
+    async fn showing(&self, text: &str) -> String {
+        eventually_within(Duration::from_secs(30), text, || async {
+            let screen = self.screen();
+            screen.contains(text).then_some(screen)
+        })
+        .await
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .output()
+            .ok();
+    }
+}
+
+#[tokio::test]
+async fn on_a_terminal_progress_is_redrawn_in_place_and_hard_reject_asks_for_a_yes() {
+    let scene = Scene::start("pw-tty").await;
+    let Scene {
+        world,
+        ns,
+        client,
+        incidents,
+        ..
+    } = &scene;
+    let n = ns.name.as_str();
+    let _kubelet = FakeKubelet::start(client.clone(), n).await;
+    let _agents = FakeAgents::start(client.clone(), n).await;
+    for name in ["mta-a", "mta-b"] {
+        Mta::deployment(name, serde_json::json!({"app": "mta"}))
+            .create(client, n)
+            .await;
+    }
+    let plugin = format!(
+        "{PLUGIN} --kubeconfig {} -n {n}",
+        world.kubeconfig.display()
+    );
+
+    let declaring = Terminal::run(
+        &format!("pw-{n}-declare"),
+        &format!(
+            "{plugin} declare outage --mode TempFail --targets app=mta --reason INC-70 --for 1h --wait"
+        ),
+    );
+    let screen = declaring.showing("EXIT=").await;
+    eprintln!(
+        "--- the terminal after declare --wait\n{}",
+        screen.trim_end()
+    );
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    let progress: Vec<&str> = screen
+        .lines()
+        .filter(|l| l.contains("targets applied"))
+        .collect();
+    assert_eq!(
+        progress,
+        ["[####################] 2/2 targets applied: Applied (2/2 targets answer TempFail)"],
+        "one line, redrawn in place:\n{screen}"
+    );
+
+    let escalating = Terminal::run(
+        &format!("pw-{n}-escalate"),
+        &format!("{plugin} escalate outage --to HardReject --acknowledge-bounces"),
+    );
+    let asked = escalating.showing("Type yes").await;
+    assert!(
+        asked.contains("HardReject: 2 MTA workload(s), 2 pod(s), will answer"),
+        "{asked}"
+    );
+    assert_eq!(
+        incidents.get("outage").await.unwrap().spec.mode,
+        Mode::TempFail
+    );
+    escalating.tmux(&["send-keys", "yes", "Enter"]);
+    let screen = escalating.showing("EXIT=").await;
+    eprintln!(
+        "--- the terminal after escalate, answered yes\n{}",
+        screen.trim_end()
+    );
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    assert_eq!(
+        incidents.get("outage").await.unwrap().spec.mode,
+        Mode::HardReject
+    );
 }
