@@ -7,7 +7,7 @@ use super::{
     Connection, ConnectionArgs, PluginError,
     write_common::{check_spec, fetch_incident, merge_spec, parse_span, parse_time, start_of},
 };
-use crate::api::{MailIncident, TimeSpan, validation::latest_expiry};
+use crate::api::{EffectiveMode, MailIncident, TimeSpan, validation::latest_expiry};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
@@ -52,6 +52,8 @@ pub async fn run(connection: &ConnectionArgs, args: &ExtendArgs) -> Result<(), P
     };
     let cluster = Connection::open(connection).await?;
     let incident = fetch_incident(&cluster, &args.name).await?;
+    let now = Timestamp::now();
+    extendable(&incident, now).map_err(PluginError::Refused)?;
     let current = current_end(&incident);
     let start = start_of(&incident).ok_or_else(|| {
         PluginError::Refused(format!(
@@ -59,8 +61,8 @@ pub async fn run(connection: &ConnectionArgs, args: &ExtendArgs) -> Result<(), P
             args.name
         ))
     })?;
-    let end = new_end(change, current, start, Timestamp::now(), args.allow_shorter)
-        .map_err(PluginError::Refused)?;
+    let end =
+        new_end(change, current, start, now, args.allow_shorter).map_err(PluginError::Refused)?;
     let mut spec = incident.spec.clone();
     spec.expires_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(end));
     spec.duration = None;
@@ -84,6 +86,37 @@ pub async fn run(connection: &ConnectionArgs, args: &ExtendArgs) -> Result<(), P
         latest_expiry(start)
     );
     Ok(())
+}
+
+/// Whether the incident's end may move now: not once it ended (resolved, being deleted,
+/// or past its end: a new outage takes a new incident), and not before the controller has
+/// seen its latest change (the current end would be stale).
+pub fn extendable(incident: &MailIncident, now: Timestamp) -> Result<(), String> {
+    if incident.spec.resolved {
+        return Err("the incident is resolved; declare a new one".into());
+    }
+    if incident.metadata.deletion_timestamp.is_some() {
+        return Err("the incident is being deleted; declare a new one".into());
+    }
+    let status = incident.status.clone().unwrap_or_default();
+    if status.observed_generation.is_none()
+        || status.observed_generation != incident.metadata.generation
+    {
+        return Err(
+            "the controller has not yet seen the latest change to this incident; try again in a moment"
+                .into(),
+        );
+    }
+    match status.expires_at {
+        Some(end) if end.0 <= now => Err(format!(
+            "the incident ended at {}; declare a new one",
+            end.0
+        )),
+        _ if status.effective_mode == Some(EffectiveMode::Normal) => {
+            Err("the incident has ended; declare a new one".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The incident's current end: as the controller computed it, else its spec.expiresAt.
@@ -117,6 +150,8 @@ pub fn new_end(
                 .map_err(|_| format!("--by {span} goes past any representable time"))?
         }
     };
+    // To the second, as Kubernetes writes times.
+    let end = Timestamp::from_second(end.as_second()).map_err(|e| e.to_string())?;
     let latest = latest_expiry(start);
     if end > latest {
         return Err(format!(
@@ -182,6 +217,37 @@ mod tests {
         assert!(end(Change::By(long), Some("2026-12-03T00:00:00Z"), false).is_err());
         let longest: TimeSpan = "9999999w".parse().unwrap();
         assert!(end(Change::By(longest), None, false).is_err());
+    }
+
+    fn incident(status: &str, extra_spec: &str) -> MailIncident {
+        serde_yaml::from_str(&format!(
+            "apiVersion: mailops.dev/v1alpha1\nkind: MailIncident\nmetadata: {{name: x, generation: 2}}\n\
+             spec: {{mode: TempFail, reason: r, targets: {{matchLabels: {{a: b}}}}{extra_spec}}}\nstatus: {status}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_running_incident_the_controller_has_seen_is_extended() {
+        let now = at(NOW);
+        let running =
+            "{observedGeneration: 2, effectiveMode: TempFail, expiresAt: '2026-12-03T00:00:00Z'}";
+        assert_eq!(extendable(&incident(running, ""), now), Ok(()));
+        let resolved = extendable(&incident(running, ", resolved: true"), now).unwrap_err();
+        assert!(resolved.contains("resolved"), "{resolved}");
+        let stale = "{observedGeneration: 1, effectiveMode: TempFail}";
+        assert!(
+            extendable(&incident(stale, ""), now)
+                .unwrap_err()
+                .contains("not yet seen")
+        );
+        let ended =
+            "{observedGeneration: 2, effectiveMode: TempFail, expiresAt: '2026-12-01T12:00:00Z'}";
+        assert!(
+            extendable(&incident(ended, ""), now)
+                .unwrap_err()
+                .contains("ended at 2026-12-01T12:00:00Z")
+        );
     }
 
     #[test]
