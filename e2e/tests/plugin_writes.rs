@@ -75,7 +75,7 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
     let n = ns.name.as_str();
     let declare = [
         "declare",
-        "outage",
+        "pw-declared",
         "-n",
         n,
         "--mode",
@@ -101,7 +101,7 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
         "no report yet (reported during incidents)"
     );
     let predicted = cell(&dry_run, "RCPT ANSWER").to_string();
-    assert!(incidents.get_opt("outage").await.unwrap().is_none());
+    assert!(incidents.get_opt("pw-declared").await.unwrap().is_none());
 
     // Bad input is refused in the controller's words, and nothing is written.
     let mut hard_reject = declare.to_vec();
@@ -119,7 +119,7 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
         refused.contains("spec.smtpReply.code: 550 is not allowed for mode TempFail"),
         "{refused}"
     );
-    assert!(incidents.get_opt("outage").await.unwrap().is_none());
+    assert!(incidents.get_opt("pw-declared").await.unwrap().is_none());
 
     // Declared and followed until Ready; then Postfix answers exactly the prediction.
     let declared = plugin_shown(
@@ -153,19 +153,22 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
     // extend: not past 100 days from the start, not shorter unless asked; --by moves it.
     let refused = plugin_refused(
         world,
-        &["extend", "outage", "-n", n, "--until", &in_days(101)],
+        &["extend", "pw-declared", "-n", n, "--until", &in_days(101)],
     );
     assert!(refused.contains("bound of 100 days"), "{refused}");
     let sooner = Timestamp::now()
         .checked_add(SignedDuration::from_mins(30))
         .unwrap()
         .to_string();
-    let refused = plugin_refused(world, &["extend", "outage", "-n", n, "--until", &sooner]);
+    let refused = plugin_refused(
+        world,
+        &["extend", "pw-declared", "-n", n, "--until", &sooner],
+    );
     assert!(refused.contains("add --allow-shorter"), "{refused}");
-    let before = incidents.get("outage").await.unwrap();
+    let before = incidents.get("pw-declared").await.unwrap();
     let end_before = before.status.unwrap().expires_at.unwrap().0;
-    let extended = plugin_shown(world, &["extend", "outage", "-n", n, "--by", "6h"]);
-    let after = incidents.get("outage").await.unwrap();
+    let extended = plugin_shown(world, &["extend", "pw-declared", "-n", n, "--by", "6h"]);
+    let after = incidents.get("pw-declared").await.unwrap();
     let end_after = after.spec.expires_at.unwrap().0;
     assert_eq!(
         end_after,
@@ -180,7 +183,7 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
     );
 
     // escalate: HardReject needs the flag, and confirmation (none off a terminal).
-    let escalate = ["escalate", "outage", "-n", n, "--to", "HardReject"];
+    let escalate = ["escalate", "pw-declared", "-n", n, "--to", "HardReject"];
     let refused = plugin_refused(world, &escalate);
     assert!(refused.contains("add --acknowledge-bounces"), "{refused}");
     let refused = plugin_refused(world, &[&escalate[..], &["--acknowledge-bounces"]].concat());
@@ -190,7 +193,7 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
     );
     assert!(refused.contains("add --yes"), "{refused}");
     assert_eq!(
-        incidents.get("outage").await.unwrap().spec.mode,
+        incidents.get("pw-declared").await.unwrap().spec.mode,
         Mode::TempFail
     );
     let escalated = plugin_shown(
@@ -209,11 +212,20 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
     );
 
     // An incident looked for in the wrong namespace: where it is instead.
-    let refused = plugin_refused(world, &["extend", "outage", "-n", "default", "--by", "1h"]);
+    let refused = plugin_refused(
+        world,
+        &["extend", "pw-declared", "-n", "default", "--by", "1h"],
+    );
     assert!(
         refused.contains(&format!(
-            "no MailIncident \"outage\" in namespace default; there is one in namespace {n}: add -n {n}"
+            "no MailIncident \"pw-declared\" in namespace default; there is one in namespace {n}: add -n {n}"
         )),
+        "{refused}"
+    );
+
+    let refused = plugin_refused(world, &["resolve", "pw-declared", "-A"]);
+    assert!(
+        refused.contains("a write acts in one namespace: use -n"),
         "{refused}"
     );
 
@@ -276,11 +288,11 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
         )),
         "{forbidden}"
     );
-    let output = plugin_as(&viewer, &["resolve", "outage", "-n", n]);
+    let output = plugin_as(&viewer, &["resolve", "pw-declared", "-n", n]);
     let forbidden = String::from_utf8_lossy(&output.stderr);
-    eprintln!("$ kubectl mail-incident resolve outage -n {n} (as a viewer)\n{forbidden}");
+    eprintln!("$ kubectl mail-incident resolve pw-declared -n {n} (as a viewer)\n{forbidden}");
     assert!(forbidden.contains("forbidden: you may not "), "{forbidden}");
-    assert!(!incidents.get("outage").await.unwrap().spec.resolved);
+    assert!(!incidents.get("pw-declared").await.unwrap().spec.resolved);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

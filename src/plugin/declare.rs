@@ -6,7 +6,9 @@
 use super::{
     Connection, ConnectionArgs, FIELD_MANAGER, Format, OutputArgs, PluginError, Table,
     output::print_objects,
-    write_common::{Look, bar, check_spec, current_ready, follow, parse_span, parse_time},
+    write_common::{
+        Look, bar, check_spec, current_ready, follow, one_namespace, parse_span, parse_time,
+    },
 };
 use crate::api::{
     HardRejectSettings, LabelOperator, LabelRequirement, MailIncident, MailIncidentSpec, Mode,
@@ -140,6 +142,7 @@ impl From<MtaArg> for MtaKind {
 }
 
 pub async fn run(connection: &ConnectionArgs, args: &DeclareArgs) -> Result<(), PluginError> {
+    one_namespace(connection)?;
     let spec = build_spec(args)?;
     // Read before writing: a typo in --timeout must not leave a declared incident behind.
     let timeout = parse_span("--timeout", &args.timeout)?;

@@ -6,7 +6,7 @@
 
 use super::{
     Connection, ConnectionArgs, PluginError,
-    write_common::{check_spec, fetch_incident, merge_spec},
+    write_common::{check_spec, fetch_incident, merge_spec, one_namespace},
 };
 use crate::api::{
     HardRejectSettings, MailIncidentSpec, Mode,
@@ -141,6 +141,7 @@ pub fn bounce_warning(workloads: usize, pods: i64, reply: &Reply) -> String {
 }
 
 pub async fn run(connection: &ConnectionArgs, args: &EscalateArgs) -> Result<(), PluginError> {
+    one_namespace(connection)?;
     let cluster = Connection::open(connection).await?;
     let incident = fetch_incident(&cluster, &args.name).await?;
     if incident.spec.resolved {

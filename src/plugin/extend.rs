@@ -5,7 +5,9 @@
 
 use super::{
     Connection, ConnectionArgs, PluginError,
-    write_common::{check_spec, fetch_incident, merge_spec, parse_span, parse_time, start_of},
+    write_common::{
+        check_spec, fetch_incident, merge_spec, one_namespace, parse_span, parse_time, start_of,
+    },
 };
 use crate::api::{EffectiveMode, MailIncident, TimeSpan, validation::latest_expiry};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -45,6 +47,7 @@ pub enum Change {
 }
 
 pub async fn run(connection: &ConnectionArgs, args: &ExtendArgs) -> Result<(), PluginError> {
+    one_namespace(connection)?;
     let change = match (&args.by, &args.until) {
         (Some(by), _) => Change::By(parse_span("--by", by)?),
         (None, Some(until)) => Change::Until(parse_time("--until", until)?),

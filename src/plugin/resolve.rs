@@ -5,7 +5,9 @@
 
 use super::{
     Connection, ConnectionArgs, PluginError,
-    write_common::{Look, bar, current_ready, fetch_incident, follow, merge_spec, parse_span},
+    write_common::{
+        Look, bar, current_ready, fetch_incident, follow, merge_spec, one_namespace, parse_span,
+    },
 };
 use crate::api::{
     MailIncident,
@@ -41,6 +43,7 @@ pub struct ResolveArgs {
 }
 
 pub async fn run(connection: &ConnectionArgs, args: &ResolveArgs) -> Result<(), PluginError> {
+    one_namespace(connection)?;
     let timeout = parse_span("--timeout", &args.timeout)?;
     let cluster = Connection::open(connection).await?;
     let incident = fetch_incident(&cluster, &args.name).await?;

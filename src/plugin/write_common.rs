@@ -3,7 +3,7 @@
 //! write, and following an incident until it is done, drawn as a terminal user or a
 //! script wants it.
 
-use super::{Connection, FIELD_MANAGER, PluginError};
+use super::{Connection, ConnectionArgs, FIELD_MANAGER, PluginError};
 use crate::api::{MailIncident, MailIncidentSpec, TimeSpan, validation};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
 use kube::{
@@ -14,6 +14,18 @@ use std::{
     io::{IsTerminal, Write},
     time::{Duration, Instant},
 };
+
+/// Writes act in one namespace: `-A`, which lists across them, is refused rather than
+/// ignored.
+pub fn one_namespace(connection: &ConnectionArgs) -> Result<(), PluginError> {
+    if connection.all_namespaces {
+        return Err(PluginError::Refused(
+            "-A (every namespace) is for list and status; a write acts in one namespace: use -n"
+                .into(),
+        ));
+    }
+    Ok(())
+}
 
 /// The incident `name` in the connection's namespace; NotFound names the namespaces that
 /// have one of that name (when the user may list across namespaces).
