@@ -522,7 +522,12 @@ pub fn rcpt_answer(mta: MtaKind, valid: &ValidIncident, recipient: &str) -> Stri
 /// The table printed after declaring.
 fn declared_table(stored: &MailIncident, selector: &str, valid: &ValidIncident) -> Table {
     let mut table = Table::new(&["NAME", "MODE", "TARGETS", "STARTS", "EXPIRES", "REASON"]);
-    let time = |t: Option<Timestamp>| t.map_or_else(String::new, |t| t.to_string());
+    // The end counted from the stored creation time, as the controller counts it (a
+    // re-declared incident keeps its first creation).
+    let created = stored.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let expires_at = crate::api::validation::validate(&stored.spec, created)
+        .ok()
+        .and_then(|v| v.expires_at);
     table.push(vec![
         stored.name_any(),
         format!("{:?}", stored.spec.mode),
@@ -530,14 +535,7 @@ fn declared_table(stored: &MailIncident, selector: &str, valid: &ValidIncident) 
         valid
             .starts_at
             .map_or_else(|| "now".to_string(), |t| t.to_string()),
-        time(
-            stored
-                .status
-                .as_ref()
-                .and_then(|s| s.expires_at.as_ref())
-                .map(|t| t.0)
-                .or(valid.expires_at),
-        ),
+        expires_at.map_or_else(|| "never".to_string(), |t| t.to_string()),
         stored.spec.reason.clone(),
     ]);
     table
