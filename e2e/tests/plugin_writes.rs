@@ -126,8 +126,25 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
         world,
         &[&declare[..], &["--wait", "--timeout", "1m"]].concat(),
     );
-    assert!(
-        declared.starts_with("NAME     MODE       TARGETS"),
+    let header: Vec<&str> = declared
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "MODE", "TARGETS", "STARTS", "EXPIRES", "REASON"]
+    );
+    let row: Vec<&str> = declared
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[..4],
+        ["pw-declared", "TempFail", TARGETS, "now"],
         "{declared}"
     );
     assert!(declared.contains("1/1 targets applied"), "{declared}");
