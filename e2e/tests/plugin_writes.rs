@@ -154,8 +154,13 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
     assert_eq!(answer, predicted);
 
     // Declared again, as JSON: the same object, applied under the plugin's field manager.
-    let json: serde_json::Value =
-        serde_json::from_str(&plugin_ok(world, &[&declare[..], &["-o", "json"]].concat())).unwrap();
+    let printed = plugin_ok(world, &[&declare[..], &["-o", "json"]].concat());
+    let json: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    eprintln!(
+        "$ kubectl mail-incident {} -o json | head -12\n{}",
+        declare.join(" "),
+        printed.lines().take(12).collect::<Vec<_>>().join("\n")
+    );
     let object = &json["items"][0];
     assert_eq!(object["spec"]["mode"], "TempFail");
     assert_eq!(object["spec"]["duration"], "2h");
@@ -198,6 +203,24 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
         extended.contains(&format!("now ends at {end_after}")),
         "{extended}"
     );
+    let printed = plugin_ok(
+        world,
+        &["extend", "pw-declared", "-n", n, "--by", "1h", "-o", "json"],
+    );
+    let json: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let end_json = end_after
+        .checked_add(SignedDuration::from_hours(1))
+        .unwrap()
+        .to_string();
+    eprintln!(
+        "$ kubectl mail-incident extend pw-declared -n {n} --by 1h -o json | grep expiresAt\n{}",
+        printed
+            .lines()
+            .filter(|l| l.contains("expiresAt"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(json["items"][0]["spec"]["expiresAt"], end_json.as_str());
 
     // escalate: HardReject needs the flag, and confirmation (none off a terminal).
     let escalate = ["escalate", "pw-declared", "-n", n, "--to", "HardReject"];

@@ -187,12 +187,18 @@ pub async fn run(connection: &ConnectionArgs, args: &DeclareArgs) -> Result<(), 
         args.output,
     )?;
     if args.wait {
-        follow(&cluster, &args.name, timeout, async |incident| {
-            Ok(applying_look(incident))
-        })
+        follow(
+            &cluster,
+            &args.name,
+            timeout,
+            args.output.output,
+            async |incident| Ok(applying_look(incident)),
+        )
         .await?;
         if matches!(args.output.output, Format::Table | Format::Wide) {
             println!("MailIncident {:?} is Ready.", args.name);
+        } else {
+            eprintln!("MailIncident {:?} is Ready.", args.name);
         }
     }
     Ok(())
@@ -553,13 +559,15 @@ pub fn applying_look(incident: &MailIncident) -> Look {
         || "waiting for the controller".to_string(),
         |c| format!("{} ({})", c.reason, c.message),
     );
-    // No bar before the controller has counted the targets: an empty total is not done.
-    let drawn = if matched == 0 {
-        String::new()
-    } else {
-        format!("{} ", bar(u64::from(applied), u64::from(matched), 20))
+    // No count before the controller has counted the targets: 0/0 is not done.
+    let line = match ready {
+        None => format!("{state} to see the incident"),
+        Some(_) if matched > 0 => format!(
+            "{} {applied}/{matched} targets applied: {state}",
+            bar(u64::from(applied), u64::from(matched), 20)
+        ),
+        Some(_) => format!("{applied}/{matched} targets applied: {state}"),
     };
-    let line = format!("{drawn}{applied}/{matched} targets applied: {state}");
     let left = match ready {
         Some(c) if c.status == "True" => None,
         _ => {

@@ -5,8 +5,8 @@
 //! confirmation on a terminal unless `--yes`.
 
 use super::{
-    Connection, ConnectionArgs, PluginError,
-    write_common::{check_spec, fetch_incident, merge_spec, one_namespace},
+    Connection, ConnectionArgs, OutputArgs, PluginError,
+    write_common::{check_spec, fetch_incident, merge_spec, one_namespace, print_written},
 };
 use crate::api::{
     HardRejectSettings, MailIncidentSpec, Mode,
@@ -39,6 +39,8 @@ pub struct EscalateArgs {
     /// Do not ask for confirmation (required off a terminal for HardReject).
     #[arg(long)]
     pub yes: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// The modes an incident can be escalated to.
@@ -176,14 +178,17 @@ pub async fn run(connection: &ConnectionArgs, args: &EscalateArgs) -> Result<(),
         escalation.patch,
     )
     .await?;
-    println!(
-        "MailIncident {:?} escalated from {:?} to {:?}; MTAs answer {}.",
-        stored.name_any(),
-        incident.spec.mode,
-        stored.spec.mode,
-        valid.reply
-    );
-    Ok(())
+    print_written(
+        &stored,
+        &format!(
+            "MailIncident {:?} escalated from {:?} to {:?}; MTAs answer {}.",
+            stored.name_any(),
+            incident.spec.mode,
+            stored.spec.mode,
+            valid.reply
+        ),
+        args.output,
+    )
 }
 
 /// Asks on the terminal; refuses when there is none to ask on.

@@ -4,9 +4,10 @@
 //! action (deploy/argocd).
 
 use super::{
-    Connection, ConnectionArgs, PluginError,
+    Connection, ConnectionArgs, OutputArgs, PluginError,
     write_common::{
-        check_spec, fetch_incident, merge_spec, one_namespace, parse_span, parse_time, start_of,
+        check_spec, fetch_incident, merge_spec, one_namespace, parse_span, parse_time,
+        print_written, start_of,
     },
 };
 use crate::api::{EffectiveMode, MailIncident, TimeSpan, validation::latest_expiry};
@@ -37,6 +38,8 @@ pub struct ExtendArgs {
     /// Accept an end earlier than the current one.
     #[arg(long)]
     pub allow_shorter: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// What the user asked the end to become.
@@ -83,12 +86,15 @@ pub async fn run(connection: &ConnectionArgs, args: &ExtendArgs) -> Result<(), P
     )
     .await?;
     let before = current.map_or_else(|| "no end".to_string(), |t| t.to_string());
-    println!(
-        "MailIncident {:?} now ends at {end} (was {before}; at most {} allowed).",
-        stored.name_any(),
-        latest_expiry(start)
-    );
-    Ok(())
+    print_written(
+        &stored,
+        &format!(
+            "MailIncident {:?} now ends at {end} (was {before}; at most {} allowed).",
+            stored.name_any(),
+            latest_expiry(start)
+        ),
+        args.output,
+    )
 }
 
 /// Whether the incident's end may move now: not once it ended (resolved, being deleted,

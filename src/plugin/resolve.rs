@@ -4,9 +4,10 @@
 //! report drained, with the messages left per target.
 
 use super::{
-    Connection, ConnectionArgs, PluginError,
+    Connection, ConnectionArgs, Format, OutputArgs, PluginError,
     write_common::{
         Look, bar, current_ready, fetch_incident, follow, merge_spec, one_namespace, parse_span,
+        print_written,
     },
 };
 use crate::api::{
@@ -40,6 +41,8 @@ pub struct ResolveArgs {
     /// How long --wait waits.
     #[arg(long, value_name = "SPAN", default_value = "10m", requires = "wait")]
     pub timeout: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 pub async fn run(connection: &ConnectionArgs, args: &ResolveArgs) -> Result<(), PluginError> {
@@ -51,19 +54,27 @@ pub async fn run(connection: &ConnectionArgs, args: &ResolveArgs) -> Result<(), 
     // Read before resolving: the controller removes the reports with the mode documents.
     let mut last_seen = held_mail(&cluster, &targets).await?;
     if incident.spec.resolved {
-        println!("MailIncident {:?} is resolved already.", args.name);
+        print_written(
+            &incident,
+            &format!("MailIncident {:?} is resolved already.", args.name),
+            args.output,
+        )?;
     } else {
-        merge_spec(
+        let stored = merge_spec(
             &cluster,
             &args.name,
             incident.resource_version().as_deref(),
             serde_json::json!({"resolved": true}),
         )
         .await?;
-        println!(
-            "MailIncident {:?} resolved: its targets return to normal service and release the held mail.",
-            args.name
-        );
+        print_written(
+            &stored,
+            &format!(
+                "MailIncident {:?} resolved: its targets return to normal service and release the held mail.",
+                args.name
+            ),
+            args.output,
+        )?;
     }
     if !args.wait {
         return Ok(());
@@ -72,10 +83,12 @@ pub async fn run(connection: &ConnectionArgs, args: &ResolveArgs) -> Result<(), 
         .iter()
         .filter_map(|(t, h)| h.map(|h| (t.clone(), h)))
         .collect();
+    let output = args.output.output;
     follow(
         &cluster,
         &args.name,
         timeout,
+        output,
         async |incident: &MailIncident| {
             let now = held_mail(&cluster, &targets).await?;
             for (target, held) in &now {
@@ -97,10 +110,15 @@ pub async fn run(connection: &ConnectionArgs, args: &ResolveArgs) -> Result<(), 
         })
         .collect();
     if unseen.is_empty() {
-        println!(
+        let done = format!(
             "MailIncident {:?}: every target is back to normal service and no held mail is reported.",
             args.name
         );
+        if matches!(output, Format::Table | Format::Wide) {
+            println!("{done}");
+        } else {
+            eprintln!("{done}");
+        }
     } else {
         eprintln!(
             "warning: held mail of {} can no longer be followed: the controller removed its report with the mode document; the agents deliver it before restoring the MTA configuration",

@@ -3,7 +3,10 @@
 //! write, and following an incident until it is done, drawn as a terminal user or a
 //! script wants it.
 
-use super::{Connection, ConnectionArgs, FIELD_MANAGER, PluginError};
+use super::{
+    Connection, ConnectionArgs, FIELD_MANAGER, Format, OutputArgs, PluginError, Table,
+    output::print_objects,
+};
 use crate::api::{MailIncident, MailIncidentSpec, TimeSpan, validation};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
 use kube::{
@@ -148,17 +151,34 @@ pub fn current_ready(incident: &MailIncident) -> Option<&Condition> {
 }
 
 /// Where progress goes: one line redrawn in place on a terminal, or a new line each time
-/// it changes when piped (so a log holds every step and no control characters).
+/// it changes when piped (so a log holds every step and no control characters). With
+/// `-o json`, `yaml` or `name` stdout holds only the objects, so progress goes to stderr.
 pub struct Progress {
+    to_stderr: bool,
     terminal: bool,
     last: Option<String>,
 }
 
 impl Progress {
-    pub fn new() -> Self {
+    pub fn new(output: Format) -> Self {
+        let to_stderr = !matches!(output, Format::Table | Format::Wide);
+        let terminal = if to_stderr {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
         Self {
-            terminal: std::io::stdout().is_terminal(),
+            to_stderr,
+            terminal,
             last: None,
+        }
+    }
+
+    fn out(&self) -> Box<dyn Write> {
+        if self.to_stderr {
+            Box::new(std::io::stderr().lock())
+        } else {
+            Box::new(std::io::stdout().lock())
         }
     }
 
@@ -166,8 +186,8 @@ impl Progress {
         if self.last.as_deref() == Some(line) {
             return;
         }
-        let mut out = std::io::stdout().lock();
-        // Printing progress is best effort: a closed stdout must not stop the wait.
+        let mut out = self.out();
+        // Printing progress is best effort: a closed stream must not stop the wait.
         if self.terminal {
             let _ = write!(out, "\r\x1b[2K{line}");
         } else {
@@ -180,9 +200,25 @@ impl Progress {
     /// Ends the redrawn line, so what follows starts on a line of its own.
     pub fn finish(&mut self) {
         if self.terminal && self.last.is_some() {
-            println!();
+            let _ = writeln!(self.out());
         }
         self.last = None;
+    }
+}
+
+/// Prints what a write stored: `message` in a table's place, else the object as `-o`
+/// asks (JSON or YAML as a List, or its name).
+pub fn print_written(
+    stored: &MailIncident,
+    message: &str,
+    output: OutputArgs,
+) -> Result<(), PluginError> {
+    match output.output {
+        Format::Table | Format::Wide => {
+            println!("{message}");
+            Ok(())
+        }
+        _ => print_objects(std::slice::from_ref(stored), &Table::new(&[]), output),
     }
 }
 
@@ -192,10 +228,11 @@ pub async fn follow(
     cluster: &Connection,
     name: &str,
     timeout: TimeSpan,
+    output: Format,
     mut look: impl AsyncFnMut(&MailIncident) -> Result<Look, PluginError>,
 ) -> Result<(), PluginError> {
     let deadline = Instant::now() + timeout.as_duration();
-    let mut progress = Progress::new();
+    let mut progress = Progress::new(output);
     loop {
         let incident = fetch_incident(cluster, name).await?;
         let Look { line, left } = look(&incident).await?;
