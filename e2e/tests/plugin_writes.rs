@@ -7,7 +7,7 @@ use crate::{
     mta::{AgentProcess, maildir_count, mta_with_agent_rbac, run},
     plugin::{PLUGIN, plugin_as, plugin_ok},
     postfix::PostfixInstance,
-    support::{Mta, eventually_within, ready_because, summary, wait_for},
+    support::{Mta, eventually_within, observed, ready_because, summary, wait_for},
     world::{Scene, World, service_account_kubeconfig},
 };
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -203,6 +203,8 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
         extended.contains(&format!("now ends at {end_after}")),
         "{extended}"
     );
+    // extend refuses while the controller has not seen the last change: let it.
+    wait_for(incidents, "pw-declared", "seen", observed).await;
     let printed = plugin_ok(
         world,
         &["extend", "pw-declared", "-n", n, "--by", "1h", "-o", "json"],
