@@ -50,9 +50,16 @@ pub async fn run(connection: &ConnectionArgs, args: &ResolveArgs) -> Result<(), 
     let timeout = parse_span("--timeout", &args.timeout)?;
     let cluster = Connection::open(connection).await?;
     let incident = fetch_incident(&cluster, &args.name).await?;
-    let targets = matched_targets(&cluster, &incident).await?;
-    // Read before resolving: the controller removes the reports with the mode documents.
-    let mut last_seen = held_mail(&cluster, &targets).await?;
+    // Only --wait reads workloads and reports (a user allowed to resolve may not be
+    // allowed those); before resolving, as the controller removes the reports with the
+    // mode documents.
+    let (targets, mut last_seen) = if args.wait {
+        let targets = matched_targets(&cluster, &incident).await?;
+        let held = held_mail(&cluster, &targets).await?;
+        (targets, held)
+    } else {
+        Default::default()
+    };
     if incident.spec.resolved {
         print_written(
             &incident,
@@ -133,8 +140,11 @@ async fn matched_targets(
     cluster: &Connection,
     incident: &MailIncident,
 ) -> Result<Vec<(&'static str, String)>, PluginError> {
-    let selector =
-        selector_of(&incident.spec.targets).map_err(|e| PluginError::Invalid(vec![e]))?;
+    // An incident with an invalid spec is resolved all the same (the controller reads
+    // spec.resolved whatever else is wrong); it just has no targets to follow.
+    let Ok(selector) = selector_of(&incident.spec.targets) else {
+        return Ok(vec![]);
+    };
     let selected = ListParams::default().labels_from(&selector);
     let ns = cluster.namespace.as_str();
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
