@@ -11,6 +11,7 @@ mod connect;
 mod error;
 mod look_style;
 mod output;
+mod write_common;
 
 pub mod completion;
 pub mod declare;
