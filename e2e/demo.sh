@@ -3,8 +3,9 @@
 # images built from the repository's Dockerfiles; the operator installed from deploy/ as
 # its two pods; a small real fleet in namespace `mail` (two Postfix Deployments and an Exim
 # StatefulSet from examples/, each with its agent as a sidecar); then an AcceptAndQueue
-# incident holding mail and its release, and a TempFail incident: what kubectl shows and
-# what each MTA answers over SMTP from the host.
+# incident holding mail and its release, a scoped TempFail, a window declared for
+# tomorrow, and a TempFail incident driven with the kubectl plugin: what kubectl and the
+# plugin show and what each MTA answers over SMTP from the host.
 # Everything keeps running afterwards; `make cluster-down` stops it all, and the next
 # `make demo` starts from a clean cluster.
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,6 +23,19 @@ state="$(dirname "$kubeconfig")"
 # shellcheck disable=SC2086 # one archive path per word
 "$here/node.sh" import $archives
 k() { "$E2E_KUBECTL" --kubeconfig "$kubeconfig" "$@"; }
+log "building the kubectl plugin (kubectl mail-incident)"
+(cd "$repo" && cargo build --locked --quiet --bin kubectl-mail_incident) || die "the plugin did not build"
+plugin_bin="${CARGO_TARGET_DIR:-$repo/target}/debug/kubectl-mail_incident"
+# The plugin as an SRE runs it, the command shown before its output.
+mi() {
+  local shown="" word
+  for word in "$@"; do
+    case "$word" in *" "*) shown+=" \"$word\"" ;; *) shown+=" $word" ;; esac
+  done
+  echo
+  echo "\$ kubectl mail-incident$shown"
+  "$plugin_bin" --kubeconfig "$kubeconfig" "$@"
+}
 
 # What the one-machine node forces on a manifest: images imported rather than pulled, and
 # pods reaching the API server through the node's bridge (no kube-proxy here).
@@ -204,20 +218,20 @@ k -n mail get mailinc
 answers "With tomorrow's window declared, each MTA still answers RCPT with"
 k -n mail delete mailinc firmware-window >/dev/null
 
-log "applying examples/tempfail-incident.yaml"
+log "a TempFail for every recipient, declared and followed with the plugin"
+mi declare storage-outage -n mail --mode TempFail --targets app.kubernetes.io/component=mta \
+  --reason "INC-2041: mailbox storage cluster unreachable" --for 12h --dry-run --recipient user@e2e.test \
+  || die "the dry run failed"
 applied=$(date +%s%N)
-k -n mail apply -f "$repo/examples/tempfail-incident.yaml"
-k -n mail wait --for=condition=Ready --timeout=60s mailinc/storage-outage >/dev/null \
+mi declare storage-outage -n mail --mode TempFail --targets app.kubernetes.io/component=mta \
+  --reason "INC-2041: mailbox storage cluster unreachable" --for 12h --wait --timeout 60s \
   || die "the TempFail incident did not turn Ready"
-echo "Ready 3/3 $((($(date +%s%N) - applied) / 1000000)) ms after kubectl apply"
+echo "Ready 3/3 $((($(date +%s%N) - applied) / 1000000)) ms after the declare"
 answers "During the TempFail incident, each MTA answers RCPT with"
-
-echo
-echo "\$ kubectl get mailinc -n mail -o wide"
-k -n mail get mailinc -o wide
-echo
-echo "\$ kubectl describe mailinc storage-outage -n mail   (status and events)"
-k -n mail describe mailinc storage-outage | sed -n '/^Status:/,$p'
+mi status storage-outage -n mail || die "status failed"
+mi extend storage-outage -n mail --by 6h || die "extend failed"
+mi history storage-outage -n mail || die "history failed"
+mi list -n mail -o wide || die "list failed"
 echo
 echo "\$ kubectl get configmaps -n mail -l mailops.dev/role=mode-document   (one mode document per MTA workload)"
 k -n mail get configmaps -l mailops.dev/role=mode-document
@@ -228,7 +242,7 @@ cat <<DONE
 
 The cluster, the node and the pods keep running. Try it:
   export KUBECONFIG=$kubeconfig PATH=$(dirname "$E2E_KUBECTL"):\$PATH
-  kubectl -n mail patch mailinc storage-outage --type merge -p '{"spec":{"resolved":true}}'
+  $plugin_bin resolve storage-outage -n mail --wait   # or: kubectl mail-incident, with it on the PATH
   kubectl -n mail get mailinc,pods
   swaks --server $postfix_ip --to user@e2e.test     # talk to Postfix by hand
 Container logs: /var/log/pods/. Stop everything: make cluster-down

@@ -61,11 +61,11 @@ impl fmt::Display for PluginError {
                 write!(f, "no MailIncident {name:?} in namespace {namespace}")?;
                 match elsewhere.as_slice() {
                     [] => write!(f, "; `kubectl mail-incident list -A` lists every incident"),
+                    [only] => write!(f, "; there is one in namespace {only}: add -n {only}"),
                     found => write!(
                         f,
-                        "; there is one in namespace {}: add -n {}",
-                        found.join(", "),
-                        found[0]
+                        "; there are ones in namespaces {}: add -n and one of them",
+                        found.join(", ")
                     ),
                 }
             }
