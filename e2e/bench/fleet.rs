@@ -1055,6 +1055,7 @@ async fn steady_state(client: &Client, namespace: &str, operator: &Operator) -> 
                 tokio::time::sleep_until(start + every * u32::try_from(i).expect("fits")).await;
                 let entry = AgentReport {
                     hash: hash.clone(),
+                    after: None,
                     queue: Some(QueueFigures {
                         messages: i as u64 + 1,
                         oldest_age_seconds: 600,

@@ -54,6 +54,7 @@ fn target(index: usize) -> Target {
         changed_by: None,
         drifts: vec![],
         departed_reports: vec![],
+        unreleased_pods: vec![],
         template_hash: None,
         source_incidents: vec![],
         report_exists: false,

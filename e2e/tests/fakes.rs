@@ -15,7 +15,7 @@ use kube::{
 };
 use mail_incident_operator::{
     api::mode_document::{
-        MODE_HASH_ANNOTATION, ROLE_DOCUMENT, ROLE_LABEL, WORKLOAD_ANNOTATION, report_name,
+        MODE_HASH_ANNOTATION, REPORT_SUFFIX, ROLE_LABEL, ROLE_REPORT, WORKLOAD_ANNOTATION,
     },
     controller::WRITE_CONCURRENCY,
 };
@@ -130,7 +130,8 @@ async fn play_kubelet(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
 
 /// Plays every agent of one namespace, fast: as soon as a mode document exists, each
 /// live pod of its workload reports the document's hash as applied, in the report object
-/// the controller created, as a real agent does once its MTA is reconfigured: once per
+/// the controller created, as a real agent does once its MTA is reconfigured; once the
+/// document is gone, that its release is over and its MTA back to normal: once per
 /// change, unless its report still lacks the entry a while after it was written (deleted
 /// and created again, say). Stops when dropped.
 pub struct FakeAgents(JoinHandle<()>);
@@ -196,16 +197,25 @@ async fn run_agents(client: Client, namespace: String) {
             }
         }
         let mut reports = Vec::new();
-        for document in config_maps_now.iter() {
-            if document.labels().get(ROLE_LABEL).map(String::as_str) != Some(ROLE_DOCUMENT) {
+        for report in config_maps_now.iter() {
+            if report.labels().get(ROLE_LABEL).map(String::as_str) != Some(ROLE_REPORT) {
                 continue;
             }
-            let annotations = document.annotations();
-            let (Some(hash), Some(workload)) = (
-                annotations.get(MODE_HASH_ANNOTATION),
-                annotations.get(WORKLOAD_ANNOTATION),
-            ) else {
+            let Some(workload) = report.annotations().get(WORKLOAD_ANNOTATION) else {
                 continue;
+            };
+            // While its document exists, the agents report its hash applied; once it is
+            // gone, that their release is over (a fake MTA holds no mail).
+            let report_name = report.name_any();
+            let document = report_name
+                .strip_suffix(REPORT_SUFFIX)
+                .and_then(|name| config_maps_by_name.get(name));
+            let entry = match document {
+                Some(document) => match document.annotations().get(MODE_HASH_ANNOTATION) {
+                    Some(hash) => json!({"hash": hash}).to_string(),
+                    None => continue,
+                },
+                None => json!({"hash": "", "after": "Normal"}).to_string(),
             };
             let label_selector = match workload.split_once('/') {
                 Some(("Deployment", name)) => deployments_by_name
@@ -227,13 +237,8 @@ async fn run_agents(client: Client, namespace: String) {
             let Ok(selector) = Selector::try_from(label_selector) else {
                 continue;
             };
-            let report_name = report_name(&document.name_any());
-            let Some(report) = config_maps_by_name.get(&report_name) else {
-                continue;
-            };
             let data = report.data.clone().unwrap_or_default();
             let report_uid = report.uid().unwrap_or_default();
-            let entry = json!({"hash": hash}).to_string();
             let echo_pending = |pod: &str| {
                 written
                     .get(&(report_name.clone(), pod.to_string()))

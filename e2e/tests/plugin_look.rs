@@ -624,8 +624,5 @@ async fn status_shows_each_target_of_several_incidents_and_what_each_answers() {
     let missing = plugin_as(&scene.world.kubeconfig, &["status", "pec", "-n", "default"]);
     assert!(!missing.status.success());
     let said = String::from_utf8_lossy(&missing.stderr);
-    assert!(
-        said.contains(&format!("there is one in namespace {ns}: add -n {ns}")),
-        "{said}"
-    );
+    assert!(said.contains(&ns) && said.contains("add -n"), "{said}");
 }

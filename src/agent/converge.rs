@@ -23,7 +23,7 @@ use super::{
     state::Held,
 };
 use crate::{
-    api::mode_document::{AgentReport, DriftReport, ModeDocument, QueueFigures},
+    api::mode_document::{AfterIncident, AgentReport, DriftReport, ModeDocument, QueueFigures},
     http::Readiness,
     metrics::AgentMetrics,
 };
@@ -359,13 +359,45 @@ impl Loop {
         } else {
             applied
         };
-        if let Some(held) = reported {
-            self.reports
-                .send_replace(held.hash().map(|hash| AgentReport {
-                    hash,
-                    queue: queue.clone(),
-                    drift: drift.clone(),
-                }));
+        let Some(held) = reported else {
+            return;
+        };
+        let entry = match held {
+            Held::Incident { .. } => AgentReport {
+                hash: held.hash().unwrap_or_default(),
+                after: None,
+                queue: queue.clone(),
+                drift: drift.clone(),
+            },
+            // What is left of the held mail, until it is delivered: the controller keeps
+            // the report for it, and `kubectl mail-incident resolve --wait` follows it.
+            Held::Releasing { .. } => AgentReport {
+                hash: String::new(),
+                after: Some(AfterIncident::Releasing),
+                queue: queue.clone(),
+                drift: drift.clone(),
+            },
+            Held::Normal => AgentReport {
+                hash: String::new(),
+                after: Some(AfterIncident::Normal),
+                queue: None,
+                drift: None,
+            },
+        };
+        // During an incident and its release every measurement sends the entry again (a
+        // write that met no report object is made again then). In normal service only a
+        // change is: with no report object to write to, one attempt is made, not one per
+        // measurement.
+        if entry.released() {
+            self.reports.send_if_modified(|current| {
+                let changed = current.as_ref() != Some(&entry);
+                if changed {
+                    *current = Some(entry);
+                }
+                changed
+            });
+        } else {
+            self.reports.send_replace(Some(entry));
         }
     }
 }
@@ -701,16 +733,29 @@ mod tests {
         agent
             .settles_on("Releasing", |h| matches!(h, Held::Releasing { .. }))
             .await;
-        // The MTA records the release before the loop hears that its apply ended.
-        eventually("left no incident to report", || {
-            agent.reports.borrow().is_none()
+        // The MTA records the release before the loop hears that its apply ended; the
+        // report says what is left of the held mail.
+        eventually("reporting the release with what is left", || {
+            agent.reports.borrow().as_ref().is_some_and(|r| {
+                r.hash.is_empty()
+                    && r.after == Some(AfterIncident::Releasing)
+                    && r.queue.as_ref().is_some_and(|q| q.messages == 2)
+            })
         })
         .await;
-        // The held mail is delivered: normal service.
+        // The held mail is delivered: normal service, and the report says so.
         *agent.mta.queue.lock().unwrap() = QueueFigures::default();
         agent
             .settles_on("Normal", |held| *held == Held::Normal)
             .await;
+        eventually("reporting normal service", || {
+            agent
+                .reports
+                .borrow()
+                .as_ref()
+                .is_some_and(AgentReport::released)
+        })
+        .await;
         let mut labels: Vec<String> = agent
             .mta
             .applied

@@ -142,6 +142,7 @@ mod tests {
     fn entry(hash: &str) -> Option<AgentReport> {
         Some(AgentReport {
             hash: hash.into(),
+            after: None,
             queue: None,
             drift: None,
         })

@@ -78,14 +78,37 @@ pub const RESTART_ENV_PREFIX: &str = "MAIL_INCIDENT_";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentReport {
-    /// Hash of the mode document the agent has applied.
+    /// Hash of the mode document the agent has applied; empty once the incident has
+    /// ended for it (see `after`).
     pub hash: String,
+    /// Where the MTA stands once its incident has ended: releasing the held mail (the
+    /// queue figures count what is left), then back to normal service. The controller
+    /// keeps the report until every pod's agent says Normal, so that the release can be
+    /// followed to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<AfterIncident>,
     /// The MTA's queue as last measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueFigures>,
     /// What the agent found changed in its MTA by another hand, if it ever did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftReport>,
+}
+
+/// Where an agent's MTA stands after its incident ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AfterIncident {
+    /// Delivering the mail the incident held.
+    Releasing,
+    /// The held mail is delivered: the MTA's own configuration again.
+    Normal,
+}
+
+impl AgentReport {
+    /// Whether this entry says its MTA is done with every incident: released, normal.
+    pub fn released(&self) -> bool {
+        self.hash.is_empty() && self.after == Some(AfterIncident::Normal)
+    }
 }
 
 /// What an agent found its MTA running that differed from the mode it had applied

@@ -26,7 +26,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::{
     Api, Client, Resource,
-    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy},
     core::Status,
 };
 use serde_json::{Value, json};
@@ -106,9 +106,13 @@ fn describe(namespace: &str, write: &Write) -> String {
             "write the mode document of {target} in {namespace} (ConfigMap {})",
             document_name(target.kind.as_str(), &target.name)
         ),
-        Write::DeleteDocument { target } => format!(
+        Write::DeleteDocument { target, .. } => format!(
             "delete the mode document of {target} in {namespace} (ConfigMap {})",
             document_name(target.kind.as_str(), &target.name)
+        ),
+        Write::DeleteReport { target } => format!(
+            "delete the report of {target} in {namespace} (ConfigMap {})",
+            report_name(&document_name(target.kind.as_str(), &target.name))
         ),
         Write::SetRestartEnv { target, .. } => {
             format!("apply the restart env vars of {target} in {namespace}")
@@ -152,8 +156,15 @@ async fn apply(
             .await;
             (target, result)
         }
-        Write::DeleteDocument { target } => {
-            let result = delete_document(&config_maps, &target, seen).await;
+        Write::DeleteDocument {
+            target,
+            keep_report,
+        } => {
+            let result = delete_document(&config_maps, &target, seen, keep_report).await;
+            (target, result)
+        }
+        Write::DeleteReport { target } => {
+            let result = delete_report(&config_maps, &target, seen).await;
             (target, result)
         }
         Write::SetRestartEnv {
@@ -201,7 +212,8 @@ fn is_stale(status: &Status) -> bool {
 pub fn write_target(write: &Write) -> &TargetRef {
     match write {
         Write::PutDocument { target, .. }
-        | Write::DeleteDocument { target }
+        | Write::DeleteDocument { target, .. }
+        | Write::DeleteReport { target }
         | Write::SetRestartEnv { target, .. }
         | Write::ClearRestartEnv { target }
         | Write::PruneReport { target, .. } => target,
@@ -365,6 +377,7 @@ async fn delete_document(
     api: &Api<CachedConfigMap>,
     target: &TargetRef,
     seen: Versions,
+    keep_report: bool,
 ) -> Result<Vec<Echo>, kube::Error> {
     let name = document_name(target.kind.as_str(), &target.name);
     let as_seen = DeleteParams {
@@ -372,11 +385,18 @@ async fn delete_document(
             resource_version: Some(resource_version),
             uid: None,
         }),
+        // A kept report is orphaned, not collected with the document: its agents report
+        // their release there until it is over.
+        propagation_policy: keep_report.then_some(PropagationPolicy::Orphan),
         ..DeleteParams::default()
     };
     let report = report_name(&name);
-    for (object, params) in [(&name, &as_seen), (&report, &DeleteParams::default())] {
-        match api.delete(object, params).await {
+    let mut deletions = vec![(&name, as_seen)];
+    if !keep_report {
+        deletions.push((&report, DeleteParams::default()));
+    }
+    for (object, params) in deletions {
+        match api.delete(object, &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => return Err(error),
@@ -388,10 +408,39 @@ async fn delete_document(
         before,
         after: None,
     };
-    Ok(vec![
-        deleted(name, seen.document),
-        deleted(report, seen.report),
-    ])
+    let mut echoes = vec![deleted(name, seen.document)];
+    if !keep_report {
+        echoes.push(deleted(report, seen.report));
+    }
+    Ok(echoes)
+}
+
+/// Deletes a target's report as it was seen: a report an agent wrote to since (a release
+/// not over after all) is kept, and looked at again.
+async fn delete_report(
+    api: &Api<CachedConfigMap>,
+    target: &TargetRef,
+    seen: Versions,
+) -> Result<Vec<Echo>, kube::Error> {
+    let report = report_name(&document_name(target.kind.as_str(), &target.name));
+    let as_seen = DeleteParams {
+        preconditions: seen.report.clone().map(|resource_version| Preconditions {
+            resource_version: Some(resource_version),
+            uid: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&report, &as_seen).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(error) => return Err(error),
+    }
+    Ok(vec![Echo {
+        kind: EchoKind::ConfigMap,
+        name: report,
+        before: seen.report,
+        after: None,
+    }])
 }
 
 fn restart_env_patch(

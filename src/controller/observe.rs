@@ -274,6 +274,12 @@ fn target(
             .unwrap_or_default(),
         changed_by: changed_by.map(String::from),
         drifts,
+        unreleased_pods: live_pods
+            .iter()
+            .zip(&reports)
+            .filter(|(_, report)| report.as_ref().is_some_and(|r| !r.released()))
+            .map(|(pod, _)| pod.clone())
+            .collect(),
         departed_reports: report
             .map(|r| {
                 r.reports

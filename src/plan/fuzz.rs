@@ -280,6 +280,7 @@ fn target() -> impl Strategy<Value = Target> {
                 changed_by: None,
                 drifts: vec![],
                 departed_reports: vec![],
+                unreleased_pods: vec![],
                 template_hash,
                 source_incidents,
                 report_exists,

@@ -73,7 +73,15 @@ pub enum Write {
         create_report: bool,
     },
     /// Remove the target's mode document: normal service.
-    DeleteDocument { target: TargetRef },
+    DeleteDocument {
+        target: TargetRef,
+        /// Keep its report (orphaned from the document) for the agents to say how their
+        /// release of the held mail goes, until every one says it is over.
+        keep_report: bool,
+    },
+    /// Remove the report of a target whose agents have all released their held mail and
+    /// returned to normal service (or that runs no pod to report).
+    DeleteReport { target: TargetRef },
     /// Set the mode as env vars on the MTA container's pod template (restart delivery).
     SetRestartEnv {
         target: TargetRef,
@@ -351,6 +359,7 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
             .iter()
             .map(|target| Write::DeleteDocument {
                 target: target.clone(),
+                keep_report: false,
             }),
     );
 
@@ -797,7 +806,8 @@ fn deliver(
                     by: None,
                 });
             }
-            let create_report = !target.report_exists || report_lost_owner;
+            // A report left from an earlier incident's release is owned again.
+            let create_report = !target.report_exists || !target.report_owned;
             let put = (stale || create_report).then_some(Write::PutDocument {
                 target: target_ref,
                 document,
@@ -882,14 +892,22 @@ fn restore_normal(target: &Target) -> Vec<Write> {
         .collect()
 }
 
-/// Removes the target's mode document, if it has one.
+/// Removes the target's mode document, if it has one, keeping its report for the agents
+/// to report their release; then, once every live pod's agent says its release is over
+/// (or none runs), the report.
 fn clear_document(target: &Target) -> Option<Write> {
-    target
-        .document_hash
-        .as_ref()
-        .map(|_| Write::DeleteDocument {
+    if target.document_hash.is_some() {
+        Some(Write::DeleteDocument {
+            target: target.target.clone(),
+            keep_report: target.report_exists,
+        })
+    } else if target.report_exists && target.unreleased_pods.is_empty() {
+        Some(Write::DeleteReport {
             target: target.target.clone(),
         })
+    } else {
+        None
+    }
 }
 
 /// Removes our env vars from the target's pod template, if it carries them and the

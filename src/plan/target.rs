@@ -119,6 +119,10 @@ pub struct Target {
     pub drifts: Vec<(String, DriftReport)>,
     /// Report entries of pods that no longer exist, terminating or not.
     pub departed_reports: Vec<String>,
+    /// Live pods whose agents have not yet said, in the report, that their incident is
+    /// over for them and its held mail delivered (entries of pods that never reported
+    /// are not counted).
+    pub unreleased_pods: Vec<String>,
     /// Hash our env vars carry on its pod template (restart channel), if any.
     pub template_hash: Option<String>,
     /// The incidents named on its stored document or pod template: whose modes it runs.

@@ -46,6 +46,7 @@ fn target(kind: WorkloadKind, name: &str, labels: &[(&str, &str)]) -> Target {
         changed_by: None,
         drifts: vec![],
         departed_reports: vec![],
+        unreleased_pods: vec![],
         template_hash: None,
         source_incidents: vec![],
         report_exists: false,
@@ -177,15 +178,22 @@ impl World {
                 self.targets[i].report_exists = true;
                 self.targets[i].report_owned = true;
             }
-            Write::DeleteDocument { target } => {
+            Write::DeleteDocument {
+                target,
+                keep_report,
+            } => {
                 let i = find(&mut self.targets, target);
                 self.documents.remove(&target.name);
                 self.targets[i].document_hash = None;
                 self.targets[i].document_mismatch = None;
                 self.targets[i].document_owners.clear();
                 self.targets[i].source_incidents.clear();
-                self.targets[i].report_exists = false;
+                self.targets[i].report_exists &= *keep_report;
                 self.targets[i].report_owned = false;
+            }
+            Write::DeleteReport { target } => {
+                let i = find(&mut self.targets, target);
+                self.targets[i].report_exists = false;
             }
             Write::SetRestartEnv {
                 target, document, ..
@@ -555,7 +563,8 @@ fn leftovers_no_incident_accounts_for_are_restored() {
                 target: TargetRef {
                     kind: WorkloadKind::Deployment,
                     name: "postfix-a".into()
-                }
+                },
+                keep_report: false,
             },
             Write::ClearRestartEnv {
                 target: TargetRef {
@@ -579,10 +588,10 @@ fn documents_of_workloads_that_are_gone_are_deleted() {
         orphaned_documents: std::slice::from_ref(&gone),
         now: at(0),
     });
-    assert!(
-        plan.writes
-            .contains(&Write::DeleteDocument { target: gone })
-    );
+    assert!(plan.writes.contains(&Write::DeleteDocument {
+        target: gone,
+        keep_report: false
+    }));
     for text in ["", "Deployment/", "Pod/x", "deployment/x", "x"] {
         assert_eq!(TargetRef::parse(text), None, "{text:?}");
     }
@@ -1538,4 +1547,46 @@ fn a_scheduled_incident_resolved_or_deleted_before_its_start_leaves_no_trace() {
             "{end}"
         );
     }
+}
+
+#[test]
+fn a_report_outlives_its_document_until_every_agent_has_released_its_held_mail() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    assert!(world.target("exim").report_exists);
+    let mut resolved = world.incident("outage").clone();
+    resolved.spec.resolved = true;
+    resolved.metadata.generation = Some(2);
+    world.replace(resolved);
+    // Exim's agent is still releasing: the document goes, its report stays, unowned.
+    world.targets[2].unreleased_pods = vec!["exim-0".into()];
+    let plan = world.plan(at(1));
+    assert!(plan.writes.contains(&Write::DeleteDocument {
+        target: world.targets[2].target.clone(),
+        keep_report: true
+    }));
+    world.settle(at(1), true);
+    assert!(world.target("exim").document_hash.is_none());
+    assert!(world.target("exim").report_exists, "kept for the release");
+    assert!(
+        !world.target("postfix-a").report_exists,
+        "released: deleted"
+    );
+    assert_eq!(world.condition("outage", "Ready").reason, "Resolved");
+    // Released: the report goes.
+    world.targets[2].unreleased_pods.clear();
+    let plan = world.settle(at(2), true);
+    assert!(plan.writes.is_empty());
+    assert!(!world.target("exim").report_exists);
+    // A new incident while a report is left unowned owns it again.
+    let mut targets = fleet();
+    targets[0].report_exists = true;
+    targets[0].unreleased_pods = vec!["postfix-a-1".into()];
+    let world = World::new(world.incidents.clone(), targets);
+    let mut next = incident("next", 5, 1, TEMP_FAIL);
+    next.status = world.incidents[0].status.clone();
+    let world = World::new(vec![next], world.targets.clone());
+    let plan = world.plan(at(3));
+    assert!(plan.writes.iter().any(|w| matches!(w,
+        Write::PutDocument { target, create_report: true, .. } if target.name == "postfix-a")));
 }

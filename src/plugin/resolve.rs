@@ -51,9 +51,8 @@ pub async fn run(connection: &ConnectionArgs, args: &ResolveArgs) -> Result<(), 
     let cluster = Connection::open(connection).await?;
     let incident = fetch_incident(&cluster, &args.name).await?;
     // Only --wait reads workloads and reports (a user allowed to resolve may not be
-    // allowed those); before resolving, as the controller removes the reports with the
-    // mode documents.
-    let (targets, mut last_seen) = if args.wait {
+    // allowed those); before resolving, to know how much mail is held.
+    let (targets, held_before) = if args.wait {
         let targets = matched_targets(&cluster, &incident).await?;
         let held = held_mail(&cluster, &targets).await?;
         (targets, held)
@@ -86,7 +85,7 @@ pub async fn run(connection: &ConnectionArgs, args: &ResolveArgs) -> Result<(), 
     if !args.wait {
         return Ok(());
     }
-    let mut peaks: BTreeMap<String, u64> = last_seen
+    let mut peaks: BTreeMap<String, u64> = held_before
         .iter()
         .filter_map(|(t, h)| h.map(|h| (t.clone(), h)))
         .collect();
@@ -102,35 +101,23 @@ pub async fn run(connection: &ConnectionArgs, args: &ResolveArgs) -> Result<(), 
                 if let Some(held) = held {
                     let peak = peaks.entry(target.clone()).or_default();
                     *peak = (*peak).max(*held);
-                    last_seen.insert(target.clone(), Some(*held));
                 }
             }
             Ok(release_look(current_ready(incident), &now, &peaks))
         },
     )
     .await?;
-    let unseen: Vec<String> = last_seen
-        .iter()
-        .filter_map(|(t, held)| match held {
-            Some(n) if *n > 0 => Some(format!("{t} ({n} message(s) when last reported)")),
-            _ => None,
-        })
-        .collect();
-    if unseen.is_empty() {
-        let done = format!(
-            "MailIncident {:?}: every target is back to normal service and no held mail is reported.",
-            args.name
-        );
-        if matches!(output, Format::Table | Format::Wide) {
-            println!("{done}");
-        } else {
-            eprintln!("{done}");
-        }
+    // The controller keeps a target's report until each of its agents says its release
+    // is over: a report seen with held mail and gone since was released to the end.
+    let released: u64 = peaks.values().sum();
+    let done = format!(
+        "MailIncident {:?}: every target is back to normal service, and the {released} held message(s) reported were delivered.",
+        args.name
+    );
+    if matches!(output, Format::Table | Format::Wide) {
+        println!("{done}");
     } else {
-        eprintln!(
-            "warning: held mail of {} can no longer be followed: the controller removed its report with the mode document; the agents deliver it before restoring the MTA configuration",
-            unseen.join(", ")
-        );
+        eprintln!("{done}");
     }
     Ok(())
 }

@@ -817,6 +817,7 @@ mod tests {
     fn entry(hash: &str, messages: u64, oldest: u64, drifting: bool) -> String {
         serde_json::to_string(&AgentReport {
             hash: hash.into(),
+            after: None,
             queue: Some(QueueFigures {
                 messages,
                 by_queue: BTreeMap::new(),
