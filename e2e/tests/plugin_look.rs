@@ -9,9 +9,9 @@
 
 use crate::{
     fakes::{FakeAgents, FakeKubelet},
-    mta::{AgentProcess, maildir_count, mta_with_agent_rbac, run},
+    mta::{maildir_count, run},
     plugin::{PLUGIN, plugin_as, plugin_ok},
-    postfix::PostfixInstance,
+    postfix::PostfixWithAgent,
     support::{Mta, Queue, apply_incident, ready_because, summary, wait_for},
     world::Scene,
 };
@@ -147,9 +147,8 @@ fn status_json(scene: &Scene, name: &str) -> serde_json::Value {
 async fn status_history_and_the_terminal_through_a_hold_and_its_release() {
     let scene = Scene::start("pl-look").await;
     let ns = scene.ns.name.clone();
-    let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &ns).await;
-    let postfix = PostfixInstance::start(&format!("pl-{ns}"));
-    let _agent = AgentProcess::start(scene.world, &ns, &pod, &postfix.agent_args()).await;
+    let mta = PostfixWithAgent::start(&scene, "pl").await;
+    let postfix = &mta.postfix;
     let store = postfix.mailbox().parent().unwrap().to_path_buf();
 
     // The store breaks; the incident holds the mail.

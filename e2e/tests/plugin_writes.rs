@@ -4,9 +4,9 @@
 
 use crate::{
     fakes::{FakeAgents, FakeKubelet},
-    mta::{AgentProcess, maildir_count, mta_with_agent_rbac, run},
+    mta::{maildir_count, run},
     plugin::{PLUGIN, plugin_as, plugin_ok},
-    postfix::PostfixInstance,
+    postfix::PostfixWithAgent,
     support::{Mta, eventually_within, observed, ready_because, summary, wait_for},
     world::{Scene, World, service_account_kubeconfig},
 };
@@ -65,13 +65,11 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
     let Scene {
         world,
         ns,
-        client,
         incidents,
         ..
     } = &scene;
-    let (_kubelet, pod) = mta_with_agent_rbac(world, client, &ns.name).await;
-    let postfix = PostfixInstance::start(&format!("pw-declare-{}", ns.name));
-    let _agent = AgentProcess::start(world, &ns.name, &pod, &postfix.agent_args()).await;
+    let mta = PostfixWithAgent::start(&scene, "pw-declare").await;
+    let postfix = &mta.postfix;
     let n = ns.name.as_str();
     let declare = [
         "declare",
@@ -343,13 +341,11 @@ async fn resolve_wait_follows_the_release_of_held_mail() {
     let Scene {
         world,
         ns,
-        client,
         incidents,
         ..
     } = &scene;
-    let (_kubelet, pod) = mta_with_agent_rbac(world, client, &ns.name).await;
-    let postfix = PostfixInstance::start(&format!("pw-resolve-{}", ns.name));
-    let _agent = AgentProcess::start(world, &ns.name, &pod, &postfix.agent_args()).await;
+    let mta = PostfixWithAgent::start(&scene, "pw-resolve").await;
+    let postfix = &mta.postfix;
     let n = ns.name.as_str();
     let mailbox = postfix.mailbox();
     let store = mailbox.parent().unwrap().to_path_buf();

@@ -178,6 +178,29 @@ impl Drop for PostfixInstance {
     }
 }
 
+/// The example Postfix workload in a scene's namespace (with a kubelet stand-in), a real
+/// instance named `PREFIX-<namespace>`, and its agent: what a test of a whole switch, from
+/// the API to the wire, starts from. Stopped when dropped, the agent first.
+pub struct PostfixWithAgent {
+    _agent: AgentProcess,
+    pub postfix: PostfixInstance,
+    _kubelet: crate::fakes::FakeKubelet,
+}
+
+impl PostfixWithAgent {
+    pub async fn start(scene: &Scene, prefix: &str) -> Self {
+        let namespace = &scene.ns.name;
+        let (kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, namespace).await;
+        let postfix = PostfixInstance::start(&format!("{prefix}-{namespace}"));
+        let agent = AgentProcess::start(scene.world, namespace, &pod, &postfix.agent_args()).await;
+        Self {
+            _agent: agent,
+            postfix,
+            _kubelet: kubelet,
+        }
+    }
+}
+
 fn document(mode: Mode, code: u16, enhanced: &str, text: &str) -> ModeDocument {
     ModeDocument {
         api_version: MODE_DOCUMENT_VERSION.into(),

@@ -5,8 +5,8 @@
 
 use crate::{
     fakes::{FakeAgents, FakeKubelet},
-    mta::{AgentProcess, SmtpSession, mta_with_agent_rbac},
-    postfix::PostfixInstance,
+    mta::SmtpSession,
+    postfix::PostfixWithAgent,
     support::{Mta, apply_incident, ready_because, status, wait_for},
     world::{Operator, Scene},
 };
@@ -55,9 +55,8 @@ async fn a_scheduled_window_changes_the_rcpt_answer_at_its_start_and_not_before(
         incidents,
         ..
     } = &scene;
-    let (_kubelet, pod) = mta_with_agent_rbac(world, client, &ns.name).await;
-    let postfix = PostfixInstance::start(&format!("window-{}", ns.name));
-    let _agent = AgentProcess::start(world, &ns.name, &pod, &postfix.agent_args()).await;
+    let mta = PostfixWithAgent::start(&scene, "window").await;
+    let postfix = &mta.postfix;
     let (starts_at, start) = start_in(Duration::from_secs(8));
     apply_incident(
         world,
