@@ -7,7 +7,8 @@ use super::{
     Connection, ConnectionArgs, FIELD_MANAGER, Format, OutputArgs, PluginError, Table,
     output::print_objects,
     write_common::{
-        Look, bar, check_spec, current_ready, follow, one_namespace, parse_span, parse_time,
+        Look, MatchedWorkload, bar, check_spec, current_ready, follow, matched_workloads,
+        one_namespace, parse_span, parse_time,
     },
 };
 use crate::api::{
@@ -18,18 +19,12 @@ use crate::api::{
     validation::{Reply, ValidIncident},
 };
 use k8s_openapi::{
-    api::{
-        apps::v1::{Deployment, StatefulSet},
-        core::v1::ConfigMap,
-    },
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::Timestamp,
+    api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
 };
-use std::collections::BTreeMap;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -397,39 +392,16 @@ async fn selected_workloads(
     mta: Option<MtaKind>,
 ) -> Result<Vec<SelectedWorkload>, PluginError> {
     let ns = cluster.namespace.as_str();
-    let selected = ListParams::default().labels_from(&valid.selector);
-    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
-    let stateful_sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), ns);
-    let mut found: Vec<(&str, String, BTreeMap<String, String>, i32)> = vec![];
-    for d in deployments
-        .list(&selected)
-        .await
-        .map_err(|e| PluginError::from_api(e, "list", "deployments.apps", Some(ns)))?
-    {
-        let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        found.push((
-            "Deployment",
-            d.name_any(),
-            d.annotations().clone(),
-            replicas,
-        ));
-    }
-    for s in stateful_sets
-        .list(&selected)
-        .await
-        .map_err(|e| PluginError::from_api(e, "list", "statefulsets.apps", Some(ns)))?
-    {
-        let replicas = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        found.push((
-            "StatefulSet",
-            s.name_any(),
-            s.annotations().clone(),
-            replicas,
-        ));
-    }
+    let found = matched_workloads(cluster, &valid.selector).await?;
     let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), ns);
     let mut workloads = vec![];
-    for (kind, name, annotations, replicas) in found {
+    for MatchedWorkload {
+        kind,
+        name,
+        annotations,
+        replicas,
+    } in found
+    {
         let annotated = annotations.get(MTA_ANNOTATION).and_then(|m| mta_named(m));
         let report = config_maps
             .get_opt(&report_name(&document_name(kind, &name)))

@@ -6,17 +6,16 @@
 
 use super::{
     Connection, ConnectionArgs, OutputArgs, PluginError,
-    write_common::{check_spec, fetch_incident, merge_spec, one_namespace, print_written},
+    write_common::{
+        check_spec, fetch_incident, matched_workloads, merge_spec, one_namespace, print_written,
+    },
 };
 use crate::api::{
     HardRejectSettings, MailIncidentSpec, Mode,
     validation::{Reply, selector_of},
 };
-use k8s_openapi::{
-    api::apps::v1::{Deployment, StatefulSet},
-    jiff::Timestamp,
-};
-use kube::{Api, ResourceExt, api::ListParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use std::io::{BufRead, IsTerminal, Write};
 
 #[derive(clap::Args, Debug)]
@@ -220,27 +219,8 @@ async fn selected_mtas(
     spec: &MailIncidentSpec,
 ) -> Result<(usize, i64), PluginError> {
     let selector = selector_of(&spec.targets).map_err(|e| PluginError::Invalid(vec![e]))?;
-    let selected = ListParams::default().labels_from(&selector);
-    let ns = cluster.namespace.as_str();
-    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
-    let stateful_sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), ns);
-    let mut replicas: Vec<i32> = deployments
-        .list(&selected)
-        .await
-        .map_err(|e| PluginError::from_api(e, "list", "deployments.apps", Some(ns)))?
-        .items
-        .iter()
-        .map(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
-        .collect();
-    replicas.extend(
-        stateful_sets
-            .list(&selected)
-            .await
-            .map_err(|e| PluginError::from_api(e, "list", "statefulsets.apps", Some(ns)))?
-            .items
-            .iter()
-            .map(|s| s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)),
-    );
+    let workloads = matched_workloads(cluster, &selector).await?;
+    let replicas: Vec<i32> = workloads.iter().map(|w| w.replicas).collect();
     Ok((replicas.len(), replicas.iter().map(|r| i64::from(*r)).sum()))
 }
 

@@ -6,8 +6,8 @@
 use super::{
     Connection, ConnectionArgs, Format, OutputArgs, PluginError,
     write_common::{
-        Look, bar, current_ready, fetch_incident, follow, merge_spec, one_namespace, parse_span,
-        print_written,
+        Look, bar, current_ready, fetch_incident, follow, matched_workloads, merge_spec,
+        one_namespace, parse_span, print_written,
     },
 };
 use crate::api::{
@@ -15,14 +15,8 @@ use crate::api::{
     mode_document::{AgentReport, document_name, report_name},
     validation::selector_of,
 };
-use k8s_openapi::{
-    api::{
-        apps::v1::{Deployment, StatefulSet},
-        core::v1::ConfigMap,
-    },
-    apimachinery::pkg::apis::meta::v1::Condition,
-};
-use kube::{Api, ResourceExt, api::ListParams};
+use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::Condition};
+use kube::{Api, ResourceExt};
 use std::collections::BTreeMap;
 
 #[derive(clap::Args, Debug)]
@@ -132,28 +126,11 @@ async fn matched_targets(
     let Ok(selector) = selector_of(&incident.spec.targets) else {
         return Ok(vec![]);
     };
-    let selected = ListParams::default().labels_from(&selector);
-    let ns = cluster.namespace.as_str();
-    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
-    let stateful_sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), ns);
-    let mut targets: Vec<(&'static str, String)> = deployments
-        .list(&selected)
-        .await
-        .map_err(|e| PluginError::from_api(e, "list", "deployments.apps", Some(ns)))?
-        .items
-        .iter()
-        .map(|d| ("Deployment", d.name_any()))
-        .collect();
-    targets.extend(
-        stateful_sets
-            .list(&selected)
-            .await
-            .map_err(|e| PluginError::from_api(e, "list", "statefulsets.apps", Some(ns)))?
-            .items
-            .iter()
-            .map(|s| ("StatefulSet", s.name_any())),
-    );
-    Ok(targets)
+    Ok(matched_workloads(cluster, &selector)
+        .await?
+        .into_iter()
+        .map(|w| (w.kind, w.name))
+        .collect())
 }
 
 /// Messages queued per target (`Kind/name`), summed over its pods' report entries;

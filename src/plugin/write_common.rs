@@ -271,6 +271,56 @@ pub fn bar(done: u64, total: u64, width: usize) -> String {
     format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
 }
 
+/// A Deployment or StatefulSet a selector matches: kind, name, annotations and desired
+/// replicas.
+pub struct MatchedWorkload {
+    pub kind: &'static str,
+    pub name: String,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    pub replicas: i32,
+}
+
+/// The Deployments and StatefulSets of the connection's namespace that `selector` matches.
+pub async fn matched_workloads(
+    cluster: &Connection,
+    selector: &kube::core::Selector,
+) -> Result<Vec<MatchedWorkload>, PluginError> {
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use kube::ResourceExt;
+    let selected = ListParams::default().labels_from(selector);
+    let ns = cluster.namespace.as_str();
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), ns);
+    let mut workloads: Vec<MatchedWorkload> = deployments
+        .list(&selected)
+        .await
+        .map_err(|e| PluginError::from_api(e, "list", "deployments.apps", Some(ns)))?
+        .items
+        .iter()
+        .map(|d| MatchedWorkload {
+            kind: "Deployment",
+            name: d.name_any(),
+            annotations: d.annotations().clone(),
+            replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        })
+        .collect();
+    workloads.extend(
+        stateful_sets
+            .list(&selected)
+            .await
+            .map_err(|e| PluginError::from_api(e, "list", "statefulsets.apps", Some(ns)))?
+            .items
+            .iter()
+            .map(|s| MatchedWorkload {
+                kind: "StatefulSet",
+                name: s.name_any(),
+                annotations: s.annotations().clone(),
+                replicas: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            }),
+    );
+    Ok(workloads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
