@@ -587,18 +587,27 @@ async fn an_agent_killed_mid_incident_and_mid_release_is_restarted_and_no_messag
         );
     }
 
-    // Mid-release: killed as soon as its saved state says Releasing.
+    // Mid-release: every agent killed as soon as both saved states say Releasing (one
+    // agent's restart takes long enough for the other MTA to finish its release).
     node.world
         .kubectl_ok(&["delete", "mailincident", "-n", &ns.name, "outage"]);
-    for mta in &mtas {
-        eventually_within(CONVERGE, &format!("{}: releasing", mta.label), || async {
-            std::fs::read_to_string(&mta.state_file)
-                .ok()
-                .filter(|state| state.contains("Releasing"))
-                .map(|_| ())
-        })
-        .await;
-        let before = kill_agent(&client, &ns.name, mta).await;
+    eventually_within(CONVERGE, "both MTAs releasing", || async {
+        mtas.iter()
+            .all(|mta| {
+                std::fs::read_to_string(&mta.state_file)
+                    .is_ok_and(|state| state.contains("Releasing"))
+            })
+            .then_some(())
+    })
+    .await;
+    let killed: Vec<_> = {
+        let mut killed = Vec::new();
+        for mta in &mtas {
+            killed.push(kill_agent(&client, &ns.name, mta).await);
+        }
+        killed
+    };
+    for (mta, before) in mtas.iter().zip(killed) {
         agent_restarted(&client, &ns.name, mta, before).await;
     }
     delivered_and_back_to_baseline(&client, &ns.name, &mtas, &baselines).await;
