@@ -3,7 +3,11 @@
 //! contract between the two halves, so it lives here, with a content hash both sides use
 //! to say which version they mean.
 
-use super::{Mode, MtaKind, scope::DomainPattern, validation::Reply};
+use super::{
+    Mode, MtaKind,
+    scope::{self, DomainPattern},
+    validation::Reply,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -215,11 +219,11 @@ impl Rule {
         match (&self.recipient_domains, domain) {
             (None, _) => true,
             (Some(_), None) => false,
-            (Some(_), Some(domain)) => self
-                .scope()
-                .unwrap_or_default()
+            // Asked at every RCPT: the checked entries are matched as written, no
+            // scope is built.
+            (Some(domains), Some(domain)) => domains
                 .iter()
-                .any(|pattern| pattern.covers(domain)),
+                .any(|entry| scope::entry_covers(entry, domain)),
         }
     }
 }

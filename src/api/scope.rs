@@ -38,9 +38,7 @@ impl DomainPattern {
     pub fn covers(&self, domain: &str) -> bool {
         match self {
             Self::Exact(exact) => domain == exact,
-            Self::Subdomains(parent) => domain
-                .strip_suffix(parent.as_str())
-                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+            Self::Subdomains(parent) => is_subdomain(domain, parent),
         }
     }
 
@@ -63,6 +61,23 @@ impl fmt::Display for DomainPattern {
             Self::Subdomains(parent) => write!(f, "*.{parent}"),
         }
     }
+}
+
+/// Whether the entry `pattern`, as written and already checked (`example.com` or
+/// `*.example.com`), covers `domain`: what [`DomainPattern::covers`] says, without
+/// building the pattern, for matching every RCPT against a scope of up to 1000 entries.
+pub fn entry_covers(pattern: &str, domain: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(parent) => is_subdomain(domain, parent),
+        None => domain == pattern,
+    }
+}
+
+/// Whether `domain` lies below `parent` (at a label boundary, not `parent` itself).
+fn is_subdomain(domain: &str, parent: &str) -> bool {
+    domain
+        .strip_suffix(parent)
+        .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
 }
 
 /// Why `name` is not a lower-case DNS name, if it is not.
@@ -108,6 +123,20 @@ mod tests {
         assert!(below.covers("pec.example.it") && below.covers("a.b.example.it"));
         assert!(!below.covers("example.it"), "not the parent itself");
         assert!(!below.covers("badexample.it"), "only at a label boundary");
+        for domain in [
+            "pec.example.it",
+            "x.pec.example.it",
+            "example.it",
+            "badexample.it",
+        ] {
+            for pattern in [&exact, &below] {
+                assert_eq!(
+                    entry_covers(&pattern.to_string(), domain),
+                    pattern.covers(domain),
+                    "{pattern} {domain}"
+                );
+            }
+        }
         assert!(below.includes(&exact));
         assert!(!exact.includes(&below));
         assert!(below.includes(&DomainPattern::parse("*.pec.example.it").unwrap()));
