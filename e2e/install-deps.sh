@@ -15,6 +15,7 @@ packages=(
   postfix                               # a real MTA the agent's rendering is proven on
   swaks                                 # to talk SMTP to it by hand after `make demo`
   tmux                                  # the plugin tests look at its output in a terminal
+  zsh fish                              # the plugin's completion is tried in each shell it ships for
   libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 libpcre2-8-0 perl
                                         # what Exim's binary links against (see below)
   curl ca-certificates

@@ -19,4 +19,5 @@ mod plugin_writes;
 mod postfix;
 mod schedule;
 mod support;
+mod terminal;
 mod world;

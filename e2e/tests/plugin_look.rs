@@ -4,8 +4,9 @@
 //! is broken; `status` shows the mode, the pod applied and the queue, in a table (also
 //! inside tmux, aligned and coloured, and `--watch` redrawn in place) and in JSON; after
 //! the resolve it shows the release and normal service; `history` the transitions and
-//! events in order. Completion scripts are sourced in bash, and the kubectl completion
-//! shim answers subcommands and incident names from the API.
+//! events in order. Tab completes in bash, zsh and fish with the scripts the plugin
+//! prints, and the kubectl completion shim answers subcommands and incident names from
+//! the API.
 
 use crate::{
     fakes::{FakeAgents, FakeKubelet},
@@ -13,6 +14,7 @@ use crate::{
     plugin::{PLUGIN, plugin_as, plugin_ok},
     postfix::PostfixWithAgent,
     support::{Mta, Queue, apply_incident, ready_because, summary, wait_for},
+    terminal::Tmux,
     world::Scene,
 };
 use k8s_openapi::jiff::Timestamp;
@@ -22,94 +24,6 @@ use std::{
     process::Command,
     time::{Duration, Instant},
 };
-
-/// A private tmux server (its own socket), killed when dropped so that no tmux process
-/// outlives the test.
-struct Tmux {
-    socket: String,
-    /// The server's socket file, which `kill-server` leaves behind.
-    socket_path: std::path::PathBuf,
-}
-
-impl Tmux {
-    /// A 200x50 session running a shell whose PATH finds the plugin.
-    fn start(name: &str) -> Self {
-        let found = Command::new("tmux").arg("-V").output();
-        assert!(
-            found.is_ok_and(|o| o.status.success()),
-            "tmux is missing: install it with `apt-get install tmux` (e2e/install-deps.sh does)"
-        );
-        let mut tmux = Self {
-            socket: format!("pl-{name}-{}", std::process::id()),
-            socket_path: Default::default(),
-        };
-        let plugin_dir = Path::new(PLUGIN).parent().unwrap();
-        let path = format!(
-            "{}:{}",
-            plugin_dir.display(),
-            std::env::var("PATH").unwrap()
-        );
-        // The server, started by this first command, gives its environment to the shell.
-        run(Command::new("tmux")
-            .args(["-L", &tmux.socket, "-f", "/dev/null"])
-            .args(["new-session", "-d", "-x", "200", "-y", "50", "sh"])
-            .env("PATH", path)
-            .env("PS1", "$ "));
-        tmux.socket_path = tmux
-            .run(&["display-message", "-p", "#{socket_path}"])
-            .trim()
-            .into();
-        tmux
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        run(Command::new("tmux").args(["-L", &self.socket]).args(args))
-    }
-
-    /// Types `line` and Enter.
-    fn type_line(&self, line: &str) {
-        self.run(&["send-keys", "-t", "0", "-l", line]);
-        self.run(&["send-keys", "-t", "0", "Enter"]);
-    }
-
-    /// The screen as a person sees it (with `-e`, its colours as escape codes).
-    fn screen(&self, colours: bool) -> String {
-        let mut args = vec!["capture-pane", "-p", "-t", "0"];
-        if colours {
-            args.push("-e");
-        }
-        self.run(&args)
-    }
-
-    /// Whether the terminal's cursor is shown.
-    fn cursor_shown(&self) -> bool {
-        self.run(&["display-message", "-p", "-t", "0", "#{cursor_flag}"])
-            .trim()
-            == "1"
-    }
-
-    /// Waits until the screen satisfies `done`; the screen.
-    fn wait_for_screen(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let screen = self.screen(false);
-            if done(&screen) {
-                return screen;
-            }
-            assert!(Instant::now() < deadline, "{what} never shown:\n{screen}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
-        let _ = std::fs::remove_file(&self.socket_path);
-    }
-}
 
 /// Asserts that every cell of `row` starts at the column of its header (`header` is the
 /// table's header line): the table is aligned as kubectl aligns its own.
@@ -132,6 +46,21 @@ fn assert_aligned(header: &str, row: &str) {
         from = at + cell.len();
     }
     assert_eq!(row_starts, starts, "columns misaligned:\n{header}\n{row}");
+}
+
+/// Asserts that a `--watch` frame on a 10-row screen starts at the top with the first
+/// incident's line, shows 9 rows at most (the last saying what is left out) and that its
+/// wide lines were cut at the edge.
+fn assert_cut_to_the_screen(screen: &str) {
+    let lines: Vec<&str> = screen.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines[0].starts_with("Incident "), "{screen}");
+    assert!(lines.len() <= 9, "{screen}");
+    assert!(
+        lines.last().unwrap().contains("more line(s) below"),
+        "{screen}"
+    );
+    assert_eq!(screen.matches("WORKLOAD ").count(), 1, "{screen}");
+    assert!(lines.iter().any(|l| l.ends_with('…')), "{screen}");
 }
 
 /// The status of `name` in JSON, as the plugin prints it.
@@ -246,14 +175,16 @@ async fn status_history_and_the_terminal_through_a_hold_and_its_release() {
     assert_eq!(completed, "outage\n:4\n");
 
     // In a terminal: the table aligned and coloured, then --watch redrawn in place.
-    let tmux = Tmux::start("look");
+    let tmux = Tmux::shell("look", (200, 50));
     let kubeconfig = scene.world.kubeconfig.display().to_string();
     tmux.type_line(&format!(
         "kubectl-mail_incident --kubeconfig {kubeconfig} -n {ns} status outage"
     ));
-    let screen = tmux.wait_for_screen("the status table", |s| {
-        s.contains("Problems") || s.contains("Reconciling")
-    });
+    let screen = tmux
+        .wait_for_screen("the status table", |s| {
+            s.contains("Problems") || s.contains("Reconciling")
+        })
+        .await;
     let screen_lines: Vec<&str> = screen.lines().collect();
     let header = screen_lines
         .iter()
@@ -271,7 +202,8 @@ async fn status_history_and_the_terminal_through_a_hold_and_its_release() {
     tmux.type_line(&format!(
         "kubectl-mail_incident --kubeconfig {kubeconfig} -n {ns} status outage | cat"
     ));
-    tmux.wait_for_screen("the piped status", |s| s.contains("Stalled"));
+    tmux.wait_for_screen("the piped status", |s| s.contains("Stalled"))
+        .await;
     let piped = tmux.screen(true);
     assert!(
         !piped.contains("\x1b[32m"),
@@ -281,7 +213,8 @@ async fn status_history_and_the_terminal_through_a_hold_and_its_release() {
     tmux.type_line(&format!(
         "kubectl-mail_incident --kubeconfig {kubeconfig} -n {ns} status outage --watch"
     ));
-    tmux.wait_for_screen("the watch", |s| s.contains("holding"));
+    tmux.wait_for_screen("the watch", |s| s.contains("holding"))
+        .await;
     assert!(
         !tmux.cursor_shown(),
         "the cursor is hidden while frames are redrawn"
@@ -310,9 +243,11 @@ async fn status_history_and_the_terminal_through_a_hold_and_its_release() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("releasing seen in status during the release: {releasing_seen:?}");
-    let watched = tmux.wait_for_screen("the watch redrawn as normal", |s| {
-        s.contains(" normal") && s.contains("Normal")
-    });
+    let watched = tmux
+        .wait_for_screen("the watch redrawn as normal", |s| {
+            s.contains(" normal") && s.contains("Normal")
+        })
+        .await;
     eprintln!("--- tmux, status outage --watch after the resolve:\n{watched}");
     assert_eq!(
         watched.matches("WORKLOAD ").count(),
@@ -321,10 +256,12 @@ async fn status_history_and_the_terminal_through_a_hold_and_its_release() {
     );
     assert_eq!(watched.matches("Incident ").count(), 1, "{watched}");
     assert!(!watched.contains("holding"), "{watched}");
-    tmux.run(&["send-keys", "-t", "0", "C-c"]);
-    let after = tmux.wait_for_screen("the prompt after the watch", |s| {
-        s.trim_end().ends_with(['$', '#'])
-    });
+    tmux.press("C-c");
+    let after = tmux
+        .wait_for_screen("the prompt after the watch", |s| {
+            s.trim_end().ends_with(['$', '#'])
+        })
+        .await;
     assert!(
         tmux.cursor_shown(),
         "the cursor is shown again after the watch"
@@ -385,8 +322,75 @@ async fn status_history_and_the_terminal_through_a_hold_and_its_release() {
     );
 }
 
+/// Completion as a person types it: in bash, zsh and fish, each with the script the
+/// plugin prints for it loaded, Tab completes a subcommand, a flag's fixed values and a
+/// flag (in an empty directory, so that no file name is offered instead).
+#[tokio::test]
+async fn tab_completes_subcommands_flags_and_values_in_bash_zsh_and_fish() {
+    let empty = tempfile::tempdir().unwrap();
+    let shells = [
+        (
+            "bash",
+            "bash --norc --noprofile",
+            "source <(kubectl-mail_incident completion bash)",
+        ),
+        (
+            "zsh",
+            "zsh -f",
+            "autoload -U compinit && compinit -u && source <(kubectl-mail_incident completion zsh)",
+        ),
+        (
+            "fish",
+            "fish --no-config",
+            "kubectl-mail_incident completion fish | source",
+        ),
+    ];
+    for (shell, command, load) in shells {
+        let found = Command::new(shell).arg("--version").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "{shell} is missing: install it with `apt-get install {shell}` (e2e/install-deps.sh does)"
+        );
+        let tmux = Tmux::start(&format!("tab-{shell}"), (120, 30), command, empty.path());
+        tmux.type_line(load);
+        tmux.type_text("kubectl-mail_incident esc");
+        tmux.press("Tab");
+        tmux.wait_for_screen(&format!("{shell}: the subcommand completed"), |s| {
+            s.contains("kubectl-mail_incident escalate")
+        })
+        .await;
+        tmux.type_text(" outage --to ");
+        tmux.press("Tab");
+        tmux.press("Tab");
+        let values = tmux
+            .wait_for_screen(&format!("{shell}: the values of --to"), |s| {
+                s.contains("TempFail") && s.contains("HardReject")
+            })
+            .await;
+        tmux.press("C-c");
+        tmux.type_text("kubectl-mail_incident escalate outage --ack");
+        tmux.press("Tab");
+        let flag = tmux
+            .wait_for_screen(&format!("{shell}: the flag completed"), |s| {
+                s.contains("--acknowledge-bounces")
+            })
+            .await;
+        eprintln!(
+            "--- {shell}, after Tab:\n{}\n{}",
+            values.trim_end(),
+            flag.trim_end()
+        );
+        for screen in [&values, &flag] {
+            assert!(
+                !screen.contains("not found") && !screen.contains("rror"),
+                "{shell}: {screen}"
+            );
+        }
+    }
+}
+
 #[test]
-fn completion_scripts_load_in_their_shells_and_the_shim_completes_subcommands() {
+fn the_bash_script_registers_and_the_kubectl_shim_completes_subcommands_and_flags() {
     let bash = Command::new("bash")
         .arg("-c")
         .arg(format!(
@@ -408,13 +412,6 @@ fn completion_scripts_load_in_their_shells_and_the_shim_completes_subcommands() 
         "{registered}"
     );
     assert!(registered.contains("-F _"), "{registered}");
-    let zsh = run(Command::new(PLUGIN).args(["completion", "zsh"]));
-    assert!(zsh.starts_with("#compdef kubectl-mail_incident"), "{zsh}");
-    let fish = run(Command::new(PLUGIN).args(["completion", "fish"]));
-    assert!(fish.contains("complete -c kubectl-mail_incident -n \"__fish_kubectl_mail_incident_needs_command\" -f -a \"status\""), "{fish}");
-    for script in [&zsh, &fish] {
-        assert!(!script.contains("__complete"));
-    }
     // kubectl runs the shim with the words typed after `kubectl mail-incident`.
     let shim = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -613,6 +610,7 @@ async fn status_shows_each_target_of_several_incidents_and_what_each_answers() {
         everywhere.contains("mailincident.mailops.dev/pec\n"),
         "{everywhere}"
     );
+
     let yaml: serde_yaml::Value = serde_yaml::from_str(&plugin_ok(
         scene.world,
         &["status", "pec", "-n", &ns, "-o", "yaml"],
@@ -624,4 +622,35 @@ async fn status_shows_each_target_of_several_incidents_and_what_each_answers() {
     assert!(!missing.status.success());
     let said = String::from_utf8_lossy(&missing.stderr);
     assert!(said.contains(&ns) && said.contains("add -n"), "{said}");
+
+    // --watch in a terminal smaller than both incidents: each frame is cut to the screen,
+    // its top kept, so it is redrawn in place rather than scrolled away.
+    let small = Tmux::shell("small", (72, 10));
+    small.type_line(&format!(
+        "clear; kubectl-mail_incident --kubeconfig {} -n {ns} status --watch",
+        scene.world.kubeconfig.display()
+    ));
+    let first = small
+        .wait_for_screen("the watch, cut to the screen", |s| {
+            s.contains("more line(s) below")
+        })
+        .await;
+    eprintln!("--- tmux 72x10, status --watch:\n{first}");
+    assert_cut_to_the_screen(&first);
+    assert!(first.contains("TempFail"), "{first}");
+    apply_incident(
+        scene.world,
+        &ns,
+        "pec",
+        "mode: TempFail\nreason: INC-11 PEC storage down\ntargets: {matchLabels: {app: mta}}\n\
+         scope: {recipientDomains: [pec.example.it, pec.example.com]}\nduration: 2h\nresolved: true",
+    );
+    let redrawn = small
+        .wait_for_screen("the watch redrawn without pec's TempFail", |s| {
+            !s.contains("TempFail") && s.contains("more line(s) below")
+        })
+        .await;
+    eprintln!("--- tmux 72x10, status --watch after pec is resolved:\n{redrawn}");
+    assert_cut_to_the_screen(&redrawn);
+    drop(small);
 }

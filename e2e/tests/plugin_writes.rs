@@ -7,7 +7,8 @@ use crate::{
     mta::{maildir_count, run},
     plugin::{PLUGIN, plugin_as, plugin_ok},
     postfix::PostfixWithAgent,
-    support::{Mta, eventually_within, observed, ready_because, summary, wait_for},
+    support::{Mta, observed, ready_because, summary, wait_for},
+    terminal::Tmux,
     world::{Scene, World, service_account_kubeconfig},
 };
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -414,50 +415,9 @@ async fn resolve_wait_follows_the_release_of_held_mail() {
     );
 }
 
-/// A tmux server of its own (so other tmux users are left alone), killed when dropped.
-struct Terminal {
-    socket: String,
-}
-
-impl Terminal {
-    /// Runs `command` (a shell line) in a 160x40 terminal; it echoes `EXIT=<status>` when
-    /// done and stays open to be read.
-    fn run(socket: &str, command: &str) -> Self {
-        let terminal = Self {
-            socket: socket.into(),
-        };
-        let line = format!("{command}; echo EXIT=$?; sleep 600");
-        terminal.tmux(&["new-session", "-d", "-x", "160", "-y", "40", &line]);
-        terminal
-    }
-
-    fn tmux(&self, args: &[&str]) -> String {
-        run(Command::new("tmux").arg("-L").arg(&self.socket).args(args))
-    }
-
-    /// What the terminal shows now.
-    fn screen(&self) -> String {
-        self.tmux(&["capture-pane", "-p"])
-    }
-
-    async fn showing(&self, text: &str) -> String {
-        eventually_within(Duration::from_secs(30), text, || async {
-            let screen = self.screen();
-            screen.contains(text).then_some(screen)
-        })
-        .await
-    }
-}
-
-impl Drop for Terminal {
-    fn drop(&mut self) {
-        Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .arg("kill-server")
-            .output()
-            .ok();
-    }
+/// Whether the screen shows the exit status the typed line echoes (`EXIT=$?` as typed).
+fn exited(screen: &str) -> bool {
+    screen.contains("EXIT=0") || screen.contains("EXIT=1")
 }
 
 #[tokio::test]
@@ -483,13 +443,13 @@ async fn on_a_terminal_progress_is_redrawn_in_place_and_hard_reject_asks_for_a_y
         world.kubeconfig.display()
     );
 
-    let declaring = Terminal::run(
-        &format!("pw-{n}-declare"),
-        &format!(
-            "{plugin} declare outage --mode TempFail --targets app=mta --reason INC-70 --for 1h --wait"
-        ),
-    );
-    let screen = declaring.showing("EXIT=").await;
+    let declaring = Tmux::shell(&format!("pw-{n}-declare"), (160, 40));
+    declaring.type_line(&format!(
+        "{plugin} declare outage --mode TempFail --targets app=mta --reason INC-70 --for 1h --wait; echo EXIT=$?"
+    ));
+    let screen = declaring
+        .wait_for_screen("declare's exit status", exited)
+        .await;
     eprintln!(
         "--- the terminal after declare --wait\n{}",
         screen.trim_end()
@@ -505,11 +465,13 @@ async fn on_a_terminal_progress_is_redrawn_in_place_and_hard_reject_asks_for_a_y
         "one line, redrawn in place:\n{screen}"
     );
 
-    let escalating = Terminal::run(
-        &format!("pw-{n}-escalate"),
-        &format!("{plugin} escalate outage --to HardReject --acknowledge-bounces"),
-    );
-    let asked = escalating.showing("Type yes").await;
+    let escalating = Tmux::shell(&format!("pw-{n}-escalate"), (160, 40));
+    escalating.type_line(&format!(
+        "{plugin} escalate outage --to HardReject --acknowledge-bounces; echo EXIT=$?"
+    ));
+    let asked = escalating
+        .wait_for_screen("the question", |s| s.contains("Type yes"))
+        .await;
     assert!(
         asked.contains("HardReject: 2 MTA workload(s), 2 pod(s), will answer"),
         "{asked}"
@@ -518,8 +480,10 @@ async fn on_a_terminal_progress_is_redrawn_in_place_and_hard_reject_asks_for_a_y
         incidents.get("outage").await.unwrap().spec.mode,
         Mode::TempFail
     );
-    escalating.tmux(&["send-keys", "yes", "Enter"]);
-    let screen = escalating.showing("EXIT=").await;
+    escalating.type_line("yes");
+    let screen = escalating
+        .wait_for_screen("escalate's exit status", exited)
+        .await;
     eprintln!(
         "--- the terminal after escalate, answered yes\n{}",
         screen.trim_end()

@@ -61,8 +61,27 @@ pub fn script(shell: Shell) -> String {
         .args(cli.get_arguments().cloned())
         .subcommands(cli.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
     let mut out = Vec::new();
-    clap_complete::generate(shell, &mut command, BINARY, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    if shell != Shell::Bash {
+        clap_complete::generate(shell, &mut command, BINARY, &mut out);
+        return String::from_utf8_lossy(&out).into_owned();
+    }
+    // clap_complete's bash script names a subcommand's case `kubectl__subcmd__mail_incident…`
+    // where its dispatch says `kubectl__mail_incident…` when the binary's name has a `-`:
+    // no flag of any subcommand would complete. Made for a name without one, then bound
+    // to the binary.
+    let unhyphenated = BINARY.replace('-', "_");
+    clap_complete::generate(shell, &mut command, &unhyphenated, &mut out);
+    String::from_utf8_lossy(&out)
+        .lines()
+        .map(
+            |line| match line.strip_suffix(&format!(" {unhyphenated}")) {
+                Some(head) if line.trim_start().starts_with("complete ") => {
+                    format!("{head} {BINARY}\n")
+                }
+                _ => format!("{line}\n"),
+            },
+        )
+        .collect()
 }
 
 /// Answers kubectl's plugin completion.

@@ -92,6 +92,81 @@ pub fn redraw(previous_lines: usize, frame: &str, terminal: bool) -> String {
     }
 }
 
+/// The size of the terminal stdout is, as (rows, columns); None off a terminal or when it
+/// does not say.
+pub fn terminal_size() -> Option<(usize, usize)> {
+    let size = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (size.ws_row > 0 && size.ws_col > 0).then(|| (size.ws_row.into(), size.ws_col.into()))
+}
+
+/// `frame` cut to fit a terminal of `rows` x `columns`. Redrawn in place, a frame taller
+/// than the screen would scroll its top away and a line wider than it would wrap; either
+/// leaves stale lines behind, since the redraw moves up by the frame's line count. Wide
+/// lines end in `…` at the edge (colour codes kept and closed); when lines are left
+/// out, the last row says how many. One row stays free for the cursor.
+pub fn fit_to_screen(frame: &str, rows: usize, columns: usize) -> String {
+    let lines: Vec<&str> = frame.lines().collect();
+    let room = rows.saturating_sub(1).max(1);
+    let (shown, hidden) = if lines.len() > room {
+        let shown = room - 1;
+        (&lines[..shown], lines.len() - shown)
+    } else {
+        (&lines[..], 0)
+    };
+    let mut out = String::new();
+    for line in shown {
+        out.push_str(&cut_to_width(line, columns));
+        out.push('\n');
+    }
+    if hidden > 0 {
+        let more = format!(
+            "… {hidden} more line(s) below: a taller terminal shows them, or run without --watch"
+        );
+        out.push_str(&cut_to_width(&more, columns));
+        out.push('\n');
+    }
+    out
+}
+
+/// `line` cut to `columns` visible characters (escape codes take none), its last one `…`
+/// when cut.
+fn cut_to_width(line: &str, columns: usize) -> String {
+    let mut out = String::new();
+    let mut seen = 0;
+    let mut in_escape = false;
+    let mut coloured = false;
+    let mut cut = false;
+    for (at, c) in line.char_indices() {
+        if in_escape || c == '\x1b' {
+            in_escape = c != 'm';
+            coloured = true;
+            out.push(c);
+            continue;
+        }
+        if seen + 1 == columns && has_text(&line[at + c.len_utf8()..]) {
+            out.push('…');
+            cut = true;
+            break;
+        }
+        out.push(c);
+        seen += 1;
+    }
+    if cut && coloured {
+        out.push_str(RESET);
+    }
+    out
+}
+
+/// Whether `rest` shows any character (rather than only escape codes).
+fn has_text(rest: &str) -> bool {
+    let mut in_escape = false;
+    rest.chars().any(|c| {
+        let text = !in_escape && c != '\x1b';
+        in_escape = (in_escape || c == '\x1b') && c != 'm';
+        text
+    })
+}
+
 /// Hidden while frames are redrawn, so it does not flicker over the table.
 const HIDE_CURSOR: &str = "\x1b[?25l";
 
@@ -141,6 +216,33 @@ mod tests {
             (h == "B").then_some(Colour::Red)
         });
         assert_eq!(painted, "x1   \x1b[31m1\x1b[0m\n");
+    }
+
+    #[test]
+    fn a_frame_is_cut_to_the_screen_and_says_what_it_left_out() {
+        let frame = "HEADER\nrow 1\nrow 2\nrow 3\nrow 4\n";
+        assert_eq!(fit_to_screen(frame, 10, 80), frame);
+        assert_eq!(fit_to_screen(frame, 6, 80), frame, "one row stays free");
+        let fitted = fit_to_screen(frame, 4, 80);
+        assert_eq!(
+            fitted,
+            "HEADER\nrow 1\n… 3 more line(s) below: a taller terminal shows them, or run without --watch\n"
+        );
+        assert_eq!(fitted.lines().count(), 3);
+        assert_eq!(
+            fit_to_screen(frame, 4, 12).lines().last(),
+            Some("… 3 more li…")
+        );
+        assert_eq!(
+            fit_to_screen("abcdef\n", 5, 6),
+            "abcdef\n",
+            "exactly the width"
+        );
+        assert_eq!(fit_to_screen("abcdefg\n", 5, 6), "abcde…\n");
+        // Colour codes take no width, and a cut closes the colour it cut into.
+        let painted = "ab\x1b[32mcdefg\x1b[0m\n";
+        assert_eq!(fit_to_screen(painted, 5, 7), painted);
+        assert_eq!(fit_to_screen(painted, 5, 4), "ab\x1b[32mc…\x1b[0m\n");
     }
 
     #[test]

@@ -12,7 +12,10 @@
 use super::{
     Connection, ConnectionArgs, Format, OutputArgs, PluginError, Table,
     list::age,
-    look_style::{Colour, finish_redraw, paint, redraw, render_painted, stdout_is_terminal},
+    look_style::{
+        Colour, finish_redraw, fit_to_screen, paint, redraw, render_painted, stdout_is_terminal,
+        terminal_size,
+    },
 };
 use crate::api::{
     MailIncident,
@@ -706,7 +709,8 @@ const RESTART_MODE_ENV: &str = "MAIL_INCIDENT_MODE";
 
 /// Draws the status again whenever the incidents or the ConfigMaps of their namespace
 /// change (through watches), and every 2 s for the ages and replicas no watch here sees;
-/// a frame equal to the last is not drawn again. Ctrl-C stops it, leaving the last frame.
+/// a frame equal to the last is not drawn again. On a terminal each frame is cut to the
+/// screen. Ctrl-C stops it, leaving the last frame.
 async fn watch(scope: &Scope, output: OutputArgs, colour: bool) -> Result<(), PluginError> {
     let terminal = stdout_is_terminal();
     let incidents: Api<MailIncident> = match &scope.namespace {
@@ -732,6 +736,11 @@ async fn watch(scope: &Scope, output: OutputArgs, colour: bool) -> Result<(), Pl
             Ok(views) if views.is_empty() => format!("{}\n", scope.nothing()),
             Ok(views) => format_views(&views, output, colour)?,
             Err(error) => break Err(error),
+        };
+        // Read each time: a resized terminal gets a frame cut to its new size.
+        let frame = match terminal.then(terminal_size).flatten() {
+            Some((rows, columns)) => fit_to_screen(&frame, rows, columns),
+            None => frame,
         };
         if shown.as_deref() != Some(frame.as_str()) {
             let previous = shown.as_deref().map_or(0, |f| f.lines().count());
