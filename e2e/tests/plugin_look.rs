@@ -313,6 +313,17 @@ async fn status_history_and_the_terminal_through_a_hold_and_its_release() {
         entries.iter().any(|e| e["kind"] == "Normal"),
         "no event in the history: {history}"
     );
+    // YAML says what JSON says.
+    let yaml: serde_json::Value = serde_yaml::from_str(&plugin_ok(
+        scene.world,
+        &["history", "outage", "-n", &ns, "-o", "yaml"],
+    ))
+    .unwrap();
+    assert_eq!(yaml["entries"].as_array().unwrap().len(), entries.len());
+    assert_eq!(
+        plugin_ok(scene.world, &["history", "outage", "-n", &ns, "-o", "name"]),
+        "mailincident.mailops.dev/outage\n"
+    );
     let missing = plugin_as(&scene.world.kubeconfig, &["history", "nothing", "-n", &ns]);
     assert!(!missing.status.success());
     assert!(

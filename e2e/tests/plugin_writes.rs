@@ -7,7 +7,7 @@ use crate::{
     mta::{maildir_count, run},
     plugin::{PLUGIN, plugin_as, plugin_ok},
     postfix::PostfixWithAgent,
-    support::{Mta, observed, ready_because, summary, wait_for},
+    support::{Mta, condition, observed, ready_because, summary, wait_for},
     terminal::Tmux,
     world::{Scene, World, service_account_kubeconfig},
 };
@@ -101,6 +101,45 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
     );
     let predicted = cell(&dry_run, "RCPT ANSWER").to_string();
     assert!(incidents.get_opt("pw-declared").await.unwrap().is_none());
+
+    // As YAML the dry run prints the incident itself, which the API server takes as it is
+    // (named otherwise here, selecting nothing, so that it leaves the MTA alone).
+    let mut elsewhere = declare.to_vec();
+    elsewhere[1] = "pw-gitops";
+    elsewhere[7] = "app=none";
+    let yaml = plugin_ok(
+        world,
+        &[&elsewhere[..], &["--dry-run", "-o", "yaml"]].concat(),
+    );
+    eprintln!(
+        "$ kubectl mail-incident {} --dry-run -o yaml\n{yaml}",
+        elsewhere.join(" ")
+    );
+    let object: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(object["kind"], "MailIncident");
+    assert_eq!(object["metadata"]["namespace"], n);
+    assert!(incidents.get_opt("pw-gitops").await.unwrap().is_none());
+    let applied = world.kubectl(&["apply", "-f", "-"], Some(&yaml));
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let stored = incidents.get("pw-gitops").await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&stored.spec).unwrap(),
+        serde_json::to_value(
+            serde_yaml::from_value::<mail_incident_operator::api::MailIncidentSpec>(
+                object["spec"].clone()
+            )
+            .unwrap()
+        )
+        .unwrap()
+    );
+    wait_for(incidents, "pw-gitops", "seen, selecting nothing", |i| {
+        observed(i) && condition(i, "Ready").is_some_and(|c| c.1 == "NoTargets")
+    })
+    .await;
 
     // Bad input is refused in the controller's words, and nothing is written.
     let mut hard_reject = declare.to_vec();
@@ -237,13 +276,22 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
         incidents.get("pw-declared").await.unwrap().spec.mode,
         Mode::TempFail
     );
-    let escalated = plugin_shown(
+    let escalated = plugin_ok(
         world,
-        &[&escalate[..], &["--acknowledge-bounces", "--yes"]].concat(),
+        &[
+            &escalate[..],
+            &["--acknowledge-bounces", "--yes", "-o", "json"],
+        ]
+        .concat(),
     );
-    assert!(
-        escalated.contains("escalated from TempFail to HardReject"),
+    let json: serde_json::Value = serde_json::from_str(&escalated).unwrap();
+    assert_eq!(
+        json["items"][0]["spec"]["mode"], "HardReject",
         "{escalated}"
+    );
+    assert_eq!(
+        json["items"][0]["spec"]["hardReject"]["acknowledgeBounces"],
+        true
     );
     let answer = postfix.smtp.rcpt_reply_once("550");
     eprintln!("after escalate: {answer}");
@@ -334,6 +382,13 @@ async fn declare_predicts_the_rcpt_answer_then_extend_and_escalate_keep_their_bo
     eprintln!("$ kubectl mail-incident resolve pw-declared -n {n} (as a viewer)\n{forbidden}");
     assert!(forbidden.contains("forbidden: you may not "), "{forbidden}");
     assert!(!incidents.get("pw-declared").await.unwrap().spec.resolved);
+
+    let resolved = plugin_ok(world, &["resolve", "pw-declared", "-n", n, "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&resolved).unwrap();
+    assert_eq!(json["items"][0]["spec"]["resolved"], true, "{resolved}");
+    let answer = postfix.smtp.rcpt_reply_once("250");
+    eprintln!("after resolve -o json: {answer}");
+    assert!(answer.starts_with("250 2.1.5"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,6 +544,10 @@ async fn on_a_terminal_progress_is_redrawn_in_place_and_hard_reject_asks_for_a_y
         screen.trim_end()
     );
     assert!(screen.contains("EXIT=0"), "{screen}");
+    assert!(
+        screen.contains("escalated from TempFail to HardReject"),
+        "{screen}"
+    );
     assert_eq!(
         incidents.get("outage").await.unwrap().spec.mode,
         Mode::HardReject

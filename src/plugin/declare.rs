@@ -1,11 +1,12 @@
 //! `declare`: builds a MailIncident from flags, checks it as the controller and the API
 //! server would (refusing before anything is written), and server-side applies it under
 //! the plugin's field manager. `--dry-run` shows instead what it would select and what
-//! each MTA would answer; `--wait` follows it until every target answers in the mode.
+//! each MTA would answer (or, with `-o yaml|json`, the object, for a GitOps repository);
+//! `--wait` follows it until every target answers in the mode.
 
 use super::{
     Connection, ConnectionArgs, FIELD_MANAGER, Format, OutputArgs, PluginError, Table,
-    output::print_objects,
+    output::{print_object, print_objects},
     write_common::{
         Look, MatchedWorkload, bar, check_spec, current_ready, follow, matched_workloads,
         one_namespace, parse_span, parse_time,
@@ -36,6 +37,9 @@ use kube::{
   # See first what it would select and what each MTA would answer:
   kubectl mail-incident declare storage-outage -n mail --mode TempFail \\
       --targets 'app=mta,tier in (edge)' --reason INC-4711 --for 12h --dry-run
+  # The same incident as YAML, to commit where GitOps applies it:
+  kubectl mail-incident declare storage-outage -n mail --mode TempFail \\
+      --targets app=mta --reason INC-4711 --for 12h --dry-run -o yaml > storage-outage.yaml
   # Refuse mail for good (senders bounce it) until a time:
   kubectl mail-incident declare purge -n mail --mode HardReject --targets app=mta \\
       --reason INC-4712 --until 2026-12-08T06:00:00Z --acknowledge-bounces"
@@ -78,7 +82,8 @@ pub struct DeclareArgs {
     #[arg(long)]
     pub acknowledge_bounces: bool,
     /// Write nothing: show the workloads selected, how each receives modes, whether its
-    /// agents report, and the RCPT answer of each MTA.
+    /// agents report, and the RCPT answer of each MTA; with -o yaml or json, print the
+    /// incident instead, to keep in Git.
     #[arg(long)]
     pub dry_run: bool,
     /// The recipient whose RCPT answer --dry-run shows.
@@ -146,10 +151,18 @@ pub async fn run(connection: &ConnectionArgs, args: &DeclareArgs) -> Result<(), 
     let cluster = Connection::open(connection).await?;
     if args.dry_run {
         let workloads = selected_workloads(&cluster, &valid, spec.targets.mta).await?;
-        print!(
-            "{}",
-            dry_run_table(&workloads, &valid, &args.recipient).render(!args.output.no_headers)
-        );
+        match args.output.output {
+            Format::Table | Format::Wide => print!(
+                "{}",
+                dry_run_table(&workloads, &valid, &args.recipient).render(!args.output.no_headers)
+            ),
+            // As `kubectl create --dry-run=client -o yaml`: the object, to keep in Git.
+            _ => {
+                let mut object = MailIncident::new(&args.name, spec);
+                object.metadata.namespace = Some(cluster.namespace.clone());
+                print_object(&object, args.output.output)?;
+            }
+        }
         eprintln!(
             "Dry run: nothing written. {} workload(s) selected by {:?} in namespace {}.",
             workloads.len(),

@@ -107,6 +107,29 @@ pub fn print_objects<K: serde::Serialize + kube::Resource>(
     Ok(())
 }
 
+/// Prints one object as `-o` asks, alone (not in a `List`), as kubectl prints what a
+/// dry run would write; tables are the caller's.
+pub fn print_object<K: serde::Serialize + kube::Resource>(
+    object: &K,
+    output: Format,
+) -> Result<(), super::PluginError> {
+    let refused = |e: &dyn std::fmt::Display| super::PluginError::Refused(e.to_string());
+    let text = match output {
+        Format::Table | Format::Wide => String::new(),
+        Format::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(object).map_err(|e| refused(&e))?
+        ),
+        Format::Yaml => serde_yaml::to_string(object).map_err(|e| refused(&e))?,
+        Format::Name => format!(
+            "mailincident.mailops.dev/{}\n",
+            object.meta().name.as_deref().unwrap_or_default()
+        ),
+    };
+    print!("{text}");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
