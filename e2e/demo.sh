@@ -4,8 +4,8 @@
 # its two pods; a small real fleet in namespace `mail` (two Postfix Deployments and an Exim
 # StatefulSet from examples/, each with its agent as a sidecar); then an AcceptAndQueue
 # incident holding mail and its release, a scoped TempFail, a window declared for
-# tomorrow, and a TempFail incident driven with the kubectl plugin: what kubectl and the
-# plugin show and what each MTA answers over SMTP from the host.
+# tomorrow, and an outage run with the kubectl plugin from declare to resolve: what
+# kubectl and the plugin show and what each MTA answers over SMTP from the host.
 # Everything keeps running afterwards; `make cluster-down` stops it all, and the next
 # `make demo` starts from a clean cluster.
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -218,20 +218,46 @@ k -n mail get mailinc
 answers "With tomorrow's window declared, each MTA still answers RCPT with"
 k -n mail delete mailinc firmware-window >/dev/null
 
-log "a TempFail for every recipient, declared and followed with the plugin"
-mi declare storage-outage -n mail --mode TempFail --targets app.kubernetes.io/component=mta \
+log "an outage run with the plugin: hold the mail, extend, escalate to TempFail, resolve"
+mi declare storage-outage -n mail --mode AcceptAndQueue --targets app.kubernetes.io/component=mta \
   --reason "INC-2041: mailbox storage cluster unreachable" --for 12h --dry-run --recipient user@e2e.test \
   || die "the dry run failed"
 applied=$(date +%s%N)
-mi declare storage-outage -n mail --mode TempFail --targets app.kubernetes.io/component=mta \
+mi declare storage-outage -n mail --mode AcceptAndQueue --targets app.kubernetes.io/component=mta \
   --reason "INC-2041: mailbox storage cluster unreachable" --for 12h --wait --timeout 60s \
-  || die "the TempFail incident did not turn Ready"
+  || die "the AcceptAndQueue incident did not turn Ready"
 echo "Ready 3/3 $((($(date +%s%N) - applied) / 1000000)) ms after the declare"
-answers "During the TempFail incident, each MTA answers RCPT with"
+before=0
+for m in "${mtas[@]}"; do
+  set -- $m
+  before=$((before + $(delivered "$1")))
+  for n in 1 2; do
+    swaks --server "$2:25" --from sender@example.net --to "$3" --header "Subject: INC-2041 held $n" \
+      >/dev/null 2>&1 || die "$1 refused message $n"
+  done
+done
+echo
+echo "2 messages sent to each MTA, answered 250 and held; the agents report their queues:"
+sleep 3
 mi status storage-outage -n mail || die "status failed"
 mi extend storage-outage -n mail --by 6h || die "extend failed"
+# Off a terminal nobody can confirm: the plugin says what HardReject would do, and stops.
+if mi escalate storage-outage -n mail --to HardReject --acknowledge-bounces </dev/null; then
+  die "HardReject was applied without a confirmation"
+fi
+mi escalate storage-outage -n mail --to TempFail || die "escalate failed"
+k -n mail wait --for=condition=Ready --timeout=60s mailinc/storage-outage >/dev/null \
+  || die "the TempFail did not turn Ready"
+answers "After the escalation to TempFail, each MTA answers RCPT with"
 mi history storage-outage -n mail || die "history failed"
 mi list -n mail -o wide || die "list failed"
+resolved=$(date +%s%N)
+mi resolve storage-outage -n mail --wait --timeout 120s || die "the release did not finish"
+after=0
+for m in "${mtas[@]}"; do set -- $m; after=$((after + $(delivered "$1"))); done
+echo "resolve --wait returned $((($(date +%s%N) - resolved) / 1000000)) ms after the command;" \
+  "$((after - before)) of the 6 held messages were in mailbox storage by then"
+[ $((after - before)) -eq 6 ] || die "resolve --wait returned before the held mail was delivered"
 echo
 echo "\$ kubectl get configmaps -n mail -l mailops.dev/role=mode-document   (one mode document per MTA workload)"
 k -n mail get configmaps -l mailops.dev/role=mode-document
@@ -242,7 +268,7 @@ cat <<DONE
 
 The cluster, the node and the pods keep running. Try it:
   export KUBECONFIG=$kubeconfig PATH=$(dirname "$E2E_KUBECTL"):\$PATH
-  $plugin_bin resolve storage-outage -n mail --wait   # or: kubectl mail-incident, with it on the PATH
+  $plugin_bin status -A --watch   # or: kubectl mail-incident, with it on the PATH
   kubectl -n mail get mailinc,pods
   swaks --server $postfix_ip --to user@e2e.test     # talk to Postfix by hand
 Container logs: /var/log/pods/. Stop everything: make cluster-down
