@@ -237,8 +237,13 @@ for m in "${mtas[@]}"; do
   done
 done
 echo
-echo "2 messages sent to each MTA, answered 250 and held; the agents report their queues:"
-sleep 3
+echo "2 messages sent to each MTA, answered 250 and held; each agent reports its queue"
+echo "every 30 s (--report-seconds), so the held mail shows within half a minute:"
+for _ in $(seq 80); do
+  [ "$("$plugin_bin" --kubeconfig "$kubeconfig" status storage-outage -n mail -o json \
+    | grep -cE '"queuedMessages": [1-9]')" = 3 ] && break
+  sleep 0.5
+done
 mi status storage-outage -n mail || die "status failed"
 mi extend storage-outage -n mail --by 6h || die "extend failed"
 # Off a terminal nobody can confirm: the plugin says what HardReject would do, and stops.
