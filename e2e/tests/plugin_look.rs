@@ -378,7 +378,9 @@ async fn tab_completes_subcommands_flags_and_values_in_bash_zsh_and_fish() {
                 s.contains("TempFail") && s.contains("HardReject")
             })
             .await;
-        tmux.press("C-c");
+        // The line erased by an editing key (not Ctrl-C, whose signal can reach the shell
+        // after the next keys have).
+        tmux.press("C-u");
         tmux.type_text("kubectl-mail_incident escalate outage --ack");
         tmux.press("Tab");
         let flag = tmux
