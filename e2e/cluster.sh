@@ -26,6 +26,8 @@ etcd_peer_port=$((port_base + 2))
 daemon_dir="$state"
 node_net "$port_base"
 
+# --enable-aggregator-routing: the API server calls webhooks (the operator's, by Service)
+# at their endpoints' pod IPs, since no kube-proxy here routes a Service's cluster IP.
 start_apiserver() {
   local pki="$state/pki"
   log "starting kube-apiserver on https://127.0.0.1:$api_port"
@@ -41,6 +43,7 @@ start_apiserver() {
     --api-audiences https://kubernetes.default.svc \
     --service-cluster-ip-range 10.96.0.0/16 \
     --enable-priority-and-fairness=false \
+    --enable-aggregator-routing=true \
     --profiling=false
 }
 
@@ -93,9 +96,17 @@ up() {
     -CAcreateserial -days 30 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
-  local token
+  local token oncall_token lead_token
   token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-  echo "$token,admin,admin-uid,system:masters" >"$state/tokens.csv"
+  oncall_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  lead_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  # Two people besides the administrator, for the tests of who may bounce mail: contexts
+  # oncall and lead of the same kubeconfig.
+  {
+    echo "$token,admin,admin-uid,system:masters"
+    echo "$oncall_token,oncall,oncall-uid,mail-oncall"
+    echo "$lead_token,lead,lead-uid,mail-leads"
+  } >"$state/tokens.csv"
 
   log "starting etcd on 127.0.0.1:$etcd_port"
   start_daemon etcd etcd --name e2e --data-dir "$state/etcd" \
@@ -120,9 +131,19 @@ users:
 - name: admin
   user:
     token: $token
+- name: oncall
+  user:
+    token: $oncall_token
+- name: lead
+  user:
+    token: $lead_token
 contexts:
 - name: e2e
   context: {cluster: e2e, user: admin}
+- name: oncall
+  context: {cluster: e2e, user: oncall}
+- name: lead
+  context: {cluster: e2e, user: lead}
 current-context: e2e
 KUBECONFIG
   wait_for kube-apiserver "$KUBE_BIN/kubectl" --kubeconfig "$kubeconfig" get --raw /readyz

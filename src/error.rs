@@ -35,6 +35,10 @@ pub enum Error {
 
     #[error("reconcile panicked: {0}")]
     Panic(String),
+
+    /// The webhook's certificates could not be made, kept or served.
+    #[error("webhook certificates: {0}")]
+    Webhook(String),
 }
 
 impl Error {
@@ -48,6 +52,7 @@ impl Error {
             Self::NotLeader => "leadership",
             Self::Agent(_) => "agent",
             Self::Panic(_) => "panic",
+            Self::Webhook(_) => "webhook",
         }
     }
 }

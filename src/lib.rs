@@ -15,5 +15,6 @@ pub mod plugin;
 mod retry;
 mod shutdown;
 pub mod telemetry;
+pub mod webhook;
 
 pub use error::{Error, Result};

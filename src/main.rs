@@ -13,7 +13,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller.
-    Run(controller::Settings),
+    Run(Box<controller::Settings>),
     /// Run the MTA sidecar: apply the workload's mode document to its Postfix, Exim or other MTA.
     Agent(Box<agent::Settings>),
     /// Copy this binary into DIRECTORY (an init container's step: the agent then runs
@@ -68,7 +68,7 @@ async fn run(cli: Cli) -> ExitCode {
         },
         Command::Run(settings) => {
             telemetry::init(settings.log_format);
-            controller::run(settings).await
+            controller::run(*settings).await
         }
         Command::Agent(settings) => {
             telemetry::init(settings.log_format);

@@ -55,6 +55,9 @@
 
 // The shared fakes; the benchmark needs only the agents (pods need not run).
 #[allow(dead_code)]
+#[path = "../tests/admission_webhook.rs"]
+mod admission_webhook;
+#[allow(dead_code)]
 #[path = "../tests/fakes.rs"]
 mod fakes;
 // The shared test world; the benchmark uses only part of it.

@@ -6,6 +6,9 @@
 // The shared test world and MTA harness (with their tests, compiled out here); the
 // benchmark uses only part of them.
 #[allow(dead_code, unused_imports)]
+#[path = "../tests/admission_webhook.rs"]
+mod admission_webhook;
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/exim.rs"]
 mod exim;
 #[allow(dead_code, unused_imports)]

@@ -115,6 +115,7 @@ fn main() {
                     targets: &fleet,
                     write_failures: &failures,
                     orphaned_documents: &[],
+                    signing_key: None,
                     now,
                 });
                 assert_eq!(planned.writes.len(), targets, "one document per target");

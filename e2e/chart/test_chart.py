@@ -61,24 +61,34 @@ ALL_ON = {
     },
     "prometheusRule": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
+    "rbac": {"bounce": {"aggregateToAdmin": True}},
+    "webhook": {"certificates": "certManager"},
 }
+
+CERT_MANAGER = {"webhook": {"certificates": "certManager"}}
+CLUSTER_ISSUER = {"name": "cluster-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
 
 
 class Defaults(unittest.TestCase):
     objects = chart.render()
 
-    def test_defaults_install_the_crd_operator_rbac_and_service_only(self):
+    def test_defaults_install_the_crd_operator_rbac_services_and_webhook_only(self):
         self.assertEqual(
             kinds(self.objects),
             [
                 "ClusterRole",
                 "ClusterRole",
                 "ClusterRole",
+                "ClusterRole",
                 "ClusterRoleBinding",
                 "CustomResourceDefinition",
                 "Deployment",
+                "MutatingWebhookConfiguration",
+                "Role",
                 "Role",
                 "RoleBinding",
+                "RoleBinding",
+                "Service",
                 "Service",
                 "ServiceAccount",
             ],
@@ -95,12 +105,11 @@ class Defaults(unittest.TestCase):
                 self.assertEqual(labels["helm.sh/chart"], "mail-incident-operator-0.1.0")
 
     def test_namespaced_objects_go_to_the_release_namespace(self):
-        cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
         for o in self.objects:
             with self.subTest(kind=o["kind"]):
                 self.assertEqual(
                     o["metadata"].get("namespace"),
-                    None if o["kind"] in cluster_scoped else chart.NAMESPACE,
+                    None if o["kind"] in CLUSTER_SCOPED else chart.NAMESPACE,
                 )
 
     def test_the_pod_runs_non_root_read_only_without_capabilities_under_runtime_default_seccomp(self):
@@ -123,7 +132,9 @@ class Defaults(unittest.TestCase):
             {"app.kubernetes.io/name": "mail-incident-operator", "app.kubernetes.io/instance": chart.RELEASE},
         )
         self.assertLessEqual(selector.items(), deployment["spec"]["template"]["metadata"]["labels"].items())
-        self.assertEqual(only(self.objects, "Service")["spec"]["selector"], selector)
+        for service in find(self.objects, "Service"):
+            with self.subTest(service=service["metadata"]["name"]):
+                self.assertEqual(service["spec"]["selector"], selector)
 
     def test_the_crd_is_kept_on_uninstall(self):
         crd = only(self.objects, "CustomResourceDefinition")
@@ -167,7 +178,10 @@ class Toggles(unittest.TestCase):
         self.assertNotIn("mailincidents/status", edit["rules"][0]["resources"])
         self.assertEqual(set(view["rules"][0]["verbs"]), {"get", "list", "watch"})
         off = chart.render({"rbac": {"aggregateToDefaultRoles": False}})
-        self.assertEqual([o["metadata"]["name"] for o in find(off, "ClusterRole")], ["mail-incident-operator"])
+        self.assertEqual(
+            sorted(o["metadata"]["name"] for o in find(off, "ClusterRole")),
+            ["mail-incident-operator", "mail-incident-operator-bounce"],
+        )
 
     def test_an_existing_service_account_must_be_named(self):
         with self.assertRaises(helm.HelmRenderError) as refused:
@@ -231,6 +245,10 @@ class Toggles(unittest.TestCase):
                 {"podDisruptionBudget": {"enabled": True, "minAvailable": 2}},
                 "podDisruptionBudget.minAvailable must be below replicaCount",
             ),
+            (
+                {"webhook": {"certManager": {"issuerRef": CLUSTER_ISSUER}}},
+                "webhook.certManager.issuerRef needs webhook.certificates=certManager",
+            ),
         ]:
             with self.subTest(values=values):
                 with self.assertRaises(helm.HelmRenderError) as refused:
@@ -265,8 +283,181 @@ class Toggles(unittest.TestCase):
     def test_another_release_name_prefixes_every_cluster_wide_name(self):
         objects = chart.render(name="mail")
         names = sorted(o["metadata"]["name"] for o in find(objects, "ClusterRole"))
-        self.assertEqual(names, ["mail-mail-incident-operator", "mail-mail-incident-operator-edit", "mail-mail-incident-operator-view"])
+        self.assertEqual(
+            names,
+            [
+                "mail-mail-incident-operator",
+                "mail-mail-incident-operator-bounce",
+                "mail-mail-incident-operator-edit",
+                "mail-mail-incident-operator-view",
+            ],
+        )
         self.assertIn("--lease-name=mail-mail-incident-operator", container(objects)["args"])
+
+    def test_another_release_name_names_its_webhook_objects_and_tells_the_operator(self):
+        objects = chart.render(name="mail")
+        args = container(objects)["args"]
+        for flag in (
+            "--webhook-service=mail-mail-incident-operator-webhook",
+            "--webhook-secret=mail-mail-incident-operator-webhook-tls",
+            "--webhook-configuration=mail-mail-incident-operator",
+        ):
+            self.assertIn(flag, args)
+        only(objects, "Service", "mail-mail-incident-operator-webhook")
+        webhook = only(objects, "MutatingWebhookConfiguration", "mail-mail-incident-operator")["webhooks"][0]
+        self.assertEqual(webhook["clientConfig"]["service"]["name"], "mail-mail-incident-operator-webhook")
+        operator = only(objects, "ClusterRole", "mail-mail-incident-operator")
+        self.assertIn(
+            {
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["mutatingwebhookconfigurations"],
+                "resourceNames": ["mail-mail-incident-operator"],
+                "verbs": ["get", "list", "watch", "patch"],
+            },
+            operator["rules"],
+        )
+        secrets = only(objects, "Role", "mail-mail-incident-operator-secrets")
+        # The signing key's name is the operator's own, whatever the release.
+        self.assertEqual(
+            secrets["rules"][1]["resourceNames"],
+            ["mail-mail-incident-operator-webhook-tls", "mail-incident-operator-signing-key"],
+        )
+
+
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "MutatingWebhookConfiguration"}
+
+
+class Webhook(unittest.TestCase):
+    """The admission webhook that guards HardReject, the role granting `bounce`, and who
+    keeps the webhook's certificate: the operator (self) or cert-manager."""
+
+    def test_the_bounce_role_is_aggregated_into_no_role_unless_asked(self):
+        bounce = only(chart.render(), "ClusterRole", "mail-incident-operator-bounce")
+        self.assertEqual(
+            bounce["rules"], [{"apiGroups": ["mailops.dev"], "resources": ["mailincidents"], "verbs": ["bounce"]}]
+        )
+        self.assertFalse([k for k in bounce["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/")])
+        # No other role the chart installs carries the verb.
+        for role in find(chart.render(), "ClusterRole"):
+            if role["metadata"]["name"] != "mail-incident-operator-bounce":
+                self.assertNotIn("bounce", json.dumps(role["rules"]), role["metadata"]["name"])
+        admins = only(chart.render({"rbac": {"bounce": {"aggregateToAdmin": True}}}), "ClusterRole", "mail-incident-operator-bounce")
+        labels = admins["metadata"]["labels"]
+        self.assertEqual(labels["rbac.authorization.k8s.io/aggregate-to-admin"], "true")
+        self.assertNotIn("rbac.authorization.k8s.io/aggregate-to-edit", labels)
+
+    def test_the_notes_say_how_to_grant_bounce(self):
+        text = chart.notes()
+        self.assertIn("`bounce`", text)
+        self.assertIn("kubectl create rolebinding", text)
+        self.assertIn("--clusterrole=mail-incident-operator-bounce", text)
+        self.assertIn("neither `edit` nor `admin`", text)
+        admins = chart.manifests({"rbac": {"bounce": {"aggregateToAdmin": True}}})[f"{chart.chart_name()}/templates/NOTES.txt"]
+        self.assertIn("namespace admins have", admins)
+
+    def test_the_webhook_fails_open_and_its_timeout_is_a_value(self):
+        webhook = only(chart.render(), "MutatingWebhookConfiguration")["webhooks"][0]
+        self.assertEqual(webhook["failurePolicy"], "Ignore")
+        self.assertEqual(webhook["timeoutSeconds"], 5)
+        self.assertEqual(webhook["sideEffects"], "None")
+        self.assertEqual(webhook["clientConfig"]["service"]["namespace"], chart.NAMESPACE)
+        longer = only(chart.render({"webhook": {"timeoutSeconds": 12}}), "MutatingWebhookConfiguration")
+        self.assertEqual(longer["webhooks"][0]["timeoutSeconds"], 12)
+
+    def test_self_mode_renders_no_ca_bundle_and_lets_the_operator_keep_it(self):
+        objects = chart.render()
+        configuration = only(objects, "MutatingWebhookConfiguration")
+        self.assertNotIn("caBundle", configuration["webhooks"][0]["clientConfig"])
+        self.assertNotIn("annotations", configuration["metadata"])
+        self.assertFalse([a for a in container(objects)["args"] if a.startswith("--webhook")])
+        self.assertFalse([o for o in objects if o["apiVersion"].startswith("cert-manager.io/")])
+        operator = only(objects, "ClusterRole", "mail-incident-operator")
+        self.assertIn("mutatingwebhookconfigurations", json.dumps(operator["rules"]))
+        secrets = only(objects, "Role", "mail-incident-operator-secrets")
+        self.assertEqual(
+            secrets["rules"][1],
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": ["mail-incident-operator-webhook-tls", "mail-incident-operator-signing-key"],
+                "verbs": ["get", "list", "watch", "update"],
+            },
+        )
+
+    def test_cert_manager_mode_makes_a_ca_and_the_serving_certificate_and_injects_it(self):
+        objects = chart.render(CERT_MANAGER)
+        issuers = {o["metadata"]["name"]: o for o in find(objects, "Issuer")}
+        certificates = {o["metadata"]["name"]: o for o in find(objects, "Certificate")}
+        self.assertEqual(set(issuers), {"mail-incident-operator-selfsigned", "mail-incident-operator-ca"})
+        self.assertEqual(set(certificates), {"mail-incident-operator-ca", "mail-incident-operator-webhook"})
+        for o in [*issuers.values(), *certificates.values()]:
+            self.assertEqual(o["apiVersion"], "cert-manager.io/v1")
+            self.assertEqual(o["metadata"]["namespace"], chart.NAMESPACE)
+        self.assertEqual(issuers["mail-incident-operator-selfsigned"]["spec"], {"selfSigned": {}})
+        ca = certificates["mail-incident-operator-ca"]["spec"]
+        self.assertTrue(ca["isCA"])
+        self.assertEqual(ca["issuerRef"], {"group": "cert-manager.io", "kind": "Issuer", "name": "mail-incident-operator-selfsigned"})
+        self.assertEqual(issuers["mail-incident-operator-ca"]["spec"], {"ca": {"secretName": ca["secretName"]}})
+        serving = certificates["mail-incident-operator-webhook"]["spec"]
+        self.assertEqual(serving["secretName"], "mail-incident-operator-webhook-tls")
+        self.assertEqual(
+            serving["dnsNames"],
+            [
+                "mail-incident-operator-webhook.mail-incident-operator.svc",
+                "mail-incident-operator-webhook.mail-incident-operator.svc.cluster.local",
+            ],
+        )
+        self.assertEqual(serving["issuerRef"], {"group": "cert-manager.io", "kind": "Issuer", "name": "mail-incident-operator-ca"})
+        self.assertIn("server auth", serving["usages"])
+        self.assert_cert_manager_keeps_the_certificate(objects)
+
+    def test_cert_manager_mode_with_an_issuer_renders_only_the_serving_certificate(self):
+        objects = chart.render({"webhook": {"certificates": "certManager", "certManager": {"issuerRef": CLUSTER_ISSUER}}})
+        self.assertEqual(find(objects, "Issuer"), [])
+        serving = only(objects, "Certificate")
+        self.assertEqual(serving["metadata"]["name"], "mail-incident-operator-webhook")
+        self.assertEqual(serving["spec"]["issuerRef"], CLUSTER_ISSUER)
+        self.assertEqual(serving["spec"]["secretName"], "mail-incident-operator-webhook-tls")
+        self.assert_cert_manager_keeps_the_certificate(objects)
+        # An issuer of another group, its kind left to cert-manager's default.
+        external = only(
+            chart.render({"webhook": {"certificates": "certManager", "certManager": {"issuerRef": {"name": "vault", "group": "example.dev"}}}}),
+            "Certificate",
+        )
+        self.assertEqual(external["spec"]["issuerRef"], {"name": "vault", "group": "example.dev"})
+
+    def test_cert_manager_mode_follows_the_release_name_and_namespace(self):
+        objects = chart.render(CERT_MANAGER, name="mail", namespace="mail-ops")
+        serving = only(objects, "Certificate", "mail-mail-incident-operator-webhook")
+        service = only(objects, "Service", "mail-mail-incident-operator-webhook")
+        self.assertEqual(serving["spec"]["dnsNames"][0], "mail-mail-incident-operator-webhook.mail-ops.svc")
+        self.assertEqual(serving["spec"]["secretName"], "mail-mail-incident-operator-webhook-tls")
+        self.assertEqual(service["metadata"]["namespace"], "mail-ops")
+        configuration = only(objects, "MutatingWebhookConfiguration")
+        self.assertEqual(
+            configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+            "mail-ops/mail-mail-incident-operator-webhook",
+        )
+        self.assertIn("--webhook-secret=mail-mail-incident-operator-webhook-tls", container(objects)["args"])
+
+    def assert_cert_manager_keeps_the_certificate(self, objects):
+        configuration = only(objects, "MutatingWebhookConfiguration")
+        self.assertEqual(
+            configuration["metadata"]["annotations"],
+            {"cert-manager.io/inject-ca-from": "mail-incident-operator/mail-incident-operator-webhook"},
+        )
+        self.assertNotIn("caBundle", configuration["webhooks"][0]["clientConfig"])
+        self.assertIn("--webhook-certificates=external", container(objects)["args"])
+        # cert-manager writes the caBundle and the webhook's Secret: the operator only
+        # reads that Secret, and no longer touches its webhook configuration.
+        operator = only(objects, "ClusterRole", "mail-incident-operator")
+        self.assertNotIn("mutatingwebhookconfigurations", json.dumps(operator["rules"]))
+        rules = only(objects, "Role", "mail-incident-operator-secrets")["rules"]
+        tls = [r for r in rules if "mail-incident-operator-webhook-tls" in r.get("resourceNames", [])]
+        self.assertEqual(len(tls), 1)
+        self.assertEqual(tls[0]["verbs"], ["get", "list", "watch"])
+        key = [r for r in rules if "mail-incident-operator-signing-key" in r.get("resourceNames", [])]
+        self.assertEqual(key[0]["verbs"], ["get", "list", "watch", "update"])
 
 
 class Schema(unittest.TestCase):
@@ -290,6 +481,14 @@ class Schema(unittest.TestCase):
         ({"prometheusRule": {"runbookBaseURL": "wiki/runbooks"}}, "/prometheusRule/runbookBaseURL"),
         ({"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}}, "/grafanaDashboard/labels/grafana_dashboard"),
         ({"podLabels": {"team": True}}, "/podLabels/team"),
+        ({"rbac": {"bounce": {"aggregateToAdmin": "yes"}}}, "/rbac/bounce/aggregateToAdmin"),
+        ({"webhook": {"timeoutSeconds": 0}}, "/webhook/timeoutSeconds"),
+        ({"webhook": {"timeoutSeconds": 31}}, "/webhook/timeoutSeconds"),
+        ({"webhook": {"timeoutSeconds": "5"}}, "/webhook/timeoutSeconds"),
+        ({"webhook": {"certificates": "vault"}}, "/webhook/certificates"),
+        ({"webhook": {"failurePolicy": "Fail"}}, "'failurePolicy' not allowed"),
+        ({"webhook": {"certManager": {"issuerRef": {"kind": "ClusterIssuer"}}}}, "/webhook/certManager/issuerRef"),
+        ({"webhook": {"certManager": {"issuerRef": {"name": "ca", "namespace": "x"}}}}, "/webhook/certManager/issuerRef"),
     ]
 
     def test_wrong_values_are_refused_naming_the_key(self):
@@ -306,6 +505,8 @@ class Schema(unittest.TestCase):
         with helm.Chart.load(chart.CHART) as loaded:
             loaded.validate_schema({})
             loaded.validate_schema(ALL_ON)
+            loaded.validate_schema({"webhook": {"timeoutSeconds": 1, "certificates": "self"}})
+            loaded.validate_schema({"webhook": {"timeoutSeconds": 30, "certificates": "certManager", "certManager": {"issuerRef": CLUSTER_ISSUER}}})
 
 
 class NoDrift(unittest.TestCase):
@@ -320,6 +521,11 @@ class NoDrift(unittest.TestCase):
             [chart.kubectl(), "kustomize", str(chart.REPO / "deploy")], check=True, capture_output=True, text=True
         ).stdout
         cls.kustomize = [o for o in yaml.safe_load_all(built) if o]
+        # kubectl 1.20's kustomize (v2) does not know MutatingWebhookConfigurations are
+        # cluster-scoped and gives them its namespace, which the API server drops.
+        for o in cls.kustomize:
+            if o["kind"] in CLUSTER_SCOPED:
+                o["metadata"].pop("namespace", None)
         cls.helm = chart.render()
 
     @staticmethod

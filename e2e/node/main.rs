@@ -13,6 +13,9 @@
 
 // The shared e2e modules; these tests use only part of them.
 #[allow(dead_code)]
+#[path = "../tests/admission_webhook.rs"]
+mod admission_webhook;
+#[allow(dead_code)]
 #[path = "../tests/fakes.rs"]
 mod fakes;
 #[allow(dead_code)]

@@ -39,9 +39,11 @@ impl Node {
                     )
                 })
             };
+            // The operator's pods serve the admission webhook here, by Service.
             let world = World {
                 kubeconfig: var("E2E_KUBECONFIG").into(),
                 kubectl: var("E2E_KUBECTL").into(),
+                webhook: None,
             };
             let node = Node {
                 world,

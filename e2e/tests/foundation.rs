@@ -215,7 +215,20 @@ async fn kubectl_shows_columns_names_and_docs_for_an_applied_example() {
         "-o",
         "wide",
     ]);
-    assert!(wide.lines().next().unwrap().ends_with("REASON"), "{wide}");
+    assert!(
+        wide.lines()
+            .next()
+            .unwrap()
+            .ends_with("DECLARED BY   CHANGED BY"),
+        "{wide}"
+    );
+    assert!(
+        wide.lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("admin         admin"),
+        "{wide}"
+    );
     assert!(
         wide.contains("INC-2041: mailbox storage cluster unreachable"),
         "{wide}"
@@ -482,7 +495,8 @@ async fn the_controller_stalls_cross_field_errors_naming_the_field_then_recovers
     assert_eq!(summary(&fixed), Some("0/1"));
     let described = world.kubectl_ok(&["describe", "mailinc", "no-ack", "-n", &ns.name]);
     assert!(
-        described.contains("Accepted") && described.contains("Generation 2 accepted: HardReject"),
+        described.contains("Accepted")
+            && described.contains("Generation 2 by admin accepted: HardReject"),
         "{described}"
     );
 }

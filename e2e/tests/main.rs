@@ -1,6 +1,8 @@
 //! End-to-end tests against a real Kubernetes API server. Run with `make e2e`.
 
+mod admission_webhook;
 mod agent_drift;
+mod bounce;
 mod chaos;
 mod convergence;
 mod delivery;
@@ -20,4 +22,5 @@ mod postfix;
 mod schedule;
 mod support;
 mod terminal;
+mod webhook_tls;
 mod world;

@@ -570,11 +570,14 @@ async fn events_tell_each_transition_with_its_own_message_within_the_api_limit()
         (notes.len() >= TRANSITIONS).then_some(notes)
     })
     .await;
-    assert_eq!(notes[0], "(none) -> TempFail: change 0");
+    assert_eq!(notes[0], "(none) -> TempFail by admin: change 0");
     let last = notes.last().unwrap();
     assert_eq!(
         last,
-        &format!("TempFail -> AcceptAndQueue: change {}", TRANSITIONS - 1)
+        &format!(
+            "TempFail -> AcceptAndQueue by admin: change {}",
+            TRANSITIONS - 1
+        )
     );
     let described = world.kubectl_ok(&["describe", "mailincident", "flip", "-n", &ns.name]);
     assert!(described.contains(last.as_str()), "{described}");
@@ -607,7 +610,7 @@ async fn events_tell_each_transition_with_its_own_message_within_the_api_limit()
     })
     .await;
     assert!(
-        changed.starts_with("AcceptAndQueue -> TempFail: éé"),
+        changed.starts_with("AcceptAndQueue -> TempFail by admin: éé"),
         "{changed}"
     );
     assert!(changed.len() <= 1024);

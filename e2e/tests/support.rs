@@ -261,3 +261,37 @@ where
         .create(&PostParams::default(), &object)
         .await
 }
+
+/// The certificate a TLS server at `address` presents for `server_name` (a DNS name or an
+/// IP address), if it is one `bundle` (PEM CAs) vouches for; None when the handshake
+/// fails or takes over 5 s.
+pub async fn served_certificate(
+    address: std::net::SocketAddr,
+    server_name: &str,
+    bundle: &[u8],
+) -> Option<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(bundle) {
+        roots.add(ca.ok()?).ok()?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from(server_name.to_string()).ok()?;
+    let connecting = async {
+        let tcp = tokio::net::TcpStream::connect(address).await.ok()?;
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .ok()
+    };
+    let tls = tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .ok()??;
+    Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
+}

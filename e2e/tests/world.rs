@@ -5,6 +5,7 @@
 //! Tests that stop the API server itself get a control plane of their own
 //! ([`PrivateControlPlane`]), so the shared one stays up for every other test.
 
+use crate::admission_webhook::InProcessWebhook;
 use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
 use kube::{
     Api, Client, Config,
@@ -16,7 +17,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::{Mutex, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -28,6 +29,8 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 pub struct World {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
+    /// The admission webhook of this control plane (see [`InProcessWebhook`]).
+    pub webhook: Option<Arc<InProcessWebhook>>,
 }
 
 static WORLD: OnceLock<World> = OnceLock::new();
@@ -53,9 +56,10 @@ impl World {
     /// The world of the cluster `kubeconfig` names, with `deploy/` installed in it and the
     /// MailIncident API ready to use (`kubectl explain` included).
     pub fn install(kubeconfig: PathBuf, kubectl: PathBuf) -> World {
-        let world = World {
+        let mut world = World {
             kubeconfig,
             kubectl,
+            webhook: None,
         };
         // kubectl 1.20 validates client-side against a schema that predates
         // x-kubernetes-validations; the server is the judge here.
@@ -80,6 +84,7 @@ impl World {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+        world.webhook = Some(Arc::new(InProcessWebhook::start(&world)));
         world
     }
 
@@ -247,6 +252,14 @@ impl Operator {
             ])
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            // The world's webhook is the one the API server calls (see InProcessWebhook);
+            // this one serves its certificate on a port of its own, unused.
+            .args([
+                "--webhook-listen",
+                "127.0.0.1:0",
+                "--webhook-certificates",
+                "external",
+            ])
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info,mail_incident_operator=debug")
             .env("NO_COLOR", "1")
@@ -457,6 +470,7 @@ impl PrivateControlPlane {
             world: World {
                 kubeconfig: state.join("admin.kubeconfig"),
                 kubectl: kubectl_path(),
+                webhook: None,
             },
             state,
             port_base,
@@ -520,6 +534,8 @@ impl PrivateControlPlane {
 
 impl Drop for PrivateControlPlane {
     fn drop(&mut self) {
+        // Its webhook first, while the API server still answers its watches.
+        self.world.webhook.take();
         let stopped = Command::new(format!("{REPO}/e2e/cluster.sh"))
             .arg("down")
             .env("E2E_STATE", &self.state)

@@ -106,6 +106,20 @@ macro_rules! time_span_at_most {
         json_path = ".spec.reason",
         priority = "1",
         description = "Why the incident was declared"
+    ),
+    printcolumn(
+        name = "Declared By",
+        type_ = "string",
+        json_path = ".status.declaredBy",
+        priority = "1",
+        description = "The user who created the incident, as the admission webhook recorded"
+    ),
+    printcolumn(
+        name = "Changed By",
+        type_ = "string",
+        json_path = ".status.changedBy",
+        priority = "1",
+        description = "The user who wrote the spec as it is now, as the admission webhook recorded"
     )
 )]
 #[x_kube(validation = Rule::new(
@@ -459,6 +473,16 @@ pub struct MailIncidentStatus {
     /// The latest mode transitions, oldest first (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Transition>,
+
+    /// The user who created the incident, from the admission webhook's record of the
+    /// creation (absent when the webhook did not see it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_by: Option<String>,
+
+    /// The user who wrote the spec as it is now, from the admission webhook's record
+    /// (absent when no record checks out for this spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<String>,
 }
 
 /// A mode as reported in status: one of the incident modes, or Normal service.
@@ -547,4 +571,9 @@ pub struct Transition {
     pub at: Time,
     /// Why: the spec reason, resolution or expiry.
     pub reason: String,
+    /// The user whose change of the spec made it, as the admission webhook recorded;
+    /// absent when time made it (a start, an expiry), for a deletion, and for a change
+    /// the webhook did not see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }

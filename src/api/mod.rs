@@ -1,5 +1,6 @@
 //! What a user writes: the `MailIncident` resource, its CRD and its validation.
 
+pub mod admission;
 mod incident;
 pub mod mode_document;
 pub mod scope;

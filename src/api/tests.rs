@@ -491,7 +491,9 @@ fn crd_names_printer_columns_and_status_subresource() {
             ("Starts", 0),
             ("Expires", 0),
             ("Age", 0),
-            ("Reason", 1)
+            ("Reason", 1),
+            ("Declared By", 1),
+            ("Changed By", 1)
         ]
     );
     assert!(

@@ -5,7 +5,7 @@
 //! there is no flood to fold.
 
 use super::FIELD_MANAGER;
-use crate::{api::MailIncident, plan};
+use crate::plan;
 use k8s_openapi::{
     api::events::v1::Event,
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
@@ -31,13 +31,13 @@ impl Events {
         Self { client, instance }
     }
 
-    /// Records `note` on `incident`. A lost event is logged, not retried: the status
-    /// already carries the facts.
-    pub async fn publish(&self, incident: &MailIncident, note: &plan::Note) {
-        let reference = incident.object_ref(&());
+    /// Records `note` on `object` (an incident, or one of the operator's own objects). A
+    /// lost event is logged, not retried: the status already carries the facts.
+    pub async fn publish<K: Resource<DynamicType = ()>>(&self, object: &K, note: &plan::Note) {
+        let reference = object.object_ref(&());
         let now = Timestamp::now();
-        let name = incident.name_any();
-        let namespace = incident.namespace().unwrap_or_default();
+        let name = object.name_any();
+        let namespace = object.namespace().unwrap_or_default();
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(format!(
@@ -66,12 +66,12 @@ impl Events {
             .await;
         match result {
             Ok(_) => {}
-            // Deleting the incident, or its whole namespace: no one will read it.
-            Err(error) if incident.metadata.deletion_timestamp.is_some() => {
-                debug!(%error, incident = %name, reason = note.reason, "event not recorded on a deleted incident");
+            // Deleting the object, or its whole namespace: no one will read it.
+            Err(error) if object.meta().deletion_timestamp.is_some() => {
+                debug!(%error, object = %name, reason = note.reason, "event not recorded on a deleted object");
             }
             Err(error) => {
-                warn!(%error, incident = %name, reason = note.reason, "cannot record event");
+                warn!(%error, object = %name, reason = note.reason, "cannot record event");
             }
         }
     }

@@ -14,6 +14,7 @@ mod finalizers;
 mod leader;
 mod observe;
 mod report_pacing;
+pub mod signing_key;
 mod triggers;
 
 /// The objects the operator writes, for tests that plant what it would have written.
@@ -21,13 +22,14 @@ pub use apply::{WRITE_CONCURRENCY, document_object, report_object};
 
 use crate::{
     Error, Result,
-    api::{MailIncident, MailIncidentStatus, mode_document},
+    api::{MailIncident, MailIncidentStatus, admission::SigningKey, mode_document},
     http::{self, Readiness},
     metrics::Metrics,
     plan::{self, TargetRef},
     retry::retry_delays,
     shutdown,
     telemetry::LogFormat,
+    webhook::{self, admission::Reviewer},
 };
 use cache::Caches;
 use cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet};
@@ -119,6 +121,9 @@ pub struct Settings {
     /// fifth is left.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_seconds: u64,
+
+    #[command(flatten)]
+    pub webhook: webhook::CertificateSettings,
 }
 
 /// What every reconcile shares.
@@ -136,6 +141,8 @@ struct Context {
     retries: Mutex<HashMap<String, backon::ExponentialBackoff>>,
     /// The drift count of each agent (namespace, target, pod) last announced in an event.
     drifts_announced: Mutex<HashMap<(String, String, String), u64>>,
+    /// The key admission records are checked with (see [`signing_key`]).
+    signing_key: tokio::sync::watch::Receiver<Option<SigningKey>>,
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
@@ -217,8 +224,25 @@ pub async fn run(settings: Settings) -> Result<()> {
             config_maps: config_map_changes,
         },
     );
+    let signing_key = signing_key::start(
+        client.clone(),
+        &settings.lease_namespace,
+        identity.clone(),
+        stop.clone().boxed(),
+    )
+    .await?;
+    let webhook = serve_webhook(
+        client.clone(),
+        &settings,
+        Reviewer {
+            client: client.clone(),
+            signing_key: signing_key.clone(),
+        },
+        stop.clone(),
+    );
     let context = Arc::new(Context {
         events: Events::new(client.clone(), identity),
+        signing_key,
         client,
         metrics: metrics.clone(),
         caches: caches.clone(),
@@ -287,8 +311,31 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     elector.stop().await;
     info!("controller stopped; shutting down");
+    webhook.await.ok();
     http.stop().await;
     Ok(())
+}
+
+/// Serves the admission webhook beside the controller, never in its way: a webhook that
+/// cannot serve yet (no certificate from cert-manager, say) leaves the controller at its
+/// work, and HardRejects fail closed meanwhile.
+fn serve_webhook(
+    client: Client,
+    settings: &Settings,
+    reviewer: Reviewer,
+    stop: impl Future<Output = ()> + Clone + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let namespace = settings.lease_namespace.clone();
+    let webhook = settings.webhook.clone();
+    tokio::spawn(async move {
+        match webhook::start(client, &namespace, &webhook, reviewer, stop).await {
+            Ok(server) => {
+                info!(address = %server.local_addr(), "serving the admission webhook");
+                server.stopped().await;
+            }
+            Err(error) => error!(%error, "the admission webhook does not serve"),
+        }
+    })
 }
 
 /// The host name and process id: unique per replica when no pod name is given.
@@ -398,12 +445,14 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
                 .mode(RoundMode::Trunc),
         )
         .expect("truncating to seconds stays in range");
+    let signing_key = context.signing_key.borrow().clone();
     let plan = plan::plan(&plan::Namespace {
         name: namespace,
         incidents: incidents.iter().map(AsRef::as_ref).collect(),
         targets: &observed.targets,
         write_failures: &failures,
         orphaned_documents: &observed.orphans,
+        signing_key: signing_key.as_ref(),
         now,
     });
     let planned = planning.elapsed();
@@ -469,7 +518,7 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
         let drift_notes = new_drifts(context, namespace, &decision.agent_drifts);
         for note in decision.events.iter().chain(&drift_notes) {
             context.leadership.fence()?;
-            context.events.publish(incident, note).await;
+            context.events.publish(incident.as_ref(), note).await;
         }
     }
     for incident in incidents.iter().filter(|i| finalizers::awaited(i)) {

@@ -12,6 +12,7 @@ pub use target::{Delivery, QueueStorage, Target, TargetRef, Uptake, WorkloadKind
 
 use crate::api::{
     MailIncident, MailIncidentStatus, Mode, MtaKind, TimeSpan, Transition,
+    admission::{self, Admitted, NotAdmitted, SigningKey},
     mode_document::{
         DELIVERY_ANNOTATION, DocumentIncident, DocumentQueue, DocumentRelease, DriftReport,
         MODE_DOCUMENT_KEY, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION, ModeDocument, QueueFigures,
@@ -42,6 +43,9 @@ pub struct Namespace<'a> {
     pub write_failures: &'a BTreeMap<TargetRef, String>,
     /// Workloads that no longer exist but still have a mode document or report.
     pub orphaned_documents: &'a [TargetRef],
+    /// The key the admission webhook signs its records with: a HardReject is applied
+    /// only under a record it verifies (see [`crate::api::admission`]).
+    pub signing_key: Option<&'a SigningKey>,
     pub now: Timestamp,
 }
 
@@ -199,15 +203,45 @@ pub struct Note {
 enum Standing {
     /// Seen for the first time: it only gets its Unknown conditions this round.
     New,
-    /// Its spec is invalid: it changes nothing, and targets carrying its mode keep it,
-    /// until it ends all the same (`ended` says how): resolved, deleted, or past the end
-    /// of its last valid generation. An edit must never keep a fleet in a mode forever.
+    /// Its spec is invalid, or a HardReject nobody allowed to bounce mail admitted: it
+    /// changes nothing, and targets carrying its mode keep it, until it ends all the same
+    /// (`ended` says how): resolved, deleted, or past the end of its last valid
+    /// generation. An edit must never keep a fleet in a mode forever.
     Invalid {
         errors: Vec<validation::FieldError>,
         ended: Option<String>,
+        cause: Invalidity,
     },
     /// Valid, at one point of its life.
     Valid { spec: ValidIncident, phase: Phase },
+}
+
+/// Why an incident changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Invalidity {
+    /// Its spec breaks a rule of the API.
+    Spec,
+    /// A HardReject without an admission record that checks out and says its author may
+    /// bounce mail: fail closed.
+    BounceNotApproved,
+}
+
+impl Invalidity {
+    /// The reason of its conditions and event.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Spec => "InvalidSpec",
+            Self::BounceNotApproved => "BounceNotApproved",
+        }
+    }
+
+    /// What its condition message starts with.
+    fn summary(self) -> &'static str {
+        match self {
+            Self::Spec => "Invalid spec",
+            Self::BounceNotApproved => "Not approved",
+        }
+    }
 }
 
 /// Where a valid incident stands in time.
@@ -235,7 +269,17 @@ impl Standing {
 
 /// Plans one namespace.
 pub fn plan(ns: &Namespace<'_>) -> Plan {
-    let standings: Vec<Standing> = ns.incidents.iter().map(|i| standing(i, ns.now)).collect();
+    let admissions: Vec<Result<Admitted, NotAdmitted>> = ns
+        .incidents
+        .iter()
+        .map(|i| admission::admitted(i, ns.signing_key))
+        .collect();
+    let standings: Vec<Standing> = ns
+        .incidents
+        .iter()
+        .zip(&admissions)
+        .map(|(i, admission)| standing(i, ns.now, admission))
+        .collect();
     // An ended incident never freezes its targets, whatever its spec: a deleted one,
     // once gone, could never restore them.
     let frozen: BTreeSet<&str> = ns
@@ -369,7 +413,8 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
         .zip(&standings)
         .enumerate()
         .map(|(index, (incident, standing))| {
-            let mut decision = status::decide(incident, index, standing, ns, &outcomes);
+            let mut decision =
+                status::decide(incident, index, standing, &admissions[index], ns, &outcomes);
             if let Some(spec) = standing.active() {
                 decision.queue_watch = Some(queue_watch(spec, index, ns.targets, &outcomes));
             }
@@ -568,7 +613,11 @@ struct TargetOutcome {
     escalated: BTreeMap<usize, String>,
 }
 
-fn standing(incident: &MailIncident, now: Timestamp) -> Standing {
+fn standing(
+    incident: &MailIncident,
+    now: Timestamp,
+    admission: &Result<Admitted, NotAdmitted>,
+) -> Standing {
     if incident
         .status
         .as_ref()
@@ -581,6 +630,7 @@ fn standing(incident: &MailIncident, now: Timestamp) -> Standing {
         Err(errors) => Standing::Invalid {
             errors,
             ended: ended_while_invalid(incident, now),
+            cause: Invalidity::Spec,
         },
         Ok(spec) => {
             let ended = spec.resolved
@@ -593,10 +643,42 @@ fn standing(incident: &MailIncident, now: Timestamp) -> Standing {
             } else {
                 Phase::Active
             };
+            if spec.mode == Mode::HardReject
+                && phase != Phase::Ended
+                && let Some(refusal) = bounce_refusal(admission)
+            {
+                return Standing::Invalid {
+                    errors: vec![validation::FieldError {
+                        field: "spec.mode",
+                        message: refusal,
+                    }],
+                    ended: None,
+                    cause: Invalidity::BounceNotApproved,
+                };
+            }
             Standing::Valid { spec, phase }
         }
     }
 }
+
+/// Why a HardReject may not be applied, if it may not: no admission record checks out
+/// for it as it is now, or the one that does says its author may not bounce mail.
+fn bounce_refusal(admission: &Result<Admitted, NotAdmitted>) -> Option<String> {
+    let why = match admission {
+        Ok(admitted) if admitted.may_bounce => return None,
+        Ok(admitted) => format!(
+            "its admission record says {:?} may not bounce mail",
+            admitted.user
+        ),
+        Err(not_admitted) => not_admitted.to_string(),
+    };
+    Some(format!(
+        "HardReject is applied to no MTA: {why}; a user allowed to bounce mail (verb \"bounce\" on mailincidents.mailops.dev, which the ClusterRole {BOUNCE_ROLE} grants) must apply it again"
+    ))
+}
+
+/// The ClusterRole that grants the `bounce` verb (deploy/user-roles.yaml, the chart).
+pub const BOUNCE_ROLE: &str = "mail-incident-operator-bounce";
 
 /// How an incident whose spec is invalid has ended all the same, if it has: deleted,
 /// resolved (a field validation never doubts), or past the end its last valid generation

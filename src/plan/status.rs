@@ -1,12 +1,15 @@
 //! One incident's status and events, from the plan of its namespace.
 
 use super::{
-    ConditionType, Decision, HISTORY_LIMIT, LISTED_TARGETS_LIMIT, Namespace, Note, Phase, Standing,
-    TargetOutcome, Uptake, set_conditions,
+    ConditionType, Decision, HISTORY_LIMIT, Invalidity, LISTED_TARGETS_LIMIT, Namespace, Note,
+    Phase, Standing, TargetOutcome, Uptake, set_conditions,
 };
 use crate::api::{
     EffectiveMode, MailIncident, MailIncidentStatus, Supersession, TargetCounts, TargetProblem,
-    Transition, scope::DomainPattern, validation::FieldError,
+    Transition,
+    admission::{Admitted, NotAdmitted},
+    scope::DomainPattern,
+    validation::FieldError,
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, core::SelectorExt};
@@ -16,11 +19,27 @@ pub(super) fn decide(
     incident: &MailIncident,
     index: usize,
     standing: &Standing,
+    admission: &Result<Admitted, NotAdmitted>,
     ns: &Namespace<'_>,
     outcomes: &[TargetOutcome],
 ) -> Decision {
-    let previous = incident.status.clone().unwrap_or_default();
+    let mut previous = incident.status.clone().unwrap_or_default();
     let generation = incident.metadata.generation;
+    let admitted = admission.as_ref().ok();
+    previous.changed_by = admitted.map(|a| a.user.clone());
+    if previous.declared_by.is_none() {
+        previous.declared_by = admitted
+            .filter(|a| a.operation == "CREATE")
+            .map(|a| a.user.clone());
+    }
+    // A change of the spec made this round's transition, unless it is a deletion (which
+    // the webhook does not see).
+    let author = admitted
+        .filter(|_| {
+            previous.observed_generation != generation
+                && incident.metadata.deletion_timestamp.is_none()
+        })
+        .map(|a| a.user.clone());
     match standing {
         Standing::New => {
             // Say the controller has seen the object before anything else, so kstatus
@@ -41,11 +60,21 @@ pub(super) fn decide(
                 agent_drifts: vec![],
             }
         }
-        Standing::Invalid { errors, ended } => {
-            invalid(incident, errors, ended.as_deref(), previous, ns)
-        }
+        Standing::Invalid {
+            errors,
+            ended,
+            cause,
+        } => invalid(
+            incident,
+            errors,
+            ended.as_deref(),
+            *cause,
+            previous,
+            author,
+            ns,
+        ),
         Standing::Valid { spec, phase } => {
-            let mut builder = Builder::new(incident, &previous, ns.now);
+            let mut builder = Builder::new(incident, &previous, ns.now, author);
             builder.status.expires_at = spec.expires_at.map(Time);
             builder.status.starts_at = spec.starts_at.map(Time);
             builder.status.scope = Some(scope_summary(spec.scope.as_deref()));
@@ -54,11 +83,12 @@ pub(super) fn decide(
                     .starts_at
                     .map(|at| format!(", starting at {at}"))
                     .unwrap_or_default();
+                let by = builder.by_author();
                 builder.note(
                     false,
                     "Accepted",
                     format!(
-                        "Generation {} accepted: {:?} for targets {}, {}{start}, reply {} ({})",
+                        "Generation {}{by} accepted: {:?} for targets {}, {}{start}, reply {} ({})",
                         generation.unwrap_or_default(),
                         spec.mode,
                         spec.selector,
@@ -140,7 +170,9 @@ fn invalid(
     incident: &MailIncident,
     errors: &[FieldError],
     ended: Option<&str>,
+    cause: Invalidity,
     previous: MailIncidentStatus,
+    author: Option<String>,
     ns: &Namespace<'_>,
 ) -> Decision {
     let generation = incident.metadata.generation;
@@ -150,10 +182,10 @@ fn invalid(
         .collect::<Vec<_>>()
         .join("; ");
     let newly_seen = previous.observed_generation != generation;
-    let mut builder = Builder::new(incident, &previous, ns.now);
+    let mut builder = Builder::new(incident, &previous, ns.now, author);
     let message = match ended {
         // Targets keep whatever the last valid spec asked for: nothing is half-applied.
-        None => format!("Invalid spec, nothing was changed: {message}"),
+        None => format!("{}, nothing was changed: {message}", cause.summary()),
         Some(how) => {
             // Ended all the same: its targets return to normal service.
             builder.transition_to(EffectiveMode::Normal, format!("{how} (spec invalid)"));
@@ -164,27 +196,24 @@ fn invalid(
                 .filter(|t| t.source_incidents.contains(&name))
                 .count();
             format!(
-                "Invalid spec, but the incident has ended ({how}); {still} target(s) still run its mode: {message}"
+                "{}, but the incident has ended ({how}); {still} target(s) still run its mode: {message}",
+                cause.summary()
             )
         }
     };
+    let reason = cause.reason();
     set_conditions(
         &mut builder.status.conditions,
         &[
-            (ConditionType::Stalled, Some(true), "InvalidSpec", &message),
-            (ConditionType::Ready, Some(false), "InvalidSpec", &message),
-            (
-                ConditionType::Reconciling,
-                Some(false),
-                "InvalidSpec",
-                &message,
-            ),
+            (ConditionType::Stalled, Some(true), reason, &message),
+            (ConditionType::Ready, Some(false), reason, &message),
+            (ConditionType::Reconciling, Some(false), reason, &message),
         ],
         generation,
         ns.now,
     );
     if newly_seen {
-        builder.note(true, "InvalidSpec", message);
+        builder.note(true, reason, message);
     }
     builder.finish()
 }
@@ -197,12 +226,19 @@ struct Builder<'a> {
     transition: Option<Transition>,
     escalations: u32,
     now: Timestamp,
+    /// The user whose change of the spec this decision answers, if known.
+    author: Option<String>,
 }
 
 impl<'a> Builder<'a> {
     /// A decision on `incident` that starts from its `previous` status, now describing
-    /// its current generation.
-    fn new(incident: &'a MailIncident, previous: &'a MailIncidentStatus, now: Timestamp) -> Self {
+    /// its current generation, written by `author`.
+    fn new(
+        incident: &'a MailIncident,
+        previous: &'a MailIncidentStatus,
+        now: Timestamp,
+        author: Option<String>,
+    ) -> Self {
         let mut status = previous.clone();
         status.observed_generation = incident.metadata.generation;
         Self {
@@ -213,7 +249,16 @@ impl<'a> Builder<'a> {
             transition: None,
             escalations: 0,
             now,
+            author,
         }
+    }
+
+    /// ` by USER` when the author is known, for event messages.
+    fn by_author(&self) -> String {
+        self.author
+            .as_ref()
+            .map(|user| format!(" by {user}"))
+            .unwrap_or_default()
     }
 
     fn note(&mut self, warning: bool, reason: &'static str, message: String) {
@@ -231,16 +276,18 @@ impl<'a> Builder<'a> {
             return;
         }
         let from_name = from.map_or_else(|| "(none)".to_string(), |m| format!("{m:?}"));
+        let by = self.by_author();
         self.note(
             false,
             "ModeChanged",
-            format!("{from_name} -> {effective:?}: {why}"),
+            format!("{from_name} -> {effective:?}{by}: {why}"),
         );
         let transition = Transition {
             from,
             to: effective,
             at: Time(self.now),
             reason: why,
+            by: self.author.clone(),
         };
         self.push_history(transition.clone());
         self.transition = Some(transition);
@@ -639,6 +686,7 @@ impl<'a> Builder<'a> {
                 to: EffectiveMode::TempFail,
                 at: Time(self.now),
                 reason: why,
+                by: None,
             });
             self.escalations = new.len() as u32;
         }

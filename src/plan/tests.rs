@@ -86,6 +86,39 @@ pub(super) struct World {
     events: Vec<(String, Note)>,
     /// The mode document last written for each target, by name.
     pub(super) documents: BTreeMap<String, ModeDocument>,
+    /// The admission webhook is up: an incident without a record is planned as if a user
+    /// allowed to bounce mail had just written it.
+    pub(super) webhook_up: bool,
+}
+
+/// The key the simulated admission webhook signs its records with.
+pub(super) fn webhook_key() -> SigningKey {
+    SigningKey::new(&[42; 32]).expect("a long enough key")
+}
+
+/// `incident` with the record the admission webhook makes when `user` updates it.
+pub(super) fn admitted_by(incident: &MailIncident, user: &str, may_bounce: bool) -> MailIncident {
+    let mut admitted = incident.clone();
+    let record = admission::Admission {
+        namespace: "mail",
+        name: &incident.name_any(),
+        uid: incident.metadata.uid.as_deref().unwrap_or_default(),
+        user,
+        operation: "UPDATE",
+        may_bounce,
+        at: incident
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+        spec: &incident.spec,
+    }
+    .sign(&webhook_key());
+    admitted.annotations_mut().insert(
+        admission::ADMISSION_ANNOTATION.into(),
+        serde_json::to_string(&record).expect("a record serializes"),
+    );
+    admitted
 }
 
 impl World {
@@ -96,16 +129,33 @@ impl World {
             failures: BTreeMap::new(),
             events: vec![],
             documents: BTreeMap::new(),
+            webhook_up: true,
         }
     }
 
     pub(super) fn plan(&self, now: Timestamp) -> Plan {
+        let incidents: Vec<MailIncident> = self
+            .incidents
+            .iter()
+            .map(|incident| {
+                let recorded = incident
+                    .annotations()
+                    .contains_key(admission::ADMISSION_ANNOTATION);
+                if self.webhook_up && !recorded {
+                    admitted_by(incident, "sre", true)
+                } else {
+                    incident.clone()
+                }
+            })
+            .collect();
+        let key = webhook_key();
         plan(&Namespace {
             name: "mail",
-            incidents: self.incidents.iter().collect(),
+            incidents: incidents.iter().collect(),
             targets: &self.targets,
             write_failures: &self.failures,
             orphaned_documents: &[],
+            signing_key: Some(&key),
             now,
         })
     }
@@ -586,6 +636,7 @@ fn documents_of_workloads_that_are_gone_are_deleted() {
         targets: &world.targets,
         write_failures: &BTreeMap::new(),
         orphaned_documents: std::slice::from_ref(&gone),
+        signing_key: None,
         now: at(0),
     });
     assert!(plan.writes.contains(&Write::DeleteDocument {
@@ -1589,4 +1640,197 @@ fn a_report_outlives_its_document_until_every_agent_has_released_its_held_mail()
     let plan = world.plan(at(3));
     assert!(plan.writes.iter().any(|w| matches!(w,
         Write::PutDocument { target, create_report: true, .. } if target.name == "postfix-a")));
+}
+
+#[test]
+fn a_hard_reject_without_a_record_reaches_no_mta_and_stays_stalled_when_the_webhook_is_back() {
+    let mut world = World::new(vec![incident("purge", 0, 1, HARD_REJECT)], fleet());
+    world.webhook_up = false;
+    world.settle(at(0), true);
+    assert!(world.documents.is_empty(), "{:?}", world.documents.keys());
+    let stalled = world.condition("purge", "Stalled");
+    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.reason, "BounceNotApproved");
+    assert!(
+        stalled.message.starts_with(
+            "Not approved, nothing was changed: spec.mode: HardReject is applied to no MTA: the admission webhook left no record on it"
+        ),
+        "{}",
+        stalled.message
+    );
+    assert!(stalled.message.contains("mail-incident-operator-bounce"));
+    assert_eq!(world.condition("purge", "Ready").status, "False");
+    assert_eq!(world.event_reasons("purge"), ["BounceNotApproved"]);
+    // The webhook back, the object unchanged: still nothing, and no event again.
+    world.webhook_up = true;
+    world.incidents[0]
+        .annotations_mut()
+        .insert(admission::ADMISSION_ANNOTATION.into(), "{}".into());
+    world.settle(at(5), true);
+    assert!(world.documents.is_empty());
+    assert_eq!(
+        world.condition("purge", "Stalled").reason,
+        "BounceNotApproved"
+    );
+    assert_eq!(world.event_reasons("purge"), ["BounceNotApproved"]);
+}
+
+#[test]
+fn a_hard_reject_is_applied_only_for_an_author_allowed_to_bounce_and_the_spec_they_wrote() {
+    let oncall = admitted_by(&incident("purge", 0, 1, HARD_REJECT), "oncall", false);
+    let mut world = World::new(vec![oncall], fleet());
+    world.settle(at(0), true);
+    assert!(world.documents.is_empty());
+    assert!(
+        world
+            .condition("purge", "Stalled")
+            .message
+            .contains("its admission record says \"oncall\" may not bounce mail"),
+        "{}",
+        world.condition("purge", "Stalled").message
+    );
+
+    let lead = admitted_by(&incident("purge", 0, 2, HARD_REJECT), "lead", true);
+    world.replace(lead.clone());
+    world.settle(at(1), true);
+    assert_eq!(
+        world.documents.keys().collect::<Vec<_>>(),
+        ["postfix-b"],
+        "the edge MTA answers 550"
+    );
+    assert_eq!(world.condition("purge", "Ready").status, "True");
+    let status = world.status("purge");
+    assert_eq!(status.changed_by.as_deref(), Some("lead"));
+    let last = status.history.last().unwrap();
+    assert_eq!(
+        (last.to, last.by.as_deref()),
+        (EffectiveMode::HardReject, Some("lead"))
+    );
+    let hard_reject_hash = world.target("postfix-b").document_hash.clone();
+
+    // The spec edited after lead's approval (the webhook down): the edit is not applied,
+    // and what lead approved stays as it was.
+    let mut edited = lead.clone();
+    edited.spec.targets.match_labels = [("app".to_string(), "mta".to_string())].into();
+    edited.metadata.generation = Some(3);
+    world.replace(edited);
+    world.settle(at(2), true);
+    assert_eq!(world.documents.keys().collect::<Vec<_>>(), ["postfix-b"]);
+    assert_eq!(world.target("postfix-b").document_hash, hard_reject_hash);
+    assert_eq!(
+        world.condition("purge", "Stalled").reason,
+        "BounceNotApproved"
+    );
+    assert!(
+        world
+            .condition("purge", "Stalled")
+            .message
+            .contains("its spec was changed after the admission webhook saw it")
+    );
+    assert_eq!(world.status("purge").changed_by, None);
+}
+
+#[test]
+fn an_escalation_nobody_approved_keeps_the_targets_in_the_mode_they_had() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), true);
+    let temp_fail: Vec<Option<String>> = world
+        .targets
+        .iter()
+        .map(|t| t.document_hash.clone())
+        .collect();
+    world.webhook_up = false;
+    world.replace(incident(
+        "outage",
+        0,
+        2,
+        "mode: HardReject\nreason: INC-7\ntargets: {matchLabels: {app: mta}}\nhardReject: {acknowledgeBounces: true}",
+    ));
+    world.settle(at(1), true);
+    let after: Vec<Option<String>> = world
+        .targets
+        .iter()
+        .map(|t| t.document_hash.clone())
+        .collect();
+    assert_eq!(
+        after, temp_fail,
+        "the held mail stays held, nothing bounces"
+    );
+    assert_eq!(
+        world.status("outage").effective_mode,
+        Some(EffectiveMode::TempFail)
+    );
+}
+
+#[test]
+fn transitions_name_who_declared_changed_and_resolved_and_time_names_nobody() {
+    let mut declared = admitted_by(&incident("outage", 0, 1, TEMP_FAIL), "lead", false);
+    // A record of the creation.
+    let record = admission::Admission {
+        namespace: "mail",
+        name: "outage",
+        uid: "",
+        user: "lead",
+        operation: "CREATE",
+        may_bounce: false,
+        at: at(0).as_second(),
+        spec: &declared.spec,
+    }
+    .sign(&webhook_key());
+    declared.annotations_mut().insert(
+        admission::ADMISSION_ANNOTATION.into(),
+        serde_json::to_string(&record).unwrap(),
+    );
+    let mut world = World::new(vec![declared], fleet());
+    world.settle(at(0), true);
+    let mut resolved = incident("outage", 0, 2, &format!("{TEMP_FAIL}\nresolved: true"));
+    resolved = admitted_by(&resolved, "oncall", false);
+    world.replace(resolved);
+    world.settle(at(1), true);
+    let status = world.status("outage");
+    let history: Vec<(EffectiveMode, Option<&str>)> = status
+        .history
+        .iter()
+        .map(|t| (t.to, t.by.as_deref()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (EffectiveMode::TempFail, Some("lead")),
+            (EffectiveMode::Normal, Some("oncall"))
+        ]
+    );
+    assert_eq!(status.declared_by.as_deref(), Some("lead"));
+    assert_eq!(status.changed_by.as_deref(), Some("oncall"));
+    let messages: Vec<&str> = world
+        .events
+        .iter()
+        .filter(|(_, e)| e.reason == "ModeChanged" || e.reason == "Accepted")
+        .map(|(_, e)| e.message.as_str())
+        .collect();
+    assert!(
+        messages[0].starts_with("Generation 1 by lead accepted"),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("TempFail -> Normal by oncall: resolved")),
+        "{messages:?}"
+    );
+
+    // An expiry is time's doing, not the last author's.
+    let mut world = World::new(
+        vec![incident(
+            "window",
+            0,
+            1,
+            &format!("{TEMP_FAIL}\nduration: 1h"),
+        )],
+        fleet(),
+    );
+    world.settle(at(0), true);
+    world.settle(at(61), true);
+    let last = world.status("window").history.last().unwrap().clone();
+    assert_eq!((last.to, last.by), (EffectiveMode::Normal, None));
 }

@@ -8,8 +8,8 @@ use super::{
     Connection, ConnectionArgs, FIELD_MANAGER, Format, OutputArgs, PluginError, Table,
     output::{print_object, print_objects},
     write_common::{
-        Look, MatchedWorkload, bar, check_spec, current_ready, follow, matched_workloads,
-        one_namespace, parse_span, parse_time,
+        Look, MatchedWorkload, bar, check_may_bounce, check_spec, current_ready, follow,
+        matched_workloads, one_namespace, parse_span, parse_time,
     },
 };
 use crate::api::{
@@ -170,6 +170,9 @@ pub async fn run(connection: &ConnectionArgs, args: &DeclareArgs) -> Result<(), 
             cluster.namespace
         );
         return Ok(());
+    }
+    if spec.mode == Mode::HardReject && !spec.resolved {
+        check_may_bounce(&cluster).await?;
     }
     let api: Api<MailIncident> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let object = MailIncident::new(&args.name, spec);

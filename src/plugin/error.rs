@@ -3,6 +3,9 @@
 use crate::api::validation::FieldError;
 use std::fmt;
 
+/// What the API server puts before an admission webhook's message.
+const DENIED: &str = "denied the request: ";
+
 #[derive(Debug)]
 pub enum PluginError {
     /// The kubeconfig cannot be read or used.
@@ -31,7 +34,7 @@ pub enum PluginError {
 
 impl PluginError {
     /// The API error of `verb` on `resource` (in `namespace`), said helpfully when it is
-    /// a refusal a user can act on.
+    /// a refusal a user can act on; an admission webhook's refusal in its own words.
     pub fn from_api(
         error: kube::Error,
         verb: &str,
@@ -44,6 +47,13 @@ impl PluginError {
                 resource: resource.into(),
                 namespace: namespace.map(String::from),
             },
+            // The admission webhook's own words, without the API server's wrapping.
+            kube::Error::Api(response) if response.message.contains(DENIED) => Self::Refused(
+                response
+                    .message
+                    .split_once(DENIED)
+                    .map_or_else(|| response.message.clone(), |(_, why)| why.to_string()),
+            ),
             _ => Self::Api(error),
         }
     }

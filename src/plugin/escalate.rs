@@ -7,7 +7,8 @@
 use super::{
     Connection, ConnectionArgs, OutputArgs, PluginError,
     write_common::{
-        check_spec, fetch_incident, matched_workloads, merge_spec, one_namespace, print_written,
+        check_may_bounce, check_spec, fetch_incident, matched_workloads, merge_spec, one_namespace,
+        print_written,
     },
 };
 use crate::api::{
@@ -161,6 +162,7 @@ pub async fn run(connection: &ConnectionArgs, args: &EscalateArgs) -> Result<(),
         .map_or_else(Timestamp::now, |t| t.0);
     let valid = check_spec(&args.name, &escalation.spec, created)?;
     if to == Mode::HardReject {
+        check_may_bounce(&cluster).await?;
         let (workloads, pods) = selected_mtas(&cluster, &escalation.spec).await?;
         eprintln!("{}", bounce_warning(workloads, pods, &valid.reply));
         if !args.yes {

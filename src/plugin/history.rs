@@ -31,6 +31,10 @@ pub struct Entry {
     /// RFC 3339; absent for an event that carries no time.
     pub time: Option<Timestamp>,
     pub kind: EntryKind,
+    /// Who made a transition, as the admission webhook recorded (events name theirs in
+    /// their message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     pub reason: String,
     pub message: String,
     /// How many times the API server counted the event (1 for a transition).
@@ -57,6 +61,7 @@ pub fn entries(transitions: &[Transition], events: &[Event]) -> Vec<Entry> {
         .map(|t| Entry {
             time: Some(t.at.0),
             kind: EntryKind::Transition,
+            by: t.by.clone(),
             reason: t.reason.clone(),
             message: format!("{} -> {}", mode_name(t.from), mode_name(Some(t.to))),
             count: 1,
@@ -77,6 +82,7 @@ pub fn entries(transitions: &[Transition], events: &[Event]) -> Vec<Entry> {
             } else {
                 EntryKind::Normal
             },
+            by: None,
             reason: e.reason.clone().unwrap_or_default(),
             message: e.message.clone().unwrap_or_default(),
             count: e.count.unwrap_or(1).max(1),
@@ -87,7 +93,7 @@ pub fn entries(transitions: &[Transition], events: &[Event]) -> Vec<Entry> {
 }
 
 pub fn table(entries: &[Entry]) -> Table {
-    let mut table = Table::new(&["TIME", "KIND", "REASON", "MESSAGE"]);
+    let mut table = Table::new(&["TIME", "KIND", "BY", "REASON", "MESSAGE"]);
     for entry in entries {
         let message = if entry.count > 1 {
             format!("{} (x{})", entry.message, entry.count)
@@ -101,6 +107,7 @@ pub fn table(entries: &[Entry]) -> Table {
                 .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
                 .unwrap_or_default(),
             format!("{:?}", entry.kind),
+            entry.by.clone().unwrap_or_default(),
             entry.reason.clone(),
             message,
         ]);
@@ -222,12 +229,14 @@ mod tests {
                 to: EffectiveMode::TempFail,
                 at: at(0),
                 reason: "Declared".into(),
+                by: Some("lead".into()),
             },
             Transition {
                 from: Some(EffectiveMode::TempFail),
                 to: EffectiveMode::Normal,
                 at: at(60),
                 reason: "Resolved".into(),
+                by: None,
             },
         ];
         let events = vec![
@@ -251,11 +260,15 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "TIME                   KIND         REASON        MESSAGE"
+            "TIME                   KIND         BY     REASON        MESSAGE"
+        );
+        assert_eq!(
+            lines[1],
+            "2027-01-15T08:00:00Z   Transition   lead   Declared      nothing -> TempFail"
         );
         assert_eq!(
             lines[2],
-            "2027-01-15T08:00:30Z   Warning      Drift         Drift said (x3)"
+            "2027-01-15T08:00:30Z   Warning             Drift         Drift said (x3)"
         );
     }
 

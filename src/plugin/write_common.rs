@@ -7,7 +7,10 @@ use super::{
     Connection, ConnectionArgs, FIELD_MANAGER, Format, OutputArgs, PluginError, Table,
     output::print_objects,
 };
-use crate::api::{MailIncident, MailIncidentSpec, TimeSpan, validation};
+use crate::{
+    api::{MailIncident, MailIncidentSpec, TimeSpan, validation},
+    webhook::admission::{BOUNCE_VERB, refusal},
+};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
 use kube::{
     Api,
@@ -17,6 +20,40 @@ use std::{
     io::{IsTerminal, Write},
     time::{Duration, Instant},
 };
+
+/// Refuses before anything is written, or asked, when the user may not make MTAs bounce
+/// mail in the namespace (the verb `bounce`, which the admission webhook checks too).
+pub async fn check_may_bounce(cluster: &Connection) -> Result<(), PluginError> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("mailops.dev".into()),
+                resource: Some("mailincidents".into()),
+                verb: Some(BOUNCE_VERB.into()),
+                namespace: Some(cluster.namespace.clone()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(cluster.client.clone())
+        .create(&kube::api::PostParams::default(), &review)
+        .await
+        .map_err(|e| PluginError::from_api(e, "create", "selfsubjectaccessreviews", None))?;
+    if answer.status.is_some_and(|s| s.allowed) {
+        Ok(())
+    } else {
+        Err(PluginError::Refused(refusal(
+            "you",
+            &cluster.namespace,
+            false,
+        )))
+    }
+}
 
 /// Writes act in one namespace: `-A`, which lists across them, is refused rather than
 /// ignored.

@@ -43,3 +43,32 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/* The admission webhook's names. A release called mail-incident-operator gets the
+operator's defaults (those of deploy/); any other passes its own as flags. */}}
+{{- define "mio.webhookService" -}}
+{{- printf "%s-webhook" (include "mio.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mio.webhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "mio.fullname" .) }}
+{{- end }}
+
+{{- define "mio.webhookConfiguration" -}}
+{{- include "mio.fullname" . }}
+{{- end }}
+
+{{/* The serving Certificate's name (webhook.certificates=certManager). */}}
+{{- define "mio.webhookCertificate" -}}
+{{- printf "%s-webhook" (include "mio.fullname" .) }}
+{{- end }}
+
+{{/* cert-manager's objects: are they the chart's (webhook.certificates=certManager), and
+does it make its own CA (no webhook.certManager.issuerRef)? */}}
+{{- define "mio.certManager" -}}
+{{- if eq .Values.webhook.certificates "certManager" }}true{{ end }}
+{{- end }}
+
+{{- define "mio.certManagerOwnCA" -}}
+{{- if and (include "mio.certManager" .) (not .Values.webhook.certManager.issuerRef.name) }}true{{ end }}
+{{- end }}
