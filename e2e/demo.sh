@@ -4,7 +4,8 @@
 # its two pods; a small real fleet in namespace `mail` (two Postfix Deployments and an Exim
 # StatefulSet from examples/, each with its agent as a sidecar); then an AcceptAndQueue
 # incident holding mail and its release, a scoped TempFail, a window declared for
-# tomorrow, and an outage run with the kubectl plugin from declare to resolve: what
+# tomorrow, an outage run with the kubectl plugin from declare to resolve, and who may
+# make an MTA bounce mail (users oncall and lead of the control plane's token file): what
 # kubectl and the plugin show and what each MTA answers over SMTP from the host.
 # Everything keeps running afterwards; `make cluster-down` stops it all, and the next
 # `make demo` starts from a clean cluster.
@@ -263,6 +264,37 @@ for m in "${mtas[@]}"; do set -- $m; after=$((after + $(delivered "$1"))); done
 echo "resolve --wait returned $((($(date +%s%N) - resolved) / 1000000)) ms after the command;" \
   "$((after - before)) of the 6 held messages were in mailbox storage by then"
 [ $((after - before)) -eq 6 ] || die "resolve --wait returned before the held mail was delivered"
+log "who may bounce mail: oncall (edit) is refused a HardReject; lead (edit and the bounce role) may"
+k -n mail create rolebinding oncall-edit --clusterrole=edit --group=mail-oncall >/dev/null
+k -n mail create rolebinding lead-edit --clusterrole=edit --user=lead >/dev/null
+k -n mail create rolebinding lead-bounce --clusterrole=mail-incident-operator-bounce --user=lead >/dev/null
+k -n mail label deployment postfix-relay mail.example/tier=relay >/dev/null
+purge='apiVersion: mailops.dev/v1alpha1
+kind: MailIncident
+metadata:
+  name: relay-purge
+spec:
+  mode: HardReject
+  hardReject: {acknowledgeBounces: true}
+  reason: "INC-2050: relay spool lost; refuse until rebuilt"
+  targets: {matchLabels: {mail.example/tier: relay}}
+  duration: 1h'
+echo
+echo "\$ kubectl --context oncall -n mail apply -f relay-purge.yaml   (mode HardReject)"
+if k --context oncall -n mail apply -f - <<<"$purge"; then
+  die "oncall was allowed to make an MTA bounce mail"
+fi
+echo
+echo "\$ kubectl --context lead -n mail apply -f relay-purge.yaml"
+k --context lead -n mail apply -f - <<<"$purge" || die "lead was refused"
+k -n mail wait --for=condition=Ready --timeout=60s mailinc/relay-purge >/dev/null \
+  || die "lead's HardReject did not turn Ready"
+answers "With lead's HardReject on postfix-relay, each MTA answers RCPT with"
+mi --context oncall resolve relay-purge -n mail --wait --timeout 60s || die "oncall could not resolve it"
+mi history relay-purge -n mail || die "history failed"
+echo
+echo "\$ kubectl get mailinc -n mail -o wide"
+k -n mail get mailinc -o wide
 echo
 echo "\$ kubectl get configmaps -n mail -l mailops.dev/role=mode-document   (one mode document per MTA workload)"
 k -n mail get configmaps -l mailops.dev/role=mode-document
