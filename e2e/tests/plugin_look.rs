@@ -25,15 +25,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// What the screen shows below the last line holding `command`: its output so far. The
-/// screen before a `clear` takes effect holds the typed command too, with nothing after.
-fn printed_after<'a>(screen: &'a str, command: &str) -> &'a str {
-    screen
-        .rfind(command)
-        .and_then(|at| screen[at..].find('\n').map(|end| &screen[at + end..]))
-        .unwrap_or("")
-}
-
 /// Asserts that every cell of `row` starts at the column of its header (`header` is the
 /// table's header line): the table is aligned as kubectl aligns its own.
 fn assert_aligned(header: &str, row: &str) {
@@ -207,27 +198,23 @@ async fn status_history_and_the_terminal_through_a_hold_and_its_release() {
     );
     eprintln!("--- tmux, status outage:\n{screen}");
     // The same command piped, in the same terminal: no colour.
-    tmux.type_line("clear");
+    tmux.clear().await;
     tmux.type_line(&format!(
         "kubectl-mail_incident --kubeconfig {kubeconfig} -n {ns} status outage | cat"
     ));
-    tmux.wait_for_screen("the piped status", |s| {
-        printed_after(s, "status outage | cat").contains("Stalled")
-    })
-    .await;
+    tmux.wait_for_screen("the piped status", |s| s.contains("Stalled"))
+        .await;
     let piped = tmux.screen(true);
     assert!(
         !piped.contains("\x1b[32m"),
         "colour through a pipe:\n{piped:?}"
     );
-    tmux.type_line("clear");
+    tmux.clear().await;
     tmux.type_line(&format!(
         "kubectl-mail_incident --kubeconfig {kubeconfig} -n {ns} status outage --watch"
     ));
-    tmux.wait_for_screen("the watch", |s| {
-        printed_after(s, "status outage --watch").contains("holding")
-    })
-    .await;
+    tmux.wait_for_screen("the watch", |s| s.contains("holding"))
+        .await;
     assert!(
         !tmux.cursor_shown(),
         "the cursor is hidden while frames are redrawn"

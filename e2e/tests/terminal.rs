@@ -75,6 +75,17 @@ impl Tmux {
         self.press("Enter");
     }
 
+    /// Runs `clear` and waits until the screen shows the prompt alone: what is typed next,
+    /// and its output, are then all there is (typed sooner, the keys echo before the
+    /// clear and vanish with it, and the old screen still shows what a test looks for).
+    pub async fn clear(&self) {
+        self.type_line("clear");
+        self.wait_for_screen("a cleared screen", |s| {
+            s.lines().filter(|l| !l.trim().is_empty()).count() <= 1
+        })
+        .await;
+    }
+
     /// The screen as a person sees it (with `colours`, its colours as escape codes).
     pub fn screen(&self, colours: bool) -> String {
         let mut args = vec!["capture-pane", "-p", "-t", "0"];
