@@ -142,7 +142,7 @@ struct Context {
     /// The drift count of each agent (namespace, target, pod) last announced in an event.
     drifts_announced: Mutex<HashMap<(String, String, String), u64>>,
     /// The key admission records are checked with (see [`signing_key`]).
-    signing_key: tokio::sync::watch::Receiver<Option<SigningKey>>,
+    signing_key: SigningKey,
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
@@ -445,14 +445,13 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
                 .mode(RoundMode::Trunc),
         )
         .expect("truncating to seconds stays in range");
-    let signing_key = context.signing_key.borrow().clone();
     let plan = plan::plan(&plan::Namespace {
         name: namespace,
         incidents: incidents.iter().map(AsRef::as_ref).collect(),
         targets: &observed.targets,
         write_failures: &failures,
         orphaned_documents: &observed.orphans,
-        signing_key: signing_key.as_ref(),
+        signing_key: Some(&context.signing_key),
         now,
     });
     let planned = planning.elapsed();

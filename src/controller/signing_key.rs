@@ -19,7 +19,6 @@ use kube::{
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use std::time::Duration;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// The Secret holding the key.
@@ -55,14 +54,15 @@ fn step(held: Option<&[u8]>, stored: Option<&[u8]>, fresh: impl FnOnce() -> Vec<
 }
 
 /// Loads (or makes) the key before returning it, then keeps the Secret in a background
-/// task until `stop`. The receiver always holds the key. `instance` names this replica
-/// in events.
+/// task until `stop`. The key a replica holds never changes while it runs (a changed
+/// Secret is put back, not followed), so it is returned as it is. `instance` names this
+/// replica in events.
 pub async fn start(
     client: Client,
     namespace: &str,
     instance: String,
     stop: BoxFuture<'static, ()>,
-) -> Result<watch::Receiver<Option<SigningKey>>> {
+) -> Result<SigningKey> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut keeper = Keeper {
         secrets,
@@ -83,16 +83,18 @@ pub async fn start(
             Err(error) => return Err(error),
         }
     }
-    let key = keeper.held.as_deref().and_then(SigningKey::new);
-    let (publish, receiver) = watch::channel(key);
+    let key = keeper
+        .held
+        .as_deref()
+        .and_then(SigningKey::new)
+        .ok_or_else(|| Error::Webhook("the signing key loaded is too short".into()))?;
     tokio::spawn(async move {
         tokio::select! {
             () = keeper.keep() => {}
             () = stop => {}
         }
-        drop(publish);
     });
-    Ok(receiver)
+    Ok(key)
 }
 
 struct Keeper {

@@ -29,7 +29,6 @@ use kube::{
         admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
     },
 };
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// The path the webhook configuration calls.
@@ -151,7 +150,7 @@ fn annotation_patch(object: &MailIncident, wanted: Option<&String>) -> json_patc
 #[derive(Clone)]
 pub struct Reviewer {
     pub client: Client,
-    pub signing_key: watch::Receiver<Option<SigningKey>>,
+    pub signing_key: SigningKey,
 }
 
 impl Reviewer {
@@ -178,9 +177,6 @@ impl Reviewer {
         let (Some(new), old) = (typed(&request.object), typed(&request.old_object)) else {
             return response.into_review();
         };
-        let Some(key) = self.signing_key.borrow().clone() else {
-            return response.into_review();
-        };
         let namespace = request.namespace.clone().unwrap_or_default();
         let user = request.user_info.username.clone().unwrap_or_default();
         let write = Write {
@@ -196,7 +192,7 @@ impl Reviewer {
         } else {
             None
         };
-        match decide(&write, may_bounce, &key) {
+        match decide(&write, may_bounce, &self.signing_key) {
             Verdict::Deny(message) => {
                 info!(%user, incident = %new.name_any(), %namespace, "refused a HardReject: {message}");
                 response.deny(message).into_review()
