@@ -14,7 +14,7 @@ python="$E2E_CACHE/python/bin/python"
 [ -x "$python" ] || die "$python not found: e2e/install-deps.sh creates it (apt-get install python3-venv)"
 command -v lua5.1 >/dev/null || die "lua5.1 not found: apt-get install lua5.1"
 
-for suite in chart dashboard argocd; do
+for suite in chart dashboard argocd docs; do
   log "artefact tests: $suite"
   "$python" -m unittest discover -s "$here/$suite" -t "$here/$suite"
 done
