@@ -7,7 +7,7 @@
 # a Maildir per domain, NAME/mailboxes/DOMAIN/, so that a test can break one domain's store.
 #
 # Its recipient restrictions ask the agent's policy service on POLICY_PORT first, as a
-# site's main.cf does (see README, "Postfix"); with no agent there, Postfix goes on
+# site's main.cf does (see docs/postfix.md); with no agent there, Postfix goes on
 # as if the service said DUNNO.
 #
 #   e2e/postfix-instance.sh start NAME PORT POLICY_PORT
