@@ -61,10 +61,12 @@ mod admission_webhook;
 #[path = "../tests/fakes.rs"]
 mod fakes;
 // The shared test world; the benchmark uses only part of it.
+mod control_plane;
 #[allow(dead_code)]
 #[path = "../tests/world.rs"]
 mod world;
 
+use control_plane::{ControlPlaneCpu, cpu_seconds_of, wait_control_plane_quiet};
 use futures::{StreamExt, stream};
 use k8s_openapi::{
     api::{
@@ -972,55 +974,6 @@ fn status_kib(pid: u32, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} in /proc/PID/status"))
 }
 
-/// CPU seconds of the control plane's processes, from the pid files `e2e/cluster.sh`
-/// keeps in `E2E_STATE`: where a mode change's cost lands on a machine whose cores the
-/// API server saturates.
-#[derive(Clone, Copy)]
-struct ControlPlaneCpu {
-    api_server: f64,
-    etcd: f64,
-    controller_manager: f64,
-}
-
-impl ControlPlaneCpu {
-    /// So far; `None` when the bench did not start the cluster (`E2E_KUBECONFIG` given).
-    fn now() -> Option<Self> {
-        let state = std::env::var("E2E_STATE").ok()?;
-        let cpu = |name: &str| -> Option<f64> {
-            let pid = std::fs::read_to_string(format!("{state}/{name}.pid")).ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
-            Some(cpu_seconds_of(&stat))
-        };
-        Some(Self {
-            api_server: cpu("kube-apiserver")?,
-            etcd: cpu("etcd")?,
-            controller_manager: cpu("kube-controller-manager")?,
-        })
-    }
-
-    /// Used since `before`.
-    fn since(before: Option<Self>) -> Option<Self> {
-        let (before, now) = (before?, Self::now()?);
-        Some(Self {
-            api_server: now.api_server - before.api_server,
-            etcd: now.etcd - before.etcd,
-            controller_manager: now.controller_manager - before.controller_manager,
-        })
-    }
-
-    fn show(cpu: Option<Self>) -> String {
-        cpu.map_or_else(
-            || "n/a".to_string(),
-            |c| {
-                format!(
-                    "{:.2} / {:.2} / {:.2} s",
-                    c.api_server, c.etcd, c.controller_manager
-                )
-            },
-        )
-    }
-}
-
 /// How often agents report their queue while a mode is applied (`--report-seconds`'s
 /// default), and how long the bench plays that.
 const REPORT_PERIOD: Duration = Duration::from_secs(30);
@@ -1088,43 +1041,6 @@ async fn steady_state(client: &Client, namespace: &str, operator: &Operator) -> 
     }
 }
 
-/// Waits (at most `limit`) until the control plane has used less than a tenth of a core
-/// over half a second: after the warm-up, kube-controller-manager's garbage collector and
-/// the API server still work through the 2N new documents and reports for a few seconds,
-/// and at 5000 targets kube-controller-manager still posts the fleet's events, rate
-/// limited, for minutes; a change measured meanwhile would pay for them. Where the bench
-/// did not start the cluster, waits five seconds.
-async fn wait_control_plane_quiet(limit: Duration) {
-    const WINDOW: Duration = Duration::from_millis(500);
-    let started = Instant::now();
-    let deadline = started + limit;
-    let mut before = ControlPlaneCpu::now();
-    if before.is_none() {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        return;
-    }
-    loop {
-        tokio::time::sleep(WINDOW).await;
-        let now = ControlPlaneCpu::now();
-        let used = ControlPlaneCpu::since(before)
-            .map_or(0.0, |c| c.api_server + c.etcd + c.controller_manager);
-        if used < 0.1 * WINDOW.as_secs_f64() {
-            eprintln!(
-                "[bench] the control plane is quiet after {:.0} s",
-                started.elapsed().as_secs_f64()
-            );
-            return;
-        }
-        if Instant::now() > deadline {
-            eprintln!(
-                "[bench] the control plane is still busy ({used:.2} CPU s per 0.5 s); measuring anyway"
-            );
-            return;
-        }
-        before = now;
-    }
-}
-
 /// The API server's request and watch-event counters: requests by verb, resource and
 /// subresource (any code), watch events sent by kind.
 async fn api_server_counters(client: &Client) -> HashMap<String, f64> {
@@ -1188,15 +1104,6 @@ fn counter_increments(
 /// The bench process's own CPU seconds (fake agents, watches, floor client).
 fn self_cpu_seconds() -> f64 {
     cpu_seconds_of(&std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat"))
-}
-
-fn cpu_seconds_of(stat: &str) -> f64 {
-    // Fields after the command name (which may hold spaces): utime and stime are the 12th
-    // and 13th, in clock ticks of 1/100 s on Linux.
-    let after_name = &stat[stat.rfind(')').expect("comm ends with )") + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
 }
 
 fn secs(d: Duration) -> String {
