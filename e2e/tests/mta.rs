@@ -237,6 +237,19 @@ impl AgentProcess {
         args: &[OsString],
         api_server: Option<&str>,
     ) -> Self {
+        Self::start_reporting_every(world, namespace, pod, args, api_server, 1).await
+    }
+
+    /// [`AgentProcess::start_through`], measuring its queue every `report_seconds` (the
+    /// tests take 1 s; a benchmark of what a deployment sees takes the default).
+    pub async fn start_reporting_every(
+        world: &World,
+        namespace: &str,
+        pod: &str,
+        args: &[OsString],
+        api_server: Option<&str>,
+        report_seconds: u64,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("agent.kubeconfig");
         let mut config =
@@ -259,7 +272,7 @@ impl AgentProcess {
             "--pod",
             pod,
             "--report-seconds",
-            "1",
+            &report_seconds.to_string(),
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--state-dir",

@@ -31,17 +31,14 @@ use backon::ExponentialBackoff;
 use futures::{Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
 use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
-use tokio::{
-    sync::watch,
-    task::JoinHandle,
-    time::{Instant, MissedTickBehavior},
-};
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tracing::{info, warn};
 
 /// The loop's clocks.
 #[derive(Clone, Debug)]
 pub struct Timing {
-    /// How often the queue is measured (and reported while an incident is applied).
+    /// How often the queue is measured (and reported while an incident is applied);
+    /// sooner while a release runs (see [`Held::measure_after`]).
     pub measure_every: Duration,
     /// How often what the MTA runs is read back (also right after each apply).
     pub verify_every: Duration,
@@ -127,12 +124,14 @@ impl Loop {
         let mut probe_at = Instant::now();
         let mut backoff = self.timing.backoff();
         let mut queue: Option<QueueFigures> = None;
-        // The queue as first measured after the last apply: a release is judged on what it
-        // delivered after it was applied.
-        let mut measured_since_apply: Option<QueueFigures> = None;
+        // The measurement a release is judged stalled against, and when it was taken: the
+        // first after the last apply, then one a whole period before the next judgement
+        // (measurements come sooner while releasing, deliveries do not).
+        let mut stall_reference: Option<(Instant, Option<QueueFigures>)> = None;
         let mut documents_open = true;
-        let mut ticks = tokio::time::interval(self.timing.measure_every);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut measure_at = Instant::now();
+        let mut scan_started = Instant::now();
+        let mut last_scan = Duration::ZERO;
         loop {
             let applied_intent = applied.as_ref() == Some(&intent);
             let drifting = is_drifting(&drift);
@@ -166,7 +165,11 @@ impl Loop {
                             retry_at = Instant::now();
                             verify_at = Instant::now();
                             probe_at = Instant::now();
-                            measured_since_apply = None;
+                            stall_reference = None;
+                            // A release is followed from its start.
+                            measure_at = measure_at.min(
+                                Instant::now() + held.measure_after(last_scan, self.timing.measure_every),
+                            );
                             applied = Some(held);
                             self.report(&intent, applied.as_ref(), &drift, &queue);
                         }
@@ -214,21 +217,34 @@ impl Loop {
                 }
                 measured = finished(&mut measuring), if measuring.is_some() => {
                     measuring = None;
+                    last_scan = scan_started.elapsed();
                     match measured.map_err(std::io::Error::other).and_then(|queue| queue) {
                         Ok(figures) => {
                             if let Some(figures) = &figures {
                                 self.metrics.set_queue(figures);
                             }
-                            if applied.as_ref() == Some(&intent)
-                                && intent.release_stalled(measured_since_apply.as_ref(), figures.as_ref())
-                            {
-                                info!("the release delivered nothing since the last measurement; applying it again");
-                                applied = None;
+                            // A measurement a period after the reference (every one
+                            // outside a release) judges the release and is reported; the
+                            // ones in between only look for its end, so that a release
+                            // writes no more reports than the period allows.
+                            let periodic = stall_reference
+                                .as_ref()
+                                .is_none_or(|(at, _)| scan_started.duration_since(*at) >= self.timing.measure_every);
+                            if periodic {
+                                let previous = stall_reference.take().and_then(|(_, figures)| figures);
+                                if applied.as_ref() == Some(&intent)
+                                    && intent.release_stalled(previous.as_ref(), figures.as_ref())
+                                {
+                                    info!("the release delivered nothing over a measuring period; applying it again");
+                                    applied = None;
+                                }
+                                stall_reference = Some((scan_started, figures.clone()));
                             }
-                            measured_since_apply.clone_from(&figures);
                             let next = intent.after_measuring(figures.as_ref(), Timestamp::now().as_second());
                             queue = figures;
-                            self.report(&intent, applied.as_ref(), &drift, &queue);
+                            if periodic {
+                                self.report(&intent, applied.as_ref(), &drift, &queue);
+                            }
                             self.set_intent(&mut intent, next);
                         }
                         Err(error) => {
@@ -236,10 +252,12 @@ impl Loop {
                             warn!(%error, "cannot read the queue");
                         }
                     }
+                    measure_at = scan_started + intent.measure_after(last_scan, self.timing.measure_every);
                 }
-                _ = ticks.tick(), if measuring.is_none() => {
+                _ = tokio::time::sleep_until(measure_at), if measuring.is_none() => {
                     let mta = self.mta.clone();
                     let held = intent.clone();
+                    scan_started = Instant::now();
                     measuring = Some(tokio::task::spawn_blocking(move || mta.queue(&held)));
                 }
                 _ = tokio::time::sleep_until(retry_at), if applying.is_none() && !applied_intent => {
@@ -591,6 +609,15 @@ mod tests {
         configure: impl FnOnce(&mut FakeMta),
         probe: Option<Probe>,
     ) -> Harness {
+        start_timed(saved, configure, probe, timing())
+    }
+
+    fn start_timed(
+        saved: Held,
+        configure: impl FnOnce(&mut FakeMta),
+        probe: Option<Probe>,
+        timing: Timing,
+    ) -> Harness {
         let directory = tempfile::tempdir().unwrap();
         let state_file = directory.path().join("agent-state.json");
         save_state(&state_file, &saved).unwrap();
@@ -612,7 +639,7 @@ mod tests {
             metrics: metrics.clone(),
             readiness: readiness.clone(),
             probe,
-            timing: timing(),
+            timing,
             intents,
             reports,
         };
@@ -970,6 +997,56 @@ mod tests {
             applied.iter().filter(|h| h.label() == "Releasing").count() >= 2
         })
         .await;
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_release_ends_as_soon_as_its_queue_is_empty_not_at_the_next_report() {
+        let saved = crate::agent::fixtures::held(&tempfail());
+        let agent = start_timed(
+            saved,
+            |mta| {
+                *mta.queue.get_mut().unwrap() = QueueFigures {
+                    messages: 3,
+                    oldest_age_seconds: 3600,
+                    ..QueueFigures::default()
+                }
+            },
+            None,
+            Timing {
+                measure_every: Duration::from_secs(30),
+                ..timing()
+            },
+        );
+        agent.send(None);
+        agent
+            .settles_on("Releasing", |h| matches!(h, Held::Releasing { .. }))
+            .await;
+        // The first measurement of the release is reported.
+        eventually("reporting the release", || {
+            agent
+                .reports
+                .borrow()
+                .as_ref()
+                .is_some_and(|r| r.after == Some(AfterIncident::Releasing))
+        })
+        .await;
+        *agent.mta.queue.lock().unwrap() = QueueFigures::default();
+        // Seen within the 5 s `settles_on` waits, not after the 30 s period.
+        agent
+            .settles_on("Normal", |held| *held == Held::Normal)
+            .await;
+        // Measured sooner, but judged stalled only over a whole period: applied once.
+        let labels: Vec<String> = agent
+            .mta
+            .applied
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Held::label)
+            .filter(|label| label != "TempFail")
+            .collect();
+        assert_eq!(labels, ["Releasing", "Normal"]);
         agent.stop().await;
     }
 

@@ -18,6 +18,16 @@ use crate::api::{
     scope::{DomainPattern, recipient_domain},
 };
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// While a release runs, the queue is measured again after this many times as long as the
+/// last measurement took: scanning takes at most a tenth of the time, so a huge queue is
+/// not scanned back to back, and a small one is measured within a fraction of a second.
+const RELEASE_SCAN_SHARE: u32 = 10;
+
+/// The shortest wait between two measurements while a release runs, however small the
+/// queue: a few MTA commands a second at most.
+const RELEASE_MEASURE_FLOOR: Duration = Duration::from_millis(250);
 
 /// The state of the MTA as the agent has configured it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +99,22 @@ impl Held {
                 if drained { Held::Normal } else { self.clone() }
             }
             other => other.clone(),
+        }
+    }
+
+    /// How long after the start of a queue measurement that took `scan` the next one
+    /// starts, for a period of `period`. While releasing, sooner than the period, so that
+    /// the end of the held mail is noticed at once rather than at the next report: after
+    /// [`RELEASE_SCAN_SHARE`] times the scan (a shrinking queue is measured more and more
+    /// often), at least [`RELEASE_MEASURE_FLOOR`], never later than the period. Otherwise
+    /// the period: nothing waits on the queue.
+    pub fn measure_after(&self, scan: Duration, period: Duration) -> Duration {
+        match self {
+            Held::Releasing { .. } => scan
+                .saturating_mul(RELEASE_SCAN_SHARE)
+                .max(RELEASE_MEASURE_FLOOR)
+                .min(period),
+            _ => period,
         }
     }
 
@@ -269,6 +295,39 @@ mod tests {
         assert!(!releasing.release_stalled(Some(&ten), Some(&queue(0, 0))));
         let incident = Held::Normal.next(Some(&document(Mode::TempFail)), 0);
         assert!(!incident.release_stalled(Some(&ten), Some(&ten)), "holding");
+    }
+
+    #[test]
+    fn a_release_is_measured_sooner_the_smaller_its_queue_but_never_back_to_back() {
+        let period = Duration::from_secs(30);
+        let releasing = Held::Normal
+            .next(Some(&document(Mode::AcceptAndQueue)), 0)
+            .next(None, 1000);
+        let after = |scan_ms: u64| {
+            releasing
+                .measure_after(Duration::from_millis(scan_ms), period)
+                .as_millis()
+        };
+        // A huge queue: ten times its scan; an enormous one: the period, as before.
+        assert_eq!(after(800), 8_000);
+        assert_eq!(after(20_000), 30_000);
+        // A small or empty queue: a few times a second, never more often.
+        assert_eq!(after(40), 400);
+        assert_eq!(after(0), 250);
+        assert_eq!(
+            releasing.measure_after(Duration::MAX, period).as_secs(),
+            30,
+            "no overflow"
+        );
+        // A period shorter than the floor is kept.
+        assert_eq!(
+            releasing.measure_after(Duration::ZERO, Duration::from_millis(50)),
+            Duration::from_millis(50)
+        );
+        // Holding mail or in normal service, nothing waits on the queue: the period.
+        let holding = Held::Normal.next(Some(&document(Mode::AcceptAndQueue)), 0);
+        assert_eq!(holding.measure_after(Duration::ZERO, period), period);
+        assert_eq!(Held::Normal.measure_after(Duration::ZERO, period), period);
     }
 
     #[test]
