@@ -143,6 +143,15 @@ struct Context {
     drifts_announced: Mutex<HashMap<(String, String, String), u64>>,
     /// The key admission records are checked with (see [`signing_key`]).
     signing_key: SigningKey,
+    /// Per namespace, the targets and decisions of its last sync, which the next builds on.
+    remembered: Mutex<HashMap<String, Remembered>>,
+}
+
+/// What a namespace's next sync builds on, so that its work follows what changed.
+#[derive(Default)]
+struct Remembered {
+    observations: observe::Observations,
+    planner: plan::Planner,
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
@@ -251,6 +260,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         first_seen: Mutex::default(),
         retries: Mutex::default(),
         drifts_announced: Mutex::default(),
+        remembered: Mutex::default(),
     });
 
     // Ready once the caches are filled, leading or standing by (a standby is a replica
@@ -427,7 +437,16 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
     }
 
     let planning = Instant::now();
-    let observed = observe::observe(&context.caches, namespace);
+    // Taken out while in use (syncs of one namespace never overlap): a sync that panics
+    // leaves nothing half-updated behind, and the next one starts from scratch.
+    let mut remembered = context
+        .remembered
+        .lock()
+        .expect("lock poisoned")
+        .remove(namespace)
+        .unwrap_or_default();
+    let observed = observe::observe(&context.caches, namespace, &mut remembered.observations);
+    let observing = planning.elapsed();
     let failures = context
         .write_failures
         .lock()
@@ -445,7 +464,7 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
                 .mode(RoundMode::Trunc),
         )
         .expect("truncating to seconds stays in range");
-    let plan = plan::plan(&plan::Namespace {
+    let plan = remembered.planner.plan(&plan::Namespace {
         name: namespace,
         incidents: incidents.iter().map(AsRef::as_ref).collect(),
         targets: &observed.targets,
@@ -455,6 +474,12 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
         now,
     });
     let planned = planning.elapsed();
+    let redecided = remembered.planner.redecided();
+    context
+        .remembered
+        .lock()
+        .expect("lock poisoned")
+        .insert(namespace.to_string(), remembered);
 
     let written: Vec<TargetRef> = plan
         .writes
@@ -528,6 +553,9 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
         namespace,
         incidents = incidents.len(),
         targets = observed.targets.len(),
+        rebuilt = observed.rebuilt,
+        redecided,
+        observe_ms = observing.as_secs_f64() * 1e3,
         plan_ms = planned.as_secs_f64() * 1e3,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "synced"

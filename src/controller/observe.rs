@@ -24,7 +24,10 @@ use kube::{
     core::{PartialObjectMeta, SelectorExt},
     runtime::reflector::ObjectRef,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 /// The parts of a Deployment or StatefulSet that planning reads.
 struct Workload<'a> {
@@ -41,7 +44,9 @@ struct Workload<'a> {
 /// What a sync sees of a namespace.
 pub struct Observed {
     /// Every Deployment and StatefulSet, in a stable order.
-    pub targets: Vec<Target>,
+    pub targets: Vec<Arc<Target>>,
+    /// How many of them were built anew (the others are unchanged since the last sync).
+    pub rebuilt: usize,
     /// Workloads that are gone but still have a mode document or report of ours.
     pub orphans: Vec<TargetRef>,
     /// The resource versions seen, which writes are conditional on.
@@ -58,12 +63,33 @@ pub struct Versions {
     pub workload: Option<String>,
 }
 
-/// Observes `namespace` in the caches.
-pub fn observe(caches: &Caches, namespace: &str) -> Observed {
+/// The targets of one namespace as the last sync built them, each with what it was built
+/// from: a sync builds again only those whose workload, document, report or pods changed
+/// (decoding a report's entries is most of a target's cost), and hands the planner the
+/// same `Arc` for the others, which it recognises as unchanged at a glance.
+#[derive(Default)]
+pub struct Observations {
+    targets: HashMap<TargetRef, (Inputs, Arc<Target>)>,
+}
+
+/// What a target is built from: the resource versions of its objects and its pods.
+#[derive(PartialEq)]
+struct Inputs {
+    workload: Option<String>,
+    document: Option<String>,
+    report: Option<String>,
+    live_pods: Vec<String>,
+    /// The report's entries whose pods are gone.
+    departed: Vec<String>,
+}
+
+/// Observes `namespace` in the caches, building again only the targets whose inputs
+/// changed since `previous` was observed.
+pub fn observe(caches: &Caches, namespace: &str, previous: &mut Observations) -> Observed {
     let in_ns = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(namespace);
     let deployments = caches.deployments.state_filter(|d| in_ns(&d.metadata));
     let statefulsets = caches.statefulsets.state_filter(|s| in_ns(&s.metadata));
-    let config_maps: BTreeMap<String, std::sync::Arc<CachedConfigMap>> = caches
+    let config_maps: BTreeMap<String, Arc<CachedConfigMap>> = caches
         .config_maps
         .state_filter(|c| in_ns(&c.metadata))
         .into_iter()
@@ -94,7 +120,9 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
         .map(|d| deployment(d))
         .chain(statefulsets.iter().map(|s| statefulset(s)));
     let mut versions = HashMap::new();
-    let mut targets: Vec<Target> = workloads
+    let mut built = HashMap::with_capacity(previous.targets.len());
+    let mut rebuilt = 0;
+    let mut targets: Vec<Arc<Target>> = workloads
         .map(|w| {
             let live_pods: Vec<String> = match &w.selector.selector {
                 Some(selector) => {
@@ -116,17 +144,43 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
                 }
                 None => vec![],
             };
-            let target = target(&w, &config_maps, &live_pods, &pod_exists);
-            versions.insert(
-                target.target.clone(),
-                Versions {
-                    workload: w.meta.resource_version.clone(),
-                    ..versions_of_documents(&config_maps, &target.target)
-                },
-            );
+            let target_ref = TargetRef {
+                kind: w.kind,
+                name: w.meta.name.clone().unwrap_or_default(),
+            };
+            let seen = Versions {
+                workload: w.meta.resource_version.clone(),
+                ..versions_of_documents(&config_maps, &target_ref)
+            };
+            let report = config_maps.get(&report_name(&document_name(
+                w.kind.as_str(),
+                &target_ref.name,
+            )));
+            let inputs = Inputs {
+                workload: seen.workload.clone(),
+                document: seen.document.clone(),
+                report: seen.report.clone(),
+                live_pods,
+                departed: report.map(|r| departed(r, &pod_exists)).unwrap_or_default(),
+            };
+            let target = match previous.targets.remove(&target_ref) {
+                Some((before, target)) if before == inputs => target,
+                _ => {
+                    rebuilt += 1;
+                    Arc::new(target(
+                        &w,
+                        &config_maps,
+                        &inputs.live_pods,
+                        &inputs.departed,
+                    ))
+                }
+            };
+            versions.insert(target_ref.clone(), seen);
+            built.insert(target_ref, (inputs, target.clone()));
             target
         })
         .collect();
+    previous.targets = built;
     targets.sort_by(|a, b| a.target.cmp(&b.target));
     let orphans: BTreeSet<TargetRef> = config_maps
         .values()
@@ -138,6 +192,7 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
     }
     Observed {
         targets,
+        rebuilt,
         orphans: orphans.into_iter().collect(),
         versions,
     }
@@ -145,7 +200,7 @@ pub fn observe(caches: &Caches, namespace: &str) -> Observed {
 
 /// The versions of `target`'s document and report, as cached.
 fn versions_of_documents(
-    config_maps: &BTreeMap<String, std::sync::Arc<CachedConfigMap>>,
+    config_maps: &BTreeMap<String, Arc<CachedConfigMap>>,
     target: &TargetRef,
 ) -> Versions {
     let name = document_name(target.kind.as_str(), &target.name);
@@ -208,11 +263,21 @@ fn workload<'a>(
     }
 }
 
+/// The pods named in `report` that no longer exist, terminating or not.
+fn departed(report: &CachedConfigMap, pod_exists: &dyn Fn(&str) -> bool) -> Vec<String> {
+    report
+        .reports
+        .iter()
+        .filter(|(pod, _)| !pod_exists(pod))
+        .map(|(pod, _)| pod.clone())
+        .collect()
+}
+
 fn target(
     w: &Workload<'_>,
-    config_maps: &BTreeMap<String, std::sync::Arc<CachedConfigMap>>,
+    config_maps: &BTreeMap<String, Arc<CachedConfigMap>>,
     live_pods: &[String],
-    pod_exists: &dyn Fn(&str) -> bool,
+    departed_reports: &[String],
 ) -> Target {
     let name = w.meta.name.clone().unwrap_or_default();
     let annotations = w.meta.annotations.clone().unwrap_or_default();
@@ -280,15 +345,7 @@ fn target(
             .filter(|(_, report)| report.as_ref().is_some_and(|r| !r.released()))
             .map(|(pod, _)| pod.clone())
             .collect(),
-        departed_reports: report
-            .map(|r| {
-                r.reports
-                    .iter()
-                    .filter(|(pod, _)| !pod_exists(pod))
-                    .map(|(pod, _)| pod.clone())
-                    .collect()
-            })
-            .unwrap_or_default(),
+        departed_reports: departed_reports.to_vec(),
         template_hash: template_annotation(MODE_HASH_ANNOTATION),
         source_incidents,
         report_exists: report.is_some(),

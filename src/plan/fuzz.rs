@@ -316,6 +316,41 @@ fn namespace() -> impl Strategy<Value = (Timestamp, Vec<MailIncident>, Vec<Targe
     })
 }
 
+/// A change between two syncs: of one target, one incident, a write's outcome or the time.
+#[derive(Debug, Clone)]
+enum Change {
+    /// The target at this position (modulo their number) becomes another, keeping its name.
+    Target(usize, Target),
+    AddTarget(Target),
+    RemoveTarget(usize),
+    Resolve(usize),
+    Delete(usize),
+    /// An incident's status lost its conditions (as a replica seeing it anew would make).
+    ForgetStatus(usize),
+    WriteRefused(usize),
+    WriteSucceeded(usize),
+    Advance(i64),
+    /// The controller carries out its plans until they settle.
+    Settle {
+        agents_ack: bool,
+    },
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        4 => (any::<usize>(), target()).prop_map(|(at, t)| Change::Target(at, t)),
+        1 => target().prop_map(Change::AddTarget),
+        1 => any::<usize>().prop_map(Change::RemoveTarget),
+        1 => any::<usize>().prop_map(Change::Resolve),
+        1 => any::<usize>().prop_map(Change::Delete),
+        1 => any::<usize>().prop_map(Change::ForgetStatus),
+        1 => any::<usize>().prop_map(Change::WriteRefused),
+        1 => any::<usize>().prop_map(Change::WriteSucceeded),
+        1 => (0..=30 * 86_400i64).prop_map(Change::Advance),
+        3 => any::<bool>().prop_map(|agents_ack| Change::Settle { agents_ack }),
+    ]
+}
+
 fn is_stalled_by_invalid_spec(status: &MailIncidentStatus) -> bool {
     status
         .conditions
@@ -374,6 +409,54 @@ proptest! {
         if let Some(scope) = &valid.scope {
             prop_assert!(!scope.is_empty() && scope.len() <= crate::api::scope::MAX_SCOPE_DOMAINS);
             prop_assert!(scope.windows(2).all(|pair| pair[0] < pair[1]), "sorted, no duplicates");
+        }
+    }
+
+    #[test]
+    fn planning_incrementally_equals_planning_from_scratch_after_any_changes(
+        (start, incidents, targets) in namespace(),
+        changes in collection::vec(change(), 1..12),
+    ) {
+        // World::plan plans both ways and asserts that they agree.
+        let mut world = World::new(incidents, targets);
+        let mut now = start;
+        world.plan(now);
+        for (step, change) in changes.into_iter().enumerate() {
+            let targets = world.targets.len();
+            let incidents = world.incidents.len();
+            match change {
+                Change::Target(at, mut target) if targets > 0 => {
+                    target.target = world.targets[at % targets].target.clone();
+                    world.targets[at % targets] = target;
+                }
+                Change::AddTarget(mut target) => {
+                    target.target.name = format!("mta-added-{step}");
+                    world.targets.push(target);
+                }
+                Change::RemoveTarget(at) if targets > 0 => {
+                    world.targets.remove(at % targets);
+                }
+                Change::Resolve(at) => world.incidents[at % incidents].spec.resolved = true,
+                Change::Delete(at) => {
+                    world.incidents[at % incidents].metadata.deletion_timestamp = Some(Time(now));
+                }
+                Change::ForgetStatus(at) => world.incidents[at % incidents].status = None,
+                Change::WriteRefused(at) if targets > 0 => {
+                    let target = world.targets[at % targets].target.clone();
+                    world.failures.insert(target, format!("refused at step {step}"));
+                }
+                Change::WriteSucceeded(at) if targets > 0 => {
+                    world.failures.remove(&world.targets[at % targets].target);
+                }
+                Change::Advance(seconds) => {
+                    now = now.checked_add(SignedDuration::from_secs(seconds)).unwrap_or(now);
+                }
+                Change::Settle { agents_ack } => {
+                    world.settle(now, agents_ack);
+                }
+                _ => {}
+            }
+            world.plan(now);
         }
     }
 

@@ -11,7 +11,7 @@ pub use conditions::{ConditionType, set_conditions};
 pub use target::{Delivery, QueueStorage, Target, TargetRef, Uptake, WorkloadKind};
 
 use crate::api::{
-    MailIncident, MailIncidentStatus, Mode, MtaKind, TimeSpan, Transition,
+    MailIncident, MailIncidentSpec, MailIncidentStatus, Mode, MtaKind, TimeSpan, Transition,
     admission::{self, Admitted, NotAdmitted, SigningKey},
     mode_document::{
         DELIVERY_ANNOTATION, DocumentIncident, DocumentQueue, DocumentRelease, DriftReport,
@@ -37,7 +37,9 @@ pub const LISTED_TARGETS_LIMIT: usize = 20;
 pub struct Namespace<'a> {
     pub name: &'a str,
     pub incidents: Vec<&'a MailIncident>,
-    pub targets: &'a [Target],
+    /// Shared with the caller's view between syncs: an unchanged target is the same `Arc`,
+    /// which a [`Planner`] recognises at the cost of a pointer comparison.
+    pub targets: &'a [Arc<Target>],
     /// Targets whose last write was refused by the API server, and why (e.g. a
     /// server-side apply conflict with a GitOps tool).
     pub write_failures: &'a BTreeMap<TargetRef, String>,
@@ -267,55 +269,280 @@ impl Standing {
     }
 }
 
-/// Plans one namespace.
+/// Plans one namespace from scratch.
 pub fn plan(ns: &Namespace<'_>) -> Plan {
-    let admissions: Vec<Result<Admitted, NotAdmitted>> = ns
-        .incidents
-        .iter()
-        .map(|i| admission::admitted(i, ns.signing_key))
-        .collect();
-    let standings: Vec<Standing> = ns
-        .incidents
-        .iter()
-        .zip(&admissions)
-        .map(|(i, admission)| standing(i, ns.now, admission))
-        .collect();
-    // An ended incident never freezes its targets, whatever its spec: a deleted one,
-    // once gone, could never restore them.
-    let frozen: BTreeSet<&str> = ns
-        .incidents
-        .iter()
-        .zip(&standings)
-        .filter(|(_, s)| matches!(s, Standing::Invalid { ended: None, .. }))
-        .map(|(i, _)| i.metadata.name.as_deref().unwrap_or_default())
-        .collect();
-    // Every active incident, most severe first, then the oldest: the order of the rules.
-    let mut by_precedence: Vec<usize> = (0..standings.len())
-        .filter(|&i| standings[i].active().is_some())
-        .collect();
-    by_precedence.sort_by(|&a, &b| {
-        precedence(ns.incidents[b], &standings[b]).cmp(&precedence(ns.incidents[a], &standings[a]))
-    });
+    Planner::default().plan(ns)
+}
 
-    let mut writes = Vec::new();
-    let mut outcomes = Vec::with_capacity(ns.targets.len());
-    let mut layerings: HashMap<Vec<usize>, Arc<Layered>> = HashMap::new();
-    let mut documents: HashMap<DocumentKey, (Arc<ModeDocument>, String)> = HashMap::new();
-    // Put-backs of what another hand changed, by the index of the incident deciding.
-    let mut restorations: Vec<(usize, Restoration)> = Vec::new();
-    for target in ns.targets {
+/// Plans one namespace sync after sync, keeping each target's decision in between: a plan
+/// decides again only the targets whose inputs changed (the target as observed, its last
+/// write's failure), or every target when the incidents changed in what decides targets,
+/// and sums up each incident's status from the kept decisions. A change of one report or
+/// one workload thus costs one target's decision, whatever the size of the fleet. Plan
+/// for plan, the same as [`plan`] from scratch (a property test holds it to that).
+#[derive(Default)]
+pub struct Planner {
+    incidents: Vec<IncidentKey>,
+    decided: HashMap<TargetRef, Decided>,
+    /// Shared by the targets with the same candidates, while the incidents stay the same.
+    layerings: HashMap<Vec<usize>, Arc<Layered>>,
+    /// Shared by the targets decided alike (a scope of 1000 domains makes a document tens
+    /// of kilobytes of JSON to build and hash), while the incidents stay the same.
+    documents: HashMap<DocumentKey, (Arc<ModeDocument>, String)>,
+    redecided: usize,
+}
+
+/// What of an incident its targets' decisions read. Its status is not part of it (only
+/// through its standing): rewritten whenever its counts change, it would otherwise make
+/// every report that completes a count decide the whole fleet again.
+#[derive(PartialEq)]
+struct IncidentKey {
+    name: Option<String>,
+    uid: Option<String>,
+    created: Option<Timestamp>,
+    spec: MailIncidentSpec,
+    standing: StandingClass,
+}
+
+/// A [`Standing`] without what follows from the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StandingClass {
+    New,
+    Invalid { ended: bool, cause: Invalidity },
+    Valid(Phase),
+}
+
+impl From<&Standing> for StandingClass {
+    fn from(standing: &Standing) -> Self {
+        match standing {
+            Standing::New => Self::New,
+            Standing::Invalid { ended, cause, .. } => Self::Invalid {
+                ended: ended.is_some(),
+                cause: *cause,
+            },
+            Standing::Valid { phase, .. } => Self::Valid(*phase),
+        }
+    }
+}
+
+/// One target's decision, with the inputs it was made from.
+struct Decided {
+    target: Arc<Target>,
+    failure: Option<String>,
+    writes: Vec<Write>,
+    /// Put-backs of what another hand changed, by the index of the incident deciding.
+    restorations: Vec<(usize, Restoration)>,
+    outcome: TargetOutcome,
+}
+
+/// What every target's decision reads of the namespace's incidents.
+struct Incidents<'n, 'a> {
+    ns: &'n Namespace<'a>,
+    standings: &'n [Standing],
+    /// Every active incident, most severe first, then the oldest: the order of the rules.
+    by_precedence: &'n [usize],
+    /// Incidents whose targets keep the mode they carry (see [`carries_mode_of`]).
+    frozen: &'n BTreeSet<&'n str>,
+}
+
+impl Planner {
+    /// How many targets the last plan decided again.
+    pub fn redecided(&self) -> usize {
+        self.redecided
+    }
+
+    /// Plans the namespace, deciding again only what changed since the last plan.
+    pub fn plan(&mut self, ns: &Namespace<'_>) -> Plan {
+        let admissions: Vec<Result<Admitted, NotAdmitted>> = ns
+            .incidents
+            .iter()
+            .map(|i| admission::admitted(i, ns.signing_key))
+            .collect();
+        let standings: Vec<Standing> = ns
+            .incidents
+            .iter()
+            .zip(&admissions)
+            .map(|(i, admission)| standing(i, ns.now, admission))
+            .collect();
+        // An ended incident never freezes its targets, whatever its spec: a deleted one,
+        // once gone, could never restore them.
+        let frozen: BTreeSet<&str> = ns
+            .incidents
+            .iter()
+            .zip(&standings)
+            .filter(|(_, s)| matches!(s, Standing::Invalid { ended: None, .. }))
+            .map(|(i, _)| i.metadata.name.as_deref().unwrap_or_default())
+            .collect();
+        let mut by_precedence: Vec<usize> = (0..standings.len())
+            .filter(|&i| standings[i].active().is_some())
+            .collect();
+        by_precedence.sort_by(|&a, &b| {
+            precedence(ns.incidents[b], &standings[b])
+                .cmp(&precedence(ns.incidents[a], &standings[a]))
+        });
+        let incidents: Vec<IncidentKey> = ns
+            .incidents
+            .iter()
+            .zip(&standings)
+            .map(|(incident, standing)| IncidentKey {
+                name: incident.metadata.name.clone(),
+                uid: incident.metadata.uid.clone(),
+                created: incident.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                spec: incident.spec.clone(),
+                standing: standing.into(),
+            })
+            .collect();
+        if incidents != self.incidents {
+            self.incidents = incidents;
+            self.decided.clear();
+            self.layerings.clear();
+            self.documents.clear();
+        }
+        let context = Incidents {
+            ns,
+            standings: &standings,
+            by_precedence: &by_precedence,
+            frozen: &frozen,
+        };
+
+        let mut writes = Vec::new();
+        let mut restorations: Vec<(usize, Restoration)> = Vec::new();
+        self.redecided = 0;
+        for target in ns.targets {
+            let failure = ns.write_failures.get(&target.target);
+            let kept = self.decided.get(&target.target).is_some_and(|d| {
+                (Arc::ptr_eq(&d.target, target) || d.target == *target)
+                    && d.failure.as_ref() == failure
+            });
+            if !kept {
+                let decided = self.decide(&context, target, failure);
+                self.decided.insert(target.target.clone(), decided);
+                self.redecided += 1;
+            }
+            let decided = &self.decided[&target.target];
+            writes.extend(decided.writes.iter().cloned());
+            restorations.extend(decided.restorations.iter().cloned());
+        }
+        // Every target is in the map now: anything more is a target that is gone.
+        if self.decided.len() != ns.targets.len() {
+            let present: BTreeSet<&TargetRef> = ns.targets.iter().map(|t| &t.target).collect();
+            self.decided.retain(|target, _| present.contains(target));
+        }
+        let outcomes: Vec<&TargetOutcome> = ns
+            .targets
+            .iter()
+            .map(|t| &self.decided[&t.target].outcome)
+            .collect();
+
+        // Nothing can run a document whose workload is gone; one with its name created
+        // later would start in that mode.
+        writes.extend(
+            ns.orphaned_documents
+                .iter()
+                .map(|target| Write::DeleteDocument {
+                    target: target.clone(),
+                    keep_report: false,
+                }),
+        );
+
+        let incidents = ns
+            .incidents
+            .iter()
+            .zip(&standings)
+            .enumerate()
+            .map(|(index, (incident, standing))| {
+                let mut decision =
+                    status::decide(incident, index, standing, &admissions[index], ns, &outcomes);
+                if let Some(spec) = standing.active() {
+                    decision.queue_watch = Some(queue_watch(spec, index, ns.targets, &outcomes));
+                }
+                if let Standing::Valid { spec, phase } = standing {
+                    decision.scheduled_start =
+                        spec.starts_at.filter(|_| *phase == Phase::Scheduled);
+                    decision.scope_domains = spec
+                        .scope
+                        .as_ref()
+                        .map(|scope| u32::try_from(scope.len()).unwrap_or(u32::MAX));
+                }
+                for (_, restoration) in restorations.iter().filter(|(i, _)| *i == index) {
+                    decision.restored.push(restoration.object);
+                    decision.events.push(restoration.note());
+                }
+                decision.agent_drifts = agent_drifts(index, ns.targets, &outcomes);
+                decision
+            })
+            .collect();
+        let wake_at = standings
+            .iter()
+            .zip(&ns.incidents)
+            .filter_map(|(s, incident)| match s {
+                Standing::Valid {
+                    spec,
+                    phase: Phase::Active,
+                } => spec.expires_at,
+                Standing::Valid {
+                    spec,
+                    phase: Phase::Scheduled,
+                } => spec.starts_at,
+                // Its last valid generation's end still ends it.
+                Standing::Invalid { ended: None, .. } => incident
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.expires_at.as_ref())
+                    .map(|at| at.0),
+                _ => None,
+            })
+            .filter(|at| *at > ns.now)
+            .min();
+        Plan {
+            writes,
+            incidents,
+            wake_at,
+        }
+    }
+
+    /// Decides one target: the mode it must run, the writes that get it there, and what
+    /// it tells its incidents' statuses.
+    fn decide(
+        &mut self,
+        context: &Incidents<'_, '_>,
+        target: &Arc<Target>,
+        failure: Option<&String>,
+    ) -> Decided {
+        let Incidents {
+            ns,
+            standings,
+            by_precedence,
+            frozen,
+        } = *context;
+        let selected_by: Vec<usize> = standings
+            .iter()
+            .enumerate()
+            .filter(|(_, standing)| match standing {
+                Standing::Valid { spec, .. } => spec.selector.matches(&target.labels),
+                _ => false,
+            })
+            .map(|(index, _)| index)
+            .collect();
+        let mut decided = Decided {
+            target: target.clone(),
+            failure: failure.cloned(),
+            writes: vec![],
+            restorations: vec![],
+            outcome: TargetOutcome {
+                selected_by,
+                ..TargetOutcome::default()
+            },
+        };
         let candidates: Vec<usize> = by_precedence
             .iter()
             .copied()
-            .filter(|&i| {
-                standings[i]
-                    .active()
-                    .is_some_and(|spec| spec.selector.matches(&target.labels))
-            })
+            .filter(|&i| decided.outcome.selected_by.contains(&i))
             .collect();
         // Comparing scopes is quadratic in their domains: done once per set of
         // candidates, which most targets of a fleet share.
-        let layered = layerings
+        let layered = self
+            .layerings
             .entry(candidates.clone())
             .or_insert_with(|| {
                 let scopes: Vec<Option<&[DomainPattern]>> = candidates
@@ -336,11 +563,10 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
             .map(|(_, &index)| index)
             .collect();
         let Some(&headline) = deciding.first() else {
-            if !carries_mode_of(target, &frozen) {
-                writes.extend(restore_normal(target));
+            if !carries_mode_of(target, frozen) {
+                decided.writes = restore_normal(target);
             }
-            outcomes.push(TargetOutcome::default());
-            continue;
+            return decided;
         };
         let escalated: BTreeMap<usize, String> = deciding
             .iter()
@@ -349,14 +575,13 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
                 Some((index, target.escalation(limits)?))
             })
             .collect();
-        // Targets decided alike share one document (a scope of 1000 domains makes it
-        // tens of kilobytes of JSON to build and hash).
         let mta = target.mta.or(ns.incidents[headline].spec.targets.mta);
         let escalated_indices: Vec<usize> = escalated.keys().copied().collect();
-        let (document, hash) = documents
+        let (document, hash) = self
+            .documents
             .entry((deciding.clone(), escalated_indices, mta))
             .or_insert_with(|| {
-                let document = document_for(ns, &standings, &deciding, mta, &escalated);
+                let document = document_for(ns, standings, &deciding, mta, &escalated);
                 let hash = document.hash();
                 (Arc::new(document), hash)
             })
@@ -374,91 +599,29 @@ pub fn plan(ns: &Namespace<'_>) -> Plan {
                 "restart delivery gives every recipient one mode, so it cannot carry a scoped incident: annotate the workload {DELIVERY_ANNOTATION}: reload"
             )
         });
-        if !carries_mode_of(target, &frozen) && refusal.is_none() {
+        if !carries_mode_of(target, frozen) && refusal.is_none() {
             let delivery = deliver(target, document, &hash, owners);
-            writes.extend(delivery.writes);
+            decided.writes = delivery.writes;
             // A target whose last write was refused is not put back (its TargetFailed
             // event says why): announcing each retry would repeat a restoration that fails.
-            if !ns.write_failures.contains_key(&target.target) {
-                restorations.extend(delivery.restorations.into_iter().map(|r| (headline, r)));
+            if failure.is_none() {
+                decided.restorations = delivery
+                    .restorations
+                    .into_iter()
+                    .map(|r| (headline, r))
+                    .collect();
             }
         }
-        let uptake = match (ns.write_failures.get(&target.target), refusal) {
+        let uptake = match (failure, refusal) {
             (Some(failure), _) => Uptake::Failed(failure.clone()),
             (None, Some(refusal)) => Uptake::Failed(refusal),
             (None, None) => target.uptake(&hash),
         };
-        outcomes.push(TargetOutcome {
-            deciding,
-            layered: Some(layered),
-            uptake: Some(uptake),
-            escalated,
-        });
-    }
-
-    // Nothing can run a document whose workload is gone; one with its name created later
-    // would start in that mode.
-    writes.extend(
-        ns.orphaned_documents
-            .iter()
-            .map(|target| Write::DeleteDocument {
-                target: target.clone(),
-                keep_report: false,
-            }),
-    );
-
-    let incidents = ns
-        .incidents
-        .iter()
-        .zip(&standings)
-        .enumerate()
-        .map(|(index, (incident, standing))| {
-            let mut decision =
-                status::decide(incident, index, standing, &admissions[index], ns, &outcomes);
-            if let Some(spec) = standing.active() {
-                decision.queue_watch = Some(queue_watch(spec, index, ns.targets, &outcomes));
-            }
-            if let Standing::Valid { spec, phase } = standing {
-                decision.scheduled_start = spec.starts_at.filter(|_| *phase == Phase::Scheduled);
-                decision.scope_domains = spec
-                    .scope
-                    .as_ref()
-                    .map(|scope| u32::try_from(scope.len()).unwrap_or(u32::MAX));
-            }
-            for (_, restoration) in restorations.iter().filter(|(i, _)| *i == index) {
-                decision.restored.push(restoration.object);
-                decision.events.push(restoration.note());
-            }
-            decision.agent_drifts = agent_drifts(index, ns.targets, &outcomes);
-            decision
-        })
-        .collect();
-    let wake_at = standings
-        .iter()
-        .zip(&ns.incidents)
-        .filter_map(|(s, incident)| match s {
-            Standing::Valid {
-                spec,
-                phase: Phase::Active,
-            } => spec.expires_at,
-            Standing::Valid {
-                spec,
-                phase: Phase::Scheduled,
-            } => spec.starts_at,
-            // Its last valid generation's end still ends it.
-            Standing::Invalid { ended: None, .. } => incident
-                .status
-                .as_ref()
-                .and_then(|s| s.expires_at.as_ref())
-                .map(|at| at.0),
-            _ => None,
-        })
-        .filter(|at| *at > ns.now)
-        .min();
-    Plan {
-        writes,
-        incidents,
-        wake_at,
+        decided.outcome.deciding = deciding;
+        decided.outcome.layered = Some(layered);
+        decided.outcome.uptake = Some(uptake);
+        decided.outcome.escalated = escalated;
+        decided
     }
 }
 
@@ -578,8 +741,8 @@ fn layer(scopes: &[Option<&[DomainPattern]>]) -> Vec<Layer> {
 fn queue_watch(
     spec: &ValidIncident,
     index: usize,
-    targets: &[Target],
-    outcomes: &[TargetOutcome],
+    targets: &[Arc<Target>],
+    outcomes: &[&TargetOutcome],
 ) -> QueueWatch {
     let governed = || {
         targets
@@ -602,6 +765,8 @@ fn queue_watch(
 /// What planning concluded for one target.
 #[derive(Default)]
 struct TargetOutcome {
+    /// The valid incidents (in any phase) whose `spec.targets` select it.
+    selected_by: Vec<usize>,
     /// The incidents with a rule in its document, in the rules' order.
     deciding: Vec<usize>,
     /// How the scopes of the incidents selecting it layer, shared by every target with
@@ -951,7 +1116,11 @@ fn same_env(cached: &[(String, String)], wanted: &[(&'static str, String)]) -> b
 }
 
 /// The drift the agents of the targets incident `index` decides report.
-fn agent_drifts(index: usize, targets: &[Target], outcomes: &[TargetOutcome]) -> Vec<AgentDrift> {
+fn agent_drifts(
+    index: usize,
+    targets: &[Arc<Target>],
+    outcomes: &[&TargetOutcome],
+) -> Vec<AgentDrift> {
     targets
         .iter()
         .zip(outcomes)

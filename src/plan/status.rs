@@ -12,7 +12,7 @@ use crate::api::{
     validation::FieldError,
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{ResourceExt, core::SelectorExt};
+use kube::ResourceExt;
 use std::collections::BTreeMap;
 
 pub(super) fn decide(
@@ -21,7 +21,7 @@ pub(super) fn decide(
     standing: &Standing,
     admission: &Result<Admitted, NotAdmitted>,
     ns: &Namespace<'_>,
-    outcomes: &[TargetOutcome],
+    outcomes: &[&TargetOutcome],
 ) -> Decision {
     let mut previous = incident.status.clone().unwrap_or_default();
     let generation = incident.metadata.generation;
@@ -121,12 +121,11 @@ pub(super) fn decide(
                 incident.spec.reason.clone()
             };
             builder.transition_to(effective, why);
-            let matched: Vec<usize> = ns
-                .targets
+            let matched: Vec<usize> = outcomes
                 .iter()
                 .enumerate()
-                .filter(|(_, t)| spec.selector.matches(&t.labels))
-                .map(|(i, _)| i)
+                .filter(|(_, outcome)| outcome.selected_by.contains(&index))
+                .map(|(t, _)| t)
                 .collect();
             match phase {
                 Phase::Active => builder.active(index, &matched, ns, outcomes, effective),
@@ -340,7 +339,7 @@ impl<'a> Builder<'a> {
         index: usize,
         matched: &[usize],
         ns: &Namespace<'_>,
-        outcomes: &[TargetOutcome],
+        outcomes: &[&TargetOutcome],
         effective: EffectiveMode,
     ) {
         let mut applied = 0;
@@ -353,11 +352,12 @@ impl<'a> Builder<'a> {
         let mut merged_layerings = std::collections::HashSet::new();
         let mut escalated = Vec::new();
         for &t in matched {
-            let outcome = &outcomes[t];
-            let target = ns.targets[t].target.to_string();
+            let outcome = outcomes[t];
+            // Named only where listed: most targets are counted, not named.
+            let target = || ns.targets[t].target.to_string();
             if let Some(reason) = outcome.escalated.get(&index) {
                 escalated.push(TargetProblem {
-                    target: target.clone(),
+                    target: target(),
                     reason: reason.clone(),
                 });
             }
@@ -369,7 +369,7 @@ impl<'a> Builder<'a> {
                 let (targets, listed) = superseded
                     .entry(ns.incidents[followed].name_any())
                     .or_default();
-                targets.push(target.clone());
+                targets.push(target());
                 if first_of_its_layering {
                     listed.extend(domains.iter().cloned());
                 }
@@ -382,7 +382,7 @@ impl<'a> Builder<'a> {
                 Some(Uptake::Applied) => applied += 1,
                 Some(Uptake::Idle) => idle += 1,
                 Some(Uptake::Failed(reason)) => failures.push(TargetProblem {
-                    target,
+                    target: target(),
                     reason: reason.clone(),
                 }),
                 _ => pending += 1,
@@ -557,6 +557,7 @@ impl<'a> Builder<'a> {
         let still: Vec<&super::Target> = ns
             .targets
             .iter()
+            .map(AsRef::as_ref)
             .filter(|t| t.source_incidents.contains(&name))
             .collect();
         self.counts(matched.len() as u32, 0, 0, 0, 0);

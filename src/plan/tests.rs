@@ -4,6 +4,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::{SignedDuration, Timestamp},
 };
+use std::cell::RefCell;
 
 const CREATED: &str = "2026-01-22T08:00:00Z";
 
@@ -82,13 +83,18 @@ const HARD_REJECT: &str = "mode: HardReject\nreason: INC-8 rebuild\ntargets: {ma
 pub(super) struct World {
     pub(super) incidents: Vec<MailIncident>,
     pub(super) targets: Vec<Target>,
-    failures: BTreeMap<TargetRef, String>,
+    pub(super) failures: BTreeMap<TargetRef, String>,
     events: Vec<(String, Note)>,
     /// The mode document last written for each target, by name.
     pub(super) documents: BTreeMap<String, ModeDocument>,
     /// The admission webhook is up: an incident without a record is planned as if a user
     /// allowed to bounce mail had just written it.
     pub(super) webhook_up: bool,
+    /// Plans every round incrementally too, which must give the same plan as from scratch.
+    planner: RefCell<Planner>,
+    /// The targets as last planned, shared with the planner as the controller shares them:
+    /// an unchanged target is the same `Arc`.
+    planned_targets: RefCell<BTreeMap<TargetRef, Arc<Target>>>,
 }
 
 /// The key the simulated admission webhook signs its records with.
@@ -130,6 +136,8 @@ impl World {
             events: vec![],
             documents: BTreeMap::new(),
             webhook_up: true,
+            planner: RefCell::default(),
+            planned_targets: RefCell::default(),
         }
     }
 
@@ -149,15 +157,40 @@ impl World {
             })
             .collect();
         let key = webhook_key();
-        plan(&Namespace {
+        let mut planned_targets = self.planned_targets.borrow_mut();
+        let targets: Vec<Arc<Target>> = self
+            .targets
+            .iter()
+            .map(|target| match planned_targets.get(&target.target) {
+                Some(before) if **before == *target => before.clone(),
+                _ => Arc::new(target.clone()),
+            })
+            .collect();
+        *planned_targets = targets
+            .iter()
+            .map(|t| (t.target.clone(), t.clone()))
+            .collect();
+        let ns = Namespace {
             name: "mail",
             incidents: incidents.iter().collect(),
-            targets: &self.targets,
+            targets: &targets,
             write_failures: &self.failures,
             orphaned_documents: &[],
             signing_key: Some(&key),
             now,
-        })
+        };
+        let from_scratch = plan(&ns);
+        let incremental = self.planner.borrow_mut().plan(&ns);
+        assert_eq!(
+            incremental, from_scratch,
+            "planning incrementally differs from planning from scratch"
+        );
+        from_scratch
+    }
+
+    /// The targets as planning sees them.
+    pub(super) fn shared_targets(&self) -> Vec<Arc<Target>> {
+        self.targets.iter().cloned().map(Arc::new).collect()
     }
 
     /// Plans and carries out writes and statuses until nothing changes; agents and
@@ -633,7 +666,7 @@ fn documents_of_workloads_that_are_gone_are_deleted() {
     let plan = plan(&Namespace {
         name: "mail",
         incidents: world.incidents.iter().collect(),
-        targets: &world.targets,
+        targets: &world.shared_targets(),
         write_failures: &BTreeMap::new(),
         orphaned_documents: std::slice::from_ref(&gone),
         signing_key: None,
