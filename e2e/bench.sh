@@ -14,3 +14,6 @@ cargo bench --locked --bench fleet -- "$@"
 if [ "${BENCH_LATENCY:-1}" != 0 ]; then
   cargo bench --locked --bench latency
 fi
+if [ "${BENCH_QUEUE_SCAN:-1}" != 0 ]; then
+  cargo bench --locked --bench queue_scan
+fi
