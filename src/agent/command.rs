@@ -13,6 +13,29 @@ use wait_timeout::ChildExt;
 /// How long one MTA command may run.
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How much a queue scan's niceness is raised: a scan of a million messages takes CPU
+/// for seconds, and the agent's async workers (`/healthz`, the policy service, a mode
+/// switch) and the MTA itself must win the CPU from it on a small node.
+const SCAN_NICENESS: i32 = 10;
+
+/// Runs `scan` on a thread of its own at a lower priority (see [`SCAN_NICENESS`]); the
+/// commands it starts inherit it. A thread of its own, because a priority once lowered
+/// cannot be raised again without `CAP_SYS_NICE`, and the blocking pool's threads go on
+/// to apply modes.
+pub fn at_low_priority<T: Send>(scan: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|threads| {
+        threads
+            .spawn(|| {
+                // Linux keeps a niceness per thread: this one's only. Failing to lower it
+                // costs nothing but the CPU the scan then shares evenly.
+                rustix::process::nice(SCAN_NICENESS).ok();
+                scan()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// Runs `command` to its end within [`COMMAND_DEADLINE`]; its standard output, or an
 /// error carrying its standard error.
 pub fn run_command(command: &mut Command) -> std::io::Result<String> {
@@ -94,6 +117,14 @@ mod tests {
         assert!(failed.contains("why") && failed.contains('3'), "{failed}");
         let missing = run_command(&mut Command::new("/nonexistent/postconf")).unwrap_err();
         assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_scan_runs_at_a_lower_priority_on_a_thread_of_its_own() {
+        let before = rustix::process::getpriority_process(None).unwrap();
+        let during = at_low_priority(|| rustix::process::getpriority_process(None).unwrap());
+        assert_eq!(during, (before + SCAN_NICENESS).min(19));
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
     }
 
     #[test]

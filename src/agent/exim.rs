@@ -37,7 +37,12 @@
 //! its next retry; what is still held the router defers again. Exim times retries and
 //! expiry from the first failure of each address, which the release does not reset.
 
-use super::{Difference, DriftKind, Mta, command::run_command, differs, files, state::Held};
+use super::{
+    Difference, DriftKind, Mta,
+    command::{at_low_priority, run_command},
+    differs, files,
+    state::Held,
+};
 use crate::api::{
     Mode,
     mode_document::{ModeDocument, QueueFigures},
@@ -363,11 +368,14 @@ impl Mta for Exim {
     }
 
     fn queue(&self, held: &Held) -> std::io::Result<Option<QueueFigures>> {
-        spool_figures(
-            &self.settings.exim_spool_dir,
-            k8s_openapi::jiff::Timestamp::now().as_second(),
-            held.held_scope().as_deref(),
-        )
+        let scope = held.held_scope();
+        at_low_priority(|| {
+            spool_figures(
+                &self.settings.exim_spool_dir,
+                k8s_openapi::jiff::Timestamp::now().as_second(),
+                scope.as_deref(),
+            )
+        })
         .map(Some)
     }
 

@@ -71,7 +71,7 @@
 
 use super::{
     Difference, DriftKind, Mta,
-    command::{for_each_output_line, run_command},
+    command::{at_low_priority, for_each_output_line, run_command},
     differs, files,
     policy::fallback_action,
     state::{Held, Release},
@@ -637,22 +637,24 @@ impl Mta for Postfix {
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
         let scope = held.held_scope();
         let mut figures = QueueFigures::default();
-        for_each_output_line(
-            Command::new("postqueue")
-                .arg("-c")
-                .arg(&self.config_dir)
-                .arg("-j"),
-            |line| {
-                if let Some(message) = queued_message(line)
-                    && Held::counts(
-                        scope.as_deref(),
-                        message.recipients.iter().map(String::as_str),
-                    )
-                {
-                    figures.add(&message.queue, message.arrival, now);
-                }
-            },
-        )?;
+        at_low_priority(|| {
+            for_each_output_line(
+                Command::new("postqueue")
+                    .arg("-c")
+                    .arg(&self.config_dir)
+                    .arg("-j"),
+                |line| {
+                    if let Some(message) = queued_message(line)
+                        && Held::counts(
+                            scope.as_deref(),
+                            message.recipients.iter().map(String::as_str),
+                        )
+                    {
+                        figures.add(&message.queue, message.arrival, now);
+                    }
+                },
+            )
+        })?;
         Ok(Some(figures))
     }
 
