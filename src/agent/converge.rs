@@ -660,6 +660,17 @@ mod tests {
     }
 
     impl Harness {
+        /// The states applied to the MTA so far, in order.
+        fn applied_labels(&self) -> Vec<String> {
+            self.mta
+                .applied
+                .lock()
+                .unwrap()
+                .iter()
+                .map(Held::label)
+                .collect()
+        }
+
         fn send(&self, document: Option<ModeDocument>) {
             self.documents.unbounded_send(document).unwrap();
         }
@@ -783,14 +794,7 @@ mod tests {
                 .is_some_and(AgentReport::released)
         })
         .await;
-        let mut labels: Vec<String> = agent
-            .mta
-            .applied
-            .lock()
-            .unwrap()
-            .iter()
-            .map(Held::label)
-            .collect();
+        let mut labels = agent.applied_labels();
         // A release that delivered nothing between two measurements is applied again;
         // on a loaded machine the queue can be measured twice before the test empties it.
         labels.dedup();
@@ -1038,12 +1042,8 @@ mod tests {
             .await;
         // Measured sooner, but judged stalled only over a whole period: applied once.
         let labels: Vec<String> = agent
-            .mta
-            .applied
-            .lock()
-            .unwrap()
-            .iter()
-            .map(Held::label)
+            .applied_labels()
+            .into_iter()
             .filter(|label| label != "TempFail")
             .collect();
         assert_eq!(labels, ["Releasing", "Normal"]);
