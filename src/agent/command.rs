@@ -4,8 +4,8 @@
 //! blocking threads only, never from the async workers.
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, Stdio},
+    io::Read,
+    process::{Command, Stdio},
     time::Duration,
 };
 use wait_timeout::ChildExt;
@@ -77,30 +77,6 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8
     })
 }
 
-/// Runs `command` and hands each line of its standard output to `line` as it comes, so
-/// that a listing of a million queued messages is never held in memory whole.
-pub fn for_each_output_line(
-    command: &mut Command,
-    mut line: impl FnMut(&str),
-) -> std::io::Result<()> {
-    let described = format!("{command:?}");
-    let mut child: Child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{described}: {e}")))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    for text in BufReader::new(stdout).lines() {
-        line(&text?);
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        return Err(std::io::Error::other(format!("{described}: {status}")));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,16 +101,5 @@ mod tests {
         let during = at_low_priority(|| rustix::process::getpriority_process(None).unwrap());
         assert_eq!(during, (before + SCAN_NICENESS).min(19));
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
-    }
-
-    #[test]
-    fn output_lines_stream_one_by_one() {
-        let mut lines = Vec::new();
-        for_each_output_line(Command::new("sh").args(["-c", "echo a; echo b"]), |l| {
-            lines.push(l.to_string())
-        })
-        .unwrap();
-        assert_eq!(lines, ["a", "b"]);
-        assert!(for_each_output_line(&mut Command::new("false"), |_| {}).is_err());
     }
 }

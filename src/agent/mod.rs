@@ -15,6 +15,7 @@ pub mod generic;
 mod install;
 pub mod policy;
 pub mod postfix;
+mod postfix_queue;
 pub mod probe;
 pub mod report;
 pub mod state;

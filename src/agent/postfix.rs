@@ -60,9 +60,10 @@
 
 use super::{
     Difference, DriftKind, Mta,
-    command::{at_low_priority, for_each_output_line, run_command},
+    command::{at_low_priority, run_command},
     differs, files,
     policy::fallback_action,
+    postfix_queue,
     state::{Held, Release},
 };
 use crate::api::{
@@ -454,41 +455,11 @@ fn render_release(edits: &mut Edits, release: &Release) {
     edits.process_limit = release.concurrency.to_string();
 }
 
-/// One message of `postqueue -j` output (one JSON object per line), `None` for a line
-/// that cannot be read (the queue changes while it is listed).
-pub fn queued_message(line: &str) -> Option<QueuedMessage> {
-    #[derive(Deserialize)]
-    struct Message {
-        queue_name: String,
-        arrival_time: i64,
-        #[serde(default)]
-        recipients: Vec<Recipient>,
-    }
-    #[derive(Deserialize)]
-    struct Recipient {
-        address: String,
-    }
-    let message: Message = serde_json::from_str(line).ok()?;
-    Some(QueuedMessage {
-        queue: message.queue_name,
-        arrival: message.arrival_time,
-        recipients: message.recipients.into_iter().map(|r| r.address).collect(),
-    })
-}
-
-/// A queued message as `postqueue -j` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuedMessage {
-    pub queue: String,
-    /// Seconds since the epoch.
-    pub arrival: i64,
-    /// The recipients not yet delivered.
-    pub recipients: Vec<String>,
-}
-
 /// A Postfix instance, driven through its own commands.
 pub struct Postfix {
     config_dir: PathBuf,
+    /// `queue_directory`, read once: Postfix itself reads it only when it starts.
+    queue_directory: PathBuf,
     target: Target,
     baseline_file: PathBuf,
     /// The baseline as recorded in `baseline_file`, learning the site's new values.
@@ -547,8 +518,10 @@ impl Postfix {
             None => current,
         };
         save_baseline(baseline_file, &baseline)?;
+        let queue_directory = run_command(postconf(config_dir).args(["-hx", "queue_directory"]))?;
         Ok(Self {
             config_dir: config_dir.clone(),
+            queue_directory: PathBuf::from(queue_directory.trim()),
             target,
             baseline_file: baseline_file.to_path_buf(),
             baseline: Mutex::new(baseline),
@@ -616,33 +589,15 @@ impl Mta for Postfix {
         Ok(())
     }
 
-    /// `postqueue -j` reads the queue files itself when the showq service is down, so
-    /// this also works on a stopped MTA. Its output is read line by line: a huge queue is
-    /// counted, never held in memory. While scoped rules hold, only messages with a
-    /// recipient in a held domain are counted (see [`Held::counts`]).
+    /// Read from the queue files (see [`super::postfix_queue`]), so this also works on a
+    /// stopped MTA, at a lower priority; a huge queue is counted, never held in memory.
+    /// While scoped rules hold, only messages with a recipient in a held domain are
+    /// counted (see [`Held::counts`]).
     fn queue(&self, held: &Held) -> std::io::Result<Option<QueueFigures>> {
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
         let scope = held.held_scope();
-        let mut figures = QueueFigures::default();
-        at_low_priority(|| {
-            for_each_output_line(
-                Command::new("postqueue")
-                    .arg("-c")
-                    .arg(&self.config_dir)
-                    .arg("-j"),
-                |line| {
-                    if let Some(message) = queued_message(line)
-                        && Held::counts(
-                            scope.as_deref(),
-                            message.recipients.iter().map(String::as_str),
-                        )
-                    {
-                        figures.add(&message.queue, message.arrival, now);
-                    }
-                },
-            )
-        })?;
-        Ok(Some(figures))
+        at_low_priority(|| postfix_queue::measure(&self.queue_directory, scope.as_deref(), now))
+            .map(Some)
     }
 
     /// The managed settings as `postconf -n` and `postconf -F` show them now; the site's
@@ -939,23 +894,6 @@ smtpd_recipient_restrictions = check_policy_service { inet:127.0.0.1:10040, defa
         );
         assert_eq!(edits.value("soft_bounce"), Some("no"));
         assert_eq!(edits.value("defer_transports"), Some("lmtp"));
-    }
-
-    #[test]
-    fn queue_figures_count_by_queue_and_find_the_oldest_message() {
-        let listing = r#"{"queue_name": "deferred", "queue_id": "A1", "arrival_time": 1000, "message_size": 512}
-{"queue_name": "deferred", "queue_id": "A2", "arrival_time": 4000, "message_size": 512}
-{"queue_name": "active", "queue_id": "A3", "arrival_time": 4500, "message_size": 512}
-not json: the queue changed while it was listed
-"#;
-        let mut figures = QueueFigures::default();
-        for message in listing.lines().filter_map(queued_message) {
-            figures.add(&message.queue, message.arrival, 5000);
-        }
-        assert_eq!(figures.messages, 3);
-        assert_eq!(figures.by_queue.get("deferred"), Some(&2));
-        assert_eq!(figures.by_queue.get("active"), Some(&1));
-        assert_eq!(figures.oldest_age_seconds, 4000);
     }
 
     #[test]
@@ -1361,25 +1299,5 @@ not json: the queue changed while it was listed
             render(&holding, &read.baseline, &target()).value(TRANSPORT_MAPS),
             Some(format!("{HOLD_MAP}, hash:/etc/postfix/transport").as_str())
         );
-    }
-
-    #[test]
-    fn a_scoped_queue_counts_messages_with_a_held_recipient_left() {
-        let listing = r#"{"queue_name": "deferred", "queue_id": "A1", "arrival_time": 1000, "recipients": [{"address": "u@PEC.e2e.test", "delay_reason": "deferred transport"}]}
-{"queue_name": "deferred", "queue_id": "A2", "arrival_time": 2000, "recipients": [{"address": "u@e2e.test"}, {"address": "v@a.storage.e2e.test"}]}
-{"queue_name": "deferred", "queue_id": "A3", "arrival_time": 500, "recipients": [{"address": "u@remote.example", "delay_reason": "connection refused"}]}
-"#;
-        let scope = scoped(Mode::AcceptAndQueue).held_scope();
-        let mut figures = QueueFigures::default();
-        for message in listing.lines().filter_map(queued_message) {
-            if Held::counts(
-                scope.as_deref(),
-                message.recipients.iter().map(String::as_str),
-            ) {
-                figures.add(&message.queue, message.arrival, 5000);
-            }
-        }
-        assert_eq!(figures.messages, 2);
-        assert_eq!(figures.oldest_age_seconds, 4000, "not the remote message");
     }
 }
