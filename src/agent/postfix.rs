@@ -37,6 +37,17 @@
 //! HardReject sets `soft_bounce = no` in both cases, because with `yes` the Postfix SMTP
 //! server turns every 5xx reply, the policy service's included, into a 4xx.
 //!
+//! **When the reload comes.** A reload ends trivial-rewrite at once, and an smtpd whose
+//! address rewrite or resolve request was under way sleeps a second before it asks
+//! again: the sender's session stalls. The RCPT answer changes with the intent, before
+//! any edit, so the agent makes the reload at a moment no SMTP session is open (see
+//! [`wait_for_no_smtp_session`]), after at most two seconds on an MTA that is never idle.
+//! Until then the hold and lifetimes are the previous state's, as they were while the
+//! document travelled. An smtpd started before the reload keeps its `soft_bounce`: going
+//! from `yes` to HardReject it answers 450 for the policy service's 550 until then (the
+//! sender tries again, nothing bounces); smtpd processes started after the edit read
+//! `no` already.
+//!
 //! Releasing lifts the hold but keeps the incident's lifetimes and `soft_bounce = yes`,
 //! and caps the mailbox transport's process limit (`master.cf`) at the release
 //! concurrency; `postqueue -f` then retries every deferred message at once. Deferred mail
@@ -71,6 +82,7 @@ use crate::api::{
     mode_document::{ModeDocument, QueueFigures},
     scope::DomainPattern,
 };
+use procfs::net::TcpState;
 use serde::{Deserialize, Serialize};
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -79,6 +91,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 use tracing::{info, warn};
 
@@ -753,7 +766,8 @@ pub fn changes(current: &Baseline, edits: &Edits) -> Changes {
 
 /// Applies `edits` to `main.cf` and `master.cf` (`postconf -e`, `-X`, `-F -e`, only what
 /// differs from what the files say now) and reloads: running smtpd processes finish
-/// their sessions, new ones answer in the new mode; nothing restarts. The reload is
+/// their sessions, new ones answer in the new mode; nothing restarts. The reload waits
+/// for a moment with no SMTP session open (see [`wait_for_no_smtp_session`]). It is
 /// always made, so that an apply cut short between the edit and the reload is completed.
 /// Whether any setting was changed.
 pub fn apply_edits(
@@ -777,6 +791,7 @@ pub fn apply_edits(
         run_command(postconf(config_dir).args(["-F", "-e", &format!("{field}={limit}")]))?;
         settle(&config_dir.join("master.cf"))?;
     }
+    wait_for_no_smtp_session(config_dir)?;
     run_command(
         Command::new("postfix")
             .arg("-c")
@@ -784,6 +799,98 @@ pub fn apply_edits(
             .arg("reload"),
     )?;
     Ok(changes != Changes::default())
+}
+
+/// How long a reload waits for a moment with no SMTP session open, at most: the hold of
+/// queued mail (`defer_transports`) takes effect with the reload, so it is not put off
+/// for long on an MTA that is never idle.
+const QUIET_WAIT: Duration = Duration::from_secs(2);
+const QUIET_POLL: Duration = Duration::from_millis(10);
+
+/// Waits (at most [`QUIET_WAIT`]) until no SMTP session is open on any of Postfix's
+/// `inet` services. A reload ends trivial-rewrite at once (a `multi_server` exits when
+/// the master closes its status pipe); an smtpd whose address rewrite or resolve request
+/// is under way then gets no answer and sleeps a whole second before it asks again, so
+/// the session in flight stalls for a second at MAIL FROM or RCPT TO. The RCPT answer
+/// itself follows the intent without a reload (see [`super::policy`]): nothing a sender
+/// sees waits for this. Sessions are read from the socket table of the network namespace
+/// the agent shares with Postfix; where it cannot be read, the reload is made at once.
+fn wait_for_no_smtp_session(config_dir: &Path) -> std::io::Result<()> {
+    let ports = smtp_ports(
+        &run_command(postconf(config_dir).arg("-M"))?,
+        &std::fs::read_to_string("/etc/services").unwrap_or_default(),
+    );
+    let deadline = Instant::now() + QUIET_WAIT;
+    loop {
+        let Ok(v4) = procfs::net::tcp() else {
+            return Ok(());
+        };
+        // A namespace without IPv6 has no tcp6 table.
+        let v6 = procfs::net::tcp6().unwrap_or_default();
+        let open = open_sessions(
+            v4.iter()
+                .chain(&v6)
+                .map(|socket| (socket.local_address.port(), socket.state.clone())),
+            &ports,
+        );
+        if open == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            info!(
+                open,
+                "SMTP sessions stayed open for {QUIET_WAIT:?}; reloading Postfix while they run"
+            );
+            return Ok(());
+        }
+        std::thread::sleep(QUIET_POLL);
+    }
+}
+
+/// The ports of the `inet` services in `postconf -M` output (`smtp`, `127.0.0.1:2525`,
+/// `[::1]:submission`), a name's port read from `services` (`/etc/services`).
+fn smtp_ports(postconf_m: &str, services: &str) -> BTreeSet<u16> {
+    let named: BTreeMap<&str, u16> = services
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or_default())
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let name = fields.next()?;
+            let port = fields.next()?.strip_suffix("/tcp")?.parse().ok()?;
+            Some(
+                std::iter::once(name)
+                    .chain(fields)
+                    .map(move |alias| (alias, port)),
+            )
+        })
+        .flatten()
+        .collect();
+    postconf_m
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let service = fields.next()?;
+            (fields.next()? == "inet").then_some(service)
+        })
+        .filter_map(|service| {
+            let port = service.rsplit_once(':').map_or(service, |(_, port)| port);
+            port.parse().ok().or_else(|| named.get(port).copied())
+        })
+        .collect()
+}
+
+/// How many TCP connections (`(local port, state)`) are SMTP sessions on `ports`,
+/// opening or open.
+fn open_sessions(sockets: impl Iterator<Item = (u16, TcpState)>, ports: &BTreeSet<u16>) -> usize {
+    sockets
+        .filter(|(port, state)| {
+            ports.contains(port)
+                && matches!(
+                    state,
+                    TcpState::Established | TcpState::SynRecv | TcpState::NewSynRecv
+                )
+        })
+        .count()
 }
 
 /// Marks a configuration file `postconf` has just replaced as settled. Every Postfix
@@ -932,6 +1039,47 @@ smtpd_recipient_restrictions = check_policy_service { inet:127.0.0.1:10040, defa
             ["bounce_queue_lifetime", "defer_transports", "soft_bounce"]
         );
         assert_eq!(back.process_limit.as_deref(), Some("-"));
+    }
+
+    #[test]
+    fn the_smtp_ports_are_those_of_the_inet_services_by_number_or_name() {
+        let master = "\
+smtp       inet  n       -       y       -       -       smtpd
+127.0.0.1:2525 inet n    -       n       -       -       smtpd
+[::1]:submission inet n  -       n       -       -       smtpd -o syslog_name=postfix/submission
+pickup     unix  n       -       y       60      1       pickup
+unknown    inet  n       -       n       -       -       smtpd
+";
+        let services = "\
+# Network services, Internet style
+smtp\t\t25/tcp\t\tmail
+submissions\t465/tcp\t\tssmtp smtps # over TLS
+submission\t587/tcp
+syslog\t\t514/udp
+";
+        assert_eq!(
+            smtp_ports(master, services),
+            BTreeSet::from([25, 587, 2525]),
+            "an unknown name has no port; unix services are not SMTP"
+        );
+    }
+
+    #[test]
+    fn only_sessions_on_the_smtp_ports_count() {
+        let ports = BTreeSet::from([25]);
+        let sockets = [
+            (25, TcpState::Listen),
+            (25, TcpState::Established),
+            (25, TcpState::SynRecv),
+            (25, TcpState::TimeWait),
+            (10040, TcpState::Established),
+        ];
+        assert_eq!(open_sessions(sockets.into_iter(), &ports), 2);
+        assert_eq!(
+            open_sessions([(25, TcpState::CloseWait)].into_iter(), &ports),
+            0,
+            "a session the client has ended holds no request"
+        );
     }
 
     #[test]
