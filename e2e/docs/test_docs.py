@@ -1,6 +1,6 @@
-"""The documentation as a reader follows it: every relative link in README.md, TESTING.md
-and docs/**/*.md reaches a file (and a heading, when it names one, slugged as GitHub
-slugs it), every `make TARGET` the docs name is a target of the Makefile, and the
+"""The documentation as a reader follows it: every relative link in README.md, TESTING.md,
+ARCHITECTURE.md and docs/**/*.md reaches a file (and a heading, when it names one, slugged
+as GitHub slugs it), every `make TARGET` the docs name is a target of the Makefile, and the
 manifests docs/multi-cluster.md shows are the files under docs/multi-cluster/, which
 parse, and whose MailIncidents are valid against the CRD's openAPIV3Schema."""
 
@@ -27,8 +27,8 @@ MANIFESTS = REPO / "docs" / "multi-cluster"
 
 
 def documents():
-    """README.md, TESTING.md and every Markdown file under docs/."""
-    found = [REPO / "README.md", REPO / "TESTING.md"]
+    """README.md, TESTING.md, ARCHITECTURE.md and every Markdown file under docs/."""
+    found = [REPO / "README.md", REPO / "TESTING.md", REPO / "ARCHITECTURE.md"]
     found += sorted((REPO / "docs").rglob("*.md"))
     return found
 
