@@ -29,6 +29,7 @@ plugin:
 ## Regenerate the committed CRD from the Rust types.
 crds: build
 	$(OPERATOR) crd > crds/mailincidents.mailops.dev.yaml
+	cp crds/mailincidents.mailops.dev.yaml charts/mail-incident-operator/files/crds/
 
 fmt:
 	$(CARGO) fmt --check

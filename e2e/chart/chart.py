@@ -12,7 +12,7 @@ CHART = REPO / "charts" / "mail-incident-operator"
 RELEASE = "mail-incident-operator"
 NAMESPACE = "mail-incident-operator"
 
-# Helm logs each followed symlink (files/crds) at INFO; the tests read results, not logs.
+# Helm's engine logs at INFO; the tests read results, not logs.
 helm.disable_logging()
 
 

@@ -46,6 +46,22 @@ class Lint(unittest.TestCase):
         report = helm.lint(chart.CHART, ALL_ON, strict=True, kube_version="v1.20.2")
         self.assertEqual([m for m in report["messages"] if m["severity"] >= 2], [])
 
+    def test_the_chart_can_be_a_subchart_with_global_values(self):
+        # A parent chart hands every subchart its `global` values.
+        values = {"global": {"imageRegistry": "registry.example"}}
+        report = helm.lint(chart.CHART, values, strict=True, kube_version="v1.20.2")
+        self.assertEqual([m for m in report["messages"] if m["severity"] >= 2], [])
+        self.assertEqual(kinds(chart.render(values)), kinds(chart.render()))
+        with self.assertRaises(helm.HelmValuesError) as refused:
+            chart.render({"globals": {}})
+        self.assertIn("globals", str(refused.exception), "other unknown keys are still refused")
+
+    def test_the_charts_crd_is_a_copy_of_the_committed_one_not_a_link_out_of_the_chart(self):
+        copy_in_chart = chart.CHART / "files" / "crds" / "mailincidents.mailops.dev.yaml"
+        self.assertFalse(copy_in_chart.is_symlink(), "a packaged chart holds no link out of itself")
+        committed = chart.REPO / "crds" / "mailincidents.mailops.dev.yaml"
+        self.assertEqual(copy_in_chart.read_text(), committed.read_text(), "run `make crds`")
+
     def test_versions_follow_the_operator(self):
         meta = yaml.safe_load((chart.CHART / "Chart.yaml").read_text())
         cargo = tomllib.loads((chart.REPO / "Cargo.toml").read_text())
