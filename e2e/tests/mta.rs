@@ -102,6 +102,8 @@ impl SmtpSession {
     pub fn try_open(address: SocketAddr) -> std::io::Result<Self> {
         let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // Each command goes out whole in one write (see `try_command`).
+        stream.set_nodelay(true)?;
         let mut session = Self {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
@@ -120,7 +122,9 @@ impl SmtpSession {
 
     /// Sends one line; the last line of the reply (empty if the server closed).
     pub fn try_command(&mut self, line: &str) -> std::io::Result<String> {
-        write!(self.writer, "{line}\r\n")?;
+        // One write: `write!` would send the line and its CRLF apart, and the server,
+        // waiting for the line's end, delays the ACK the CRLF waits for (40 ms a command).
+        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
         self.try_reply()
     }
 
@@ -138,7 +142,7 @@ impl SmtpSession {
 
 impl Drop for SmtpSession {
     fn drop(&mut self) {
-        write!(self.writer, "QUIT\r\n").ok();
+        self.writer.write_all(b"QUIT\r\n").ok();
     }
 }
 
