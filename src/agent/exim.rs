@@ -244,35 +244,24 @@ pub fn spool_figures(
     scope: Option<&[DomainPattern]>,
 ) -> std::io::Result<QueueFigures> {
     let mut figures = QueueFigures::default();
-    let mut directories = vec![spool.join("input")];
-    while let Some(directory) = directories.pop() {
-        let entries = match std::fs::read_dir(&directory) {
-            // Exim creates the directory with the first message.
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            entries => entries?,
-        };
-        for entry in entries {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                directories.push(path);
-            } else if path.to_string_lossy().ends_with("-H") {
-                // A message delivered meanwhile takes its files with it.
-                let Ok(header) = std::fs::read(&path) else {
-                    continue;
-                };
-                let held = scope.is_none()
-                    || pending_recipients(&header).is_some_and(|pending| {
-                        Held::counts(scope, pending.iter().map(String::as_str))
-                    });
-                if let Some(arrival) = arrival_time(&String::from_utf8_lossy(&header))
-                    && held
-                {
-                    figures.add("queue", arrival, now);
-                }
-            }
+    // Exim creates `input` with the first message.
+    files::for_each_file_under(&spool.join("input"), |path| {
+        if !path.to_string_lossy().ends_with("-H") {
+            return;
         }
-    }
+        // A message delivered meanwhile takes its files with it.
+        let Ok(header) = std::fs::read(path) else {
+            return;
+        };
+        let held = scope.is_none()
+            || pending_recipients(&header)
+                .is_some_and(|pending| Held::counts(scope, pending.iter().map(String::as_str)));
+        if let Some(arrival) = arrival_time(&String::from_utf8_lossy(&header))
+            && held
+        {
+            figures.add("queue", arrival, now);
+        }
+    })?;
     Ok(figures)
 }
 

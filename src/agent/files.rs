@@ -61,6 +61,35 @@ fn directory_of(path: &Path) -> &Path {
     }
 }
 
+/// Calls `visit` with every entry under `directory` that is not a directory,
+/// subdirectories included (a spool split into hashed subdirectories). Symbolic links are
+/// not followed into. A directory that is gone counts as empty: an MTA creates its queue
+/// directories with their first message and removes hashed ones while they are read.
+pub fn for_each_file_under(directory: &Path, mut visit: impl FnMut(&Path)) -> std::io::Result<()> {
+    let mut directories = vec![directory.to_path_buf()];
+    while let Some(directory) = directories.pop() {
+        let entries = match std::fs::read_dir(&directory) {
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            entries => entries.map_err(|e| with_path(e, &directory))?,
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| with_path(e, &directory))?;
+            let path = entry.path();
+            if entry.file_type().map_err(|e| with_path(e, &path))?.is_dir() {
+                directories.push(path);
+            } else {
+                visit(&path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `e`, saying which path it is about.
+pub fn with_path(e: std::io::Error, path: &Path) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

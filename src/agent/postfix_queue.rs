@@ -26,13 +26,13 @@ use std::{
     path::Path,
 };
 
-use super::state::Held;
+use super::{
+    files::{self, with_path},
+    state::Held,
+};
 
 /// The queues `showq` lists, in its order.
 const QUEUES: [&str; 5] = ["maildrop", "active", "incoming", "deferred", "hold"];
-
-/// How deep hashed queue directories go at most (`hash_queue_depth` is at most 16).
-const MAX_DEPTH: usize = 16;
 
 /// The longest record whose data the agent keeps (an arrival time, an address, a size or
 /// a pointer); Postfix bounds addresses far below this. A file with a longer one of
@@ -55,40 +55,13 @@ pub fn measure(
     std::fs::read_dir(queue_directory).map_err(|e| with_path(e, queue_directory))?;
     let mut figures = QueueFigures::default();
     for queue in QUEUES {
-        let directory = queue_directory.join(queue);
-        match std::fs::metadata(&directory) {
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(with_path(e, &directory)),
-            Ok(_) => {}
-        }
-        walk(&directory, 0, &mut |path| {
+        files::for_each_file_under(&queue_directory.join(queue), |path| {
             if let Some(arrival) = counted_arrival(path, scope) {
                 figures.add(queue, arrival, now);
             }
         })?;
     }
     Ok(figures)
-}
-
-/// Calls `visit` with every file under `directory`, subdirectories included.
-fn walk(directory: &Path, depth: usize, visit: &mut impl FnMut(&Path)) -> std::io::Result<()> {
-    let entries = match std::fs::read_dir(directory) {
-        // A hashed subdirectory removed by `postsuper` while the queue is walked.
-        Err(e) if depth > 0 && e.kind() == ErrorKind::NotFound => return Ok(()),
-        result => result.map_err(|e| with_path(e, directory))?,
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| with_path(e, directory))?;
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() && depth < MAX_DEPTH {
-            walk(&entry.path(), depth + 1, visit)?;
-        } else if kind.is_file() {
-            visit(&entry.path());
-        }
-    }
-    Ok(())
 }
 
 /// The arrival time of the message in the queue file at `path`, if it is a complete
@@ -253,10 +226,6 @@ impl<R: BufRead + Seek> Records<R> {
 
 fn malformed(what: &str) -> std::io::Error {
     std::io::Error::new(ErrorKind::InvalidData, format!("queue file: {what}"))
-}
-
-fn with_path(e: std::io::Error, path: &Path) -> std::io::Error {
-    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
