@@ -517,3 +517,561 @@ async fn apply_to_workload(
         after: stored.resource_version,
     }])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::{
+        self, APPLY_PATCH, Exchange, MERGE_PATCH, NAMESPACE, config_map_path, serve,
+        stored_config_map,
+    };
+    use std::sync::Arc;
+
+    const DOCUMENT: &str = "mail-mode-deployment-mx";
+    const REPORT: &str = "mail-mode-deployment-mx-report";
+    const OURS: [(&str, &str); 1] = [("app.kubernetes.io/managed-by", "mail-incident-operator")];
+
+    fn mx() -> TargetRef {
+        TargetRef {
+            kind: WorkloadKind::Deployment,
+            name: "mx".into(),
+        }
+    }
+
+    fn exim() -> TargetRef {
+        TargetRef {
+            kind: WorkloadKind::StatefulSet,
+            name: "exim".into(),
+        }
+    }
+
+    fn owners() -> Vec<Owner> {
+        ["outage", "storage"]
+            .into_iter()
+            .map(|name| Owner {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+            })
+            .collect()
+    }
+
+    fn put(exists: bool, create_report: bool) -> Write {
+        Write::PutDocument {
+            target: mx(),
+            document: Arc::new(fixtures::document()),
+            owners: owners(),
+            exists,
+            create_report,
+        }
+    }
+
+    fn seen(document: Option<&str>, report: Option<&str>, workload: Option<&str>) -> Versions {
+        Versions {
+            document: document.map(String::from),
+            report: report.map(String::from),
+            workload: workload.map(String::from),
+        }
+    }
+
+    type Echoed = (EchoKind, String, Option<String>, Option<String>);
+
+    /// What a write that was done changed: (cache, name, version before, after).
+    fn done(outcome: Outcome) -> Vec<Echoed> {
+        match outcome {
+            Outcome::Done(echoes) => echoes
+                .into_iter()
+                .map(|e| (e.kind, e.name, e.before, e.after))
+                .collect(),
+            Outcome::Stale => panic!("expected the write done, it was stale"),
+            Outcome::Refused(target, why) => {
+                panic!("expected the write done, it was refused for {target}: {why}")
+            }
+        }
+    }
+
+    fn echo(kind: EchoKind, name: &str, before: Option<&str>, after: Option<&str>) -> Echoed {
+        (
+            kind,
+            name.into(),
+            before.map(String::from),
+            after.map(String::from),
+        )
+    }
+
+    fn owner_references() -> Value {
+        json!([
+            {"apiVersion": "mailops.dev/v1alpha1", "kind": "MailIncident",
+             "name": "outage", "uid": "uid-outage"},
+            {"apiVersion": "mailops.dev/v1alpha1", "kind": "MailIncident",
+             "name": "storage", "uid": "uid-storage"},
+        ])
+    }
+
+    /// The document as planned, on the wire.
+    fn document_body() -> Value {
+        let document = fixtures::document();
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": DOCUMENT,
+                "labels": {OURS[0].0: OURS[0].1, "mailops.dev/role": "mode-document"},
+                "annotations": {
+                    "mailops.dev/mode-hash": document.hash(),
+                    "mailops.dev/incident": "outage",
+                    "mailops.dev/workload": "Deployment/mx",
+                },
+                "ownerReferences": owner_references(),
+            },
+            "data": {"mode.json": document.to_json()},
+        })
+    }
+
+    #[tokio::test]
+    async fn a_new_document_is_created_under_our_field_manager_and_its_report_applied() {
+        let (client, server) = serve(vec![
+            Exchange::post(format!("/api/v1/namespaces/{NAMESPACE}/configmaps"))
+                .ours_unforced()
+                .body(document_body())
+                .check(|body| {
+                    assert_eq!(
+                        body["metadata"].get("resourceVersion"),
+                        None,
+                        "a create is conditional on nothing"
+                    );
+                })
+                .reply(201, stored_config_map(DOCUMENT, "11", "uid-document")),
+            // The report is the operator's whole: applied with force, owned by the
+            // document just created, without entries (the agents write those).
+            Exchange::patch(config_map_path(REPORT))
+                .query("fieldManager", FIELD_MANAGER)
+                .query("force", "true")
+                .content_type(APPLY_PATCH)
+                .body(json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {
+                        "name": REPORT,
+                        "labels": {OURS[0].0: OURS[0].1, "mailops.dev/role": "mode-report"},
+                        "annotations": {"mailops.dev/workload": "Deployment/mx"},
+                        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
+                                             "name": DOCUMENT, "uid": "uid-document"}],
+                    },
+                }))
+                .check(|body| assert_eq!(body.get("data"), None, "no entries of ours"))
+                .ok(stored_config_map(REPORT, "12", "uid-report")),
+        ]);
+        let outcome = apply(&client, NAMESPACE, put(false, true), Versions::default())
+            .await
+            .expect("the writes succeed");
+        server.verify(client).await;
+        assert_eq!(
+            done(outcome),
+            [
+                echo(EchoKind::ConfigMap, DOCUMENT, None, Some("11")),
+                echo(EchoKind::ConfigMap, REPORT, None, Some("12")),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_existing_document_is_merge_patched_as_seen_with_its_owners_whole() {
+        let (client, server) = serve(vec![
+            Exchange::patch(config_map_path(DOCUMENT))
+                .ours_unforced()
+                .content_type(MERGE_PATCH)
+                .body(document_body())
+                .body(json!({"metadata": {"resourceVersion": "7", "ownerReferences": owner_references()}}))
+                .ok(stored_config_map(DOCUMENT, "8", "uid-document")),
+        ]);
+        let outcome = apply(
+            &client,
+            NAMESPACE,
+            put(true, false),
+            seen(Some("7"), None, None),
+        )
+        .await
+        .expect("the write succeeds");
+        server.verify(client).await;
+        assert_eq!(
+            done(outcome),
+            [echo(EchoKind::ConfigMap, DOCUMENT, Some("7"), Some("8"))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_document_that_exists_unseen_is_written_whole_again() {
+        // Our label was taken off, so the caches never showed it: the create finds it.
+        let (client, server) = serve(vec![
+            Exchange::post(format!("/api/v1/namespaces/{NAMESPACE}/configmaps")).fail(
+                409,
+                "AlreadyExists",
+                "configmaps \"mail-mode-deployment-mx\" already exists",
+                &[],
+            ),
+            Exchange::patch(config_map_path(DOCUMENT))
+                .ours_unforced()
+                .content_type(MERGE_PATCH)
+                .body(document_body())
+                .check(|body| {
+                    assert_eq!(
+                        body["metadata"].get("resourceVersion"),
+                        None,
+                        "never seen, so conditional on no version"
+                    );
+                })
+                .ok(stored_config_map(DOCUMENT, "30", "uid-document")),
+        ]);
+        let outcome = apply(&client, NAMESPACE, put(false, false), Versions::default())
+            .await
+            .expect("the write succeeds");
+        server.verify(client).await;
+        assert_eq!(
+            done(outcome),
+            [echo(EchoKind::ConfigMap, DOCUMENT, None, Some("30"))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_on_a_stale_view_is_left_to_the_next_sync() {
+        let (client, server) = serve(vec![
+            Exchange::patch(config_map_path(DOCUMENT))
+                .body(json!({"metadata": {"resourceVersion": "7"}}))
+                .conflict(),
+        ]);
+        let outcome = apply(
+            &client,
+            NAMESPACE,
+            put(true, true),
+            seen(Some("7"), None, None),
+        )
+        .await
+        .expect("a stale write is no error");
+        server.verify(client).await;
+        assert!(
+            matches!(outcome, Outcome::Stale),
+            "and the report is not created"
+        );
+    }
+
+    #[tokio::test]
+    async fn restart_delivery_applies_only_our_fields_unforced_as_seen() {
+        let document = fixtures::document();
+        let env: Vec<Value> = document
+            .env()
+            .into_iter()
+            .map(|(name, value)| json!({"name": name, "value": value}))
+            .collect();
+        assert!(!env.is_empty());
+        let (client, server) = serve(vec![
+            Exchange::patch(format!(
+                "/apis/apps/v1/namespaces/{NAMESPACE}/deployments/mx"
+            ))
+            .ours_unforced()
+            .content_type(APPLY_PATCH)
+            .body(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "mx", "resourceVersion": "40"},
+                "spec": {"template": {
+                    "metadata": {"annotations": {
+                        "mailops.dev/mode-hash": document.hash(),
+                        "mailops.dev/incident": "outage",
+                    }},
+                    "spec": {"containers": [{"name": "mta", "env": env}]},
+                }},
+            }))
+            .check(|body| {
+                let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+                assert_eq!(keys, ["apiVersion", "kind", "metadata", "spec"]);
+                let spec = &body["spec"];
+                assert_eq!(spec.as_object().unwrap().len(), 1, "only the template");
+                let container = &spec["template"]["spec"]["containers"][0];
+                assert_eq!(container.as_object().unwrap().len(), 2, "name and env only");
+            })
+            .ok(json!({"metadata": {"name": "mx", "namespace": NAMESPACE, "resourceVersion": "41"}})),
+        ]);
+        let write = Write::SetRestartEnv {
+            target: mx(),
+            container: "mta".into(),
+            document: Arc::new(document.clone()),
+        };
+        let outcome = apply(&client, NAMESPACE, write, seen(None, None, Some("40")))
+            .await
+            .expect("the apply succeeds");
+        server.verify(client).await;
+        assert_eq!(
+            done(outcome),
+            [echo(
+                EchoKind::Workload(WorkloadKind::Deployment),
+                "mx",
+                Some("40"),
+                Some("41")
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_conflict_with_another_field_manager_is_refused_not_forced() {
+        let message = "Apply failed with 1 conflict: conflict with \"argocd-controller\": .spec.template.spec.containers[name=\"exim\"].env[name=\"MAIL_INCIDENT_MODE\"].value";
+        let (client, server) = serve(vec![
+            Exchange::patch(format!(
+                "/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets/exim"
+            ))
+            .ours_unforced()
+            .content_type(APPLY_PATCH)
+            .body(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                         "metadata": {"name": "exim", "resourceVersion": "5"}}))
+            .fail(
+                409,
+                "Conflict",
+                message,
+                &[(
+                    "FieldManagerConflict",
+                    "conflict with \"argocd-controller\"",
+                    ".spec.template.spec.containers[name=\"exim\"].env",
+                )],
+            ),
+        ]);
+        let write = Write::SetRestartEnv {
+            target: exim(),
+            container: "exim".into(),
+            document: Arc::new(fixtures::document()),
+        };
+        let outcome = apply(&client, NAMESPACE, write, seen(None, None, Some("5")))
+            .await
+            .expect("a refusal is no error");
+        server.verify(client).await;
+        match outcome {
+            Outcome::Refused(target, why) => {
+                assert_eq!(target, exim());
+                assert_eq!(why, message);
+            }
+            _ => panic!("a field-manager conflict must be refused, for a person to resolve"),
+        }
+    }
+
+    #[tokio::test]
+    async fn clearing_restart_delivery_applies_nothing_under_our_field_manager() {
+        let (client, server) = serve(vec![
+            Exchange::patch(format!(
+                "/apis/apps/v1/namespaces/{NAMESPACE}/deployments/mx"
+            ))
+            .ours_unforced()
+            .content_type(APPLY_PATCH)
+            .check(|body| {
+                assert_eq!(
+                    body,
+                    &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                            "metadata": {"name": "mx", "resourceVersion": "41"}})
+                );
+            })
+            .ok(json!({"metadata": {"name": "mx", "resourceVersion": "42"}})),
+        ]);
+        let write = Write::ClearRestartEnv { target: mx() };
+        let outcome = apply(&client, NAMESPACE, write, seen(None, None, Some("41")))
+            .await
+            .expect("the apply succeeds");
+        server.verify(client).await;
+        assert_eq!(
+            done(outcome),
+            [echo(
+                EchoKind::Workload(WorkloadKind::Deployment),
+                "mx",
+                Some("41"),
+                Some("42")
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_the_api_server_finds_invalid_is_refused() {
+        let (client, server) = serve(vec![
+            Exchange::patch(format!(
+                "/apis/apps/v1/namespaces/{NAMESPACE}/deployments/mx"
+            ))
+            .fail(422, "Invalid", "Deployment.apps \"mx\" is invalid", &[]),
+        ]);
+        let write = Write::ClearRestartEnv { target: mx() };
+        let outcome = apply(&client, NAMESPACE, write, Versions::default())
+            .await
+            .expect("a refusal is no error");
+        server.verify(client).await;
+        assert!(
+            matches!(outcome, Outcome::Refused(target, why) if target == mx() && why.contains("invalid"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_document_is_deleted_only_as_seen_and_its_report_with_it() {
+        let (client, server) = serve(vec![
+            Exchange::delete(config_map_path(DOCUMENT))
+                .body(json!({"preconditions": {"resourceVersion": "7"}}))
+                .check(|body| {
+                    assert_eq!(
+                        body["preconditions"].get("uid").and_then(Value::as_str),
+                        None
+                    );
+                    assert_eq!(body.get("propagationPolicy"), None, "the report goes too");
+                })
+                .ok(stored_config_map(DOCUMENT, "7", "uid-document")),
+            // Collected with the document already: not found is done.
+            Exchange::delete(config_map_path(REPORT))
+                .check(|body| assert_eq!(body.get("preconditions"), None))
+                .not_found(),
+        ]);
+        let write = Write::DeleteDocument {
+            target: mx(),
+            keep_report: false,
+        };
+        let outcome = apply(&client, NAMESPACE, write, seen(Some("7"), Some("9"), None))
+            .await
+            .expect("the deletes succeed");
+        server.verify(client).await;
+        assert_eq!(
+            done(outcome),
+            [
+                echo(EchoKind::ConfigMap, DOCUMENT, Some("7"), None),
+                echo(EchoKind::ConfigMap, REPORT, Some("9"), None),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kept_report_is_orphaned_when_its_document_is_deleted() {
+        let (client, server) = serve(vec![
+            Exchange::delete(config_map_path(DOCUMENT))
+                .body(json!({"preconditions": {"resourceVersion": "7"},
+                             "propagationPolicy": "Orphan"}))
+                .ok(stored_config_map(DOCUMENT, "7", "uid-document")),
+        ]);
+        let write = Write::DeleteDocument {
+            target: mx(),
+            keep_report: true,
+        };
+        let outcome = apply(&client, NAMESPACE, write, seen(Some("7"), Some("9"), None))
+            .await
+            .expect("the delete succeeds");
+        server.verify(client).await;
+        assert_eq!(
+            done(outcome),
+            [echo(EchoKind::ConfigMap, DOCUMENT, Some("7"), None)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_report_written_to_since_it_was_seen_is_not_deleted() {
+        let (client, server) = serve(vec![
+            Exchange::delete(config_map_path(REPORT))
+                .body(json!({"preconditions": {"resourceVersion": "9"}}))
+                .conflict(),
+        ]);
+        let write = Write::DeleteReport { target: mx() };
+        let outcome = apply(&client, NAMESPACE, write, seen(None, Some("9"), None))
+            .await
+            .expect("a stale delete is no error");
+        server.verify(client).await;
+        assert!(matches!(outcome, Outcome::Stale));
+    }
+
+    #[tokio::test]
+    async fn departed_pods_entries_are_removed_from_the_report_as_seen() {
+        let (client, server) = serve(vec![
+            Exchange::patch(config_map_path(REPORT))
+                .ours_unforced()
+                .content_type(MERGE_PATCH)
+                .check(|body| {
+                    assert_eq!(
+                        body,
+                        &json!({"metadata": {"resourceVersion": "9"},
+                                "data": {"mx-1": null, "mx-2": null}})
+                    );
+                })
+                .ok(stored_config_map(REPORT, "10", "uid-report")),
+        ]);
+        let write = Write::PruneReport {
+            target: mx(),
+            pods: vec!["mx-1".into(), "mx-2".into()],
+        };
+        let outcome = apply(&client, NAMESPACE, write, seen(Some("7"), Some("9"), None))
+            .await
+            .expect("the patch succeeds");
+        server.verify(client).await;
+        assert_eq!(
+            done(outcome),
+            [echo(EchoKind::ConfigMap, REPORT, Some("9"), Some("10"))]
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_are_conditional_on_their_own_targets_versions() {
+        let (client, server) = serve(vec![
+            Exchange::patch(config_map_path(DOCUMENT))
+                .body(json!({"metadata": {"resourceVersion": "7"}}))
+                .ok(stored_config_map(DOCUMENT, "8", "uid-document")),
+        ]);
+        let versions = HashMap::from([
+            (exim(), seen(Some("99"), Some("98"), Some("97"))),
+            (mx(), seen(Some("7"), None, Some("6"))),
+        ]);
+        let outcomes = apply_all(
+            &client,
+            &Leadership::fixed(true),
+            NAMESPACE,
+            &versions,
+            vec![put(true, false)],
+        )
+        .await
+        .expect("the write succeeds");
+        server.verify(client).await;
+        let [outcome] = <[Outcome; 1]>::try_from(outcomes)
+            .ok()
+            .expect("one outcome");
+        assert_eq!(
+            done(outcome),
+            [echo(EchoKind::ConfigMap, DOCUMENT, Some("7"), Some("8"))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_no_person_must_fix_is_an_error_naming_the_call() {
+        let (client, server) = serve(vec![Exchange::delete(config_map_path(REPORT)).fail(
+            500,
+            "InternalError",
+            "etcdserver: request timed out",
+            &[],
+        )]);
+        let result = apply_all(
+            &client,
+            &Leadership::fixed(true),
+            NAMESPACE,
+            &HashMap::new(),
+            vec![Write::DeleteReport { target: mx() }],
+        )
+        .await;
+        server.verify(client).await;
+        match result {
+            Err(Error::Api { call, source }) => {
+                assert_eq!(
+                    call,
+                    "delete the report of Deployment/mx in mail (ConfigMap mail-mode-deployment-mx-report)"
+                );
+                assert!(matches!(source, kube::Error::Api(s) if s.code == 500));
+            }
+            Err(other) => panic!("expected the API error, got {other}"),
+            Ok(_) => panic!("a server error must fail the sync"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_does_not_lead_sends_nothing() {
+        let (client, server) = serve(vec![]);
+        let result = apply_all(
+            &client,
+            &Leadership::fixed(false),
+            NAMESPACE,
+            &HashMap::new(),
+            vec![put(false, true), Write::DeleteReport { target: mx() }],
+        )
+        .await;
+        server.verify(client).await;
+        assert!(matches!(result, Err(Error::NotLeader)));
+    }
+}

@@ -93,6 +93,131 @@ fn truncate(text: &str, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::fixtures::{Exchange, NAMESPACE, failure, incident, serve};
+    use serde_json::{Value, json};
+
+    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/mail/events";
+
+    fn note(warning: bool, message: &str) -> plan::Note {
+        plan::Note {
+            warning,
+            reason: "Applied",
+            message: message.into(),
+        }
+    }
+
+    /// Publishes `note` on `incident` through a server that answers `status` with
+    /// `reply`, and returns the event sent.
+    async fn published(
+        incident: &crate::api::MailIncident,
+        note: &plan::Note,
+        status: u16,
+        reply: Value,
+    ) -> Value {
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+        let (client, server) = serve(vec![
+            Exchange::post(EVENTS)
+                .check(move |body| sent_tx.send(body.clone()).unwrap())
+                .reply(status, reply),
+        ]);
+        let events = Events::new(client.clone(), "operator-0".into());
+        events.publish(incident, note).await;
+        drop(events);
+        server.verify(client).await;
+        sent_rx.recv().expect("an event was sent")
+    }
+
+    #[tokio::test]
+    async fn an_event_is_created_whole_on_its_object_with_its_own_message() {
+        let outage = incident("outage", "7", &[]);
+        let event = published(
+            &outage,
+            &note(false, "Every target applies TempFail"),
+            201,
+            json!({}),
+        )
+        .await;
+        let name = event["metadata"]["name"].as_str().expect("a name");
+        let suffix = name
+            .strip_prefix("outage.")
+            .expect("named after its object");
+        assert!(
+            !suffix.is_empty() && suffix.chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}"
+        );
+        assert_eq!(event["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(event["reason"], "Applied");
+        assert_eq!(event["note"], "Every target applies TempFail");
+        assert_eq!(event["type"], "Normal");
+        assert_eq!(event["action"], "Reconcile");
+        assert_eq!(event["reportingController"], FIELD_MANAGER);
+        assert_eq!(event["reportingInstance"], "operator-0");
+        assert_eq!(
+            event["regarding"],
+            json!({"apiVersion": "mailops.dev/v1alpha1", "kind": "MailIncident",
+                   "name": "outage", "namespace": NAMESPACE, "uid": "uid-outage"})
+        );
+        assert!(event["eventTime"].is_string());
+        assert_eq!(event.get("series"), None, "never folded into a series");
+    }
+
+    #[tokio::test]
+    async fn the_name_of_an_event_on_a_long_named_object_is_shortened_to_the_limit() {
+        // The longest name an object can have, with a dash where the cut falls.
+        let long = format!(
+            "{}-{}",
+            "a".repeat(EVENT_NAME_PREFIX_LIMIT - 1),
+            "b".repeat(17)
+        );
+        assert_eq!(long.len(), 253);
+        let event = published(
+            &incident(&long, "7", &[]),
+            &note(true, "queue over its limit"),
+            201,
+            json!({}),
+        )
+        .await;
+        let name = event["metadata"]["name"].as_str().expect("a name");
+        assert!(name.len() <= 253, "{} characters", name.len());
+        let (prefix, suffix) = name.rsplit_once('.').expect("a suffix");
+        assert_eq!(
+            prefix,
+            "a".repeat(EVENT_NAME_PREFIX_LIMIT - 1),
+            "cut to the limit, without a trailing dash"
+        );
+        assert!(suffix.len() <= 16 && suffix.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(event["regarding"]["name"], long.as_str());
+        assert_eq!(event["type"], "Warning");
+    }
+
+    #[tokio::test]
+    async fn a_long_note_is_cut_to_the_api_limit() {
+        let long = "x".repeat(5000);
+        let event = published(
+            &incident("outage", "7", &[]),
+            &note(false, &long),
+            201,
+            json!({}),
+        )
+        .await;
+        let sent = event["note"].as_str().expect("a note");
+        assert_eq!(sent.len(), NOTE_LIMIT_BYTES);
+        assert!(sent.ends_with("..."));
+    }
+
+    #[tokio::test]
+    async fn a_lost_event_is_not_retried() {
+        // The scenario allows one request: a retry would fail it.
+        let refused = failure(403, "Forbidden", "events is forbidden", &[]);
+        let event = published(
+            &incident("outage", "7", &[]),
+            &note(false, "m"),
+            403,
+            refused,
+        )
+        .await;
+        assert_eq!(event["reason"], "Applied");
+    }
 
     #[test]
     fn a_note_is_cut_to_the_api_limit_in_bytes_on_a_character_boundary() {

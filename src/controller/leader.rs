@@ -51,6 +51,27 @@ pub struct Leadership {
     lease: watch::Receiver<Option<LeaseSpec>>,
 }
 
+#[cfg(test)]
+impl Leadership {
+    /// A standing that does not change: a claim renewed now for an hour (`holds`), or
+    /// none, for tests of the code that writes.
+    pub fn fixed(holds: bool) -> Self {
+        let lease = holds.then(|| LeaseSpec {
+            holder_identity: Some("me".into()),
+            renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                Timestamp::now(),
+            )),
+            lease_duration_seconds: Some(3600),
+            ..LeaseSpec::default()
+        });
+        Self {
+            identity: "me".into(),
+            margin: Duration::ZERO,
+            lease: watch::channel(lease).1,
+        }
+    }
+}
+
 /// The tasks that hold and watch the Lease; [`stop`](Self::stop) releases it.
 pub struct Elector {
     manager: Arc<tokio::sync::OnceCell<LeaseManager>>,

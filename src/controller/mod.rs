@@ -11,6 +11,8 @@ mod cache;
 mod cached;
 mod events;
 mod finalizers;
+#[cfg(test)]
+mod fixtures;
 mod leader;
 mod observe;
 mod report_pacing;
@@ -748,6 +750,85 @@ fn error_policy(key: Arc<Namespace>, error: &Error, context: Arc<Context>) -> Ac
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fixtures::{APPLY_PATCH, Exchange, incident, incident_path, serve};
+    use serde_json::json;
+
+    fn status() -> MailIncidentStatus {
+        MailIncidentStatus {
+            observed_generation: Some(1),
+            ..MailIncidentStatus::default()
+        }
+    }
+
+    fn status_write() -> Exchange {
+        Exchange::patch(format!("{}/status", incident_path("outage")))
+            .query("fieldManager", FIELD_MANAGER)
+            .query("force", "true")
+            .content_type(APPLY_PATCH)
+    }
+
+    #[tokio::test]
+    async fn the_status_is_applied_whole_with_force_as_the_incident_was_seen() {
+        let (client, server) = serve(vec![
+            status_write()
+                .check(|body| {
+                    assert_eq!(
+                        body,
+                        &json!({"apiVersion": "mailops.dev/v1alpha1", "kind": "MailIncident",
+                                "metadata": {"resourceVersion": "7"},
+                                "status": {"observedGeneration": 1}})
+                    );
+                })
+                .ok(serde_json::to_value(incident("outage", "8", &[])).unwrap()),
+        ]);
+        let stored = write_status(&client, &incident("outage", "7", &[]), &status())
+            .await
+            .expect("the status is written");
+        server.verify(client).await;
+        assert!(stored);
+    }
+
+    #[tokio::test]
+    async fn a_status_decided_on_an_older_view_is_not_stored() {
+        let (client, server) = serve(vec![
+            status_write()
+                .body(json!({"metadata": {"resourceVersion": "7"}}))
+                .conflict(),
+        ]);
+        let stored = write_status(&client, &incident("outage", "7", &[]), &status())
+            .await
+            .expect("a stale status is no error");
+        server.verify(client).await;
+        assert!(!stored, "the sync the change brings decides again");
+    }
+
+    #[tokio::test]
+    async fn the_status_of_a_deleted_incident_needs_no_writing() {
+        let (client, server) = serve(vec![status_write().not_found()]);
+        let stored = write_status(&client, &incident("outage", "7", &[]), &status())
+            .await
+            .expect("gone is done");
+        server.verify(client).await;
+        assert!(stored);
+    }
+
+    #[tokio::test]
+    async fn a_refused_status_fails_the_sync_and_names_the_call() {
+        let (client, server) = serve(vec![status_write().fail(
+            422,
+            "Invalid",
+            "MailIncident.mailops.dev \"outage\" is invalid",
+            &[],
+        )]);
+        let result = write_status(&client, &incident("outage", "7", &[]), &status()).await;
+        server.verify(client).await;
+        match result {
+            Err(Error::Api { call, .. }) => {
+                assert_eq!(call, "apply the status of MailIncident mail/outage")
+            }
+            other => panic!("expected the failed call, got {other:?}"),
+        }
+    }
 
     #[tokio::test]
     async fn a_panic_in_a_reconcile_becomes_an_error_of_its_own_category() {

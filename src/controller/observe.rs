@@ -447,3 +447,324 @@ fn queue_storage(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::mode_document::{AgentReport, DriftReport, QueueFigures},
+        controller::fixtures::{self, FilledCaches, NAMESPACE},
+    };
+    use serde_json::{Value, json};
+
+    fn mx() -> TargetRef {
+        TargetRef {
+            kind: WorkloadKind::Deployment,
+            name: "mx".into(),
+        }
+    }
+
+    /// A Postfix Deployment `mx` of two replicas selecting `app: mx`, its rollout complete,
+    /// its queue on an emptyDir.
+    fn deployment() -> Value {
+        json!({
+            "metadata": {"name": "mx", "namespace": NAMESPACE, "resourceVersion": "40",
+                         "generation": 3, "labels": {"app": "mta"},
+                         "annotations": {"mailops.dev/mta": "postfix"}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "mx"}},
+                "template": {"spec": {
+                    "containers": [{"name": "postfix", "volumeMounts": [
+                        {"name": "spool", "mountPath": "/var/spool/postfix"}]}],
+                    "volumes": [{"name": "spool", "emptyDir": {}}],
+                }},
+            },
+            "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2,
+                       "availableReplicas": 2, "readyReplicas": 2},
+        })
+    }
+
+    /// The mode document of `mx` as the operator writes it, at `resource_version`.
+    fn document(resource_version: &str) -> Value {
+        let mut object = crate::controller::document_object(
+            &mx(),
+            &fixtures::document(),
+            &[crate::plan::Owner {
+                name: "outage".into(),
+                uid: "uid-outage".into(),
+            }],
+        );
+        object["metadata"]["namespace"] = NAMESPACE.into();
+        object["metadata"]["uid"] = "uid-document".into();
+        object["metadata"]["resourceVersion"] = resource_version.into();
+        object
+    }
+
+    /// The report of `mx` at `resource_version`, with `entries` by pod.
+    fn report(resource_version: &str, entries: &[(&str, &AgentReport)]) -> Value {
+        let mut object = crate::controller::report_object(&mx(), Some("uid-document".into()));
+        object["metadata"]["namespace"] = NAMESPACE.into();
+        object["metadata"]["resourceVersion"] = resource_version.into();
+        let data: serde_json::Map<String, Value> = entries
+            .iter()
+            .map(|(pod, entry)| {
+                (
+                    pod.to_string(),
+                    serde_json::to_string(entry).unwrap().into(),
+                )
+            })
+            .collect();
+        object["data"] = data.into();
+        object
+    }
+
+    fn applied(hash: &str, messages: u64) -> AgentReport {
+        AgentReport {
+            hash: hash.into(),
+            after: None,
+            queue: Some(QueueFigures {
+                messages,
+                by_queue: [("deferred".to_string(), messages)].into(),
+                oldest_age_seconds: 60,
+            }),
+            drift: None,
+        }
+    }
+
+    fn drifting(hash: &str) -> AgentReport {
+        AgentReport {
+            hash: hash.into(),
+            after: None,
+            queue: None,
+            drift: Some(DriftReport {
+                count: 1,
+                what: "main.cf soft_bounce = no, want yes".into(),
+                since: Some(100),
+            }),
+        }
+    }
+
+    /// `mx` with its document and a report from its pods: `mx-1` applied, `mx-2`
+    /// drifting, `mx-3` terminating, `mx-0` gone; and pods that are not its.
+    fn namespace() -> FilledCaches {
+        let hash = fixtures::document().hash();
+        let mut filled = FilledCaches::new();
+        filled
+            .deployment(deployment())
+            .pod(NAMESPACE, "mx-1", &[("app", "mx")], false)
+            .pod(NAMESPACE, "mx-2", &[("app", "mx"), ("tier", "edge")], false)
+            .pod(NAMESPACE, "mx-3", &[("app", "mx")], true)
+            .pod(NAMESPACE, "web-1", &[("app", "web")], false)
+            .pod("other", "mx-9", &[("app", "mx")], false)
+            .config_map(document("11"))
+            .config_map(report(
+                "12",
+                &[
+                    ("mx-0", &applied(&hash, 1)),
+                    ("mx-1", &applied(&hash, 5)),
+                    ("mx-2", &drifting(&hash)),
+                    ("mx-3", &applied(&hash, 2)),
+                ],
+            ));
+        filled
+    }
+
+    fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+        items.sort();
+        items
+    }
+
+    #[test]
+    fn a_target_is_its_workload_its_document_and_its_live_pods_reports() {
+        let filled = namespace();
+        let observed = observe(&filled.caches, NAMESPACE, &mut Observations::default());
+        let hash = fixtures::document().hash();
+        assert_eq!(observed.rebuilt, 1);
+        assert!(observed.orphans.is_empty());
+        let [target] = observed.targets.as_slice() else {
+            panic!("one target, got {:?}", observed.targets)
+        };
+        assert_eq!(target.target, mx());
+        assert_eq!(
+            target.labels,
+            [("app".to_string(), "mta".to_string())].into()
+        );
+        assert_eq!(target.delivery, Delivery::Reload);
+        assert_eq!(target.mta, Some(MtaKind::Postfix));
+        assert_eq!(target.document_hash.as_deref(), Some(hash.as_str()));
+        assert_eq!(target.document_mismatch, None);
+        assert_eq!(target.document_owners, ["uid-outage"]);
+        assert!(target.report_exists && target.report_owned);
+        assert_eq!(target.source_incidents, ["outage"]);
+        assert_eq!(target.changed_by, None);
+        // Live pods only: mx-3 is terminating, web-1 not selected, mx-9 elsewhere.
+        assert_eq!(
+            sorted(target.pod_reports.clone()),
+            [None, Some(hash.clone())],
+            "a drifting pod does not count as applied"
+        );
+        assert_eq!(sorted(target.unreleased_pods.clone()), ["mx-1", "mx-2"]);
+        assert_eq!(target.drifts.len(), 1);
+        assert_eq!(target.drifts[0].0, "mx-2");
+        assert_eq!(target.queues.len(), 1, "mx-1's queue");
+        assert_eq!(target.queues[0].messages, 5);
+        // A terminating pod still runs its agent: only the gone one's entry departed.
+        assert_eq!(target.departed_reports, ["mx-0"]);
+        assert_eq!((target.replicas, target.ready_replicas), (2, 2));
+        assert!(target.rollout_complete);
+        assert_eq!(target.mta_container.as_deref(), Some("postfix"));
+        assert_eq!(
+            target.queue,
+            QueueStorage::EmptyDir {
+                volume: "spool".into(),
+                path: "/var/spool/postfix".into()
+            }
+        );
+        let versions = &observed.versions[&mx()];
+        assert_eq!(versions.workload.as_deref(), Some("40"));
+        assert_eq!(versions.document.as_deref(), Some("11"));
+        assert_eq!(versions.report.as_deref(), Some("12"));
+    }
+
+    #[test]
+    fn documents_of_a_workload_that_is_gone_are_orphans_with_their_versions() {
+        let mut filled = namespace();
+        let gone = TargetRef {
+            kind: WorkloadKind::StatefulSet,
+            name: "gone".into(),
+        };
+        let mut orphan = crate::controller::document_object(&gone, &fixtures::document(), &[]);
+        orphan["metadata"]["namespace"] = NAMESPACE.into();
+        orphan["metadata"]["resourceVersion"] = "20".into();
+        let mut elsewhere = orphan.clone();
+        elsewhere["metadata"]["namespace"] = "other".into();
+        elsewhere["metadata"]["annotations"]["mailops.dev/workload"] = "StatefulSet/far".into();
+        filled.config_map(orphan).config_map(elsewhere);
+        let observed = observe(&filled.caches, NAMESPACE, &mut Observations::default());
+        assert_eq!(observed.orphans, std::slice::from_ref(&gone));
+        let versions = &observed.versions[&gone];
+        assert_eq!(versions.document.as_deref(), Some("20"));
+        assert_eq!(
+            (versions.report.as_ref(), versions.workload.as_ref()),
+            (None, None)
+        );
+        assert_eq!(observed.targets.len(), 1);
+    }
+
+    #[test]
+    fn only_targets_whose_inputs_changed_are_built_again() {
+        let mut filled = namespace();
+        let mut previous = Observations::default();
+        let first = observe(&filled.caches, NAMESPACE, &mut previous);
+        let again = observe(&filled.caches, NAMESPACE, &mut previous);
+        assert_eq!(again.rebuilt, 0);
+        assert!(
+            Arc::ptr_eq(&first.targets[0], &again.targets[0]),
+            "an unchanged target is the same Arc"
+        );
+
+        // An agent writes its report: built again, from the new entry.
+        let hash = fixtures::document().hash();
+        filled.config_map(report(
+            "13",
+            &[("mx-1", &applied(&hash, 9)), ("mx-2", &applied(&hash, 0))],
+        ));
+        let reported = observe(&filled.caches, NAMESPACE, &mut previous);
+        assert_eq!(reported.rebuilt, 1);
+        assert_eq!(
+            reported.targets[0].pod_reports,
+            [Some(hash.clone()), Some(hash.clone())]
+        );
+        assert_eq!(reported.versions[&mx()].report.as_deref(), Some("13"));
+
+        // A pod goes: its workload's target is built again.
+        filled.pod_gone(NAMESPACE, "mx-2");
+        let fewer = observe(&filled.caches, NAMESPACE, &mut previous);
+        assert_eq!(fewer.rebuilt, 1);
+        assert_eq!(fewer.targets[0].pod_reports, [Some(hash.clone())]);
+        assert_eq!(fewer.targets[0].departed_reports, ["mx-2"]);
+
+        // A pod of another workload changes nothing here.
+        filled.pod(NAMESPACE, "web-2", &[("app", "web")], false);
+        assert_eq!(observe(&filled.caches, NAMESPACE, &mut previous).rebuilt, 0);
+    }
+
+    #[test]
+    fn a_document_whose_annotation_disagrees_with_its_content_is_a_mismatch() {
+        let mut filled = namespace();
+        let mut edited = document("14");
+        edited["metadata"]["annotations"]["mailops.dev/mode-hash"] = "bogus".into();
+        filled.config_map(edited);
+        let observed = observe(&filled.caches, NAMESPACE, &mut Observations::default());
+        let mismatch = observed.targets[0]
+            .document_mismatch
+            .clone()
+            .expect("a mismatch");
+        assert!(mismatch.contains("bogus"), "{mismatch}");
+        assert!(
+            mismatch.contains(&fixtures::document().hash()),
+            "{mismatch}"
+        );
+    }
+
+    #[test]
+    fn a_restart_delivered_statefulset_is_read_from_its_template() {
+        let mut filled = FilledCaches::new();
+        filled
+            .statefulset(json!({
+                "metadata": {
+                    "name": "exim", "namespace": NAMESPACE, "resourceVersion": "5",
+                    "generation": 2,
+                    "annotations": {"mailops.dev/delivery": "Restart", "mailops.dev/mta": "exim",
+                                    "mailops.dev/mta-container": "exim"},
+                    "managedFields": [
+                        {"manager": crate::controller::FIELD_MANAGER, "operation": "Apply", "time": "2026-12-06T10:00:00Z"},
+                        {"manager": "argocd-controller", "operation": "Apply", "time": "2026-12-06T10:05:00Z"},
+                    ],
+                },
+                "spec": {
+                    "replicas": 2,
+                    "selector": {"matchLabels": {"app": "exim"}},
+                    "template": {
+                        "metadata": {"annotations": {"mailops.dev/mode-hash": "h1",
+                                                     "mailops.dev/incident": "outage,storage"}},
+                        "spec": {"containers": [
+                            {"name": "sidecar"},
+                            {"name": "exim",
+                             "env": [{"name": "MAIL_INCIDENT_MODE", "value": "TempFail"},
+                                     {"name": "TZ", "value": "UTC"}],
+                             "volumeMounts": [{"name": "spool", "mountPath": "/var/spool/exim4"}]},
+                        ]},
+                    },
+                    "volumeClaimTemplates": [{"metadata": {"name": "spool"}}],
+                },
+                "status": {"observedGeneration": 2, "readyReplicas": 1,
+                           "currentRevision": "r1", "updateRevision": "r2"},
+            }))
+            .pod(NAMESPACE, "exim-0", &[("app", "exim")], false);
+        let observed = observe(&filled.caches, NAMESPACE, &mut Observations::default());
+        let target = &observed.targets[0];
+        assert_eq!(target.target.to_string(), "StatefulSet/exim");
+        assert_eq!(target.delivery, Delivery::Restart);
+        assert_eq!(target.mta, Some(MtaKind::Exim));
+        assert_eq!(target.mta_container.as_deref(), Some("exim"));
+        assert_eq!(
+            target.template_env,
+            [("MAIL_INCIDENT_MODE".to_string(), "TempFail".to_string())]
+        );
+        assert_eq!(target.template_hash.as_deref(), Some("h1"));
+        assert_eq!(target.source_incidents, ["outage", "storage"]);
+        assert_eq!(target.changed_by.as_deref(), Some("argocd-controller"));
+        assert_eq!(target.queue, QueueStorage::Persistent);
+        assert!(!target.rollout_complete, "revisions differ");
+        assert_eq!((target.replicas, target.ready_replicas), (2, 1));
+        assert_eq!(target.document_hash, None);
+        assert!(!target.report_exists);
+        assert_eq!(target.pod_reports, [None], "one live pod, no report");
+        assert_eq!(
+            observed.versions[&target.target].workload.as_deref(),
+            Some("5")
+        );
+    }
+}
