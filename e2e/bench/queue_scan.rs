@@ -104,7 +104,7 @@ async fn bench_postfix(messages: u64) -> String {
     let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
     let postfix = PostfixInstance::start(&format!("scan-{}", scene.ns.name));
     let agent = AgentProcess::start(scene.world, &scene.ns.name, &pod, &postfix.agent_args()).await;
-    let hold = postfix.conf.parent().unwrap().join("queue/hold");
+    let hold = postfix.queue_directory().join("hold");
     let owner = user_ids("postfix");
     let answer = Answer::Policy(postfix.policy);
     let report = measure(
@@ -600,11 +600,11 @@ fn write_spool(messages: u64, directory: &Path, files: impl Fn(u64) -> SpoolFile
 }
 
 /// Renames each Postfix queue file in `directory` to the short queue ID Postfix would
-/// have given it: five hexadecimal digits, then its inode number in hexadecimal. Every
-/// `postfix reload` (each mode switch) starts `postsuper` in the background, which renames
-/// any queue file whose name does not end in its inode number: left as written, the
-/// spool was renamed under the agent's scans, which then counted some files twice
-/// (1.12–1.16 million of a million), and its disk work slowed the switches.
+/// have given it: five hexadecimal digits, then its inode number in hexadecimal.
+/// `postsuper`, which `postfix start` runs (and `postfix reload` in the background, as
+/// the agent's reload once did at each switch), renames any queue file whose name does
+/// not end in its inode number: left as written, the spool was renamed under the agent's
+/// scans, which then counted some files twice (1.12–1.16 million of a million).
 fn name_after_inodes(directory: &Path) {
     let names: Vec<PathBuf> = std::fs::read_dir(directory)
         .unwrap()

@@ -243,6 +243,7 @@ pub async fn start_examples(
             configuration: &[
                 "/etc/exim4/mail-incident/mode",
                 "/etc/exim4/mail-incident/retry.conf",
+                "/etc/exim4/mail-incident/release",
             ],
             refusal_words: "",
             state_file: exim_spool.join("mail-incident-agent/agent-state.json"),

@@ -70,6 +70,8 @@ impl EximInstance {
             path("mail-incident/mode"),
             "--exim-retry-file".into(),
             path("mail-incident/retry.conf"),
+            "--exim-release-file".into(),
+            path("mail-incident/release"),
             "--exim-spool-dir".into(),
             path("spool"),
             "--exim-pid-file".into(),
@@ -116,21 +118,23 @@ impl ScopedMta for EximInstance {
         run(self.exim().arg("-qff"));
     }
 
-    /// The mode file, the retry file and the site's exim.conf (never edited).
+    /// The mode, retry and release files and the site's exim.conf (never edited).
     fn configuration(&self) -> String {
         let read = |file: &str| std::fs::read_to_string(self.root.join(file)).ok();
         format!(
-            "mode: {:?}\nretry: {:?}\n{}",
+            "mode: {:?}\nretry: {:?}\nrelease: {:?}\n{}",
             read("mail-incident/mode"),
             read("mail-incident/retry.conf"),
+            read("mail-incident/release"),
             read("exim.conf").unwrap_or_default()
         )
     }
 
-    /// `normal`, no retry file (the site's own retry rules), exim.conf as the site wrote it.
+    /// `normal`, no retry file (the site's own retry rules), no release file, exim.conf as
+    /// the site wrote it.
     fn baseline(&self) -> String {
         format!(
-            "mode: {:?}\nretry: None\n{}",
+            "mode: {:?}\nretry: None\nrelease: None\n{}",
             Some("normal\n"),
             std::fs::read_to_string(self.root.join("exim.conf")).unwrap()
         )

@@ -86,6 +86,11 @@ impl PostfixInstance {
         run(self.postconf().arg("-n")) + &run(self.postconf().arg("-M"))
     }
 
+    /// Its `queue_directory` (e2e/postfix-instance.sh).
+    pub fn queue_directory(&self) -> PathBuf {
+        self.conf.parent().unwrap().join("queue")
+    }
+
     /// The instance's Maildir store.
     pub fn mailbox(&self) -> PathBuf {
         self.conf.parent().unwrap().join("mailboxes/user")
@@ -246,6 +251,7 @@ async fn postfix_answers_each_mode_through_the_policy_service_and_returns_to_its
         intents.send_replace(held.clone());
         apply_edits(
             &postfix.conf,
+            &postfix.queue_directory(),
             MAILBOX_TRANSPORT,
             &render(held, &baseline, &target),
         )

@@ -1,10 +1,11 @@
-//! The MTA's own commands (`postconf`, `postfix reload`, `exim -bV`, a site's hook), run
+//! The MTA's own commands (`postconf`, `postqueue`, `exim -bV`, a site's hook), run
 //! with a deadline: a command that hangs fails the apply, which the agent retries with
 //! backoff, instead of holding the MTA in the middle of a change for good. Called from
 //! blocking threads only, never from the async workers.
 
 use std::{
     io::Read,
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -34,6 +35,54 @@ pub fn at_low_priority<T: Send>(scan: impl FnOnce() -> T + Send) -> T {
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// Sends a reload's SIGHUP to the MTA's main process, named by its `pid_file`; its pid.
+/// Sent by the agent itself: an MTA image need not have a `kill` program (Debian's slim
+/// has none).
+pub fn hang_up(pid_file: &Path) -> std::io::Result<i32> {
+    let pid = main_process(pid_file)?;
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).map_err(|e| {
+        std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            format!(
+                "SIGHUP to process {} ({}): {e}",
+                pid.as_raw_nonzero(),
+                pid_file.display()
+            ),
+        )
+    })?;
+    Ok(pid.as_raw_nonzero().get())
+}
+
+/// The process a `pid_file` names.
+pub fn main_process(pid_file: &Path) -> std::io::Result<rustix::process::Pid> {
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", pid_file.display())))?;
+    // A positive process id only: 0, -1 or -N would signal a whole process group.
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: not a process id: {text:?}", pid_file.display()),
+            )
+        })
+}
+
+/// The children of process `parent` whose command name is `name`.
+pub fn children_named(parent: i32, name: &str) -> Vec<i32> {
+    let Ok(processes) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    processes
+        .filter_map(|process| process.ok()?.stat().ok())
+        .filter(|stat| stat.ppid == parent && stat.comm == name)
+        .map(|stat| stat.pid)
+        .collect()
 }
 
 /// Runs `command` to its end within [`COMMAND_DEADLINE`]; its standard output, or an
@@ -80,6 +129,25 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_main_process_is_found_from_its_pid_file_and_its_children_by_name() {
+        let directory = tempfile::tempdir().unwrap();
+        let pid_file = directory.path().join("main.pid");
+        std::fs::write(&pid_file, format!("{:>10}\n", std::process::id())).unwrap();
+        let me = main_process(&pid_file).unwrap().as_raw_nonzero().get();
+        assert_eq!(u32::try_from(me).unwrap(), std::process::id());
+        let mut child = Command::new("sleep").arg("10").spawn().unwrap();
+        let found = children_named(me, "sleep");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found, [i32::try_from(child.id()).unwrap()]);
+        assert_eq!(children_named(me, "qmgr"), [0; 0]);
+        for pid in ["-1", "0", "x", ""] {
+            std::fs::write(&pid_file, pid).unwrap();
+            assert!(main_process(&pid_file).is_err(), "{pid:?}");
+        }
+    }
 
     #[test]
     fn output_and_failures_are_reported() {

@@ -30,16 +30,25 @@
 //!   because a daemon whose re-execution fails is gone. Exim's retry rules name no
 //!   recipient domain here: the lifetime is every local delivery's while an incident lasts.
 //!
-//! Releasing writes `normal` with the incident's lifetime still in the retry file, then
-//! starts as many queue runners (`exim -qff`) as the release concurrency: each delivers
-//! one message at a time. When scoped rules change during an incident (one of two ends),
+//! - the **release file**, present only while releasing: an `nwildlsearch` file of the
+//!   held domains' patterns (`*` when every domain was held), which the site's
+//!   `hold_domains` reads. Exim holds those domains' mail in every delivery but a forced
+//!   one, so the release's queue runners are the only deliveries of held mail: the
+//!   daemon's own queue runs, and the immediate delivery of new mail, would go beyond the
+//!   release's concurrency.
+//!
+//! Releasing writes the release file, then `normal` with the incident's lifetime still
+//! in the retry file, then starts as many queue runners (`exim -qff`, forced, which
+//! `hold_domains` does not stop) as the release concurrency: each delivers one message
+//! at a time. Mail for held domains that arrives during the release waits for the next
+//! runners: a stalled release is applied again. When scoped rules change during an incident (one of two ends),
 //! the same runners deliver the mail of the domains no longer held at once rather than at
 //! its next retry; what is still held the router defers again. Exim times retries and
 //! expiry from the first failure of each address, which the release does not reset.
 
 use super::{
     Difference, DriftKind, Mta,
-    command::{at_low_priority, run_command},
+    command::{at_low_priority, hang_up, run_command},
     differs, files,
     state::Held,
 };
@@ -84,6 +93,14 @@ pub struct EximSettings {
     )]
     pub exim_retry_file: PathBuf,
 
+    /// Exim: the release file the configuration's `hold_domains` reads.
+    #[arg(
+        long,
+        env = "EXIM_RELEASE_FILE",
+        default_value = "/etc/exim4/mail-incident/release"
+    )]
+    pub exim_release_file: PathBuf,
+
     /// Exim: the spool directory, where the queue is measured.
     #[arg(long, env = "EXIM_SPOOL_DIR", default_value = "/var/spool/exim4")]
     pub exim_spool_dir: PathBuf,
@@ -105,6 +122,21 @@ pub fn render(held: &Held) -> (String, Option<String>) {
         Held::Releasing { release } => (NORMAL.into(), lifetime(&release.lifetime)),
         Held::Incident { document } => (rules(document), lifetime(&document.queue.lifetime)),
     }
+}
+
+/// The release file for `held` (`None`: absent): while releasing, one line per held
+/// domain pattern, or `*` when every recipient's mail was held.
+pub fn release_holds(held: &Held) -> Option<String> {
+    let Held::Releasing { .. } = held else {
+        return None;
+    };
+    Some(match held.held_scope() {
+        None => "*\n".into(),
+        Some(patterns) => patterns
+            .iter()
+            .map(|pattern| format!("{pattern}\n"))
+            .collect(),
+    })
 }
 
 /// The mode file of a document: its rules' lines, in order.
@@ -285,27 +317,10 @@ impl Exim {
         command
     }
 
-    /// SIGHUP to the daemon, once its new configuration has been checked. Sent by the
-    /// agent itself: an MTA image need not have a `kill` program (Debian's slim has none).
+    /// SIGHUP to the daemon, once its new configuration has been checked.
     fn reload(&self) -> std::io::Result<()> {
         run_command(self.exim().arg("-bV").stdout(Stdio::null()))?;
-        let pid_file = &self.settings.exim_pid_file;
-        let text = std::fs::read_to_string(pid_file)?;
-        // A positive process id only: 0, -1 or -N would signal a whole process group.
-        let pid = text
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .and_then(|pid| i32::try_from(pid).ok())
-            .and_then(rustix::process::Pid::from_raw)
-            .ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: not a process id: {text:?}", pid_file.display()),
-                )
-            })?;
-        rustix::process::kill_process(pid, rustix::process::Signal::HUP)?;
-        Ok(())
+        hang_up(&self.settings.exim_pid_file).map(drop)
     }
 
     /// Where the agent notes the retry file the daemon last re-read (absent: none): a
@@ -338,9 +353,20 @@ impl Mta for Exim {
                 None => files::remove_durably(&marker)?,
             }
         }
+        // Written before the mode file lets the held domains go, removed after it holds
+        // them again or ends the release: no delivery but the release's own takes their
+        // mail in between.
+        let release_file = &self.settings.exim_release_file;
+        let release = release_holds(held);
+        if let Some(text) = &release {
+            files::write_durably(release_file, text)?;
+        }
         let mode_file = &self.settings.exim_mode_file;
         let rules_changed = files::read_if_exists(mode_file)?.as_deref() != Some(mode.as_str());
         files::write_durably(mode_file, &mode)?;
+        if release.is_none() {
+            files::remove_durably(release_file)?;
+        }
         for _ in 0..queue_runners(held, rules_changed) {
             // Queue runners work on their own and exit when the queue is done; a thread
             // waits for each so that none is left a zombie.
@@ -368,20 +394,27 @@ impl Mta for Exim {
         .map(Some)
     }
 
-    /// The two files as they are now. A deleted or rewritten mode file is what Exim's ACL
-    /// reads at the next RCPT; a changed retry file is what its next reload would take.
+    /// The three files as they are now. A deleted or rewritten mode file is what Exim's ACL
+    /// reads at the next RCPT; a changed retry file is what its next reload would take; a
+    /// changed release file paces the release wrong, or holds mail in normal service.
     fn drift(&self, held: &Held) -> std::io::Result<Vec<Difference>> {
         Ok(file_differences(
             held,
             files::read_if_exists(&self.settings.exim_mode_file)?.as_deref(),
             files::read_if_exists(&self.settings.exim_retry_file)?.as_deref(),
+            files::read_if_exists(&self.settings.exim_release_file)?.as_deref(),
         ))
     }
 }
 
-/// Where the mode and retry files read back (`None`: absent) differ from what
-/// [`render`] makes for `held`.
-fn file_differences(held: &Held, mode: Option<&str>, retry: Option<&str>) -> Vec<Difference> {
+/// Where the mode, retry and release files read back (`None`: absent) differ from what
+/// [`render`] and [`release_holds`] make for `held`.
+fn file_differences(
+    held: &Held,
+    mode: Option<&str>,
+    retry: Option<&str>,
+    release: Option<&str>,
+) -> Vec<Difference> {
     let (want_mode, want_retry) = render(held);
     let mut differences = Vec::new();
     if mode != Some(want_mode.as_str()) {
@@ -394,6 +427,13 @@ fn file_differences(held: &Held, mode: Option<&str>, retry: Option<&str>) -> Vec
         differences.push(Difference {
             kind: DriftKind::Queue,
             what: differs("Exim retry file", retry, want_retry.as_deref()),
+        });
+    }
+    let want_release = release_holds(held);
+    if release != want_release.as_deref() {
+        differences.push(Difference {
+            kind: DriftKind::Queue,
+            what: differs("Exim release file", release, want_release.as_deref()),
         });
     }
     differences
@@ -412,6 +452,7 @@ mod tests {
             exim_config: None,
             exim_mode_file: directory.join("mode"),
             exim_retry_file: directory.join("retry.conf"),
+            exim_release_file: directory.join("release"),
             exim_spool_dir: directory.join("spool"),
             exim_pid_file: directory.join("exim.pid"),
         })
@@ -517,10 +558,10 @@ mod tests {
         let temp_fail = held(&document(Mode::TempFail, 452, "4.3.1"));
         let (mode, retry) = render(&temp_fail);
         assert_eq!(
-            file_differences(&temp_fail, Some(&mode), retry.as_deref()),
+            file_differences(&temp_fail, Some(&mode), retry.as_deref(), None),
             []
         );
-        let deleted = file_differences(&temp_fail, None, retry.as_deref());
+        let deleted = file_differences(&temp_fail, None, retry.as_deref(), None);
         assert_eq!(deleted.len(), 1);
         assert_eq!(deleted[0].kind, DriftKind::Answer);
         assert!(
@@ -529,20 +570,23 @@ mod tests {
                 .starts_with("Exim mode file = (absent), want \"*: tempfail 452 4.3.1 "),
             "{deleted:?}"
         );
-        let rewritten = file_differences(&temp_fail, Some("normal\n"), retry.as_deref());
+        let rewritten = file_differences(&temp_fail, Some("normal\n"), retry.as_deref(), None);
         assert!(
             rewritten[0]
                 .what
                 .starts_with("Exim mode file = \"normal\\n\", want "),
             "{rewritten:?}"
         );
-        let retry_gone = file_differences(&temp_fail, Some(&mode), None);
+        let retry_gone = file_differences(&temp_fail, Some(&mode), None, None);
         assert_eq!(retry_gone.len(), 1);
         assert_eq!(retry_gone[0].kind, DriftKind::Queue);
         // Normal service: the mode file says normal and no retry file is left.
-        assert_eq!(file_differences(&Held::Normal, Some("normal\n"), None), []);
         assert_eq!(
-            file_differences(&Held::Normal, Some("normal\n"), retry.as_deref()).len(),
+            file_differences(&Held::Normal, Some("normal\n"), None, None),
+            []
+        );
+        assert_eq!(
+            file_differences(&Held::Normal, Some("normal\n"), retry.as_deref(), None).len(),
             1
         );
     }
@@ -558,6 +602,81 @@ mod tests {
             )
         );
         assert_eq!(render(&Held::Normal), ("normal\n".to_string(), None));
+    }
+
+    #[test]
+    fn a_release_holds_what_was_held_from_all_but_its_own_runners() {
+        let everyone = held(&document(Mode::AcceptAndQueue, 452, "4.3.1"));
+        assert_eq!(release_holds(&everyone), None, "the router holds it");
+        assert_eq!(
+            release_holds(&everyone.next(None, 10)).as_deref(),
+            Some("*\n")
+        );
+        let scoped = held(&rules(&[
+            (Mode::TempFail, 452, "4.3.1", &["pec.local.test"]),
+            (
+                Mode::AcceptAndQueue,
+                452,
+                "4.3.1",
+                &["*.storage.local.test"],
+            ),
+        ]));
+        let releasing = scoped.next(None, 10);
+        let release = release_holds(&releasing);
+        assert_eq!(
+            release.as_deref(),
+            Some("pec.local.test\n*.storage.local.test\n")
+        );
+        assert_eq!(release_holds(&Held::Normal), None);
+
+        // Deleted, the daemon delivers held mail beyond the concurrency; forged, it
+        // holds mail in normal service: both are drift.
+        let (mode, retry) = render(&releasing);
+        let same = |release: Option<&str>| {
+            file_differences(&releasing, Some(&mode), retry.as_deref(), release)
+        };
+        assert_eq!(same(release.as_deref()), []);
+        let deleted = same(None);
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(deleted[0].kind, DriftKind::Queue);
+        assert!(
+            deleted[0]
+                .what
+                .starts_with("Exim release file = (absent), want \"pec.local.test\\n"),
+            "{deleted:?}"
+        );
+        let forged = file_differences(&Held::Normal, Some("normal\n"), None, Some("*\n"));
+        assert_eq!(forged.len(), 1);
+        assert_eq!(forged[0].kind, DriftKind::Queue);
+    }
+
+    #[test]
+    fn the_release_file_is_there_from_before_the_release_to_its_end() {
+        let directory = tempfile::tempdir().unwrap();
+        let exim = exim_in(directory.path());
+        let release = directory.path().join("release");
+        let releasing = held(&document(Mode::AcceptAndQueue, 452, "4.3.1")).next(None, 10);
+        // The retry file is written already, as after the incident's apply: no reload.
+        let (_, retry) = render(&releasing);
+        std::fs::write(
+            directory.path().join("retry.conf"),
+            retry.as_deref().unwrap(),
+        )
+        .unwrap();
+        std::fs::write(directory.path().join("retry.conf.reloaded"), retry.unwrap()).unwrap();
+        // `true` stands for Exim: its queue runners exit at once.
+        exim.apply(&releasing).unwrap();
+        assert_eq!(std::fs::read_to_string(&release).unwrap(), "*\n");
+        assert_eq!(
+            std::fs::read_to_string(directory.path().join("mode")).unwrap(),
+            NORMAL
+        );
+        // A new incident during the release holds through the router again.
+        let incident = held(&document(Mode::TempFail, 452, "4.3.1"));
+        exim.apply(&incident).unwrap();
+        assert!(!release.exists());
+        exim.apply(&releasing).unwrap();
+        assert!(release.exists());
     }
 
     #[test]

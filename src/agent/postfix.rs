@@ -1,6 +1,7 @@
 //! Postfix rendering: which `main.cf` parameters (and which `master.cf` field) a state
 //! sets, and how normal service restores the baseline exactly. `render` is pure; the
-//! [`Postfix`] handle applies its result with `postconf` and `postfix reload`.
+//! [`Postfix`] handle applies its result with `postconf` and a reload (see
+//! [`apply_edits`]).
 //!
 //! The RCPT answer does not go through `main.cf`: the agent's policy service (see
 //! [`super::policy`]) gives each recipient the reply of its rule at the next RCPT, with
@@ -71,7 +72,7 @@
 
 use super::{
     Difference, DriftKind, Mta,
-    command::{at_low_priority, run_command},
+    command::{at_low_priority, children_named, hang_up, main_process, run_command},
     differs, files,
     policy::fallback_action,
     postfix_queue,
@@ -581,7 +582,12 @@ impl Mta for Postfix {
             }
             edits
         };
-        let changed = apply_edits(&self.config_dir, &self.target.mailbox_transport, &edits)?;
+        let changed = apply_edits(
+            &self.config_dir,
+            &self.queue_directory,
+            &self.target.mailbox_transport,
+            &edits,
+        )?;
         match held {
             // Retry every deferred message now rather than at its next scheduled attempt.
             Held::Releasing { .. } => self.flush()?,
@@ -770,8 +776,16 @@ pub fn changes(current: &Baseline, edits: &Edits) -> Changes {
 /// for a moment with no SMTP session open (see [`wait_for_no_smtp_session`]). It is
 /// always made, so that an apply cut short between the edit and the reload is completed.
 /// Whether any setting was changed.
+///
+/// The reload is the master's SIGHUP (its pid file is `pid/master.pid` in the
+/// `queue_directory`), which is all `postfix reload` does for a configuration, without
+/// the `postsuper` that script then starts in the background: a check of every queue
+/// file's name and place, which on a queue of a million messages reads the whole spool
+/// for minutes at each switch, and renames files under the agent's queue scan. The apply
+/// ends when the master runs a new queue manager (see [`wait_for_new_queue_manager`]).
 pub fn apply_edits(
     config_dir: &Path,
+    queue_directory: &Path,
     mailbox_transport: &str,
     edits: &Edits,
 ) -> std::io::Result<bool> {
@@ -792,13 +806,45 @@ pub fn apply_edits(
         settle(&config_dir.join("master.cf"))?;
     }
     wait_for_no_smtp_session(config_dir)?;
-    run_command(
-        Command::new("postfix")
-            .arg("-c")
-            .arg(config_dir)
-            .arg("reload"),
-    )?;
+    let pid_file = queue_directory.join("pid/master.pid");
+    let before = children_named(
+        main_process(&pid_file)?.as_raw_nonzero().get(),
+        QUEUE_MANAGER,
+    );
+    let master = hang_up(&pid_file)?;
+    wait_for_new_queue_manager(master, &before);
     Ok(changes != Changes::default())
+}
+
+/// The queue manager's command name.
+const QUEUE_MANAGER: &str = "qmgr";
+/// How long an apply waits for the master to replace its queue manager, at most.
+const QUEUE_MANAGER_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits (at most [`QUEUE_MANAGER_WAIT`]) until the `master` runs a queue manager that is
+/// none of those it ran `before` its SIGHUP. The master reads the signal in its own time
+/// (tens of milliseconds) and then replaces its children: a flush (`postqueue -f`) made
+/// before that is served by the old queue manager under the old settings, which defers a
+/// domain just released again, to its next retry minutes later. Where the processes
+/// cannot be read, it returns at once.
+fn wait_for_new_queue_manager(master: i32, before: &[i32]) {
+    if procfs::process::all_processes().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + QUEUE_MANAGER_WAIT;
+    while !children_named(master, QUEUE_MANAGER)
+        .iter()
+        .any(|pid| !before.contains(pid))
+    {
+        if Instant::now() >= deadline {
+            warn!(
+                waited = ?QUEUE_MANAGER_WAIT,
+                "the Postfix master runs no new queue manager since the reload"
+            );
+            return;
+        }
+        std::thread::sleep(QUIET_POLL);
+    }
 }
 
 /// How long a reload waits for a moment with no SMTP session open, at most: the hold of
