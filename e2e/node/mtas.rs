@@ -8,7 +8,9 @@
 
 use crate::{
     mta::{Smtp, SmtpSession, maildir_count},
-    node::{Node, container_pid, count_files, pod_ip, pods_ready, set_mode, smtp_address},
+    node::{
+        Node, container_pid, count_files, pod_ip, pod_logs, pods_ready, set_mode, smtp_address,
+    },
     support::{apply_incident, apply_yaml, eventually_within, ready_because, wait_for_within},
     world::TestNamespace,
 };
@@ -364,13 +366,22 @@ async fn delivered_and_back_to_baseline(
     baselines: &[String],
 ) {
     for (mta, baseline) in mtas.iter().zip(baselines) {
-        eventually_within(
-            RELEASE,
-            &format!("{}: all {HELD} held messages delivered", mta.label),
-            || async { (mta.delivered() == HELD).then_some(()) },
-        )
+        let delivered = tokio::time::timeout(RELEASE, async {
+            while mta.delivered() != HELD {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
         .await;
         let pod = the_pod(client, namespace, mta).await;
+        // What a failure needs to be understood: how many (a duplicate shows as more),
+        // and what the agent and the MTA logged.
+        assert!(
+            delivered.is_ok(),
+            "{}: not all {HELD} held messages delivered within {RELEASE:?}: {} delivered\n{}",
+            mta.label,
+            mta.delivered(),
+            pod_logs(&pod)
+        );
         back_to_baseline(mta, &pod, baseline).await;
     }
     answer_all(mtas, "250").await;

@@ -20,7 +20,7 @@
 use super::{
     Difference, Mta, files,
     probe::{self, Probe},
-    state::Held,
+    state::{Held, ReleasePass},
 };
 use crate::{
     api::mode_document::{AfterIncident, AgentReport, DriftReport, ModeDocument, QueueFigures},
@@ -54,6 +54,12 @@ pub struct Timing {
 impl Timing {
     fn backoff(&self) -> ExponentialBackoff {
         crate::retry::retry_delays(self.retry_min, self.retry_max)
+    }
+
+    /// The waits before a release's next pass after passes that delivered nothing: never
+    /// longer than a measuring period, after which the release would be judged stalled.
+    fn pass_backoff(&self) -> ExponentialBackoff {
+        crate::retry::retry_delays(self.retry_min, self.measure_every)
     }
 }
 
@@ -128,6 +134,12 @@ impl Loop {
         // first after the last apply, then one a whole period before the next judgement
         // (measurements come sooner while releasing, deliveries do not).
         let mut stall_reference: Option<(Instant, Option<QueueFigures>)> = None;
+        // A release delivered in passes (see `Held::release_pass`): the held messages
+        // queued when the last pass began, when the next one starts, and the wait after
+        // a pass that delivered nothing.
+        let mut pass_started_with: Option<u64> = None;
+        let mut next_pass_at: Option<Instant> = None;
+        let mut pass_backoff = self.timing.pass_backoff();
         let mut documents_open = true;
         let mut measure_at = Instant::now();
         let mut scan_started = Instant::now();
@@ -166,6 +178,8 @@ impl Loop {
                             verify_at = Instant::now();
                             probe_at = Instant::now();
                             stall_reference = None;
+                            pass_started_with = queue.as_ref().map(|queue| queue.messages);
+                            next_pass_at = None;
                             // A release is followed from its start.
                             measure_at = measure_at.min(
                                 Instant::now() + held.measure_after(last_scan, self.timing.measure_every),
@@ -240,6 +254,20 @@ impl Loop {
                                 }
                                 stall_reference = Some((scan_started, figures.clone()));
                             }
+                            if applied.as_ref() == Some(&intent) && applying.is_none() && next_pass_at.is_none() {
+                                match intent.release_pass(self.mta.delivering(), pass_started_with, figures.as_ref()) {
+                                    ReleasePass::Running => {}
+                                    ReleasePass::AgainNow => {
+                                        pass_backoff = self.timing.pass_backoff();
+                                        next_pass_at = Some(Instant::now());
+                                    }
+                                    ReleasePass::AgainLater => {
+                                        let wait = pass_backoff.next().unwrap_or(self.timing.measure_every);
+                                        info!(retry_in = ?wait, "the release's last pass delivered nothing; another follows");
+                                        next_pass_at = Some(Instant::now() + wait);
+                                    }
+                                }
+                            }
                             let next = intent.after_measuring(figures.as_ref(), Timestamp::now().as_second());
                             queue = figures;
                             if periodic {
@@ -259,6 +287,12 @@ impl Loop {
                     let held = intent.clone();
                     scan_started = Instant::now();
                     measuring = Some(tokio::task::spawn_blocking(move || mta.queue(&held)));
+                }
+                _ = tokio::time::sleep_until(next_pass_at.unwrap_or(retry_at)), if next_pass_at.is_some() && applying.is_none() => {
+                    next_pass_at = None;
+                    if applied.as_ref() == Some(&intent) && matches!(intent, Held::Releasing { .. }) {
+                        applying = Some(self.start_apply(intent.clone()));
+                    }
                 }
                 _ = tokio::time::sleep_until(retry_at), if applying.is_none() && !applied_intent => {
                     applying = Some(self.start_apply(intent.clone()));
@@ -531,6 +565,8 @@ mod tests {
         failures: Mutex<u32>,
         apply_time: Duration,
         queue: Mutex<QueueFigures>,
+        /// What `delivering` answers: `None` for an MTA that delivers on its own.
+        delivering: Mutex<Option<bool>>,
         state_file: PathBuf,
     }
 
@@ -562,6 +598,10 @@ mod tests {
 
         fn drift(&self, _: &Held) -> std::io::Result<Vec<Difference>> {
             Ok(self.tampered.lock().unwrap().clone())
+        }
+
+        fn delivering(&self) -> Option<bool> {
+            *self.delivering.lock().unwrap()
         }
     }
 
@@ -1001,6 +1041,51 @@ mod tests {
             applied.iter().filter(|h| h.label() == "Releasing").count() >= 2
         })
         .await;
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_release_in_passes_starts_another_pass_when_one_ends_with_held_mail_left() {
+        let saved = crate::agent::fixtures::held(&tempfail());
+        let agent = start_timed(
+            saved,
+            |mta| {
+                *mta.queue.get_mut().unwrap() = QueueFigures {
+                    messages: 3,
+                    oldest_age_seconds: 3600,
+                    ..QueueFigures::default()
+                };
+                // Each pass ends at once: as a runner that skipped every message.
+                *mta.delivering.get_mut().unwrap() = Some(false);
+            },
+            None,
+            Timing {
+                measure_every: Duration::from_secs(30),
+                ..timing()
+            },
+        );
+        let releases = || {
+            agent
+                .applied_labels()
+                .iter()
+                .filter(|label| *label == "Releasing")
+                .count()
+        };
+        agent.send(None);
+        // Passes that deliver nothing follow one another after a backoff, long before the
+        // 30 s period would judge the release stalled.
+        eventually("three passes", || releases() >= 3).await;
+        // A pass that delivered some is followed at once; the end stops the passes.
+        agent.mta.queue.lock().unwrap().messages = 2;
+        let before = releases();
+        eventually("a pass after progress", || releases() > before).await;
+        *agent.mta.queue.lock().unwrap() = QueueFigures::default();
+        agent
+            .settles_on("Normal", |held| *held == Held::Normal)
+            .await;
+        let passes = releases();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(releases(), passes, "no pass after the release");
         agent.stop().await;
     }
 

@@ -40,8 +40,9 @@
 //! Releasing writes the release file, then `normal` with the incident's lifetime still
 //! in the retry file, then starts as many queue runners (`exim -qff`, forced, which
 //! `hold_domains` does not stop) as the release concurrency: each delivers one message
-//! at a time. Mail for held domains that arrives during the release waits for the next
-//! runners: a stalled release is applied again. When scoped rules change during an incident (one of two ends),
+//! at a time. The agent starts another pass when they have all ended with held mail left
+//! (see [`Held::release_pass`]): a runner passes over a message another process has
+//! locked, and mail for held domains that arrives during the release waits for it. When scoped rules change during an incident (one of two ends),
 //! the same runners deliver the mail of the domains no longer held at once rather than at
 //! its next retry; what is still held the router defers again. Exim times retries and
 //! expiry from the first failure of each address, which the release does not reset.
@@ -61,7 +62,12 @@ use std::collections::BTreeSet;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
+use tracing::warn;
 
 /// The macro the retry file defines.
 pub const LIFETIME_MACRO: &str = "MAIL_INCIDENT_LIFETIME";
@@ -300,12 +306,15 @@ pub fn spool_figures(
 /// An Exim installation, driven through its binary and its daemon's pid file.
 pub struct Exim {
     settings: EximSettings,
+    /// The queue runners started and not yet ended.
+    runners: Arc<AtomicUsize>,
 }
 
 impl Exim {
     pub fn new(settings: &EximSettings) -> Self {
         Self {
             settings: settings.clone(),
+            runners: Arc::default(),
         }
     }
 
@@ -369,17 +378,35 @@ impl Mta for Exim {
         }
         for _ in 0..queue_runners(held, rules_changed) {
             // Queue runners work on their own and exit when the queue is done; a thread
-            // waits for each so that none is left a zombie.
-            let mut runner = self
+            // waits for each, so that none is left a zombie, and counts it out.
+            let runner = self
                 .exim()
                 .arg("-qff")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()?;
-            std::thread::spawn(move || runner.wait());
+            let runners = self.runners.clone();
+            runners.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                match runner.wait_with_output() {
+                    Ok(ended) if !ended.status.success() => warn!(
+                        status = %ended.status,
+                        stderr = %String::from_utf8_lossy(&ended.stderr).trim(),
+                        "an Exim queue runner failed"
+                    ),
+                    Ok(_) => {}
+                    Err(error) => warn!(%error, "cannot wait for an Exim queue runner"),
+                }
+                runners.fetch_sub(1, Ordering::SeqCst);
+            });
         }
         Ok(())
+    }
+
+    /// Whether a queue runner the agent started still runs.
+    fn delivering(&self) -> Option<bool> {
+        Some(self.runners.load(Ordering::SeqCst) > 0)
     }
 
     fn queue(&self, held: &Held) -> std::io::Result<Option<QueueFigures>> {

@@ -64,6 +64,12 @@ pub trait Mta: Send + Sync {
     /// `apply(held)` makes it (empty: the MTA runs `held`). Another hand's change is only
     /// found here; the loop then applies `held` again.
     fn drift(&self, held: &Held) -> std::io::Result<Vec<Difference>>;
+    /// Whether the deliveries the last apply started still run, for an MTA that delivers
+    /// a release in passes (see [`state::Held::release_pass`]); `None` for one that
+    /// delivers on its own.
+    fn delivering(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// One thing the MTA runs that differs from what the agent applied.

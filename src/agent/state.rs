@@ -29,6 +29,17 @@ const RELEASE_SCAN_SHARE: u32 = 10;
 /// queue: a few MTA commands a second at most.
 const RELEASE_MEASURE_FLOOR: Duration = Duration::from_millis(250);
 
+/// See [`Held::release_pass`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleasePass {
+    /// Nothing to start: a pass still runs, the release is over, or no release runs.
+    Running,
+    /// The last pass ended having delivered some of the held mail: another, now.
+    AgainNow,
+    /// The last pass ended having delivered none: another, after a backoff.
+    AgainLater,
+}
+
 /// The state of the MTA as the agent has configured it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state")]
@@ -130,6 +141,29 @@ impl Held {
         matches!(self, Held::Releasing { .. })
             && matches!((previous, now), (Some(before), Some(after))
                 if after.messages > 0 && after.messages >= before.messages)
+    }
+
+    /// What a release does next on an MTA whose deliveries run in passes (Exim's queue
+    /// runners), once the queue is measured `now`: `delivering` says whether the last
+    /// pass still runs (`None`: the MTA delivers on its own, as Postfix's queue manager
+    /// does), `started_with` how many held messages were queued when it began. One pass
+    /// is not a release: a runner skips a message another process has locked, and a
+    /// delivery may fail once. So while held mail is left another pass starts when the
+    /// last ends: at once if it delivered some, after a backoff if it delivered none.
+    pub fn release_pass(
+        &self,
+        delivering: Option<bool>,
+        started_with: Option<u64>,
+        now: Option<&QueueFigures>,
+    ) -> ReleasePass {
+        let (Held::Releasing { .. }, Some(false), Some(now)) = (self, delivering, now) else {
+            return ReleasePass::Running;
+        };
+        match started_with {
+            _ if now.messages == 0 => ReleasePass::Running,
+            Some(before) if now.messages < before => ReleasePass::AgainNow,
+            _ => ReleasePass::AgainLater,
+        }
     }
 
     /// Whose mail the MTA holds, or held before this release: `None` for every recipient's
@@ -275,6 +309,54 @@ mod tests {
         );
         // An MTA that cannot measure its queue has nothing to wait for.
         assert_eq!(releasing.after_measuring(None, 1001), Held::Normal);
+    }
+
+    #[test]
+    fn a_release_in_passes_starts_another_when_the_last_ends_with_held_mail_left() {
+        let releasing = Held::Normal
+            .next(Some(&document(Mode::AcceptAndQueue)), 0)
+            .next(None, 1000);
+        let (ten, seven, none) = (queue(10, 500), queue(7, 500), queue(0, 0));
+        let pass =
+            |delivering, started_with, now| releasing.release_pass(delivering, started_with, now);
+        assert_eq!(
+            pass(Some(true), Some(10), Some(&seven)),
+            ReleasePass::Running
+        );
+        assert_eq!(
+            pass(Some(false), Some(10), Some(&seven)),
+            ReleasePass::AgainNow
+        );
+        assert_eq!(
+            pass(Some(false), Some(10), Some(&ten)),
+            ReleasePass::AgainLater
+        );
+        assert_eq!(
+            pass(Some(false), None, Some(&ten)),
+            ReleasePass::AgainLater,
+            "restarted: nothing known of the pass"
+        );
+        assert_eq!(
+            pass(Some(false), Some(10), Some(&none)),
+            ReleasePass::Running,
+            "over"
+        );
+        assert_eq!(
+            pass(Some(false), Some(10), None),
+            ReleasePass::Running,
+            "not measured"
+        );
+        assert_eq!(
+            pass(None, Some(10), Some(&ten)),
+            ReleasePass::Running,
+            "no passes"
+        );
+        let incident = Held::Normal.next(Some(&document(Mode::TempFail)), 0);
+        assert_eq!(
+            incident.release_pass(Some(false), Some(10), Some(&ten)),
+            ReleasePass::Running,
+            "holding"
+        );
     }
 
     #[test]
