@@ -66,9 +66,10 @@ const DEFAULT_MESSAGES: u64 = 1_000_000;
 /// The agent's default `--report-seconds`: a scan must end within it.
 const REPORT_PERIOD: Duration = Duration::from_secs(30);
 const GOAL: Duration = Duration::from_millis(50);
-/// How long the probes run while idle, and at least while scanning.
-const IDLE_PROBING: Duration = Duration::from_secs(15);
-const SCAN_PROBING: Duration = Duration::from_secs(40);
+/// How long the probes run, idle and while scanning: as long in both, so that the two
+/// p99s come from as many samples (with a few dozen switches a p99 is their slowest, and
+/// the slowest of more samples is slower).
+const PROBING: Duration = Duration::from_secs(40);
 /// How long the agent has to count the whole spool once before probing starts anyway.
 const COUNT_WAIT: Duration = Duration::from_secs(600);
 /// The pause between two probes of one kind: back to back, without the probes becoming
@@ -170,7 +171,7 @@ async fn measure(
     });
     let rss_idle = rss(agent.pid()).0;
     eprintln!("[bench] {mta}: probing idle");
-    let idle = probe(scene, &http, answer, IDLE_PROBING, agent.pid());
+    let idle = probe(scene, &http, answer, PROBING, agent.pid());
 
     let blocks_needed = messages.saturating_mul(if mta == "Exim" { 2 } else { 1 }) * BLOCK;
     let (free, inodes) = disk_free(Path::new("/tmp"));
@@ -232,7 +233,7 @@ async fn measure(
             }
         })
     };
-    let scanning = probe(scene, &http, answer, SCAN_PROBING, agent.pid());
+    let scanning = probe(scene, &http, answer, PROBING, agent.pid());
     watching.store(false, Ordering::Relaxed);
     watcher.join().unwrap();
     let scans = scans.lock().unwrap().clone();
