@@ -4,10 +4,8 @@
 /// Errors the controller can meet while reconciling or starting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-
-    /// A call to the API server that failed, named with its verb and object.
+    /// A call to the API server that failed, named with its verb and object. There is no
+    /// `From<kube::Error>`: a bare `?` would lose which call it was.
     #[error("{call}: {source}")]
     Api {
         call: String,
@@ -45,7 +43,7 @@ impl Error {
     /// A stable, low-cardinality name for the kind of failure.
     pub fn category(&self) -> &'static str {
         match self {
-            Self::Kube(_) | Self::Api { .. } => "kube_api",
+            Self::Api { .. } => "kube_api",
             Self::Connect(_) => "connect",
             Self::Listen { .. } => "startup",
             Self::CacheNeverReady(_) => "cache",

@@ -3,6 +3,7 @@
 //! backoff, instead of holding the MTA in the middle of a change for good. Called from
 //! blocking threads only, never from the async workers.
 
+use super::error::{AgentError, FileAction};
 use std::{
     io::Read,
     path::Path,
@@ -40,36 +41,32 @@ pub fn at_low_priority<T: Send>(scan: impl FnOnce() -> T + Send) -> T {
 /// Sends a reload's SIGHUP to the MTA's main process, named by its `pid_file`; its pid.
 /// Sent by the agent itself: an MTA image need not have a `kill` program (Debian's slim
 /// has none).
-pub fn hang_up(pid_file: &Path) -> std::io::Result<i32> {
+pub fn hang_up(pid_file: &Path) -> Result<i32, AgentError> {
     let pid = main_process(pid_file)?;
+    let number = pid.as_raw_nonzero().get();
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).map_err(|e| {
-        std::io::Error::new(
-            std::io::Error::from(e).kind(),
-            format!(
-                "SIGHUP to process {} ({}): {e}",
-                pid.as_raw_nonzero(),
-                pid_file.display()
-            ),
-        )
+        AgentError::HangUp {
+            pid: number,
+            pid_file: pid_file.to_path_buf(),
+            source: e.into(),
+        }
     })?;
-    Ok(pid.as_raw_nonzero().get())
+    Ok(number)
 }
 
 /// The process a `pid_file` names.
-pub fn main_process(pid_file: &Path) -> std::io::Result<rustix::process::Pid> {
-    let text = std::fs::read_to_string(pid_file)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", pid_file.display())))?;
+pub fn main_process(pid_file: &Path) -> Result<rustix::process::Pid, AgentError> {
+    let text =
+        std::fs::read_to_string(pid_file).map_err(AgentError::file(FileAction::Read, pid_file))?;
     // A positive process id only: 0, -1 or -N would signal a whole process group.
     text.trim()
         .parse::<u32>()
         .ok()
         .and_then(|pid| i32::try_from(pid).ok())
         .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: not a process id: {text:?}", pid_file.display()),
-            )
+        .ok_or_else(|| AgentError::NotAProcessId {
+            pid_file: pid_file.to_path_buf(),
+            found: text.clone(),
         })
 }
 
@@ -86,34 +83,39 @@ pub fn children_named(parent: i32, name: &str) -> Vec<i32> {
 }
 
 /// Runs `command` to its end within [`COMMAND_DEADLINE`]; its standard output, or an
-/// error carrying its standard error.
-pub fn run_command(command: &mut Command) -> std::io::Result<String> {
+/// error carrying its status and standard error.
+pub fn run_command(command: &mut Command) -> Result<String, AgentError> {
     let described = format!("{command:?}");
+    let cannot_run = |source| AgentError::CannotRun {
+        command: described.clone(),
+        source,
+    };
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{described}: {e}")))?;
+        .map_err(cannot_run)?;
     // Both pipes are drained on their own threads, so a chatty command cannot block on a
     // full pipe while we wait for it.
     let stdout = drain(child.stdout.take().expect("stdout is piped"));
     let stderr = drain(child.stderr.take().expect("stderr is piped"));
-    let Some(status) = child.wait_timeout(COMMAND_DEADLINE)? else {
-        child.kill()?;
-        child.wait()?;
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("{described}: still running after {COMMAND_DEADLINE:?}; killed"),
-        ));
+    let Some(status) = child.wait_timeout(COMMAND_DEADLINE).map_err(cannot_run)? else {
+        child.kill().map_err(cannot_run)?;
+        child.wait().map_err(cannot_run)?;
+        return Err(AgentError::TimedOut {
+            command: described,
+            after: COMMAND_DEADLINE,
+        });
     };
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
     if !status.success() {
-        return Err(std::io::Error::other(format!(
-            "{described}: {status}: {}",
-            String::from_utf8_lossy(&stderr).trim()
-        )));
+        return Err(AgentError::CommandFailed {
+            command: described,
+            status,
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
@@ -145,8 +147,30 @@ mod tests {
         assert_eq!(children_named(me, "qmgr"), [0; 0]);
         for pid in ["-1", "0", "x", ""] {
             std::fs::write(&pid_file, pid).unwrap();
-            assert!(main_process(&pid_file).is_err(), "{pid:?}");
+            assert!(
+                matches!(main_process(&pid_file), Err(AgentError::NotAProcessId { found, .. }) if found == pid),
+                "{pid:?}"
+            );
         }
+        std::fs::write(&pid_file, "-1\n").unwrap();
+        assert_eq!(
+            main_process(&pid_file).unwrap_err().to_string(),
+            format!("{}: not a process id: \"-1\\n\"", pid_file.display())
+        );
+    }
+
+    #[test]
+    fn a_missing_pid_file_is_named_and_nothing_is_signalled() {
+        let directory = tempfile::tempdir().unwrap();
+        let pid_file = directory.path().join("master.pid");
+        let error = hang_up(&pid_file).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "cannot read {}: No such file or directory (os error 2)",
+                pid_file.display()
+            )
+        );
     }
 
     #[test]
@@ -158,9 +182,20 @@ mod tests {
         let failed = run_command(Command::new("sh").args(["-c", "echo why >&2; exit 3"]))
             .unwrap_err()
             .to_string();
-        assert!(failed.contains("why") && failed.contains('3'), "{failed}");
+        assert_eq!(
+            failed,
+            "\"sh\" \"-c\" \"echo why >&2; exit 3\": exit status: 3: why"
+        );
+        let killed = run_command(Command::new("sh").args(["-c", "echo dying >&2; kill -9 $$"]))
+            .unwrap_err()
+            .to_string();
+        assert!(killed.ends_with(": signal: 9 (SIGKILL): dying"), "{killed}");
         let missing = run_command(&mut Command::new("/nonexistent/postconf")).unwrap_err();
-        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            matches!(&missing, AgentError::CannotRun { command, source }
+                if command == "\"/nonexistent/postconf\"" && source.kind() == std::io::ErrorKind::NotFound),
+            "{missing:?}"
+        );
     }
 
     #[test]

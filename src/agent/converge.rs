@@ -18,7 +18,9 @@
 //! `/healthz` are served whatever the MTA or the API server do.
 
 use super::{
-    Difference, Mta, files,
+    Action, Difference, Mta,
+    error::AgentError,
+    files,
     probe::{self, Probe},
     state::{Held, ReleasePass},
 };
@@ -81,8 +83,8 @@ pub struct Loop {
 }
 
 /// The outcome of one apply, on its blocking thread.
-type Applying = JoinHandle<(Held, std::io::Result<()>)>;
-type Measuring = JoinHandle<std::io::Result<Option<QueueFigures>>>;
+type Applying = JoinHandle<(Held, Result<(), AgentError>)>;
+type Measuring = JoinHandle<Result<Option<QueueFigures>, AgentError>>;
 type Verifying = JoinHandle<ReadBack>;
 
 /// What a read-back changed.
@@ -99,7 +101,7 @@ enum Finding {
 /// and, when it was due, the RCPT answer the SMTP probe heard.
 struct ReadBack {
     held: Held,
-    differences: std::io::Result<Vec<Difference>>,
+    differences: Result<Vec<Difference>, AgentError>,
     heard: Option<std::io::Result<String>>,
 }
 
@@ -190,7 +192,7 @@ impl Loop {
                         Err((state, error)) => {
                             let wait = backoff.next().unwrap_or(self.timing.retry_max);
                             warn!(%error, %state, retry_in = ?wait, "cannot apply; retrying");
-                            self.metrics.errors.with_label_values(&["apply"]).inc();
+                            self.metrics.errors.with_label_values(&[Action::Apply.label()]).inc();
                             // Part of the change may have been made: what the MTA runs is unknown.
                             applied = None;
                             retry_at = Instant::now() + wait;
@@ -221,7 +223,7 @@ impl Loop {
                                     self.report(&intent, applied.as_ref(), &drift, &queue);
                                 }
                                 Err(error) => {
-                                    self.metrics.errors.with_label_values(&["verify"]).inc();
+                                    self.metrics.errors.with_label_values(&[Action::Verify.label()]).inc();
                                     warn!(%error, "cannot read back what the MTA runs");
                                 }
                             }
@@ -232,7 +234,7 @@ impl Loop {
                 measured = finished(&mut measuring), if measuring.is_some() => {
                     measuring = None;
                     last_scan = scan_started.elapsed();
-                    match measured.map_err(std::io::Error::other).and_then(|queue| queue) {
+                    match measured.map_err(AgentError::Task).and_then(|queue| queue) {
                         Ok(figures) => {
                             if let Some(figures) = &figures {
                                 self.metrics.set_queue(figures);
@@ -276,7 +278,7 @@ impl Loop {
                             self.set_intent(&mut intent, next);
                         }
                         Err(error) => {
-                            self.metrics.errors.with_label_values(&["queue"]).inc();
+                            self.metrics.errors.with_label_values(&[Action::Queue.label()]).inc();
                             warn!(%error, "cannot read the queue");
                         }
                     }
@@ -330,7 +332,7 @@ impl Loop {
         read: ReadBack,
         drift: &mut Option<DriftReport>,
         backoff: &mut ExponentialBackoff,
-    ) -> std::io::Result<Finding> {
+    ) -> Result<Finding, AgentError> {
         let heard = self.heard(&read.held, read.heard);
         let mut differences = read.differences?;
         differences.extend(heard);
@@ -368,7 +370,10 @@ impl Loop {
             }
             Err(error) => {
                 self.metrics.set_probe_reply_code(0);
-                self.metrics.errors.with_label_values(&["probe"]).inc();
+                self.metrics
+                    .errors
+                    .with_label_values(&[Action::Probe.label()])
+                    .inc();
                 warn!(%error, "the SMTP probe got no answer");
                 None
             }
@@ -512,32 +517,35 @@ async fn finished<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task:
 
 /// The applied state, or the label of the state that could not be applied and why.
 fn apply_outcome(
-    outcome: Result<(Held, std::io::Result<()>), tokio::task::JoinError>,
-) -> Result<Held, (String, std::io::Error)> {
+    outcome: Result<(Held, Result<(), AgentError>), tokio::task::JoinError>,
+) -> Result<Held, (String, AgentError)> {
     match outcome {
         Ok((held, Ok(()))) => Ok(held),
         Ok((held, Err(error))) => Err((held.label(), error)),
         // The apply panicked: what it did is unknown, so the intent is applied again.
-        Err(error) => Err(("unknown".into(), std::io::Error::other(error.to_string()))),
+        Err(error) => Err(("unknown".into(), AgentError::Task(error))),
     }
 }
 
 /// The intent saved by the last agent, `Normal` for a first start. A state file that
 /// exists but cannot be read or parsed is an error: starting from `Normal` would release
 /// an incident's hold on a guess.
-pub fn load_state(path: &std::path::Path) -> std::io::Result<Held> {
+pub fn load_state(path: &std::path::Path) -> Result<Held, AgentError> {
     match files::read_if_exists(path)? {
-        Some(text) => serde_json::from_str(&text)
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display()))),
+        Some(text) => serde_json::from_str(&text).map_err(|source| AgentError::Unparsable {
+            path: path.to_path_buf(),
+            source,
+        }),
         None => Ok(Held::Normal),
     }
 }
 
-fn save_state(path: &std::path::Path, held: &Held) -> std::io::Result<()> {
-    files::write_durably(
-        path,
-        &serde_json::to_string_pretty(held).map_err(std::io::Error::other)?,
-    )
+fn save_state(path: &std::path::Path, held: &Held) -> Result<(), AgentError> {
+    let text = serde_json::to_string_pretty(held).map_err(|source| AgentError::Unencodable {
+        what: "the agent's state",
+        source,
+    })?;
+    files::write_durably(path, &text)
 }
 
 #[cfg(test)]
@@ -571,7 +579,7 @@ mod tests {
     }
 
     impl Mta for FakeMta {
-        fn apply(&self, held: &Held) -> std::io::Result<()> {
+        fn apply(&self, held: &Held) -> Result<(), AgentError> {
             self.saved_at_apply
                 .lock()
                 .unwrap()
@@ -580,7 +588,11 @@ mod tests {
             let mut failures = self.failures.lock().unwrap();
             if *failures > 0 {
                 *failures -= 1;
-                return Err(std::io::Error::other("postfix reload: fatal"));
+                return Err(AgentError::CommandFailed {
+                    command: "\"postfix\" \"reload\"".into(),
+                    status: std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
+                    stderr: "postfix: fatal".into(),
+                });
             }
             self.applied.lock().unwrap().push(held.clone());
             self.applied_at.lock().unwrap().push(Instant::now());
@@ -592,11 +604,11 @@ mod tests {
             Ok(())
         }
 
-        fn queue(&self, _: &Held) -> std::io::Result<Option<QueueFigures>> {
+        fn queue(&self, _: &Held) -> Result<Option<QueueFigures>, AgentError> {
             Ok(Some(self.queue.lock().unwrap().clone()))
         }
 
-        fn drift(&self, _: &Held) -> std::io::Result<Vec<Difference>> {
+        fn drift(&self, _: &Held) -> Result<Vec<Difference>, AgentError> {
             Ok(self.tampered.lock().unwrap().clone())
         }
 
@@ -1149,6 +1161,31 @@ mod tests {
         let path = directory.path().join("agent-state.json");
         assert_eq!(load_state(&path).unwrap(), Held::Normal);
         std::fs::write(&path, "{\"state\": \"Incid").unwrap();
-        assert!(load_state(&path).is_err());
+        let error = load_state(&path).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!(
+                "cannot parse {}: EOF while parsing",
+                path.display()
+            )),
+            "{error}"
+        );
+        // A state file that cannot be read at all names its path too.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let error = load_state(&path).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("cannot read {}: ", path.display())),
+            "{error}"
+        );
+        let error = save_state(&path.join("absent/agent-state.json"), &Held::Normal)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(&format!(
+                "cannot write {}: ",
+                path.join("absent/agent-state.json").display()
+            )),
+            "{error}"
+        );
     }
 }

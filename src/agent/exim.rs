@@ -50,7 +50,9 @@
 use super::{
     Difference, DriftKind, Mta,
     command::{at_low_priority, hang_up, run_command},
-    differs, files,
+    differs,
+    error::AgentError,
+    files,
     state::Held,
 };
 use crate::api::{
@@ -280,7 +282,7 @@ pub fn spool_figures(
     spool: &Path,
     now: i64,
     scope: Option<&[DomainPattern]>,
-) -> std::io::Result<QueueFigures> {
+) -> Result<QueueFigures, AgentError> {
     let mut figures = QueueFigures::default();
     // Exim creates `input` with the first message.
     files::for_each_file_under(&spool.join("input"), |path| {
@@ -327,7 +329,7 @@ impl Exim {
     }
 
     /// SIGHUP to the daemon, once its new configuration has been checked.
-    fn reload(&self) -> std::io::Result<()> {
+    fn reload(&self) -> Result<(), AgentError> {
         run_command(self.exim().arg("-bV").stdout(Stdio::null()))?;
         hang_up(&self.settings.exim_pid_file).map(drop)
     }
@@ -342,7 +344,7 @@ impl Exim {
 }
 
 impl Mta for Exim {
-    fn apply(&self, held: &Held) -> std::io::Result<()> {
+    fn apply(&self, held: &Held) -> Result<(), AgentError> {
         let (mode, retry) = render(held);
         let retry_file = &self.settings.exim_retry_file;
         // A retry file another hand changed may have been loaded by a reload of theirs:
@@ -379,13 +381,16 @@ impl Mta for Exim {
         for _ in 0..queue_runners(held, rules_changed) {
             // Queue runners work on their own and exit when the queue is done; a thread
             // waits for each, so that none is left a zombie, and counts it out.
-            let runner = self
-                .exim()
+            let mut command = self.exim();
+            command
                 .arg("-qff")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()?;
+                .stderr(Stdio::piped());
+            let runner = command.spawn().map_err(|source| AgentError::CannotRun {
+                command: format!("{command:?}"),
+                source,
+            })?;
             let runners = self.runners.clone();
             runners.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || {
@@ -409,7 +414,7 @@ impl Mta for Exim {
         Some(self.runners.load(Ordering::SeqCst) > 0)
     }
 
-    fn queue(&self, held: &Held) -> std::io::Result<Option<QueueFigures>> {
+    fn queue(&self, held: &Held) -> Result<Option<QueueFigures>, AgentError> {
         let scope = held.held_scope();
         at_low_priority(|| {
             spool_figures(
@@ -424,7 +429,7 @@ impl Mta for Exim {
     /// The three files as they are now. A deleted or rewritten mode file is what Exim's ACL
     /// reads at the next RCPT; a changed retry file is what its next reload would take; a
     /// changed release file paces the release wrong, or holds mail in normal service.
-    fn drift(&self, held: &Held) -> std::io::Result<Vec<Difference>> {
+    fn drift(&self, held: &Held) -> Result<Vec<Difference>, AgentError> {
         Ok(file_differences(
             held,
             files::read_if_exists(&self.settings.exim_mode_file)?.as_deref(),
@@ -469,7 +474,10 @@ fn file_differences(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::fixtures::{document, held, rules};
+    use crate::agent::{
+        error::FileAction,
+        fixtures::{document, held, rules},
+    };
 
     /// An Exim in a directory: `true` accepts any configuration check, and the daemon is a
     /// shell that counts the SIGHUPs it gets.
@@ -491,7 +499,11 @@ mod tests {
         let exim = exim_in(directory.path());
         let holding = held(&document(Mode::AcceptAndQueue, 452, "4.3.1"));
         // No daemon (no pid file): the lifetime is written, the reload fails.
-        assert!(exim.apply(&holding).is_err());
+        let pid_file = directory.path().join("exim.pid");
+        assert!(matches!(
+            exim.apply(&holding),
+            Err(AgentError::File { action: FileAction::Read, path, .. }) if path == pid_file
+        ));
         assert!(directory.path().join("retry.conf").exists());
 
         let hangups = directory.path().join("hangups");
@@ -552,7 +564,10 @@ mod tests {
         // A pid file that names no single process is refused, never sent a signal.
         for pid in ["-1", "0", "x"] {
             std::fs::write(directory.path().join("exim.pid"), pid).unwrap();
-            assert!(exim.apply(&holding).is_err(), "{pid}");
+            assert!(
+                matches!(exim.apply(&holding), Err(AgentError::NotAProcessId { .. })),
+                "{pid}"
+            );
         }
     }
 

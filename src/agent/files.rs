@@ -1,6 +1,7 @@
 //! Files the agent depends on after a crash (its state, the Postfix baseline) and files
 //! an MTA reads while it runs (Exim's mode and retry files, the generic mode file).
 
+use super::error::{AgentError, FileAction};
 use std::{
     fs::Permissions,
     io::{ErrorKind, Write},
@@ -12,12 +13,16 @@ use std::{
 /// disk, renamed over `path`, and the rename itself flushed, so that neither the MTA nor
 /// a restarted agent ever reads half a file, and a crash or power loss leaves the old
 /// file or the new one. Readable by all (0644): the MTA may run as another user.
-pub fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
+pub fn write_durably(path: &Path, text: &str) -> Result<(), AgentError> {
     replace_durably(path, text.as_bytes(), 0o644)
 }
 
 /// Replaces `path` with `bytes` durably (as [`write_durably`]), with permissions `mode`.
-pub fn replace_durably(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+pub fn replace_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
+    replace(path, bytes, mode).map_err(AgentError::file(FileAction::Write, path))
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let directory = directory_of(path);
     let mut aside = tempfile::Builder::new()
         .prefix(".mail-incident-")
@@ -35,22 +40,24 @@ pub fn replace_durably(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<
 
 /// The file's text, `None` if it does not exist. Any other failure is an error: a file
 /// that exists but cannot be read must not be taken for a missing one.
-pub fn read_if_exists(path: &Path) -> std::io::Result<Option<String>> {
+pub fn read_if_exists(path: &Path) -> Result<Option<String>, AgentError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(error),
+        Err(error) => Err(AgentError::file(FileAction::Read, path)(error)),
     }
 }
 
 /// Removes `path` durably; a missing file is already removed.
-pub fn remove_durably(path: &Path) -> std::io::Result<()> {
+pub fn remove_durably(path: &Path) -> Result<(), AgentError> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(error),
+        Err(error) => return Err(AgentError::file(FileAction::Remove, path)(error)),
     }
-    std::fs::File::open(directory_of(path))?.sync_all()
+    std::fs::File::open(directory_of(path))
+        .and_then(|directory| directory.sync_all())
+        .map_err(AgentError::file(FileAction::Remove, path))
 }
 
 /// The directory holding `path`, whose entry a rename or removal changes.
@@ -65,17 +72,23 @@ fn directory_of(path: &Path) -> &Path {
 /// subdirectories included (a spool split into hashed subdirectories). Symbolic links are
 /// not followed into. A directory that is gone counts as empty: an MTA creates its queue
 /// directories with their first message and removes hashed ones while they are read.
-pub fn for_each_file_under(directory: &Path, mut visit: impl FnMut(&Path)) -> std::io::Result<()> {
+pub fn for_each_file_under(
+    directory: &Path,
+    mut visit: impl FnMut(&Path),
+) -> Result<(), AgentError> {
     let mut directories = vec![directory.to_path_buf()];
     while let Some(directory) = directories.pop() {
         let entries = match std::fs::read_dir(&directory) {
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            entries => entries.map_err(|e| with_path(e, &directory))?,
+            entries => entries.map_err(AgentError::file(FileAction::List, &directory))?,
         };
         for entry in entries {
-            let entry = entry.map_err(|e| with_path(e, &directory))?;
+            let entry = entry.map_err(AgentError::file(FileAction::List, &directory))?;
             let path = entry.path();
-            if entry.file_type().map_err(|e| with_path(e, &path))?.is_dir() {
+            let file_type = entry
+                .file_type()
+                .map_err(AgentError::file(FileAction::Read, &path))?;
+            if file_type.is_dir() {
                 directories.push(path);
             } else {
                 visit(&path);
@@ -83,11 +96,6 @@ pub fn for_each_file_under(directory: &Path, mut visit: impl FnMut(&Path)) -> st
         }
     }
     Ok(())
-}
-
-/// `e`, saying which path it is about.
-pub fn with_path(e: std::io::Error, path: &Path) -> std::io::Error {
-    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -118,7 +126,14 @@ mod tests {
             None
         );
         // A directory where a file is expected cannot be read: an error, not "absent".
-        assert!(read_if_exists(directory.path()).is_err());
+        let error = read_if_exists(directory.path()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "cannot read {}: Is a directory (os error 21)",
+                directory.path().display()
+            )
+        );
         remove_durably(&directory.path().join("absent")).unwrap();
     }
 }

@@ -13,7 +13,10 @@
 //! the agent's: the hook reads it and leaves it in place, since a changed or missing file
 //! is drift, written again and the hook run again.
 
-use super::{Difference, DriftKind, Mta, command::run_command, differs, files, state::Held};
+use super::{
+    Difference, DriftKind, Mta, command::run_command, differs, error::AgentError, files,
+    state::Held,
+};
 use crate::api::mode_document::QueueFigures;
 use std::{path::PathBuf, process::Command};
 
@@ -24,7 +27,7 @@ pub struct Generic {
 }
 
 impl Mta for Generic {
-    fn apply(&self, held: &Held) -> std::io::Result<()> {
+    fn apply(&self, held: &Held) -> Result<(), AgentError> {
         files::write_durably(&self.mode_file, &render(held)?)?;
         run_command(
             Command::new("sh")
@@ -36,13 +39,13 @@ impl Mta for Generic {
         Ok(())
     }
 
-    fn queue(&self, _: &Held) -> std::io::Result<Option<QueueFigures>> {
+    fn queue(&self, _: &Held) -> Result<Option<QueueFigures>, AgentError> {
         Ok(None)
     }
 
     /// The mode file as it is now: the hook's MTA reads its state from it. What the hook
     /// made of it cannot be read back; a changed file is applied again, hook included.
-    fn drift(&self, held: &Held) -> std::io::Result<Vec<Difference>> {
+    fn drift(&self, held: &Held) -> Result<Vec<Difference>, AgentError> {
         let found = files::read_if_exists(&self.mode_file)?;
         let wanted = render(held)?;
         Ok(if found.as_deref() == Some(wanted.as_str()) {
@@ -57,8 +60,11 @@ impl Mta for Generic {
 }
 
 /// The mode file's text for `held`.
-fn render(held: &Held) -> std::io::Result<String> {
-    serde_json::to_string_pretty(held).map_err(std::io::Error::other)
+fn render(held: &Held) -> Result<String, AgentError> {
+    serde_json::to_string_pretty(held).map_err(|source| AgentError::Unencodable {
+        what: "the mode file",
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -96,5 +102,29 @@ mod tests {
         );
         generic.apply(&held).unwrap();
         assert_eq!(generic.drift(&held).unwrap(), []);
+    }
+
+    #[test]
+    fn a_failing_hook_is_a_failed_apply_with_its_status_and_what_it_said() {
+        let directory = tempfile::tempdir().unwrap();
+        let generic = Generic {
+            mode_file: directory.path().join("mode.json"),
+            hook: "echo 'mta: no such queue' >&2; exit 2".into(),
+        };
+        let error = generic.apply(&Held::Normal).unwrap_err();
+        assert!(
+            matches!(&error, AgentError::CommandFailed { status, stderr, .. }
+                if status.code() == Some(2) && stderr == "mta: no such queue"),
+            "{error:?}"
+        );
+        // The command line comes after the environment it was given.
+        let text = error.to_string();
+        assert!(
+            text.ends_with(
+                "\"sh\" \"-c\" \"echo 'mta: no such queue' >&2; exit 2\": exit status: 2: \
+                 mta: no such queue"
+            ),
+            "{text}"
+        );
     }
 }

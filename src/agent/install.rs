@@ -3,7 +3,10 @@
 //! image, whose `postconf`, `postfix` and `exim4` are the very versions the MTA runs; the
 //! operator's image has no shell, so the copy is this binary's own.
 
-use super::files;
+use super::{
+    error::{AgentError, FileAction},
+    files,
+};
 use std::path::{Path, PathBuf};
 
 /// The name of the installed copy in `directory`.
@@ -12,13 +15,16 @@ pub const INSTALLED_NAME: &str = "mail-incident-operator";
 /// Copies the running binary to `directory/mail-incident-operator`, executable by all and
 /// replaced whole: an agent container starting at the same moment runs the old copy or
 /// the new one, never half of one. Returns the installed path.
-pub fn install_agent(directory: &Path) -> std::io::Result<PathBuf> {
-    install_from(&std::env::current_exe()?, directory)
+pub fn install_agent(directory: &Path) -> Result<PathBuf, AgentError> {
+    // Where Linux names the running binary, which `current_exe` reads.
+    let binary =
+        std::env::current_exe().map_err(AgentError::file(FileAction::Read, "/proc/self/exe"))?;
+    install_from(&binary, directory)
 }
 
 /// Copies `binary` to `directory/mail-incident-operator`, as [`install_agent`].
-fn install_from(binary: &Path, directory: &Path) -> std::io::Result<PathBuf> {
-    let bytes = std::fs::read(binary)?;
+fn install_from(binary: &Path, directory: &Path) -> Result<PathBuf, AgentError> {
+    let bytes = std::fs::read(binary).map_err(AgentError::file(FileAction::Read, binary))?;
     let target = directory.join(INSTALLED_NAME);
     files::replace_durably(&target, &bytes, 0o755)?;
     Ok(target)
@@ -56,6 +62,14 @@ mod tests {
     fn a_missing_directory_is_an_error() {
         let directory = tempfile::tempdir().unwrap();
         let source = tempfile::NamedTempFile::new().unwrap();
-        assert!(install_from(source.path(), &directory.path().join("absent")).is_err());
+        let absent = directory.path().join("absent");
+        let error = install_from(source.path(), &absent).unwrap_err();
+        assert!(
+            error.to_string().starts_with(&format!(
+                "cannot write {}: ",
+                absent.join(INSTALLED_NAME).display()
+            )),
+            "{error}"
+        );
     }
 }

@@ -9,6 +9,7 @@
 
 mod command;
 pub mod converge;
+mod error;
 pub mod exim;
 mod files;
 pub mod generic;
@@ -29,6 +30,7 @@ use crate::{
     metrics::AgentMetrics,
     telemetry::LogFormat,
 };
+pub use error::{AgentError, FileAction};
 use futures::{Stream, StreamExt};
 pub use install::install_agent;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -56,14 +58,14 @@ pub trait Mta: Send + Sync {
     /// Configures the MTA for `held` and makes it take effect without a restart; for
     /// `Releasing`, also starts delivering the held mail. Idempotent: an apply cut short
     /// by a crash is simply made again.
-    fn apply(&self, held: &Held) -> std::io::Result<()>;
+    fn apply(&self, held: &Held) -> std::result::Result<(), AgentError>;
     /// The queue as it is now, or `None` if this MTA's queue cannot be measured: the
     /// messages `held` holds (see [`state::Held::held_scope`]).
-    fn queue(&self, held: &Held) -> std::io::Result<Option<QueueFigures>>;
+    fn queue(&self, held: &Held) -> std::result::Result<Option<QueueFigures>, AgentError>;
     /// Reads back what the agent is responsible for and says where it differs from what
     /// `apply(held)` makes it (empty: the MTA runs `held`). Another hand's change is only
     /// found here; the loop then applies `held` again.
-    fn drift(&self, held: &Held) -> std::io::Result<Vec<Difference>>;
+    fn drift(&self, held: &Held) -> std::result::Result<Vec<Difference>, AgentError>;
     /// Whether the deliveries the last apply started still run, for an MTA that delivers
     /// a release in passes (see [`state::Held::release_pass`]); `None` for one that
     /// delivers on its own.
@@ -97,6 +99,34 @@ impl DriftKind {
         match self {
             DriftKind::Answer => "answer",
             DriftKind::Queue => "queue",
+        }
+    }
+}
+
+/// What the agent was doing when it failed: the `action` label of
+/// `mail_incident_agent_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Applying a state to the MTA.
+    Apply,
+    /// Reading back what the MTA runs.
+    Verify,
+    /// Measuring the queue.
+    Queue,
+    /// Asking the MTA over SMTP.
+    Probe,
+    /// Writing the report.
+    Report,
+}
+
+impl Action {
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Apply => "apply",
+            Action::Verify => "verify",
+            Action::Queue => "queue",
+            Action::Probe => "probe",
+            Action::Report => "report",
         }
     }
 }
@@ -223,7 +253,7 @@ pub struct Settings {
 /// The MTA handle `settings` describe, for an MTA the agent holds in `saved`. Runs MTA
 /// commands: call from a blocking thread.
 fn open_mta(settings: &Settings, saved: &Held) -> Result<Arc<dyn Mta>> {
-    let failed = |e: std::io::Error| Error::Agent(e.to_string());
+    let failed = |e: AgentError| Error::Agent(e.to_string());
     Ok(match settings.mta {
         Software::Postfix => Arc::new(
             postfix::Postfix::open(
@@ -278,7 +308,8 @@ pub async fn run(settings: Settings) -> Result<()> {
         let state_file = state_file.clone();
         tokio::task::spawn_blocking(move || -> Result<_> {
             std::fs::create_dir_all(&settings.state_dir)
-                .map_err(|e| Error::Agent(format!("{}: {e}", settings.state_dir.display())))?;
+                .map_err(AgentError::file(FileAction::Create, &settings.state_dir))
+                .map_err(|e| Error::Agent(e.to_string()))?;
             let saved =
                 converge::load_state(&state_file).map_err(|e| Error::Agent(e.to_string()))?;
             Ok((open_mta(&settings, &saved)?, saved))

@@ -73,7 +73,9 @@
 use super::{
     Difference, DriftKind, Mta,
     command::{at_low_priority, children_named, hang_up, main_process, run_command},
-    differs, files,
+    differs,
+    error::{AgentError, FileAction},
+    files,
     policy::fallback_action,
     postfix_queue,
     state::{Held, Release},
@@ -221,7 +223,7 @@ impl Baseline {
     }
 
     /// What the instance in `config_dir` runs now (`postconf -n`, `postconf -F`).
-    fn of_instance(config_dir: &Path, mailbox_transport: &str) -> std::io::Result<Self> {
+    fn of_instance(config_dir: &Path, mailbox_transport: &str) -> Result<Self, AgentError> {
         Ok(Self::read(
             &run_command(postconf(config_dir).arg("-n"))?,
             &run_command(
@@ -492,20 +494,18 @@ impl Postfix {
         settings: &PostfixSettings,
         baseline_file: &Path,
         saved: &Held,
-    ) -> std::io::Result<Self> {
+    ) -> Result<Self, AgentError> {
         let config_dir = &settings.postfix_config;
         let target = Target::new(&settings.mailbox_transport, settings.postfix_policy_listen);
         let restrictions =
             run_command(postconf(config_dir).args(["-hx", "smtpd_recipient_restrictions"]))?;
         let service = &target.policy_service;
         if !restrictions.contains(service.as_str()) {
-            return Err(std::io::Error::other(format!(
-                "{}/main.cf: smtpd_recipient_restrictions must start with \
-                 `check_policy_service {{ {service}, default_action=DUNNO }}` so that the agent \
-                 can answer RCPT in TempFail and HardReject; it is `{}`",
-                config_dir.display(),
-                restrictions.trim()
-            )));
+            return Err(AgentError::NoPolicyService {
+                main_cf: config_dir.join("main.cf"),
+                service: service.clone(),
+                restrictions: restrictions.trim().to_string(),
+            });
         }
         let current = Baseline::of_instance(config_dir, &target.mailbox_transport)?;
         let clause_found = current
@@ -521,9 +521,11 @@ impl Postfix {
         }
         let baseline = match files::read_if_exists(baseline_file)? {
             Some(text) => {
-                let mut recorded: Baseline = serde_json::from_str(&text).map_err(|e| {
-                    std::io::Error::other(format!("{}: {e}", baseline_file.display()))
-                })?;
+                let mut recorded: Baseline =
+                    serde_json::from_str(&text).map_err(|source| AgentError::Unparsable {
+                        path: baseline_file.to_path_buf(),
+                        source,
+                    })?;
                 recorded.complete_from(&current);
                 let read = read_back(&recorded, &current, saved, &target);
                 log_learned(&read.learned);
@@ -545,7 +547,7 @@ impl Postfix {
 
 impl Postfix {
     /// `postqueue -f`: every deferred message is tried again now.
-    fn flush(&self) -> std::io::Result<()> {
+    fn flush(&self) -> Result<(), AgentError> {
         run_command(
             Command::new("postqueue")
                 .arg("-c")
@@ -556,11 +558,13 @@ impl Postfix {
     }
 }
 
-fn save_baseline(path: &Path, baseline: &Baseline) -> std::io::Result<()> {
-    files::write_durably(
-        path,
-        &serde_json::to_string_pretty(baseline).map_err(std::io::Error::other)?,
-    )
+fn save_baseline(path: &Path, baseline: &Baseline) -> Result<(), AgentError> {
+    let text =
+        serde_json::to_string_pretty(baseline).map_err(|source| AgentError::Unencodable {
+            what: "the Postfix baseline",
+            source,
+        })?;
+    files::write_durably(path, &text)
 }
 
 fn log_learned(learned: &[String]) {
@@ -573,7 +577,7 @@ impl Mta for Postfix {
     /// Notes the values about to be written as the agent's own (durably, before
     /// `postconf` runs), then applies them; normal service, once applied, leaves nothing
     /// of the agent's in the files.
-    fn apply(&self, held: &Held) -> std::io::Result<()> {
+    fn apply(&self, held: &Held) -> Result<(), AgentError> {
         let edits = {
             let mut baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
             let edits = render(held, &baseline, &self.target);
@@ -612,7 +616,7 @@ impl Mta for Postfix {
     /// stopped MTA, at a lower priority; a huge queue is counted, never held in memory.
     /// While scoped rules hold, only messages with a recipient in a held domain are
     /// counted (see [`Held::counts`]).
-    fn queue(&self, held: &Held) -> std::io::Result<Option<QueueFigures>> {
+    fn queue(&self, held: &Held) -> Result<Option<QueueFigures>, AgentError> {
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
         let scope = held.held_scope();
         at_low_priority(|| postfix_queue::measure(&self.queue_directory, scope.as_deref(), now))
@@ -621,7 +625,7 @@ impl Mta for Postfix {
 
     /// The managed settings as `postconf -n` and `postconf -F` show them now; the site's
     /// new values are learned into the baseline on the way (see [`read_back`]).
-    fn drift(&self, held: &Held) -> std::io::Result<Vec<Difference>> {
+    fn drift(&self, held: &Held) -> Result<Vec<Difference>, AgentError> {
         let current = Baseline::of_instance(&self.config_dir, &self.target.mailbox_transport)?;
         let mut baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
         let read = read_back(&baseline, &current, held, &self.target);
@@ -788,7 +792,7 @@ pub fn apply_edits(
     queue_directory: &Path,
     mailbox_transport: &str,
     edits: &Edits,
-) -> std::io::Result<bool> {
+) -> Result<bool, AgentError> {
     let current = Baseline::of_instance(config_dir, mailbox_transport)?;
     let changes = changes(&current, edits);
     if !changes.set.is_empty() {
@@ -861,7 +865,7 @@ const QUIET_POLL: Duration = Duration::from_millis(10);
 /// itself follows the intent without a reload (see [`super::policy`]): nothing a sender
 /// sees waits for this. Sessions are read from the socket table of the network namespace
 /// the agent shares with Postfix; where it cannot be read, the reload is made at once.
-fn wait_for_no_smtp_session(config_dir: &Path) -> std::io::Result<()> {
+fn wait_for_no_smtp_session(config_dir: &Path) -> Result<(), AgentError> {
     let ports = smtp_ports(
         &run_command(postconf(config_dir).arg("-M"))?,
         &std::fs::read_to_string("/etc/services").unwrap_or_default(),
@@ -945,12 +949,13 @@ fn open_sessions(sockets: impl Iterator<Item = (u16, TcpState)>, ports: &BTreeSe
 /// new smtpd processes of a reload would hold each new SMTP session that long, the
 /// RCPT answer of the policy service included. `postconf` replaces the file whole, so
 /// there is nothing to wait for.
-fn settle(path: &Path) -> std::io::Result<()> {
+fn settle(path: &Path) -> Result<(), AgentError> {
     let settled = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
     std::fs::File::options()
         .write(true)
-        .open(path)?
-        .set_modified(settled)
+        .open(path)
+        .and_then(|file| file.set_modified(settled))
+        .map_err(AgentError::file(FileAction::Backdate, path))
 }
 
 /// Whether a Postfix list (comma or whitespace separated) holds `item`.

@@ -27,7 +27,8 @@ use std::{
 };
 
 use super::{
-    files::{self, with_path},
+    error::{AgentError, FileAction},
+    files,
     state::Held,
 };
 
@@ -51,8 +52,9 @@ pub fn measure(
     queue_directory: &Path,
     scope: Option<&[DomainPattern]>,
     now: i64,
-) -> std::io::Result<QueueFigures> {
-    std::fs::read_dir(queue_directory).map_err(|e| with_path(e, queue_directory))?;
+) -> Result<QueueFigures, AgentError> {
+    std::fs::read_dir(queue_directory)
+        .map_err(AgentError::file(FileAction::List, queue_directory))?;
     let mut figures = QueueFigures::default();
     for queue in QUEUES {
         files::for_each_file_under(&queue_directory.join(queue), |path| {

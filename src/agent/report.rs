@@ -4,6 +4,7 @@
 //! replaces it. A missing report object is not retried on a timer: the controller
 //! re-creates it, and the next measurement brings a new entry to write.
 
+use super::Action;
 use crate::{api::mode_document::AgentReport, metrics::AgentMetrics};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -21,8 +22,16 @@ pub enum ReportError {
     /// The report object does not exist (the incident is ending, or someone deleted it).
     #[error("the report object does not exist")]
     Missing,
-    #[error("{0}")]
-    Failed(String),
+    /// The entry could not be encoded as JSON.
+    #[error("cannot encode the report entry: {0}")]
+    Unencodable(#[source] serde_json::Error),
+    /// The merge patch of this pod's key was refused or got no answer.
+    #[error("patch ConfigMap {report}: {source}")]
+    Patch {
+        report: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Where entries are written.
@@ -40,8 +49,7 @@ pub struct ReportConfigMap {
 impl ReportSink for ReportConfigMap {
     fn write<'a>(&'a self, entry: &'a AgentReport) -> BoxFuture<'a, Result<(), ReportError>> {
         Box::pin(async move {
-            let text =
-                serde_json::to_string(entry).map_err(|e| ReportError::Failed(e.to_string()))?;
+            let text = serde_json::to_string(entry).map_err(ReportError::Unencodable)?;
             let patch = Patch::Merge(serde_json::json!({"data": {&self.pod: text}}));
             match self
                 .config_maps
@@ -50,10 +58,10 @@ impl ReportSink for ReportConfigMap {
             {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(status)) if status.code == 404 => Err(ReportError::Missing),
-                Err(error) => Err(ReportError::Failed(format!(
-                    "patch ConfigMap {}: {error}",
-                    self.name
-                ))),
+                Err(source) => Err(ReportError::Patch {
+                    report: self.name.clone(),
+                    source,
+                }),
             }
         })
     }
@@ -80,13 +88,16 @@ pub async fn run(
                 Ok(()) => continue 'entries,
                 Err(error) => error,
             };
-            metrics.errors.with_label_values(&["report"]).inc();
+            metrics
+                .errors
+                .with_label_values(&[Action::Report.label()])
+                .inc();
             let wait = match error {
                 ReportError::Missing => {
                     debug!("no report object to write to; waiting for the next entry");
                     continue 'entries;
                 }
-                ReportError::Failed(error) => {
+                error => {
                     let wait = delays.next().unwrap_or(retry_max);
                     warn!(%error, retry_in = ?wait, "cannot report");
                     wait
@@ -133,7 +144,14 @@ mod tests {
                         Ok(())
                     }
                     Some(404) => Err(ReportError::Missing),
-                    Some(code) => Err(ReportError::Failed(format!("HTTP {code}"))),
+                    Some(code) => Err(ReportError::Patch {
+                        report: "mail-report-deployment-postfix".into(),
+                        source: kube::Error::Api(
+                            kube::core::Status::failure("refused", "InternalError")
+                                .with_code(code)
+                                .boxed(),
+                        ),
+                    }),
                 }
             })
         }
@@ -225,6 +243,25 @@ mod tests {
         assert!(!api.written.lock().unwrap().contains(&"old".to_string()));
         drop(entries);
         task.await.unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_names_the_report_it_patched() {
+        let error = ReportError::Patch {
+            report: "mail-report-deployment-postfix".into(),
+            source: kube::Error::Api(
+                kube::core::Status::failure("etcdserver: request timed out", "InternalError")
+                    .with_code(500)
+                    .boxed(),
+            ),
+        };
+        assert!(
+            error.to_string().starts_with(
+                "patch ConfigMap mail-report-deployment-postfix: \
+                 ApiError: etcdserver: request timed out: InternalError"
+            ),
+            "{error}"
+        );
     }
 
     #[tokio::test]
