@@ -1056,26 +1056,31 @@ mod tests {
         agent.stop().await;
     }
 
-    #[tokio::test]
-    async fn a_release_in_passes_starts_another_pass_when_one_ends_with_held_mail_left() {
-        let saved = crate::agent::fixtures::held(&tempfail());
-        let agent = start_timed(
-            saved,
+    /// An agent that held a TempFail with three messages queued, measuring every 30 s,
+    /// on an MTA whose `delivering` answers `delivering`.
+    fn releasing_three_held(delivering: Option<bool>) -> Harness {
+        start_timed(
+            crate::agent::fixtures::held(&tempfail()),
             |mta| {
                 *mta.queue.get_mut().unwrap() = QueueFigures {
                     messages: 3,
                     oldest_age_seconds: 3600,
                     ..QueueFigures::default()
                 };
-                // Each pass ends at once: as a runner that skipped every message.
-                *mta.delivering.get_mut().unwrap() = Some(false);
+                *mta.delivering.get_mut().unwrap() = delivering;
             },
             None,
             Timing {
                 measure_every: Duration::from_secs(30),
                 ..timing()
             },
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn a_release_in_passes_starts_another_pass_when_one_ends_with_held_mail_left() {
+        // Each pass ends at once: as a runner that skipped every message.
+        let agent = releasing_three_held(Some(false));
         let releases = || {
             agent
                 .applied_labels()
@@ -1103,22 +1108,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_release_ends_as_soon_as_its_queue_is_empty_not_at_the_next_report() {
-        let saved = crate::agent::fixtures::held(&tempfail());
-        let agent = start_timed(
-            saved,
-            |mta| {
-                *mta.queue.get_mut().unwrap() = QueueFigures {
-                    messages: 3,
-                    oldest_age_seconds: 3600,
-                    ..QueueFigures::default()
-                }
-            },
-            None,
-            Timing {
-                measure_every: Duration::from_secs(30),
-                ..timing()
-            },
-        );
+        let agent = releasing_three_held(None);
         agent.send(None);
         agent
             .settles_on("Releasing", |h| matches!(h, Held::Releasing { .. }))
