@@ -8,10 +8,10 @@
 //! manager is reported rather than overwritten.
 
 use super::{
-    FIELD_MANAGER,
     cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet},
+    field_manager::FIELD_MANAGER,
     leader::Leadership,
-    observe::Versions,
+    versions::{Echo, EchoKind, Versions},
 };
 use crate::{
     Error, Result,
@@ -48,23 +48,6 @@ pub enum Outcome {
     /// The API server refused it for a reason only a person can fix (a conflict with
     /// another field manager, a validation error): it shows in the incident's status.
     Refused(TargetRef, String),
-}
-
-/// An object a write changed: its resource version (none: absent) in the caches the
-/// write was planned from, and as the write left it. The caches hold the write once they
-/// show it as left, or as anything but what they showed before (a newer change).
-pub struct Echo {
-    pub kind: EchoKind,
-    pub name: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
-}
-
-/// The cache an [`Echo`] shows in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EchoKind {
-    ConfigMap,
-    Workload(WorkloadKind),
 }
 
 /// Carries out `writes` with bounded concurrency, each conditional on the resource

@@ -5,17 +5,26 @@
 //! would otherwise be most of their memory.
 
 use super::{
-    apply::{Echo, EchoKind},
     cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet, CachedWorkload},
+    versions::{Echo, EchoKind},
 };
-use crate::{Error, Result, api::MailIncident, plan::WorkloadKind, retry::WatchBackoff};
+use crate::{
+    Error, Result,
+    api::{
+        MailIncident,
+        mode_document::{MANAGED_BY, MANAGED_BY_LABEL},
+    },
+    http::Readiness,
+    plan::WorkloadKind,
+    retry::WatchBackoff,
+};
 use futures::{
     FutureExt, Stream, StreamExt, future,
     future::{BoxFuture, Shared},
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
         WatchStreamExt,
@@ -31,7 +40,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// kubectl's copy of the whole last applied manifest: large, and never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -43,6 +52,11 @@ const LIST_PAGE_SIZE: u32 = 100;
 /// stop at the cache: its watch retries within seconds on its own, and what waits for
 /// changes sees only objects, so one watch's trouble never delays another's triggers.
 pub type Changes<K> = Pin<Box<dyn Stream<Item = K> + Send>>;
+
+/// How long a watch may keep failing (it retries within seconds) before the operator
+/// reports itself unready, and how often that is checked.
+const WATCH_FAILING_UNREADY: Duration = Duration::from_secs(10);
+const WATCH_HEALTH_CHECK: Duration = Duration::from_secs(1);
 
 /// Every cache the plan reads; cheap to clone.
 #[derive(Clone)]
@@ -155,10 +169,125 @@ impl Caches {
     }
 }
 
+/// The changes of every cache, as they come.
+pub struct AllChanges {
+    pub incidents: Changes<MailIncident>,
+    pub deployments: Changes<CachedDeployment>,
+    pub statefulsets: Changes<CachedStatefulSet>,
+    pub pods: Changes<PartialObjectMeta<Pod>>,
+    pub config_maps: Changes<CachedConfigMap>,
+}
+
+/// The caches with what fills them: the changes, which must be polled, and the watches'
+/// health.
+pub struct Started {
+    pub caches: Caches,
+    pub changes: AllChanges,
+    pub health: WatchHealth,
+}
+
+/// Starts every watch the plan reads, over `namespace` or all of them: incidents,
+/// workloads, pods, and only the ConfigMaps labelled as the operator's own.
+pub fn start(client: &Client, namespace: Option<&str>) -> Started {
+    // Marked by every cache once it holds a change, for a sync waiting for its writes' echoes.
+    let (cached, changed) = tokio::sync::watch::channel(());
+    let health = WatchHealth::default();
+    let every = watcher::Config::default;
+    let (incidents, incident_changes) = watch::<MailIncident>(
+        scoped(client, namespace),
+        every(),
+        cached.clone(),
+        health.clone(),
+    );
+    let (deployments, deployment_changes) = watch::<CachedDeployment>(
+        scoped(client, namespace),
+        every(),
+        cached.clone(),
+        health.clone(),
+    );
+    let (statefulsets, statefulset_changes) = watch::<CachedStatefulSet>(
+        scoped(client, namespace),
+        every(),
+        cached.clone(),
+        health.clone(),
+    );
+    let (pods, pod_changes) = watch::<PartialObjectMeta<Pod>>(
+        scoped(client, namespace),
+        every(),
+        cached.clone(),
+        health.clone(),
+    );
+    let (config_maps, config_map_changes) = watch::<CachedConfigMap>(
+        scoped(client, namespace),
+        every().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+        cached,
+        health.clone(),
+    );
+    Started {
+        caches: Caches::new(
+            incidents,
+            deployments,
+            statefulsets,
+            pods,
+            config_maps,
+            changed,
+        ),
+        changes: AllChanges {
+            incidents: incident_changes,
+            deployments: deployment_changes,
+            statefulsets: statefulset_changes,
+            pods: pod_changes,
+            config_maps: config_map_changes,
+        },
+        health,
+    }
+}
+
+/// An `Api` over one namespace, or all of them.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Keeps `readiness` true once the caches are filled and while no watch keeps failing
+/// (leading or standing by: a standby is a replica that can take over at once).
+pub async fn follow_readiness(caches: Caches, health: WatchHealth, readiness: Readiness) {
+    if caches.wait_until_ready().await.is_err() {
+        return;
+    }
+    info!("caches filled");
+    let mut checks = tokio::time::interval(WATCH_HEALTH_CHECK);
+    let mut was_failing = false;
+    loop {
+        checks.tick().await;
+        let failing = health.failing_for(WATCH_FAILING_UNREADY);
+        if !failing.is_empty() && !was_failing {
+            let watches: Vec<String> = failing
+                .iter()
+                .map(|(kind, error)| format!("{kind}: {error}"))
+                .collect();
+            error!(
+                watches = watches.join("; "),
+                "not ready: watches keep failing, so the caches no longer follow the cluster (is the MailIncident CRD installed, and is the operator allowed to watch?)"
+            );
+        } else if failing.is_empty() && was_failing {
+            info!("ready: every watch works again");
+        }
+        was_failing = !failing.is_empty();
+        readiness.set(!was_failing);
+    }
+}
+
 /// Starts a watch of `K` filling a cache: the cache, and the stream of changes that must
 /// be polled to fill it. `changed` is marked after each event is cached (a relist's end
 /// included), for syncs waiting for their writes' echoes.
-pub fn watch<K>(
+fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     changed: tokio::sync::watch::Sender<()>,

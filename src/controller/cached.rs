@@ -5,7 +5,7 @@
 //! full types were most of the operator's memory; decoding into these never builds them,
 //! nor the managedFields, which serde skips unread.
 
-use super::FIELD_MANAGER;
+use super::field_manager::FIELD_MANAGER;
 use crate::api::mode_document;
 use k8s_openapi::{
     api::{

@@ -4,7 +4,7 @@
 //! transition fifty times. The plan emits an event only when something changes, so
 //! there is no flood to fold.
 
-use super::FIELD_MANAGER;
+use super::field_manager::FIELD_MANAGER;
 use crate::plan;
 use k8s_openapi::{
     api::events::v1::Event,

@@ -17,9 +17,9 @@
 //! ```
 
 use super::{
-    FIELD_MANAGER,
     cache::Caches,
     cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet},
+    field_manager::FIELD_MANAGER,
 };
 use crate::api::{
     MailIncident, Mode,

@@ -10,66 +10,59 @@ mod apply;
 mod cache;
 mod cached;
 mod events;
+mod field_manager;
 mod finalizers;
 #[cfg(test)]
 mod fixtures;
 mod leader;
+mod namespace_state;
 mod observe;
 mod report_pacing;
 pub mod signing_key;
 mod triggers;
+mod versions;
 
 /// The objects the operator writes, for tests that plant what it would have written.
 pub use apply::{WRITE_CONCURRENCY, document_object, report_object};
+pub use field_manager::FIELD_MANAGER;
 
 use crate::{
     Error, Result,
-    api::{MailIncident, MailIncidentStatus, admission::SigningKey, mode_document},
+    api::{MailIncident, MailIncidentStatus, admission::SigningKey},
     http::{self, Readiness},
     metrics::Metrics,
-    plan::{self, TargetRef},
-    retry::retry_delays,
+    plan::{self, TargetRef, Write},
     shutdown,
     telemetry::LogFormat,
     webhook::{self, admission::Reviewer},
 };
 use cache::Caches;
-use cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet};
 use events::Events;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::{
-    api::core::v1::{Namespace, Pod},
+    api::core::v1::Namespace,
     jiff::{RoundMode, Timestamp, TimestampRound, Unit},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    core::PartialObjectMeta,
     runtime::{
         Controller,
         controller::{self, Action},
-        watcher,
     },
 };
 use leader::Leadership;
+use namespace_state::NamespaceState;
 use std::{
     any::Any,
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::SocketAddr,
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 use tracing::{debug, error, info, warn};
-
-/// The field manager of every write the controller makes. GitOps tools can be told to
-/// ignore the fields this manager owns.
-pub const FIELD_MANAGER: &str = "mail-incident-operator";
-
-/// How long a watch may keep failing (it retries within seconds) before the operator
-/// reports itself unready, and how often that is checked.
-const WATCH_FAILING_UNREADY: Duration = Duration::from_secs(10);
-const WATCH_HEALTH_CHECK: Duration = Duration::from_secs(1);
+use versions::Versions;
 
 /// How often every namespace is synced with nothing changed: a backstop for anything a
 /// watch missed, so drift never outlives this period.
@@ -81,10 +74,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a sync waits, at most, for the caches to show its writes (normally a few
 /// milliseconds; longer only when the API server is overloaded).
 const ECHO_WAIT: Duration = Duration::from_secs(1);
-
-/// First and longest wait before a failed sync of a namespace is tried again.
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_LONGEST: Duration = Duration::from_secs(120);
 
 /// Command-line settings of `mail-incident-operator run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -135,25 +124,23 @@ struct Context {
     metrics: Metrics,
     caches: Caches,
     leadership: Leadership,
-    /// Writes the API server refused, per namespace and target, until they succeed.
-    write_failures: Mutex<HashMap<String, BTreeMap<TargetRef, String>>>,
-    /// When each incident generation was first seen, to time its delivery.
-    first_seen: Mutex<HashMap<(String, String), (i64, Instant)>>,
-    /// The next waits before retrying each namespace whose last sync failed.
-    retries: Mutex<HashMap<String, backon::ExponentialBackoff>>,
-    /// The drift count of each agent (namespace, target, pod) last announced in an event.
-    drifts_announced: Mutex<HashMap<(String, String, String), u64>>,
     /// The key admission records are checked with (see [`signing_key`]).
     signing_key: SigningKey,
-    /// Per namespace, the targets and decisions of its last sync, which the next builds on.
-    remembered: Mutex<HashMap<String, Remembered>>,
+    /// What the controller keeps about each namespace between its syncs.
+    namespace_states: Mutex<HashMap<String, NamespaceState>>,
 }
 
-/// What a namespace's next sync builds on, so that its work follows what changed.
-#[derive(Default)]
-struct Remembered {
-    observations: observe::Observations,
-    planner: plan::Planner,
+impl Context {
+    /// Runs `work` on what is kept about `namespace`, under the lock; `work` only updates
+    /// the state (nothing in it can panic), so the lock is never poisoned.
+    fn namespace_state<T>(
+        &self,
+        namespace: &str,
+        work: impl FnOnce(&mut NamespaceState) -> T,
+    ) -> T {
+        let mut states = self.namespace_states.lock().expect("lock poisoned");
+        work(states.entry(namespace.to_string()).or_default())
+    }
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
@@ -178,63 +165,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         metrics.clone(),
     );
 
-    // Marked by every cache once it holds a change, for a sync waiting for its writes' echoes.
-    let (cached, changed) = tokio::sync::watch::channel(());
-    let health = cache::WatchHealth::default();
-    let (incidents, incident_changes) = cache::watch::<MailIncident>(
-        scoped(&client, namespace),
-        watcher::Config::default(),
-        cached.clone(),
-        health.clone(),
-    );
-    let (deployments, deployment_changes) = cache::watch::<CachedDeployment>(
-        scoped(&client, namespace),
-        watcher::Config::default(),
-        cached.clone(),
-        health.clone(),
-    );
-    let (statefulsets, statefulset_changes) = cache::watch::<CachedStatefulSet>(
-        scoped(&client, namespace),
-        watcher::Config::default(),
-        cached.clone(),
-        health.clone(),
-    );
-    let (pods, pod_changes) = cache::watch::<PartialObjectMeta<Pod>>(
-        scoped(&client, namespace),
-        watcher::Config::default(),
-        cached.clone(),
-        health.clone(),
-    );
-    let (config_maps, config_map_changes) = cache::watch::<CachedConfigMap>(
-        scoped(&client, namespace),
-        watcher::Config::default().labels(&format!(
-            "{}={}",
-            mode_document::MANAGED_BY_LABEL,
-            mode_document::MANAGED_BY
-        )),
-        cached,
-        health.clone(),
-    );
-    let caches = Caches::new(
-        incidents,
-        deployments,
-        statefulsets,
-        pods,
-        config_maps,
-        changed,
-    );
+    let cache::Started {
+        caches,
+        changes,
+        health,
+    } = cache::start(&client, namespace);
     let namespaces = triggers::Namespaces::new();
-    let to_sync = triggers::namespaces_to_sync(
-        namespaces.clone(),
-        &caches,
-        triggers::AllChanges {
-            incidents: incident_changes,
-            deployments: deployment_changes,
-            statefulsets: statefulset_changes,
-            pods: pod_changes,
-            config_maps: config_map_changes,
-        },
-    );
+    let to_sync = triggers::namespaces_to_sync(namespaces.clone(), &caches, changes);
     let signing_key = signing_key::start(
         client.clone(),
         &settings.lease_namespace,
@@ -258,41 +195,10 @@ pub async fn run(settings: Settings) -> Result<()> {
         metrics: metrics.clone(),
         caches: caches.clone(),
         leadership: leadership.clone(),
-        write_failures: Mutex::default(),
-        first_seen: Mutex::default(),
-        retries: Mutex::default(),
-        drifts_announced: Mutex::default(),
-        remembered: Mutex::default(),
+        namespace_states: Mutex::default(),
     });
+    tokio::spawn(cache::follow_readiness(caches, health, readiness));
 
-    // Ready once the caches are filled, leading or standing by (a standby is a replica
-    // that can take over at once), and while no watch keeps failing.
-    tokio::spawn(async move {
-        if caches.wait_until_ready().await.is_err() {
-            return;
-        }
-        info!("caches filled");
-        let mut checks = tokio::time::interval(WATCH_HEALTH_CHECK);
-        let mut was_failing = false;
-        loop {
-            checks.tick().await;
-            let failing = health.failing_for(WATCH_FAILING_UNREADY);
-            if !failing.is_empty() && !was_failing {
-                let watches: Vec<String> = failing
-                    .iter()
-                    .map(|(kind, error)| format!("{kind}: {error}"))
-                    .collect();
-                error!(
-                    watches = watches.join("; "),
-                    "not ready: watches keep failing, so the caches no longer follow the cluster (is the MailIncident CRD installed, and is the operator allowed to watch?)"
-                );
-            } else if failing.is_empty() && was_failing {
-                info!("ready: every watch works again");
-            }
-            was_failing = !failing.is_empty();
-            readiness.set(!was_failing);
-        }
-    });
     let controller = Controller::for_stream(to_sync, namespaces.store())
         .with_config(
             // No debounce: it would delay every mode change; bursts of changes fold anyway,
@@ -356,18 +262,6 @@ fn default_identity() -> String {
     format!("{}-{}", host.trim(), std::process::id())
 }
 
-/// An `Api` over one namespace, or all of them.
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 async fn reconcile(key: Arc<Namespace>, context: Arc<Context>) -> Result<Action> {
     // A standby syncs nothing; taking the lead syncs every namespace.
     if !context.leadership.holds() {
@@ -388,11 +282,7 @@ async fn reconcile(key: Arc<Namespace>, context: Arc<Context>) -> Result<Action>
         .with_label_values(&[outcome])
         .inc();
     if result.is_ok() {
-        context
-            .retries
-            .lock()
-            .expect("lock poisoned")
-            .remove(&namespace);
+        context.namespace_state(&namespace, NamespaceState::sync_succeeded);
     }
     result
 }
@@ -403,8 +293,8 @@ async fn reconcile(key: Arc<Namespace>, context: Arc<Context>) -> Result<Action>
 /// error_policy counts and retries with the others still served.
 async fn guard_panics<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
     // Unwind safety: a reconcile shares metrics (atomics), caches (locks that do not
-    // poison) and the Context's std mutexes, which are held only around map updates that
-    // cannot panic, so a panic leaves none of them poisoned or half-written.
+    // poison) and the Context's std mutex, which is held only around updates that cannot
+    // panic, so a panic leaves none of them poisoned or half-written.
     AssertUnwindSafe(work)
         .catch_unwind()
         .await
@@ -427,35 +317,93 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
     context.caches.wait_until_ready().await?;
     let started = Instant::now();
-    let mut incidents = context
-        .caches
+    let incidents = incidents_in(&context.caches, namespace);
+    let api: Api<MailIncident> = Api::namespaced(context.client.clone(), namespace);
+    add_finalizers(context, &api, &incidents).await?;
+    let Planned {
+        observed,
+        plan,
+        precise_now,
+        observe_time,
+        plan_time,
+        redecided,
+    } = plan_namespace(context, namespace, &incidents);
+    write_targets(context, namespace, &observed.versions, plan.writes).await?;
+    publish_decisions(context, namespace, &incidents, plan.incidents).await?;
+    remove_finalizers(context, &api, &incidents).await?;
+    debug!(
+        namespace,
+        incidents = incidents.len(),
+        targets = observed.targets.len(),
+        rebuilt = observed.rebuilt,
+        redecided,
+        observe_ms = observe_time.as_secs_f64() * 1e3,
+        plan_ms = plan_time.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "synced"
+    );
+    Ok(next_sync(plan.wake_at, precise_now))
+}
+
+/// The namespace's incidents as cached, by name.
+fn incidents_in(caches: &Caches, namespace: &str) -> Vec<Arc<MailIncident>> {
+    let mut incidents = caches
         .incidents
         .state_filter(|i| i.namespace().as_deref() == Some(namespace));
     incidents.sort_by_key(|i| i.name_any());
-    let api: Api<MailIncident> = Api::namespaced(context.client.clone(), namespace);
+    incidents
+}
+
+/// Puts the finalizer on incidents that lack it, before anything is written for them.
+async fn add_finalizers(
+    context: &Context,
+    api: &Api<MailIncident>,
+    incidents: &[Arc<MailIncident>],
+) -> Result<()> {
     for incident in incidents.iter().filter(|i| finalizers::missing(i)) {
         context.leadership.fence()?;
-        finalizers::add(&api, incident).await?;
+        finalizers::add(api, incident).await?;
     }
+    Ok(())
+}
 
+/// Takes the finalizer off deleted incidents whose targets are decided.
+async fn remove_finalizers(
+    context: &Context,
+    api: &Api<MailIncident>,
+    incidents: &[Arc<MailIncident>],
+) -> Result<()> {
+    for incident in incidents.iter().filter(|i| finalizers::awaited(i)) {
+        context.leadership.fence()?;
+        finalizers::remove(api, incident).await?;
+    }
+    Ok(())
+}
+
+/// A namespace's plan, what it was made from, and what making it took.
+struct Planned {
+    observed: observe::Observed,
+    plan: plan::Plan,
+    /// The time the plan was made at, before it was truncated to the second for the plan.
+    precise_now: Timestamp,
+    /// From the start of observing to its end, and to the end of planning.
+    observe_time: Duration,
+    plan_time: Duration,
+    /// How many targets the planner decided again.
+    redecided: usize,
+}
+
+/// Observes the namespace in the caches and plans it, building on what its last sync
+/// left.
+fn plan_namespace(context: &Context, namespace: &str, incidents: &[Arc<MailIncident>]) -> Planned {
     let planning = Instant::now();
     // Taken out while in use (syncs of one namespace never overlap): a sync that panics
     // leaves nothing half-updated behind, and the next one starts from scratch.
-    let mut remembered = context
-        .remembered
-        .lock()
-        .expect("lock poisoned")
-        .remove(namespace)
-        .unwrap_or_default();
+    let mut remembered =
+        context.namespace_state(namespace, |state| std::mem::take(&mut state.remembered));
     let observed = observe::observe(&context.caches, namespace, &mut remembered.observations);
-    let observing = planning.elapsed();
-    let failures = context
-        .write_failures
-        .lock()
-        .expect("lock poisoned")
-        .get(namespace)
-        .cloned()
-        .unwrap_or_default();
+    let observe_time = planning.elapsed();
+    let failures = context.namespace_state(namespace, |state| state.write_failures.clone());
     // Statuses carry whole seconds (so an unchanged one is written once); truncated, not
     // rounded, so that nothing starts or ends before its second has begun.
     let precise_now = Timestamp::now();
@@ -475,27 +423,36 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
         signing_key: Some(&context.signing_key),
         now,
     });
-    let planned = planning.elapsed();
+    let plan_time = planning.elapsed();
     let redecided = remembered.planner.redecided();
-    context
-        .remembered
-        .lock()
-        .expect("lock poisoned")
-        .insert(namespace.to_string(), remembered);
+    context.namespace_state(namespace, |state| state.remembered = remembered);
+    Planned {
+        observed,
+        plan,
+        precise_now,
+        observe_time,
+        plan_time,
+        redecided,
+    }
+}
 
-    let written: Vec<TargetRef> = plan
-        .writes
-        .iter()
-        .map(apply::write_target)
-        .cloned()
-        .collect();
+/// Carries out the plan's writes, keeps the refused ones for the next plan, and waits
+/// until the caches show the stored ones: the next sync (changes arriving meanwhile fold
+/// into it) then plans from caches that hold these writes.
+async fn write_targets(
+    context: &Context,
+    namespace: &str,
+    versions: &HashMap<TargetRef, Versions>,
+    writes: Vec<Write>,
+) -> Result<()> {
+    let written: Vec<TargetRef> = writes.iter().map(apply::write_target).cloned().collect();
     let writing = Instant::now();
     let outcomes = apply::apply_all(
         &context.client,
         &context.leadership,
         namespace,
-        &observed.versions,
-        plan.writes,
+        versions,
+        writes,
     )
     .await?;
     if !written.is_empty() {
@@ -506,32 +463,30 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
             "targets written"
         );
     }
-    let mut echoes = Vec::new();
-    {
-        let mut all = context.write_failures.lock().expect("lock poisoned");
-        let failures = all.entry(namespace.to_string()).or_default();
-        for target in written {
-            failures.remove(&target);
-        }
-        for outcome in outcomes {
-            match outcome {
-                apply::Outcome::Done(done) => echoes.extend(done),
-                apply::Outcome::Refused(target, reason) => {
-                    warn!(namespace, %target, reason, "write refused");
-                    failures.insert(target, reason);
-                }
-                apply::Outcome::Stale => {}
-            }
+    for outcome in &outcomes {
+        if let apply::Outcome::Refused(target, reason) = outcome {
+            warn!(namespace, %target, reason, "write refused");
         }
     }
-    // The next sync (changes arriving meanwhile fold into it) plans from caches that
-    // hold these writes: documents, reports and workloads.
+    let echoes = context.namespace_state(namespace, |state| {
+        state.note_write_outcomes(written, outcomes)
+    });
     context
         .caches
         .wait_for_echoes(namespace, echoes, ECHO_WAIT)
         .await;
+    Ok(())
+}
 
-    for (incident, decision) in incidents.iter().zip(plan.incidents) {
+/// Writes each incident's status where it changed; a decision stored (or unchanged) is
+/// then counted and announced.
+async fn publish_decisions(
+    context: &Context,
+    namespace: &str,
+    incidents: &[Arc<MailIncident>],
+    decisions: Vec<plan::Decision>,
+) -> Result<()> {
+    for (incident, decision) in incidents.iter().zip(decisions) {
         if incident.status.as_ref() != Some(&decision.status) {
             context.leadership.fence()?;
             if !write_status(&context.client, incident, &decision.status).await? {
@@ -541,71 +496,26 @@ async fn sync_namespace(context: &Context, namespace: &str) -> Result<Action> {
             }
         }
         record(context, incident, &decision);
-        let drift_notes = new_drifts(context, namespace, &decision.agent_drifts);
+        let drift_notes =
+            context.namespace_state(namespace, |state| state.new_drifts(&decision.agent_drifts));
         for note in decision.events.iter().chain(&drift_notes) {
             context.leadership.fence()?;
             context.events.publish(incident.as_ref(), note).await;
         }
     }
-    for incident in incidents.iter().filter(|i| finalizers::awaited(i)) {
-        context.leadership.fence()?;
-        finalizers::remove(&api, incident).await?;
-    }
-    debug!(
-        namespace,
-        incidents = incidents.len(),
-        targets = observed.targets.len(),
-        rebuilt = observed.rebuilt,
-        redecided,
-        observe_ms = observing.as_secs_f64() * 1e3,
-        plan_ms = planned.as_secs_f64() * 1e3,
-        total_ms = started.elapsed().as_secs_f64() * 1e3,
-        "synced"
-    );
-    // Woken right at a start or an end, from the precise clock.
-    let until_wake = plan.wake_at.map(|at| {
-        at.duration_since(precise_now)
+    Ok(())
+}
+
+/// When to sync again with nothing changed: right at the plan's next start or end, from
+/// the precise clock, and at least every [`RESYNC_PERIOD`].
+fn next_sync(wake_at: Option<Timestamp>, now: Timestamp) -> Action {
+    let until_wake = wake_at.map(|at| {
+        at.duration_since(now)
             .try_into()
             .unwrap_or(Duration::ZERO)
             .max(Duration::from_millis(50))
     });
-    Ok(Action::requeue(
-        until_wake.map_or(RESYNC_PERIOD, |wait| wait.min(RESYNC_PERIOD)),
-    ))
-}
-
-/// A Warning event for each agent whose drift count grew since it was last announced.
-fn new_drifts(context: &Context, namespace: &str, drifts: &[plan::AgentDrift]) -> Vec<plan::Note> {
-    let mut announced = context.drifts_announced.lock().expect("lock poisoned");
-    drifts
-        .iter()
-        .filter_map(|d| {
-            let key = (namespace.to_string(), d.target.to_string(), d.pod.clone());
-            let before = announced.insert(key, d.drift.count);
-            // First seen (a new agent, or this replica just started): only a drift
-            // still being put back is news.
-            let news = match before {
-                Some(count) => count < d.drift.count,
-                None => d.drift.since.is_some(),
-            };
-            news.then(|| plan::Note {
-                warning: true,
-                reason: "MtaDrifted",
-                message: format!(
-                    "The MTA of pod {} ({}) differed from its mode: {}; {} (drift {} of this agent)",
-                    d.pod,
-                    d.target,
-                    d.drift.what,
-                    if d.drift.since.is_some() {
-                        "its agent is putting it back"
-                    } else {
-                        "its agent put it back"
-                    },
-                    d.drift.count
-                ),
-            })
-        })
-        .collect()
+    Action::requeue(until_wake.map_or(RESYNC_PERIOD, |wait| wait.min(RESYNC_PERIOD)))
 }
 
 /// Updates the metrics an incident's decision affects.
@@ -627,15 +537,10 @@ fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision)
             .with_label_values(&[restored.as_str()])
             .inc();
     }
-    let key = (namespace, name);
     if incident.metadata.deletion_timestamp.is_some() {
         // The finalizer goes once this sync succeeds: the incident's series go with it.
-        metrics.forget_incident(&key.0, &key.1);
-        context
-            .first_seen
-            .lock()
-            .expect("lock poisoned")
-            .remove(&key);
+        metrics.forget_incident(&namespace, &name);
+        context.namespace_state(&namespace, |state| state.forget_incident(&name));
         return;
     }
     let created = incident
@@ -643,27 +548,19 @@ fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision)
         .creation_timestamp
         .as_ref()
         .map(|at| at.0.as_second());
-    metrics.observe_incident(&key.0, &key.1, created, decision);
+    metrics.observe_incident(&namespace, &name, created, decision);
     if decision.escalations > 0 {
         metrics
             .escalations
-            .with_label_values(&[key.0.as_str(), key.1.as_str()])
+            .with_label_values(&[namespace.as_str(), name.as_str()])
             .inc_by(decision.escalations.into());
     }
 
     // Time from a generation's first sight to every target applying it.
     let generation = incident.metadata.generation.unwrap_or_default();
-    let mut first_seen = context.first_seen.lock().expect("lock poisoned");
-    let since = first_seen
-        .entry(key.clone())
-        .and_modify(|(g, at)| {
-            if *g != generation {
-                *g = generation;
-                *at = Instant::now();
-            }
-        })
-        .or_insert((generation, Instant::now()))
-        .1;
+    let since = context.namespace_state(&namespace, |state| {
+        state.generation_first_seen(&name, generation, Instant::now())
+    });
     let applied = decision.status.conditions.iter().any(|c| {
         c.type_ == "Ready"
             && c.status == "True"
@@ -735,14 +632,7 @@ fn error_policy(key: Arc<Namespace>, error: &Error, context: Arc<Context>) -> Ac
         .reconcile_errors
         .with_label_values(&[error.category()])
         .inc();
-    let delay = context
-        .retries
-        .lock()
-        .expect("lock poisoned")
-        .entry(namespace.clone())
-        .or_insert_with(|| retry_delays(RETRY_FIRST, RETRY_LONGEST))
-        .next()
-        .unwrap_or(RETRY_LONGEST);
+    let delay = context.namespace_state(&namespace, NamespaceState::next_retry_delay);
     warn!(namespace, category = error.category(), %error, retry_in = ?delay, "sync failed; retrying");
     Action::requeue(delay)
 }
@@ -750,8 +640,71 @@ fn error_policy(key: Arc<Namespace>, error: &Error, context: Arc<Context>) -> Ac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fixtures::{APPLY_PATCH, Exchange, incident, incident_path, serve};
+    use crate::plan::WorkloadKind;
+    use fixtures::{
+        APPLY_PATCH, Exchange, FilledCaches, NAMESPACE, config_map_path, incident, incident_path,
+        serve,
+    };
     use serde_json::json;
+
+    /// What a reconcile shares, over the mock API server and caches filled by hand, leading.
+    fn context(client: Client, filled: &FilledCaches) -> Context {
+        Context {
+            events: Events::new(client.clone(), "me".into()),
+            client,
+            metrics: Metrics::default(),
+            caches: filled.caches.clone(),
+            leadership: Leadership::fixed(true),
+            signing_key: SigningKey::new(&[7; 32]).expect("a long enough key"),
+            namespace_states: Mutex::default(),
+        }
+    }
+
+    fn mx() -> TargetRef {
+        TargetRef {
+            kind: WorkloadKind::Deployment,
+            name: "mx".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_is_kept_for_the_next_plan_until_its_target_is_written() {
+        let report = config_map_path("mail-mode-deployment-mx-report");
+        let (client, server) = serve(vec![
+            Exchange::delete(&report).fail(422, "Invalid", "the report is invalid", &[]),
+            Exchange::delete(&report)
+                .body(json!({"preconditions": {"resourceVersion": "9"}}))
+                .not_found(),
+        ]);
+        let filled = FilledCaches::new();
+        let context = context(client.clone(), &filled);
+        let versions: HashMap<TargetRef, Versions> = [(
+            mx(),
+            Versions {
+                report: Some("9".into()),
+                ..Versions::default()
+            },
+        )]
+        .into();
+        let delete = || vec![Write::DeleteReport { target: mx() }];
+        let failures = |context: &Context| {
+            context.namespace_state(NAMESPACE, |state| state.write_failures.clone())
+        };
+
+        write_targets(&context, NAMESPACE, &versions, delete())
+            .await
+            .expect("a refusal fails the target, not the sync");
+        assert_eq!(
+            failures(&context),
+            [(mx(), "the report is invalid".to_string())].into()
+        );
+        write_targets(&context, NAMESPACE, &versions, delete())
+            .await
+            .expect("gone is written");
+        assert!(failures(&context).is_empty());
+        drop(context);
+        server.verify(client).await;
+    }
 
     fn status() -> MailIncidentStatus {
         MailIncidentStatus {
@@ -828,6 +781,28 @@ mod tests {
             }
             other => panic!("expected the failed call, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_next_sync_comes_at_the_plans_next_change_and_within_the_resync_period() {
+        let now: Timestamp = "2026-12-06T10:00:00.25Z".parse().expect("a timestamp");
+        let later = |seconds: i64| {
+            Some(
+                now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(seconds))
+                    .expect("in range"),
+            )
+        };
+        assert_eq!(next_sync(None, now), Action::requeue(RESYNC_PERIOD));
+        assert_eq!(
+            next_sync(later(10), now),
+            Action::requeue(Duration::from_secs(10))
+        );
+        assert_eq!(
+            next_sync(later(-5), now),
+            Action::requeue(Duration::from_millis(50)),
+            "a change already due comes at once, never in a busy loop"
+        );
+        assert_eq!(next_sync(later(3600), now), Action::requeue(RESYNC_PERIOD));
     }
 
     #[tokio::test]

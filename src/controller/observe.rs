@@ -6,6 +6,7 @@ use super::{
         CachedConfigMap, CachedDeployment, CachedStatefulSet, ClaimTemplate, ContainerMounts,
         PodSelector, PodTemplate, WorkloadSpec, changed_by, owner_uids,
     },
+    versions::Versions,
 };
 use crate::{
     api::{
@@ -51,16 +52,6 @@ pub struct Observed {
     pub orphans: Vec<TargetRef>,
     /// The resource versions seen, which writes are conditional on.
     pub versions: HashMap<TargetRef, Versions>,
-}
-
-/// The resource versions a sync saw for one workload: a write made on this view fails
-/// with 409 Conflict if the object changed since, so a write that was delayed (a leader
-/// frozen mid-sync) can never overwrite a newer one.
-#[derive(Debug, Clone, Default)]
-pub struct Versions {
-    pub document: Option<String>,
-    pub report: Option<String>,
-    pub workload: Option<String>,
 }
 
 /// The targets of one namespace as the last sync built them, each with what it was built
@@ -453,7 +444,11 @@ mod tests {
     use super::*;
     use crate::{
         api::mode_document::{AgentReport, DriftReport, QueueFigures},
-        controller::fixtures::{self, FilledCaches, NAMESPACE},
+        controller::{
+            apply::{document_object, report_object},
+            field_manager::FIELD_MANAGER,
+            fixtures::{self, FilledCaches, NAMESPACE},
+        },
     };
     use serde_json::{Value, json};
 
@@ -487,7 +482,7 @@ mod tests {
 
     /// The mode document of `mx` as the operator writes it, at `resource_version`.
     fn document(resource_version: &str) -> Value {
-        let mut object = crate::controller::document_object(
+        let mut object = document_object(
             &mx(),
             &fixtures::document(),
             &[crate::plan::Owner {
@@ -503,7 +498,7 @@ mod tests {
 
     /// The report of `mx` at `resource_version`, with `entries` by pod.
     fn report(resource_version: &str, entries: &[(&str, &AgentReport)]) -> Value {
-        let mut object = crate::controller::report_object(&mx(), Some("uid-document".into()));
+        let mut object = report_object(&mx(), Some("uid-document".into()));
         object["metadata"]["namespace"] = NAMESPACE.into();
         object["metadata"]["resourceVersion"] = resource_version.into();
         let data: serde_json::Map<String, Value> = entries
@@ -634,7 +629,7 @@ mod tests {
             kind: WorkloadKind::StatefulSet,
             name: "gone".into(),
         };
-        let mut orphan = crate::controller::document_object(&gone, &fixtures::document(), &[]);
+        let mut orphan = document_object(&gone, &fixtures::document(), &[]);
         orphan["metadata"]["namespace"] = NAMESPACE.into();
         orphan["metadata"]["resourceVersion"] = "20".into();
         let mut elsewhere = orphan.clone();
@@ -719,7 +714,7 @@ mod tests {
                     "annotations": {"mailops.dev/delivery": "Restart", "mailops.dev/mta": "exim",
                                     "mailops.dev/mta-container": "exim"},
                     "managedFields": [
-                        {"manager": crate::controller::FIELD_MANAGER, "operation": "Apply", "time": "2026-12-06T10:00:00Z"},
+                        {"manager": FIELD_MANAGER, "operation": "Apply", "time": "2026-12-06T10:00:00Z"},
                         {"manager": "argocd-controller", "operation": "Apply", "time": "2026-12-06T10:05:00Z"},
                     ],
                 },

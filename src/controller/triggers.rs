@@ -13,19 +13,13 @@
 //! alone changed are paced ([`super::report_pacing`]).
 
 use super::{
-    cache::{Caches, Changes},
-    cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet},
+    cache::{AllChanges, Caches},
     report_pacing::{Acknowledgements, Pace, QUEUE_SYNC_EVERY, paced},
 };
-use crate::api::MailIncident;
 use futures::{Stream, StreamExt, future, stream};
-use k8s_openapi::{
-    api::core::v1::{Namespace, Pod},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
     Resource, ResourceExt,
-    core::PartialObjectMeta,
     runtime::{
         reflector::{self, ObjectRef, Store, store::Writer},
         watcher,
@@ -74,15 +68,6 @@ impl Namespaces {
         }
         key
     }
-}
-
-/// The changes of every cache, as they come.
-pub struct AllChanges {
-    pub incidents: Changes<MailIncident>,
-    pub deployments: Changes<CachedDeployment>,
-    pub statefulsets: Changes<CachedStatefulSet>,
-    pub pods: Changes<PartialObjectMeta<Pod>>,
-    pub config_maps: Changes<CachedConfigMap>,
 }
 
 /// The namespaces to sync, one per change that can matter, in the form kube's
@@ -146,8 +131,13 @@ pub fn name_of(key: &Namespace) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{api::mode_document::MODE_HASH_ANNOTATION, controller::cache::Caches};
+    use crate::{
+        api::{MailIncident, mode_document::MODE_HASH_ANNOTATION},
+        controller::cached::CachedDeployment,
+    };
     use futures::stream::BoxStream;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::core::PartialObjectMeta;
     use serde_json::json;
 
     fn object<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
