@@ -6,7 +6,7 @@
 //! nor the managedFields, which serde skips unread.
 
 use super::field_manager::FIELD_MANAGER;
-use crate::api::mode_document;
+use crate::api::mode_document::{self, AgentReport};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
@@ -183,9 +183,8 @@ pub struct WorkloadStatus {
 }
 
 /// One of the operator's ConfigMaps (a mode document or a report) as cached: its name
-/// and resource version, the annotations planning reads, and a report's entries (one per
-/// pod). A document's content is kept as its hash, which its annotation must agree with
-/// (someone may edit either).
+/// and resource version, the annotations planning reads, and what it is with what is
+/// read of its data.
 /// Held in plain fields rather than maps: a map costs over 500 bytes however few its
 /// entries, and a target has two of these ConfigMaps.
 #[derive(Clone, Debug, Deserialize)]
@@ -195,23 +194,80 @@ pub struct CachedConfigMap {
     pub metadata: ObjectMeta,
     /// `mailops.dev/mode-hash`: the content of a mode document, as annotated.
     pub mode_hash: Option<String>,
-    /// The hash of a document's `mode.json` as stored: what its agents apply.
-    pub content_hash: Option<String>,
     /// `mailops.dev/incident`: whose mode a document carries.
     pub incident: Option<String>,
     /// `mailops.dev/workload`: the target a document or report is for.
     pub workload: Option<String>,
-    /// A report's entries, by pod name; none for a document.
-    pub reports: Vec<(String, String)>,
+    pub kind: ConfigMapKind,
+}
+
+/// What one of our ConfigMaps is, by its role label.
+#[derive(Clone, Debug)]
+pub enum ConfigMapKind {
+    /// A mode document, its content kept as its hash, which its annotation must agree
+    /// with (someone may edit either).
+    Document { content_hash: Option<String> },
+    /// A report (or a ConfigMap of ours labelled as no document): its entries by pod
+    /// name, decoded once, as they arrive, rather than at every sync that reads them.
+    Report(Vec<ReportEntry>),
+}
+
+/// One pod's entry in a report.
+#[derive(Clone, Debug)]
+pub struct ReportEntry {
+    pub pod: String,
+    pub reported: Reported,
+}
+
+/// What a report entry says.
+#[derive(Clone, Debug)]
+pub enum Reported {
+    /// The agent's report.
+    Read(AgentReport),
+    /// Text that is no agent report (a hand edit, an agent of another version): its pod
+    /// has reported nothing readable, and the text is kept so that a change to it still
+    /// counts as one.
+    Unreadable(String),
+}
+
+impl Reported {
+    fn decode(text: String) -> Self {
+        match serde_json::from_str(&text) {
+            Ok(report) => Self::Read(report),
+            Err(_) => Self::Unreadable(text),
+        }
+    }
 }
 
 impl CachedConfigMap {
-    /// The entry the agent of `pod` reported.
-    pub fn report_of(&self, pod: &str) -> Option<&str> {
-        self.reports
+    /// The hash of a document's `mode.json` as stored: what its agents apply. None for a
+    /// report.
+    pub fn content_hash(&self) -> Option<&str> {
+        match &self.kind {
+            ConfigMapKind::Document { content_hash } => content_hash.as_deref(),
+            ConfigMapKind::Report(_) => None,
+        }
+    }
+
+    /// A report's entries, by pod name; none for a document.
+    pub fn entries(&self) -> &[ReportEntry] {
+        match &self.kind {
+            ConfigMapKind::Document { .. } => &[],
+            ConfigMapKind::Report(entries) => entries,
+        }
+    }
+
+    /// What the agent of `pod` reported, when it is readable.
+    pub fn report_of(&self, pod: &str) -> Option<&AgentReport> {
+        match &self
+            .entries()
             .iter()
-            .find(|(name, _)| name == pod)
-            .map(|(_, text)| text.as_str())
+            .find(|entry| entry.pod == pod)?
+            .reported
+        {
+            Reported::Read(report) => Some(report),
+            Reported::Unreadable(_) => None,
+        }
     }
 }
 
@@ -232,25 +288,29 @@ impl From<WireConfigMap> for CachedConfigMap {
             .labels
             .take()
             .and_then(|mut labels| labels.remove(mode_document::ROLE_LABEL));
-        let (reports, content_hash) = match role.as_deref() {
-            Some(mode_document::ROLE_DOCUMENT) => {
-                let content = data
+        let kind = match role.as_deref() {
+            Some(mode_document::ROLE_DOCUMENT) => ConfigMapKind::Document {
+                content_hash: data
                     .as_ref()
-                    .and_then(|d| d.get(mode_document::MODE_DOCUMENT_KEY));
-                (
-                    vec![],
-                    content.map(|text| mode_document::content_hash(text)),
-                )
-            }
-            _ => (data.unwrap_or_default().into_iter().collect(), None),
+                    .and_then(|d| d.get(mode_document::MODE_DOCUMENT_KEY))
+                    .map(|text| mode_document::content_hash(text)),
+            },
+            _ => ConfigMapKind::Report(
+                data.unwrap_or_default()
+                    .into_iter()
+                    .map(|(pod, text)| ReportEntry {
+                        pod,
+                        reported: Reported::decode(text),
+                    })
+                    .collect(),
+            ),
         };
         Self {
             metadata,
             mode_hash: annotations.remove(mode_document::MODE_HASH_ANNOTATION),
-            content_hash,
             incident: annotations.remove(mode_document::INCIDENT_ANNOTATION),
             workload: annotations.remove(mode_document::WORKLOAD_ANNOTATION),
-            reports,
+            kind,
         }
     }
 }
@@ -599,10 +659,11 @@ mod tests {
             .expect("a ConfigMap decodes")
         };
         let document = config_map(mode_document::ROLE_DOCUMENT);
-        assert!(document.reports.is_empty());
+        assert!(matches!(document.kind, ConfigMapKind::Document { .. }));
+        assert!(document.entries().is_empty());
         assert_eq!(
-            document.content_hash,
-            Some(mode_document::content_hash("{\"mode\": \"TempFail\"}")),
+            document.content_hash(),
+            Some(mode_document::content_hash("{\"mode\": \"TempFail\"}").as_str()),
             "the document's content is kept as its hash"
         );
         assert_eq!(document.metadata.resource_version.as_deref(), Some("7"));
@@ -612,8 +673,46 @@ mod tests {
         assert_eq!(document.incident.as_deref(), Some("outage"));
         assert_eq!(document.workload.as_deref(), Some("Deployment/mx"));
         let report = config_map(mode_document::ROLE_REPORT);
-        assert_eq!(report.report_of("pod-1"), Some("{\"hash\": \"h\"}"));
-        assert_eq!(report.report_of("pod-2"), Some("{}"));
+        assert!(matches!(report.kind, ConfigMapKind::Report(_)));
+        assert_eq!(report.content_hash(), None);
+        let pods: Vec<&str> = report.entries().iter().map(|e| e.pod.as_str()).collect();
+        assert_eq!(pods, [mode_document::MODE_DOCUMENT_KEY, "pod-1", "pod-2"]);
+        assert_eq!(
+            report.report_of("pod-1").map(|r| r.hash.as_str()),
+            Some("h")
+        );
         assert_eq!(report.report_of("pod-3"), None);
+    }
+
+    #[test]
+    fn report_entries_are_decoded_once_and_unreadable_ones_kept_as_written() {
+        let report: CachedConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "mx-report", "namespace": "mail",
+                         "labels": {mode_document::ROLE_LABEL: mode_document::ROLE_REPORT}},
+            "data": {
+                "mx-1": "{\"hash\": \"h1\", \"after\": \"Releasing\", \"queue\": {\"messages\": 3, \"byQueue\": {\"deferred\": 3}, \"oldestAgeSeconds\": 60}, \"drift\": {\"count\": 2, \"what\": \"mode file\", \"since\": 100}}",
+                "mx-2": "{}",
+                "mx-3": "not json",
+            },
+        }))
+        .expect("a report decodes whatever its entries hold");
+        let read = report.report_of("mx-1").expect("mx-1's report");
+        assert_eq!(read.hash, "h1");
+        assert_eq!(read.after, Some(mode_document::AfterIncident::Releasing));
+        assert_eq!(read.queue.as_ref().map(|q| q.messages), Some(3));
+        assert_eq!(
+            read.drift.as_ref().map(|d| (d.count, d.since)),
+            Some((2, Some(100)))
+        );
+        let unreadable: Vec<(&str, &str)> = report
+            .entries()
+            .iter()
+            .filter_map(|e| match &e.reported {
+                Reported::Unreadable(text) => Some((e.pod.as_str(), text.as_str())),
+                Reported::Read(_) => None,
+            })
+            .collect();
+        assert_eq!(unreadable, [("mx-2", "{}"), ("mx-3", "not json")]);
+        assert_eq!(report.report_of("mx-2"), None, "nothing readable reported");
     }
 }

@@ -55,9 +55,9 @@ pub struct Observed {
 }
 
 /// The targets of one namespace as the last sync built them, each with what it was built
-/// from: a sync builds again only those whose workload, document, report or pods changed
-/// (decoding a report's entries is most of a target's cost), and hands the planner the
-/// same `Arc` for the others, which it recognises as unchanged at a glance.
+/// from: a sync builds again only those whose workload, document, report or pods changed,
+/// and hands the planner the same `Arc` for the others, which it recognises as unchanged
+/// at a glance.
 #[derive(Default)]
 pub struct Observations {
     targets: HashMap<TargetRef, (Inputs, Arc<Target>)>,
@@ -257,10 +257,10 @@ fn workload<'a>(
 /// The pods named in `report` that no longer exist, terminating or not.
 fn departed(report: &CachedConfigMap, pod_exists: &dyn Fn(&str) -> bool) -> Vec<String> {
     report
-        .reports
+        .entries()
         .iter()
-        .filter(|(pod, _)| !pod_exists(pod))
-        .map(|(pod, _)| pod.clone())
+        .filter(|entry| !pod_exists(&entry.pod))
+        .map(|entry| entry.pod.clone())
         .collect()
 }
 
@@ -281,24 +281,22 @@ fn target(
     let document_name = document_name(w.kind.as_str(), &name);
     let document = config_maps.get(&document_name);
     let report = config_maps.get(&report_name(&document_name));
-    let reported = |pod: &str| -> Option<AgentReport> {
-        let text = report?.report_of(pod)?;
-        serde_json::from_str::<AgentReport>(text).ok()
-    };
-    let reports: Vec<Option<AgentReport>> = live_pods.iter().map(|p| reported(p)).collect();
+    let reports: Vec<Option<&AgentReport>> =
+        live_pods.iter().map(|pod| report?.report_of(pod)).collect();
     let drifts = live_pods
         .iter()
         .zip(&reports)
-        .filter_map(|(pod, report)| Some((pod.clone(), report.as_ref()?.drift.clone()?)))
+        .filter_map(|(pod, report)| Some((pod.clone(), (*report)?.drift.clone()?)))
         .collect();
-    let document_mismatch = document.and_then(|d| match (&d.mode_hash, &d.content_hash) {
-        (Some(annotated), Some(content)) if annotated == content => None,
-        (annotated, content) => Some(format!(
-            "its {MODE_HASH_ANNOTATION} annotation says {} and its {MODE_DOCUMENT_KEY} hashes to {}",
-            annotated.as_deref().unwrap_or("nothing"),
-            content.as_deref().unwrap_or("nothing (absent)")
-        )),
-    });
+    let document_mismatch =
+        document.and_then(|d| match (d.mode_hash.as_deref(), d.content_hash()) {
+            (Some(annotated), Some(content)) if annotated == content => None,
+            (annotated, content) => Some(format!(
+                "its {MODE_HASH_ANNOTATION} annotation says {} and its {MODE_DOCUMENT_KEY} hashes to {}",
+                annotated.unwrap_or("nothing"),
+                content.unwrap_or("nothing (absent)")
+            )),
+        });
     // Who else wrote what carries the mode on its delivery channel.
     let changed_by = match delivery {
         Delivery::Reload => document.and_then(|d| changed_by(&d.metadata)),
@@ -316,7 +314,7 @@ fn target(
         labels: w.meta.labels.clone().unwrap_or_default(),
         delivery,
         mta,
-        document_hash: document.map(|d| d.content_hash.clone().unwrap_or_default()),
+        document_hash: document.map(|d| d.content_hash().unwrap_or_default().to_string()),
         document_mismatch,
         document_owners: document
             .map(|d| owner_uids(&d.metadata).map(String::from).collect())
@@ -352,7 +350,7 @@ fn target(
         queues: reports
             .into_iter()
             .flatten()
-            .filter_map(|r| r.queue)
+            .filter_map(|r| r.queue.clone())
             .collect(),
         replicas: w.replicas,
         ready_replicas: w.ready_replicas,
@@ -620,6 +618,27 @@ mod tests {
         assert_eq!(versions.workload.as_deref(), Some("40"));
         assert_eq!(versions.document.as_deref(), Some("11"));
         assert_eq!(versions.report.as_deref(), Some("12"));
+    }
+
+    #[test]
+    fn an_unreadable_entry_is_a_pod_that_reported_nothing_yet_its_entry_can_depart() {
+        let mut filled = namespace();
+        let hash = fixtures::document().hash();
+        let mut unreadable = report("13", &[("mx-2", &applied(&hash, 3))]);
+        unreadable["data"]["mx-1"] = "not json".into();
+        unreadable["data"]["mx-0"] = "{}".into();
+        filled.config_map(unreadable);
+        let observed = observe(&filled.caches, NAMESPACE, &mut Observations::default());
+        let target = &observed.targets[0];
+        assert_eq!(
+            sorted(target.pod_reports.clone()),
+            [None, Some(hash)],
+            "mx-1 has applied nothing readable"
+        );
+        assert_eq!(target.unreleased_pods, ["mx-2"]);
+        assert!(target.drifts.is_empty());
+        assert_eq!(target.queues.len(), 1, "mx-2's queue");
+        assert_eq!(target.departed_reports, ["mx-0"]);
     }
 
     #[test]

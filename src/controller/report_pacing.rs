@@ -8,8 +8,8 @@
 //! document, a pod came or went), or that was deleted, still syncs at once: it can
 //! complete a mode change or need re-creating.
 
-use super::cached::{CachedConfigMap, owner_uids};
-use crate::api::mode_document::{AgentReport, REPORT_SUFFIX};
+use super::cached::{CachedConfigMap, Reported, owner_uids};
+use crate::api::mode_document::REPORT_SUFFIX;
 use futures::{Stream, StreamExt, stream};
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -64,18 +64,19 @@ fn acknowledged(report: &CachedConfigMap) -> u64 {
     for owner in owner_uids(&report.metadata) {
         owner.hash(&mut digest);
     }
-    for (pod, text) in &report.reports {
-        pod.hash(&mut digest);
-        match serde_json::from_str::<AgentReport>(text) {
-            Ok(entry) => {
-                entry.hash.hash(&mut digest);
+    for entry in report.entries() {
+        entry.pod.hash(&mut digest);
+        match &entry.reported {
+            Reported::Read(agent) => {
+                agent.hash.hash(&mut digest);
                 // A drift being put back, or its count, changes what the pod acknowledges.
-                entry
+                agent
                     .drift
+                    .as_ref()
                     .map(|d| (d.count, d.since.is_some()))
                     .hash(&mut digest);
             }
-            Err(_) => text.hash(&mut digest),
+            Reported::Unreadable(text) => text.hash(&mut digest),
         }
     }
     digest.finish()
@@ -177,19 +178,30 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn report(name: &str, entries: &[(&str, &str, u64)]) -> CachedConfigMap {
+    /// An agent's entry: `hash` applied, `messages` queued.
+    fn entry(hash: &str, messages: u64) -> serde_json::Value {
+        json!({"hash": hash, "queue": {"messages": messages, "byQueue": {}, "oldestAgeSeconds": 60}})
+    }
+
+    /// A report whose entries are these texts, by pod.
+    fn report_of_texts(name: &str, entries: &[(&str, String)]) -> CachedConfigMap {
         let data: serde_json::Map<String, serde_json::Value> = entries
             .iter()
-            .map(|(pod, hash, messages)| {
-                let entry = json!({"hash": hash, "queue": {"messages": messages, "byQueue": {}, "oldestAgeSeconds": 60}});
-                (pod.to_string(), entry.to_string().into())
-            })
+            .map(|(pod, text)| (pod.to_string(), text.as_str().into()))
             .collect();
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "mail", "labels": {"mailops.dev/role": "report"}},
             "data": data,
         }))
         .expect("test report deserializes")
+    }
+
+    fn report(name: &str, entries: &[(&str, &str, u64)]) -> CachedConfigMap {
+        let texts: Vec<(&str, String)> = entries
+            .iter()
+            .map(|(pod, hash, messages)| (*pod, entry(hash, *messages).to_string()))
+            .collect();
+        report_of_texts(name, &texts)
     }
 
     #[test]
@@ -219,11 +231,12 @@ mod tests {
         );
         // A drift being put back, and its end, at once; queue figures beside it, paced.
         let drifting = |since: Option<i64>, messages: u64| {
-            let mut report = report(&name, &[("p1", "h2", messages), ("p2", "h2", 4)]);
-            let entry = json!({"hash": "h2", "queue": {"messages": messages, "byQueue": {}, "oldestAgeSeconds": 60},
-                               "drift": {"count": 1, "what": "mode file", "since": since}});
-            report.reports[0].1 = entry.to_string();
-            report
+            let mut p1 = entry("h2", messages);
+            p1["drift"] = json!({"count": 1, "what": "mode file", "since": since});
+            report_of_texts(
+                &name,
+                &[("p1", p1.to_string()), ("p2", entry("h2", 4).to_string())],
+            )
         };
         assert_eq!(acks.pace(&drifting(Some(1), 3), true), Pace::Now);
         assert_eq!(acks.pace(&drifting(Some(1), 5), true), Pace::Paced);
@@ -236,6 +249,25 @@ mod tests {
         let document = report("mta-a-document", &[]);
         assert_eq!(acks.pace(&document, true), Pace::Now);
         assert_eq!(acks.pace(&document, true), Pace::Now);
+    }
+
+    #[test]
+    fn an_unreadable_entry_is_acknowledged_by_its_text() {
+        let mut acks = Acknowledgements::default();
+        let name = format!("mta-a{REPORT_SUFFIX}");
+        let with = |p2: &str| {
+            report_of_texts(
+                &name,
+                &[("p1", entry("h1", 1).to_string()), ("p2", p2.to_string())],
+            )
+        };
+        assert_eq!(acks.pace(&with("not json"), true), Pace::Now);
+        assert_eq!(acks.pace(&with("not json"), true), Pace::Paced, "unchanged");
+        assert_eq!(acks.pace(&with("{}"), true), Pace::Now, "another text");
+        let readable = entry("h1", 5).to_string();
+        assert_eq!(acks.pace(&with(&readable), true), Pace::Now, "readable now");
+        let queue_only = entry("h1", 9).to_string();
+        assert_eq!(acks.pace(&with(&queue_only), true), Pace::Paced);
     }
 
     #[test]
