@@ -215,10 +215,13 @@ pub async fn lease_holder(client: &Client, namespace: &str, name: &str) -> Optio
 }
 
 /// The host's pid of a process of the pod's containers, found by the pod name the kubelet
-/// mounts as every container's /etc/hostname (an MTA may clear its environment) and a
-/// word its command line ends with.
+/// mounts as every container's /etc/hostname (an MTA may clear its environment), the
+/// pod's uid in the paths of the volumes the kubelet mounts into it (a StatefulSet's pod
+/// has the same name in every test's namespace, and one still terminating has processes),
+/// and a word its command line ends with.
 pub fn container_pid(pod: &Pod, command_word: &str) -> Option<u32> {
     let name = pod.name_any();
+    let uid = pod.uid()?;
     std::fs::read_dir("/proc").ok()?.find_map(|entry| {
         let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -226,7 +229,9 @@ pub fn container_pid(pod: &Pod, command_word: &str) -> Option<u32> {
         let matches = hostname.trim() == name
             && cmdline
                 .split(|b| *b == 0)
-                .any(|w| w.ends_with(command_word.as_bytes()));
+                .any(|w| w.ends_with(command_word.as_bytes()))
+            && std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+                .is_ok_and(|mounts| mounts.contains(&format!("/pods/{uid}/")));
         matches.then_some(pid)
     })
 }
