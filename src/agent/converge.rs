@@ -306,10 +306,16 @@ impl Loop {
                     if probe.is_some() {
                         probe_at = Instant::now() + self.timing.probe_every;
                     }
-                    verifying = Some(tokio::task::spawn_blocking(move || ReadBack {
-                        differences: mta.drift(&held),
-                        heard: probe.map(|probe| probe.ask()),
-                        held,
+                    verifying = Some(tokio::task::spawn_blocking(move || {
+                        // The probe asks first: a change made between the two is then
+                        // read in the files too, and the drift names its cause, not only
+                        // what senders heard.
+                        let heard = probe.map(|probe| probe.ask());
+                        ReadBack {
+                            differences: mta.drift(&held),
+                            heard,
+                            held,
+                        }
                     }));
                 }
                 _ = tokio::time::sleep_until(ready_until.unwrap_or(retry_at)), if ready_until.is_some_and(|until| until > Instant::now()) => {}
