@@ -38,20 +38,17 @@ pub fn at_low_priority<T: Send>(scan: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// Sends a reload's SIGHUP to the MTA's main process, named by its `pid_file`; its pid.
-/// Sent by the agent itself: an MTA image need not have a `kill` program (Debian's slim
-/// has none).
-pub fn hang_up(pid_file: &Path) -> Result<i32, AgentError> {
-    let pid = main_process(pid_file)?;
-    let number = pid.as_raw_nonzero().get();
+/// Sends a reload's SIGHUP to the MTA's main process `pid`, as its `pid_file` named it
+/// (see [`main_process`]). Sent by the agent itself: an MTA image need not have a `kill`
+/// program (Debian's slim has none).
+pub fn hang_up(pid: rustix::process::Pid, pid_file: &Path) -> Result<(), AgentError> {
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).map_err(|e| {
         AgentError::HangUp {
-            pid: number,
+            pid: pid.as_raw_nonzero().get(),
             pid_file: pid_file.to_path_buf(),
             source: e.into(),
         }
-    })?;
-    Ok(number)
+    })
 }
 
 /// The process a `pid_file` names.
@@ -70,16 +67,18 @@ pub fn main_process(pid_file: &Path) -> Result<rustix::process::Pid, AgentError>
         })
 }
 
-/// The children of process `parent` whose command name is `name`.
-pub fn children_named(parent: i32, name: &str) -> Vec<i32> {
-    let Ok(processes) = procfs::process::all_processes() else {
-        return Vec::new();
-    };
-    processes
-        .filter_map(|process| process.ok()?.stat().ok())
-        .filter(|stat| stat.ppid == parent && stat.comm == name)
-        .map(|stat| stat.pid)
-        .collect()
+/// The children of process `parent` whose command name is `name`; `None` where the
+/// processes cannot be listed.
+pub fn children_named(parent: rustix::process::Pid, name: &str) -> Option<Vec<i32>> {
+    let parent = parent.as_raw_nonzero().get();
+    let processes = procfs::process::all_processes().ok()?;
+    Some(
+        processes
+            .filter_map(|process| process.ok()?.stat().ok())
+            .filter(|stat| stat.ppid == parent && stat.comm == name)
+            .map(|stat| stat.pid)
+            .collect(),
+    )
 }
 
 /// Runs `command` to its end within [`COMMAND_DEADLINE`]; its standard output, or an
@@ -137,14 +136,17 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let pid_file = directory.path().join("main.pid");
         std::fs::write(&pid_file, format!("{:>10}\n", std::process::id())).unwrap();
-        let me = main_process(&pid_file).unwrap().as_raw_nonzero().get();
-        assert_eq!(u32::try_from(me).unwrap(), std::process::id());
+        let me = main_process(&pid_file).unwrap();
+        assert_eq!(
+            u32::try_from(me.as_raw_nonzero().get()).unwrap(),
+            std::process::id()
+        );
         let mut child = Command::new("sleep").arg("10").spawn().unwrap();
         let found = children_named(me, "sleep");
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(found, [i32::try_from(child.id()).unwrap()]);
-        assert_eq!(children_named(me, "qmgr"), [0; 0]);
+        assert_eq!(found, Some(vec![i32::try_from(child.id()).unwrap()]));
+        assert_eq!(children_named(me, "qmgr"), Some(vec![]));
         for pid in ["-1", "0", "x", ""] {
             std::fs::write(&pid_file, pid).unwrap();
             assert!(
@@ -163,7 +165,7 @@ mod tests {
     fn a_missing_pid_file_is_named_and_nothing_is_signalled() {
         let directory = tempfile::tempdir().unwrap();
         let pid_file = directory.path().join("master.pid");
-        let error = hang_up(&pid_file).unwrap_err();
+        let error = main_process(&pid_file).unwrap_err();
         assert_eq!(
             error.to_string(),
             format!(

@@ -49,7 +49,7 @@
 
 use super::{
     Difference, DriftKind, Mta,
-    command::{at_low_priority, hang_up, run_command},
+    command::{at_low_priority, hang_up, main_process, run_command},
     differs,
     error::AgentError,
     files,
@@ -331,7 +331,8 @@ impl Exim {
     /// SIGHUP to the daemon, once its new configuration has been checked.
     fn reload(&self) -> Result<(), AgentError> {
         run_command(self.exim().arg("-bV").stdout(Stdio::null()))?;
-        hang_up(&self.settings.exim_pid_file).map(drop)
+        let pid_file = &self.settings.exim_pid_file;
+        hang_up(main_process(pid_file)?, pid_file)
     }
 
     /// Where the agent notes the retry file the daemon last re-read (absent: none): a

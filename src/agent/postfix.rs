@@ -811,12 +811,12 @@ pub fn apply_edits(
     }
     wait_for_no_smtp_session(config_dir)?;
     let pid_file = queue_directory.join("pid/master.pid");
-    let before = children_named(
-        main_process(&pid_file)?.as_raw_nonzero().get(),
-        QUEUE_MANAGER,
-    );
-    let master = hang_up(&pid_file)?;
-    wait_for_new_queue_manager(master, &before);
+    let master = main_process(&pid_file)?;
+    let before = children_named(master, QUEUE_MANAGER);
+    hang_up(master, &pid_file)?;
+    if let Some(before) = before {
+        wait_for_new_queue_manager(master, &before);
+    }
     Ok(changes != Changes::default())
 }
 
@@ -831,14 +831,10 @@ const QUEUE_MANAGER_WAIT: Duration = Duration::from_secs(5);
 /// before that is served by the old queue manager under the old settings, which defers a
 /// domain just released again, to its next retry minutes later. Where the processes
 /// cannot be read, it returns at once.
-fn wait_for_new_queue_manager(master: i32, before: &[i32]) {
-    if procfs::process::all_processes().is_err() {
-        return;
-    }
+fn wait_for_new_queue_manager(master: rustix::process::Pid, before: &[i32]) {
     let deadline = Instant::now() + QUEUE_MANAGER_WAIT;
-    while !children_named(master, QUEUE_MANAGER)
-        .iter()
-        .any(|pid| !before.contains(pid))
+    while let Some(now) = children_named(master, QUEUE_MANAGER)
+        && !now.iter().any(|pid| !before.contains(pid))
     {
         if Instant::now() >= deadline {
             warn!(
