@@ -32,10 +32,10 @@ crds: build
 	cp crds/mailincidents.mailops.dev.yaml charts/mail-incident-operator/files/crds/
 
 fmt:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 
 clippy:
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 ## Unit tests: pure logic, API validation, CRD drift. No cluster.
 unit:

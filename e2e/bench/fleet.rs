@@ -53,20 +53,6 @@
 //! `BENCH_LOG_DIR=dir` keeps each size's operator log there (`operator-N.log`; the
 //! directory is made if missing).
 
-// The shared fakes; the benchmark needs only the agents (pods need not run).
-#[allow(dead_code)]
-#[path = "../tests/admission_webhook.rs"]
-mod admission_webhook;
-#[allow(dead_code)]
-#[path = "../tests/fakes.rs"]
-mod fakes;
-// The shared test world; the benchmark uses only part of it.
-mod control_plane;
-#[allow(dead_code)]
-#[path = "../tests/world.rs"]
-mod world;
-
-use control_plane::{ControlPlaneCpu, cpu_seconds_of, wait_control_plane_quiet};
 use futures::{StreamExt, stream};
 use k8s_openapi::{
     api::{
@@ -81,6 +67,10 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{WatchStreamExt, reflector, watcher},
 };
+use mail_incident_e2e_support::control_plane::{
+    ControlPlaneCpu, cpu_seconds_of, wait_control_plane_quiet,
+};
+use mail_incident_e2e_support::world::{Operator, TestNamespace, World};
 use mail_incident_operator::{
     api::{
         MailIncident,
@@ -97,7 +87,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 use tokio::{sync::watch, task::JoinHandle};
-use world::{Operator, TestNamespace, World};
 
 const CREATE_CONCURRENCY: usize = 32;
 /// Marks the ConfigMaps the floors patch, for the watch that stands for the bench's.
@@ -490,7 +479,8 @@ impl Agents {
                 .expect("the fake agents' runtime");
             runtime.block_on(async move {
                 let client = world.admin().await;
-                let _agents = fakes::FakeAgents::start(client, &namespace).await;
+                let _agents =
+                    mail_incident_e2e_support::fakes::FakeAgents::start(client, &namespace).await;
                 stopped.await.ok();
             });
             // Dropping the runtime ends the tasks the agents spawned for their watches.
@@ -543,7 +533,8 @@ async fn caches_filled(operator: &Operator) -> bool {
 /// The operator's reconciles so far and the seconds they took in all, from its /metrics;
 /// None if it does not say.
 async fn reconcile_metrics(operator: &Operator) -> Option<(f64, f64)> {
-    let (_, metrics) = world::http_get(&format!("{}/metrics", operator.http)).await?;
+    let (_, metrics) =
+        mail_incident_e2e_support::world::http_get(&format!("{}/metrics", operator.http)).await?;
     let value = |name: &str| -> Option<f64> {
         metrics
             .lines()

@@ -11,39 +11,13 @@
 //! senders who are not waiting for the new answer (a session caught by a Postfix reload
 //! stalls for a second).
 
-// The shared test world and MTA harness (with their tests, compiled out here); the
-// benchmark uses only part of them.
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/admission_webhook.rs"]
-mod admission_webhook;
-mod control_plane;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/exim.rs"]
-mod exim;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/fakes.rs"]
-mod fakes;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/mta.rs"]
-mod mta;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/operations.rs"]
-mod operations;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/postfix.rs"]
-mod postfix;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/support.rs"]
-mod support;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/world.rs"]
-mod world;
-
-use control_plane::{ControlPlaneCpu, wait_control_plane_quiet};
-use exim::EximInstance;
 use k8s_openapi::jiff::Timestamp;
-use mta::{AgentProcess, Smtp, mta_with_agent_rbac};
-use postfix::PostfixInstance;
+use mail_incident_e2e_support::control_plane::{ControlPlaneCpu, wait_control_plane_quiet};
+use mail_incident_e2e_support::exim::EximInstance;
+use mail_incident_e2e_support::mta::{AgentProcess, Smtp, mta_with_agent_rbac};
+use mail_incident_e2e_support::postfix::PostfixInstance;
+use mail_incident_e2e_support::support::apply_incident;
+use mail_incident_e2e_support::world::{Scene, http_get};
 use std::{
     ffi::OsString,
     sync::{
@@ -52,8 +26,6 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use support::apply_incident;
-use world::{Scene, http_get};
 
 /// Measured changes per MTA and transition (BENCH_LATENCY_ROUNDS).
 const DEFAULT_ROUNDS: usize = 20;

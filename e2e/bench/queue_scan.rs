@@ -16,36 +16,11 @@
 //! its part after `kubectl apply` returned, which is all a scan could delay), a scan
 //! shorter than the default report period (30 s), memory bounded.
 
-// The shared test world and MTA harness (with their tests, compiled out here); the
-// benchmark uses only part of them.
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/admission_webhook.rs"]
-mod admission_webhook;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/exim.rs"]
-mod exim;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/fakes.rs"]
-mod fakes;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/mta.rs"]
-mod mta;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/operations.rs"]
-mod operations;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/postfix.rs"]
-mod postfix;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/support.rs"]
-mod support;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/world.rs"]
-mod world;
-
-use exim::EximInstance;
-use mta::{AgentProcess, Smtp, mta_with_agent_rbac};
-use postfix::PostfixInstance;
+use mail_incident_e2e_support::exim::EximInstance;
+use mail_incident_e2e_support::mta::{AgentProcess, Smtp, mta_with_agent_rbac};
+use mail_incident_e2e_support::postfix::PostfixInstance;
+use mail_incident_e2e_support::support::apply_incident;
+use mail_incident_e2e_support::world::Scene;
 use std::{
     ffi::OsString,
     fs::OpenOptions,
@@ -60,8 +35,6 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use support::apply_incident;
-use world::Scene;
 
 const DEFAULT_MESSAGES: u64 = 1_000_000;
 /// The agent's default `--report-seconds`: a scan must end within it.

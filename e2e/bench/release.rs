@@ -18,40 +18,15 @@
 //! every held message once (a fork each), and at the e2e instances' 10 s that work is a
 //! core's worth on a small machine, which the table's header states.
 
-// The shared test world and MTA harness (with their tests, compiled out here); the
-// benchmark uses only part of them.
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/admission_webhook.rs"]
-mod admission_webhook;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/exim.rs"]
-mod exim;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/fakes.rs"]
-mod fakes;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/mta.rs"]
-mod mta;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/operations.rs"]
-mod operations;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/postfix.rs"]
-mod postfix;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/support.rs"]
-mod support;
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/world.rs"]
-mod world;
-
-use exim::EximInstance;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
+use mail_incident_e2e_support::exim::EximInstance;
+use mail_incident_e2e_support::mta::{AgentProcess, SmtpSession, mta_with_agent_rbac, run};
+use mail_incident_e2e_support::postfix::PostfixInstance;
+use mail_incident_e2e_support::support::{apply_incident, ready_because, summary, wait_for};
+use mail_incident_e2e_support::world::{Scene, http_get};
 use mail_incident_operator::api::mode_document::AgentReport;
-use mta::{AgentProcess, SmtpSession, mta_with_agent_rbac, run};
-use postfix::PostfixInstance;
 use std::{
     collections::HashSet,
     ffi::OsString,
@@ -64,8 +39,6 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use support::{apply_incident, ready_because, summary, wait_for};
-use world::{Scene, http_get};
 
 /// Messages held per MTA (BENCH_RELEASE_MESSAGES).
 const DEFAULT_MESSAGES: usize = 20_000;

@@ -7,13 +7,15 @@
 //! The `deploy/` installation is scaled to zero meanwhile (two operators would both
 //! write), and scaled back before the test ends, pass or fail.
 
-use crate::{
-    node::{Node, OPERATOR_NAMESPACE, lease_holder, operator_pods_ready, pause_target, pods_ready},
-    support::{apply_incident, apply_yaml, ready_because, wait_for_within},
-    world::{TestNamespace, World},
+use crate::node::{
+    Node, OPERATOR_NAMESPACE, lease_holder, operator_pods_ready, pause_target, pods_ready,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use mail_incident_e2e_support::{
+    support::{apply_incident, apply_yaml, ready_because, wait_for_within},
+    world::{TestNamespace, World},
+};
 use mail_incident_operator::api::MailIncident;
 use serde_json::json;
 use std::{process::Command, time::Duration};
@@ -113,11 +115,15 @@ async fn the_chart_rendered_by_helm_installs_an_operator_that_converges_and_its_
     // Both replicas Ready through the kubelet's probes, one of them leading.
     let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE);
     let replicas = pods_ready(&pods, &format!("app.kubernetes.io/instance={RELEASE}"), 2).await;
-    crate::support::eventually_within(CONVERGE, "one of the chart's pods leading", || async {
-        lease_holder(&client, RELEASE, FULLNAME)
-            .await
-            .filter(|holder| replicas.contains(holder))
-    })
+    mail_incident_e2e_support::support::eventually_within(
+        CONVERGE,
+        "one of the chart's pods leading",
+        || async {
+            lease_holder(&client, RELEASE, FULLNAME)
+                .await
+                .filter(|holder| replicas.contains(holder))
+        },
+    )
     .await;
 
     let ns = TestNamespace::new(world, "node-chart");
@@ -154,7 +160,7 @@ async fn the_chart_rendered_by_helm_installs_an_operator_that_converges_and_its_
             &format!("--user={who}"),
         ]);
     }
-    crate::support::eventually_within(
+    mail_incident_e2e_support::support::eventually_within(
         Duration::from_secs(30),
         "the edit role aggregating MailIncidents",
         || async { can(world, &editor, "create", "", &ns.name).then_some(()) },

@@ -13,14 +13,16 @@
 //! is killed, and its storage removed, when the test ends, pass or fail.
 
 use crate::{
-    mta::maildir_count,
     mtas::{PodMta, start_examples},
     node::{Node, OPERATOR_NAMESPACE, operator_pods_ready, pod_ip, set_mode},
-    support::{apply_incident, eventually_within, ready_because, wait_for_within},
-    world::{TestNamespace, http_get},
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use mail_incident_e2e_support::{
+    mta::maildir_count,
+    support::{apply_incident, eventually_within, ready_because, wait_for_within},
+    world::{TestNamespace, http_get},
+};
 use mail_incident_operator::api::MailIncident;
 use serde_json::{Value, json};
 use std::{

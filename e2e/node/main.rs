@@ -10,23 +10,9 @@
 //! all listen on fixed ports, which pods sharing the node's network could not. The tests
 //! reach pods at their pod IPs from the host; pods reach the API server through the
 //! bridge's gateway (`E2E_NODE_API_HOST`).
-
-// The shared e2e modules; these tests use only part of them.
-#[allow(dead_code)]
-#[path = "../tests/admission_webhook.rs"]
-mod admission_webhook;
-#[allow(dead_code)]
-#[path = "../tests/fakes.rs"]
-mod fakes;
-#[allow(dead_code)]
-#[path = "../tests/mta.rs"]
-mod mta;
-#[allow(dead_code)]
-#[path = "../tests/support.rs"]
-mod support;
-#[allow(dead_code)]
-#[path = "../tests/world.rs"]
-mod world;
+//!
+//! The harness they share with the e2e tests is the `mail-incident-e2e-support` crate
+//! (`e2e/support`).
 
 mod chart;
 mod dashboard;

@@ -6,16 +6,16 @@
 //! its store broken and delivers all of it after resolve, its configuration then back to
 //! its baseline.
 
-use crate::{
-    mta::{Smtp, SmtpSession, maildir_count},
-    node::{
-        Node, container_pid, count_files, pod_ip, pod_logs, pods_ready, set_mode, smtp_address,
-    },
-    support::{apply_incident, apply_yaml, eventually_within, ready_because, wait_for_within},
-    world::TestNamespace,
+use crate::node::{
+    Node, container_pid, count_files, pod_ip, pod_logs, pods_ready, set_mode, smtp_address,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
+use mail_incident_e2e_support::{
+    mta::{Smtp, SmtpSession, maildir_count},
+    support::{apply_incident, apply_yaml, eventually_within, ready_because, wait_for_within},
+    world::TestNamespace,
+};
 use mail_incident_operator::api::MailIncident;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -449,7 +449,9 @@ async fn kill_agent(client: &Client, namespace: &str, mta: &PodMta) -> i32 {
     let restarts = agent_restarts(&pod);
     let pid = container_pid(&pod, "/mail-incident-operator")
         .unwrap_or_else(|| panic!("{}: no agent process", mta.label));
-    crate::mta::run(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]));
+    mail_incident_e2e_support::mta::run(
+        std::process::Command::new("kill").args(["-KILL", &pid.to_string()]),
+    );
     restarts
 }
 
@@ -514,7 +516,7 @@ async fn an_agent_crash_looping_during_temp_fail_leaves_its_mta_refusing_softly(
         let down = std::time::Instant::now();
         while down.elapsed() < AGENT_DOWN {
             if let Some(pid) = container_pid(&pod, "/mail-incident-operator") {
-                crate::mta::run(
+                mail_incident_e2e_support::mta::run(
                     std::process::Command::new("kill").args(["-KILL", &pid.to_string()]),
                 );
                 kills += 1;

@@ -2,9 +2,9 @@
 //! `deploy/` through the `e2e/real-node` overlay, and what the host can see of pods (their
 //! IPs, their containers' processes and logs, their hostPath volumes).
 
-use crate::world::World;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{Api, Client, ResourceExt, api::ListParams};
+use mail_incident_e2e_support::world::World;
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,

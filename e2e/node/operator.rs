@@ -2,16 +2,16 @@
 //! one leading; a deleted leader pod hands over and changes still converge; both serve the
 //! admission webhook with the certificate they made.
 
-use crate::{
-    node::{Node, OPERATOR_NAMESPACE, leader, operator_pods_ready, pause_target, pod_ip},
-    support::{apply_incident, eventually_within, mode_document, served_certificate},
-    world::TestNamespace,
-};
+use crate::node::{Node, OPERATOR_NAMESPACE, leader, operator_pods_ready, pause_target, pod_ip};
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
     core::v1::{Pod, Secret},
 };
 use kube::{Api, ResourceExt};
+use mail_incident_e2e_support::{
+    support::{apply_incident, eventually_within, mode_document, served_certificate},
+    world::TestNamespace,
+};
 use mail_incident_operator::api::{MailIncident, Mode, admission::ADMISSION_ANNOTATION};
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ async fn two_replicas_run_from_the_image_one_leads_and_a_deleted_leader_hands_ov
     .await;
 
     let ns = TestNamespace::new(&node.world, "node-operator");
-    crate::support::apply_yaml(&node.world, &ns.name, &pause_target(1));
+    mail_incident_e2e_support::support::apply_yaml(&node.world, &ns.name, &pause_target(1));
     apply_incident(&node.world, &ns.name, "outage", &incident(Mode::TempFail));
     document_says(&client, &ns.name, Mode::TempFail).await;
 
@@ -132,7 +132,7 @@ async fn every_operator_pod_serves_the_webhook_with_the_certificate_it_made() {
 
     // Through the API server and the Service: refused without bounce, recorded with it.
     let ns = TestNamespace::new(&node.world, "node-bounce");
-    crate::support::apply_yaml(&node.world, &ns.name, &pause_target(1));
+    mail_incident_e2e_support::support::apply_yaml(&node.world, &ns.name, &pause_target(1));
     for (binding, role, subject) in [
         ("oncall-edit", "edit", "--group=mail-oncall"),
         ("lead-edit", "edit", "--user=lead"),
@@ -152,7 +152,7 @@ async fn every_operator_pod_serves_the_webhook_with_the_certificate_it_made() {
             subject,
         ]);
     }
-    let purge = crate::support::incident_yaml(
+    let purge = mail_incident_e2e_support::support::incident_yaml(
         "purge",
         &format!(
             "{}\nhardReject: {{acknowledgeBounces: true}}",

@@ -6,13 +6,15 @@
 use crate::{
     mtas::{apply_values, example, volume_for},
     node::{Node, OPERATOR_NAMESPACE, leader, operator_pods_ready, pods_ready, set_mode},
+};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::Api;
+use mail_incident_e2e_support::{
     support::{
         apply_incident, condition, eventually_within, mode_document, observed, wait_for_within,
     },
     world::TestNamespace,
 };
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
-use kube::Api;
 use mail_incident_operator::api::{MailIncident, Mode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -85,7 +87,7 @@ async fn restart_delivery_rolls_out_and_the_mail_queued_before_it_is_delivered_a
     // Storage breaks before anyone declares an incident: mail piles up in the queue.
     set_mode(&store, 0o000);
     for n in 0..QUEUED {
-        let smtp = crate::mta::Smtp {
+        let smtp = mail_incident_e2e_support::mta::Smtp {
             address: crate::node::smtp_address(ip),
             recipient: "user@e2e.test",
         };
@@ -168,7 +170,7 @@ async fn restart_delivery_rolls_out_and_the_mail_queued_before_it_is_delivered_a
         "the queue survived both rollouts"
     );
     let pid = crate::node::container_pid(&normal_pod, "/master").expect("the Postfix master");
-    crate::mta::run(std::process::Command::new("nsenter").args([
+    mail_incident_e2e_support::mta::run(std::process::Command::new("nsenter").args([
         "--target",
         &pid.to_string(),
         "--mount",
@@ -178,7 +180,7 @@ async fn restart_delivery_rolls_out_and_the_mail_queued_before_it_is_delivered_a
     ]));
     let maildir = store.join("user");
     eventually_within(ROLLOUT, "every queued message delivered", || async {
-        (crate::mta::maildir_count(&maildir) == QUEUED).then_some(())
+        (mail_incident_e2e_support::mta::maildir_count(&maildir) == QUEUED).then_some(())
     })
     .await;
 }

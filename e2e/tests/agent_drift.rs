@@ -6,7 +6,9 @@
 //! senders hear, and sends nothing. And a dead agent leaves Postfix refusing softly,
 //! never accepting.
 
-use crate::{
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use mail_incident_e2e_support::{
     exim::EximInstance,
     fakes::FakeKubelet,
     mta::{AgentProcess, Smtp, admitted_character_texts, mta_with_agent_rbac, run},
@@ -14,8 +16,6 @@ use crate::{
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
     world::{Scene, http_get, rand_suffix},
 };
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
 use mail_incident_operator::api::mode_document::{AgentReport, DriftReport};
 use std::{
     collections::BTreeMap,

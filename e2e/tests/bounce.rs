@@ -6,14 +6,14 @@
 //! goes through, and a HardReject reaches no MTA, whoever wrote it, even with a record
 //! copied from another incident, and is not applied once the webhook is back.
 
-use crate::{
+use crate::plugin::{plugin_as, plugin_ok};
+use kube::{Api, ResourceExt};
+use mail_incident_e2e_support::{
     fakes::{FakeAgents, FakeKubelet},
-    plugin::{plugin_as, plugin_ok},
     postfix::PostfixWithAgent,
     support::{Mta, condition, mode_document, observed, ready_because, wait_for},
     world::{Operator, PrivateControlPlane, Scene, TestNamespace, World, free_port},
 };
-use kube::{Api, ResourceExt};
 use mail_incident_operator::api::{MailIncident, admission::ADMISSION_ANNOTATION};
 use std::{process::Output, time::Duration};
 
@@ -90,7 +90,7 @@ fn refused(output: Output) -> String {
 
 /// Applies `name` in `namespace` as `user`.
 fn apply_as(world: &World, user: &str, namespace: &str, name: &str, spec: &str) -> Output {
-    let yaml = crate::support::incident_yaml(name, spec);
+    let yaml = mail_incident_e2e_support::support::incident_yaml(name, spec);
     kubectl_as(
         world,
         user,
@@ -374,7 +374,7 @@ async fn while_the_webhook_is_down_oncall_still_acts_and_no_hard_reject_reaches_
         world,
         "e2e",
         &["apply", "-n", n, "-f", "-"],
-        Some(&crate::support::incident_yaml(
+        Some(&mail_incident_e2e_support::support::incident_yaml(
             "unapproved",
             &format!("{HARD_REJECT}\nreason: INC-92\ntargets: {{matchLabels: {{app: core}}}}"),
         )),

@@ -18,7 +18,14 @@
 //! `E2E_CHAOS_KILLS` raises the number of kills, `E2E_CHAOS_SEED` replays their delays,
 //! `E2E_CHAOS_MAX_DELAY_MS` bounds them (default 1500).
 
-use crate::{
+use futures::{StreamExt, stream};
+use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::ConfigMap};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::watcher,
+};
+use mail_incident_e2e_support::{
     fakes::{FakeAgents, FakeKubelet},
     support::{
         Mta, apply_incident, condition, observed, ready_because, summary, wait_for, wait_for_within,
@@ -26,13 +33,6 @@ use crate::{
     world::{
         OPERATOR_NAMESPACE, Operator, PrivateControlPlane, Scene, TestNamespace, World, lease_name,
     },
-};
-use futures::{StreamExt, stream};
-use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::ConfigMap};
-use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
-    runtime::watcher,
 };
 use mail_incident_operator::{
     api::{

@@ -15,16 +15,16 @@
 //!
 //! Each test prints what it counted and timed (run with `--nocapture` to see it).
 
-use crate::{
+use crate::fault_proxy::FaultProxy;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{Api, api::DeleteParams};
+use mail_incident_e2e_support::{
     exim::EximInstance,
-    fault_proxy::FaultProxy,
     mta::{AgentProcess, Smtp, maildir_count, mta_with_agent_rbac, run},
     postfix::PostfixInstance,
     support::{apply_incident, eventually_within, mode_document, ready_because, summary, wait_for},
     world::{Scene, http_get},
 };
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{Api, api::DeleteParams};
 use std::{
     ffi::OsString,
     process::Command,
@@ -460,7 +460,7 @@ async fn end_incidents_in_a_loop(
 }
 
 /// A scene with the example MTA workload, the agent's RBAC and a kubelet stand-in.
-async fn mta_scene(prefix: &str) -> (Scene, crate::fakes::FakeKubelet, String) {
+async fn mta_scene(prefix: &str) -> (Scene, mail_incident_e2e_support::fakes::FakeKubelet, String) {
     let scene = Scene::start(prefix).await;
     let (kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
     (scene, kubelet, pod)

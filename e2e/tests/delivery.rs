@@ -2,18 +2,18 @@
 //! documents acknowledged by agents) and by restart (env vars and a real rollout), with
 //! precedence, every way of ending an incident, and the refusals that protect mail.
 
-use crate::{
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use mail_incident_e2e_support::{
     fakes::{FakeAgents, FakeKubelet},
     support::{
         Mta, Queue, apply_incident, condition, eventually, eventually_within, mode_document,
         observed, ready_because, status, summary, wait_for,
     },
     world::{Operator, Scene, TestNamespace, World},
-};
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
-use kube::{
-    Api, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use mail_incident_operator::api::{
     EffectiveMode, MailIncident, Mode,

@@ -2,19 +2,19 @@
 //! an SRE needs, bad input is refused or stalled with the field named, and the status
 //! follows the workloads an incident selects.
 
-use crate::{
-    support::{
-        Mta, apply_incident, apply_yaml, condition, incident_yaml, mode_document, observed, status,
-        summary, wait_for,
-    },
-    world::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Scene, TestNamespace, World, http_get},
-};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
+};
+use mail_incident_e2e_support::{
+    support::{
+        Mta, apply_incident, apply_yaml, condition, incident_yaml, mode_document, observed, status,
+        summary, wait_for,
+    },
+    world::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Scene, TestNamespace, World, http_get},
 };
 use mail_incident_operator::api::{EffectiveMode, MailIncident};
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! Any other MTA (`agent --mta generic`): the agent writes the state to a file and runs
 //! the site's hook, which here keeps a log of what it was told.
 
-use crate::{
+use mail_incident_e2e_support::{
     mta::{AgentProcess, mta_with_agent_rbac},
     support::{apply_incident, eventually, ready_because, summary, wait_for},
     world::Scene,

@@ -3,18 +3,18 @@
 //! `e2e/argocd/sandbox.lua` (Argo CD's libraries only), and kstatus, which Flux's health
 //! checks use.
 
-use crate::{
-    fakes::{FakeAgents, FakeKubelet},
-    support::{
-        Mta, Queue, WAIT, apply_incident, condition, observed, ready_because, status, wait_for,
-    },
-    world::{Scene, World},
-};
 use futures::StreamExt;
 use kube::{
     Api,
     api::{ApiResource, DynamicObject},
     runtime::{WatchStreamExt, watcher},
+};
+use mail_incident_e2e_support::{
+    fakes::{FakeAgents, FakeKubelet},
+    support::{
+        Mta, Queue, WAIT, apply_incident, condition, observed, ready_because, status, wait_for,
+    },
+    world::{Scene, World},
 };
 use mail_incident_operator::api::MailIncident;
 use serde_json::{Map, Value, json};

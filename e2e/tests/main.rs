@@ -1,18 +1,17 @@
-//! End-to-end tests against a real Kubernetes API server. Run with `make e2e`.
+//! End-to-end tests against a real Kubernetes API server. Run with `make e2e`. The harness
+//! they share with the real-node tests and the benches is the `mail-incident-e2e-support`
+//! crate (`e2e/support`).
 
-mod admission_webhook;
 mod agent_drift;
 mod bounce;
 mod chaos;
 mod convergence;
 mod delivery;
 mod exim;
-mod fakes;
 mod fault_proxy;
 mod foundation;
 mod generic;
 mod gitops;
-mod mta;
 mod operations;
 mod ownership;
 mod plugin;
@@ -20,7 +19,6 @@ mod plugin_look;
 mod plugin_writes;
 mod postfix;
 mod schedule;
-mod support;
+mod stories;
 mod terminal;
 mod webhook_tls;
-mod world;

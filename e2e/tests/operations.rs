@@ -1,13 +1,13 @@
 //! Operating the operator: its metrics pass promtool, and two replicas share the work
 //! safely through a Lease, only the leader writing.
 
-use crate::{
+use k8s_openapi::api::{coordination::v1::Lease, events::v1::Event as KubeEvent};
+use kube::Api;
+use mail_incident_e2e_support::{
     fakes::{FakeAgents, FakeKubelet},
     support::{apply_incident, eventually, observed, ready_because, summary, wait_for},
     world::{OPERATOR_NAMESPACE, Operator, Scene, TestNamespace, World, http_get, lease_name},
 };
-use k8s_openapi::api::{coordination::v1::Lease, events::v1::Event as KubeEvent};
-use kube::Api;
 use mail_incident_operator::api::MailIncident;
 use serde_json::json;
 use std::{
@@ -15,7 +15,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use crate::support::Mta;
+use mail_incident_e2e_support::support::Mta;
 
 /// Fails unless `promtool check metrics` finds nothing to say about `body`.
 pub fn promtool_check(body: &str) {

@@ -3,7 +3,9 @@
 //! naming who changed them; an invalid edit never outlives the incident's end; events
 //! tell the current story.
 
-use crate::{
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap, events::v1::Event};
+use kube::{Api, Client, ResourceExt, api::ListParams};
+use mail_incident_e2e_support::{
     fakes::{FakeAgents, FakeKubelet},
     support::{
         Mta, apply_incident, condition, eventually, eventually_within, ready_because, status,
@@ -11,8 +13,6 @@ use crate::{
     },
     world::{Scene, rand_suffix},
 };
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap, events::v1::Event};
-use kube::{Api, Client, ResourceExt, api::ListParams};
 use mail_incident_operator::api::{
     EffectiveMode, MailIncident,
     mode_document::{
@@ -226,7 +226,7 @@ async fn hand_edits_of_what_the_operator_writes_are_put_back_and_named() {
         );
         wait_for(incidents, "outage", &format!("applied in {mode}"), |i| {
             ready_because("Applied")(i)
-                && crate::support::summary(i) == Some("2/2")
+                && mail_incident_e2e_support::support::summary(i) == Some("2/2")
                 && status(i)
                     .effective_mode
                     .map(|m| format!("{m:?}"))
@@ -345,13 +345,14 @@ async fn hand_edits_of_what_the_operator_writes_are_put_back_and_named() {
     }
     eprintln!("worst time to put back, over one round per mode (seed {seed}): {worst:?}");
     wait_for(incidents, "outage", "applied after the edits", |i| {
-        ready_because("Applied")(i) && crate::support::summary(i) == Some("2/2")
+        ready_because("Applied")(i) && mail_incident_e2e_support::support::summary(i) == Some("2/2")
     })
     .await;
-    let metrics = crate::world::http_get(&format!("{}/metrics", mx.scene.operator.http))
-        .await
-        .expect("metrics")
-        .1;
+    let metrics =
+        mail_incident_e2e_support::world::http_get(&format!("{}/metrics", mx.scene.operator.http))
+            .await
+            .expect("metrics")
+            .1;
     assert!(
         metrics.contains("mail_incident_restored_objects_total{object=\"ModeDocument\"}"),
         "{metrics}"
@@ -447,7 +448,7 @@ async fn hand_edits_of_what_the_operator_writes_are_put_back_and_named() {
                      "annotations": {"mailops.dev/workload": "Deployment/mx"}},
         "data": {MODE_DOCUMENT_KEY: "{\"mode\": \"HardReject\"}"},
     });
-    crate::support::apply_yaml(world, &ns.name, &forged.to_string());
+    mail_incident_e2e_support::support::apply_yaml(world, &ns.name, &forged.to_string());
     let planted = Instant::now();
     eventually_within(RESTORE_BOUND, "the forged document removed", || async {
         config_maps
@@ -496,7 +497,7 @@ async fn an_invalid_edit_does_not_keep_targets_past_the_incidents_end() {
     })
     .await;
     assert!(
-        crate::support::mode_document(client, &ns.name, "Deployment", "mx")
+        mail_incident_e2e_support::support::mode_document(client, &ns.name, "Deployment", "mx")
             .await
             .is_some(),
         "the last valid mode stays until the end"
@@ -506,7 +507,7 @@ async fn an_invalid_edit_does_not_keep_targets_past_the_incidents_end() {
     })
     .await;
     let document_gone = eventually("the mode document removed", || async {
-        crate::support::mode_document(client, &ns.name, "Deployment", "mx")
+        mail_incident_e2e_support::support::mode_document(client, &ns.name, "Deployment", "mx")
             .await
             .is_none()
             .then(k8s_openapi::jiff::Timestamp::now)
@@ -619,16 +620,16 @@ async fn events_tell_each_transition_with_its_own_message_within_the_api_limit()
 #[tokio::test]
 async fn a_deleted_crd_makes_the_operator_unready_saying_why_until_it_is_back() {
     // Declared first, dropped last: everything else goes before its control plane.
-    let plane = crate::world::PrivateControlPlane::start(43443).await;
+    let plane = mail_incident_e2e_support::world::PrivateControlPlane::start(43443).await;
     let world = &plane.world;
-    let ns = crate::world::TestNamespace::new(world, "crd-gone");
-    let operator = crate::world::Operator::start(world, &ns.name).await;
+    let ns = mail_incident_e2e_support::world::TestNamespace::new(world, "crd-gone");
+    let operator = mail_incident_e2e_support::world::Operator::start(world, &ns.name).await;
     let readyz = format!("{}/readyz", operator.http);
     let crd = "mailincidents.mailops.dev";
     world.kubectl_ok(&["delete", "crd", crd]);
     let unready = Instant::now();
     eventually_within(Duration::from_secs(40), "/readyz 503", || async {
-        let (code, _) = crate::world::http_get(&readyz).await?;
+        let (code, _) = mail_incident_e2e_support::world::http_get(&readyz).await?;
         (code == 503).then_some(())
     })
     .await;
@@ -654,7 +655,7 @@ async fn a_deleted_crd_makes_the_operator_unready_saying_why_until_it_is_back() 
         ),
     ]);
     eventually_within(Duration::from_secs(40), "/readyz 200 again", || async {
-        let (code, _) = crate::world::http_get(&readyz).await?;
+        let (code, _) = mail_incident_e2e_support::world::http_get(&readyz).await?;
         (code == 200).then_some(())
     })
     .await;
@@ -710,7 +711,7 @@ async fn an_agent_reporting_drift_holds_its_target_back_and_is_announced_once() 
     wait_for(incidents, "outage", "applied", ready_because("Applied")).await;
     report(json!({"hash": hash, "drift": {"count": 1, "what": what, "since": 1_700_000_000}}));
     let held = wait_for(incidents, "outage", "held back by the drift", |i| {
-        crate::support::summary(i) == Some("0/1")
+        mail_incident_e2e_support::support::summary(i) == Some("0/1")
     })
     .await;
     assert_eq!(condition(&held, "Ready").map(|c| c.0), Some("False"));

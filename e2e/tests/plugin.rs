@@ -1,7 +1,7 @@
 //! `kubectl mail-incident` run as a user runs it: the binary, with the world's
 //! kubeconfig (or another user's), its output as printed when piped.
 
-use crate::{
+use mail_incident_e2e_support::{
     support::{apply_incident, wait_for},
     world::{Scene, World},
 };

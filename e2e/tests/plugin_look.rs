@@ -9,15 +9,17 @@
 //! the API.
 
 use crate::{
-    fakes::{FakeAgents, FakeKubelet},
-    mta::{maildir_count, run},
     plugin::{PLUGIN, plugin_as, plugin_ok},
-    postfix::PostfixWithAgent,
-    support::{Mta, Queue, apply_incident, ready_because, summary, wait_for},
     terminal::Tmux,
-    world::Scene,
 };
 use k8s_openapi::jiff::Timestamp;
+use mail_incident_e2e_support::{
+    fakes::{FakeAgents, FakeKubelet},
+    mta::{maildir_count, run},
+    postfix::PostfixWithAgent,
+    support::{Mta, Queue, apply_incident, ready_because, summary, wait_for},
+    world::Scene,
+};
 use serde_json::json;
 use std::{
     path::Path,

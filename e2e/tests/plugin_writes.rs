@@ -3,15 +3,17 @@
 //! agent answering on the wire.
 
 use crate::{
-    fakes::{FakeAgents, FakeKubelet},
-    mta::{maildir_count, run},
     plugin::{PLUGIN, plugin_as, plugin_ok},
-    postfix::PostfixWithAgent,
-    support::{Mta, condition, observed, ready_because, summary, wait_for},
     terminal::Tmux,
-    world::{Scene, World, service_account_kubeconfig},
 };
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use mail_incident_e2e_support::{
+    fakes::{FakeAgents, FakeKubelet},
+    mta::{maildir_count, run},
+    postfix::PostfixWithAgent,
+    support::{Mta, condition, observed, ready_because, summary, wait_for},
+    world::{Scene, World, service_account_kubeconfig},
+};
 use mail_incident_operator::api::Mode;
 use std::{process::Command, time::Duration};
 

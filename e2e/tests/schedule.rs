@@ -3,15 +3,15 @@
 //! for it), and a start that fell while no replica led is applied by the next leader at
 //! once.
 
-use crate::{
+use k8s_openapi::{api::core::v1::ConfigMap, jiff::Timestamp};
+use kube::{Api, api::ListParams};
+use mail_incident_e2e_support::{
     fakes::{FakeAgents, FakeKubelet},
     mta::SmtpSession,
     postfix::PostfixWithAgent,
     support::{Mta, apply_incident, ready_because, status, wait_for},
     world::{Operator, Scene},
 };
-use k8s_openapi::{api::core::v1::ConfigMap, jiff::Timestamp};
-use kube::{Api, api::ListParams};
 use mail_incident_operator::api::{
     EffectiveMode,
     mode_document::{ROLE_DOCUMENT, ROLE_LABEL},

@@ -2,7 +2,8 @@
 //! into it and its screen read back with `capture-pane`. Its shell finds the plugin and
 //! its completion shim on the PATH. Killed when dropped, so no tmux process outlives a test.
 
-use crate::{mta::run, plugin::PLUGIN};
+use crate::plugin::PLUGIN;
+use mail_incident_e2e_support::mta::run;
 use std::{
     path::{Path, PathBuf},
     process::Command,

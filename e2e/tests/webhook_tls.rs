@@ -4,10 +4,6 @@
 //! matches only the test's labelled ConfigMaps. Each call adds a marker annotation, so a
 //! created ConfigMap shows the webhook was called.
 
-use crate::{
-    support::{eventually_within, served_certificate},
-    world::{TestNamespace, World, free_port, rand_suffix},
-};
 use axum::{
     Router,
     body::Bytes,
@@ -26,6 +22,10 @@ use k8s_openapi::{
 use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},
+};
+use mail_incident_e2e_support::{
+    support::{eventually_within, served_certificate},
+    world::{TestNamespace, World, free_port, rand_suffix},
 };
 use mail_incident_operator::webhook::{
     self, CA_BUNDLE, CA_CRT, CA_KEY, CertificateSettings, CertificateSource, TLS_CRT, TLS_KEY,

@@ -23,7 +23,8 @@ use std::{
 
 pub const OPERATOR_NAMESPACE: &str = "mail-incident-operator";
 pub const OPERATOR_ACCOUNT: &str = "mail-incident-operator";
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// The repository's root (this crate is its `e2e/support`).
+pub const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 #[derive(Clone)]
 pub struct World {
@@ -34,6 +35,18 @@ pub struct World {
 }
 
 static WORLD: OnceLock<World> = OnceLock::new();
+
+/// The operator's binary, also the agent's. Cargo builds it for every test and bench of
+/// the package beside them: the running `target/<profile>/deps/<test>` finds it in
+/// `target/<profile>`.
+pub fn operator_binary() -> PathBuf {
+    let running = std::env::current_exe().expect("the running test's path");
+    running
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps")
+        .join("mail-incident-operator")
+}
 
 impl World {
     /// The shared world; the first call installs `deploy/`. Panics, saying how to provide
@@ -242,7 +255,7 @@ impl Operator {
         let identity = identity.map_or_else(|| format!("operator-{port}"), str::to_string);
         let log = std::fs::File::create(dir.path().join("operator.log")).expect("log file");
         // Replicas for one namespace share its Lease; a short lease keeps failover quick.
-        let child = Command::new(env!("CARGO_BIN_EXE_mail-incident-operator"))
+        let child = Command::new(operator_binary())
             .args(["run", "--namespace", namespace, "--lease-seconds", "4"])
             .args([
                 "--lease-name",
