@@ -174,22 +174,17 @@ async fn a_mail_incident_switches_a_real_exim_and_its_held_mail_is_all_delivered
 /// controller and the agent: see [`scoped_incidents_answer_each_recipient_by_its_domain`].
 #[tokio::test]
 async fn scoped_incidents_answer_each_recipient_by_its_domain_on_a_real_exim() {
-    let scene = Scene::start("scope-ex-answers").await;
-    let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
-    let exim = EximInstance::start(&format!("scope-answers-{}", scene.ns.name));
-    let _agent = AgentProcess::start(scene.world, &scene.ns.name, &pod, &exim.agent_args()).await;
-    scoped_incidents_answer_each_recipient_by_its_domain(&scene, &exim).await;
+    scoped_incidents_answer_each_recipient_by_its_domain("scope-ex-answers", EximInstance::start)
+        .await;
 }
 
 /// A scoped AcceptAndQueue holds only its domains' mail, on a real Exim: see
 /// [`a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message`].
 #[tokio::test]
 async fn scoped_hold_delivers_other_domains_and_releases_domain_by_domain_on_a_real_exim() {
-    let scene = Scene::start("scope-ex-hold").await;
-    let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
-    let exim = EximInstance::start(&format!("scope-hold-{}", scene.ns.name));
-    let agent = AgentProcess::start(scene.world, &scene.ns.name, &pod, &exim.agent_args()).await;
-    a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message(&scene, &exim, &pod).await;
-    let log = agent.log();
-    assert!(log.contains("state=Releasing"), "{log}");
+    a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message(
+        "scope-ex-hold",
+        EximInstance::start,
+    )
+    .await;
 }

@@ -456,24 +456,20 @@ async fn mail_held_through_a_storage_outage_is_all_delivered_when_the_incident_e
 /// controller and the agent: see [`scoped_incidents_answer_each_recipient_by_its_domain`].
 #[tokio::test]
 async fn scoped_incidents_answer_each_recipient_by_its_domain_on_a_real_postfix() {
-    let scene = Scene::start("scope-pf-answers").await;
-    let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
-    let postfix = PostfixInstance::start(&format!("scope-answers-{}", scene.ns.name));
-    let _agent =
-        AgentProcess::start(scene.world, &scene.ns.name, &pod, &postfix.agent_args()).await;
-    scoped_incidents_answer_each_recipient_by_its_domain(&scene, &postfix).await;
+    scoped_incidents_answer_each_recipient_by_its_domain(
+        "scope-pf-answers",
+        PostfixInstance::start,
+    )
+    .await;
 }
 
 /// A scoped AcceptAndQueue holds only its domains' mail, on a real Postfix: see
 /// [`a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message`].
 #[tokio::test]
 async fn scoped_hold_delivers_other_domains_and_releases_domain_by_domain_on_a_real_postfix() {
-    let scene = Scene::start("scope-pf-hold").await;
-    let (_kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
-    let postfix = PostfixInstance::start(&format!("scope-hold-{}", scene.ns.name));
-    let agent = AgentProcess::start(scene.world, &scene.ns.name, &pod, &postfix.agent_args()).await;
-    a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message(&scene, &postfix, &pod)
-        .await;
-    let log = agent.log();
-    assert!(log.contains("state=Releasing"), "{log}");
+    a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message(
+        "scope-pf-hold",
+        PostfixInstance::start,
+    )
+    .await;
 }

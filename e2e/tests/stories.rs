@@ -1,16 +1,46 @@
 //! The stories every real MTA goes through, told once over [`ScopedMta`]: scoped
 //! incidents answering each recipient by its domain, and a scoped hold releasing domain by
-//! domain. `postfix.rs` and `exim.rs` run them on their MTA.
+//! domain. `postfix.rs` and `exim.rs` run them on their MTA, each in a scene of its own
+//! with the MTA's agent.
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use mail_incident_e2e_support::{
-    mta::{ScopedMta, run, session, transcript},
+    fakes::FakeKubelet,
+    mta::{AgentProcess, ScopedMta, mta_with_agent_rbac, run, session, transcript},
     support::{apply_incident, eventually, eventually_within, ready_because, summary, wait_for},
     world::Scene,
 };
 use mail_incident_operator::api::mode_document::AgentReport;
 use std::{process::Command, time::Duration};
+
+/// A real MTA and its agent, in a scene of its own with the example workload: what each
+/// story starts from. Stopped when dropped, the agent first.
+struct MtaWithAgent<M> {
+    agent: AgentProcess,
+    mta: M,
+    pod: String,
+    _kubelet: FakeKubelet,
+    scene: Scene,
+}
+
+impl<M: ScopedMta> MtaWithAgent<M> {
+    /// A scene named after `prefix`, and an MTA from `start` named after `story` and the
+    /// scene's namespace.
+    async fn start(prefix: &str, story: &str, start: impl FnOnce(&str) -> M) -> Self {
+        let scene = Scene::start(prefix).await;
+        let (kubelet, pod) = mta_with_agent_rbac(scene.world, &scene.client, &scene.ns.name).await;
+        let mta = start(&format!("{story}-{}", scene.ns.name));
+        let agent = AgentProcess::start(scene.world, &scene.ns.name, &pod, &mta.agent_args()).await;
+        Self {
+            agent,
+            mta,
+            pod,
+            _kubelet: kubelet,
+            scene,
+        }
+    }
+}
 
 const TARGETS: &str = "targets: {matchLabels: {app.kubernetes.io/component: mta}}";
 
@@ -86,10 +116,12 @@ fn answers(mta: &dyn ScopedMta, label: &str, expected: &[(&str, &str)]) {
 /// outside it the MTA's normal answer, in TempFail and in HardReject; two overlapping
 /// scoped incidents give each domain the most severe mode covering it and are resolved
 /// domain by domain; the configuration ends as it began.
-pub async fn scoped_incidents_answer_each_recipient_by_its_domain(
-    scene: &Scene,
-    mta: &dyn ScopedMta,
+pub async fn scoped_incidents_answer_each_recipient_by_its_domain<M: ScopedMta>(
+    prefix: &str,
+    start: impl FnOnce(&str) -> M,
 ) {
+    let running = MtaWithAgent::start(prefix, "scope-answers", start).await;
+    let (scene, mta) = (&running.scene, &running.mta);
     let base = mta.domain();
     let pec = format!("pec.{base}");
     let storage = format!("storage.{base}");
@@ -179,13 +211,15 @@ fn send(mta: &dyn ScopedMta, recipients: &[String], subject: &str, print: bool) 
 /// is held, every other domain's delivered at once, a message to both kinds delivered to
 /// the one and held for the other; the agent reports the held mail only. Resolving one
 /// incident delivers its domain's mail at once while the other's stays held; resolving
-/// the other delivers the rest: count in = count delivered, nothing bounced, and the
-/// configuration back to its baseline.
-pub async fn a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message(
-    scene: &Scene,
-    mta: &dyn ScopedMta,
-    pod: &str,
+/// the other delivers the rest: count in = count delivered, nothing bounced, the agent
+/// released the mail (its log says `Releasing`), and the configuration back to its
+/// baseline.
+pub async fn a_scoped_hold_holds_only_its_domains_and_delivers_every_held_message<M: ScopedMta>(
+    prefix: &str,
+    start: impl FnOnce(&str) -> M,
 ) {
+    let running = MtaWithAgent::start(prefix, "scope-hold", start).await;
+    let (scene, mta, pod) = (&running.scene, &running.mta, running.pod.as_str());
     let base = mta.domain();
     let pec = format!("pec.{base}");
     let storage = format!("storage.{base}");
@@ -289,4 +323,6 @@ pub async fn a_scoped_hold_holds_only_its_domains_and_delivers_every_held_messag
         || async { (mta.configuration() == before).then_some(()) },
     )
     .await;
+    let log = running.agent.log();
+    assert!(log.contains("state=Releasing"), "{log}");
 }

@@ -132,6 +132,10 @@ impl ScopedMta for EximInstance {
             std::fs::read_to_string(self.root.join("exim.conf")).unwrap()
         )
     }
+
+    fn agent_args(&self) -> Vec<OsString> {
+        EximInstance::agent_args(self)
+    }
 }
 
 impl Drop for EximInstance {

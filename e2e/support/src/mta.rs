@@ -438,4 +438,6 @@ pub trait ScopedMta {
     fn configuration(&self) -> String;
     /// [`ScopedMta::configuration`] in normal service, as the site made it.
     fn baseline(&self) -> String;
+    /// The agent's command-line arguments for this MTA.
+    fn agent_args(&self) -> Vec<OsString>;
 }

@@ -144,6 +144,10 @@ impl ScopedMta for PostfixInstance {
     fn baseline(&self) -> String {
         PostfixInstance::configuration(self)
     }
+
+    fn agent_args(&self) -> Vec<OsString> {
+        PostfixInstance::agent_args(self)
+    }
 }
 
 impl Drop for PostfixInstance {
