@@ -53,7 +53,7 @@ fn target(index: usize) -> Target {
             kind: WorkloadKind::Deployment,
             name: format!("mta-{index:05}"),
         },
-        labels: BTreeMap::from([("app".to_string(), "mta".to_string())]),
+        labels: BTreeMap::from([("app".to_string(), "mta".to_string())]).into(),
         delivery: Delivery::Reload,
         mta: None,
         document_hash: None,

@@ -111,8 +111,14 @@ pub enum AfterIncident {
 impl AgentReport {
     /// Whether this entry says its MTA is done with every incident: released, normal.
     pub fn released(&self) -> bool {
-        self.hash.is_empty() && self.after == Some(AfterIncident::Normal)
+        released(&self.hash, self.after)
     }
+}
+
+/// Whether a report with the applied `hash` and `after` says its MTA is done with every
+/// incident: no mode applied, and normal service again.
+pub fn released(hash: &str, after: Option<AfterIncident>) -> bool {
+    hash.is_empty() && after == Some(AfterIncident::Normal)
 }
 
 /// What an agent found its MTA running that differed from the mode it had applied

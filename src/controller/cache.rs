@@ -378,6 +378,9 @@ impl<K> Slim for CachedWorkload<K> {
 impl Slim for PartialObjectMeta<Pod> {
     /// A pod matters only by name, labels and whether it is being deleted.
     fn slim(&mut self) {
+        self.types = None;
+        // Also what the store keys it by, besides its name.
+        self.metadata.resource_version = None;
         self.metadata.managed_fields = None;
         self.metadata.annotations = None;
         self.metadata.owner_references = None;

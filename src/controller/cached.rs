@@ -6,7 +6,10 @@
 //! nor the managedFields, which serde skips unread.
 
 use super::field_manager::FIELD_MANAGER;
-use crate::api::mode_document::{self, AgentReport};
+use crate::{
+    api::mode_document::{self, AfterIncident, AgentReport, DriftReport},
+    plan::QueueLoad,
+};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
@@ -18,7 +21,7 @@ use k8s_openapi::{
 };
 use kube::{Resource, core::Selector};
 use serde::{Deserialize, Deserializer, de::IgnoredAny};
-use std::{borrow::Cow, collections::BTreeMap, marker::PhantomData};
+use std::{borrow::Cow, collections::BTreeMap, marker::PhantomData, sync::Arc};
 
 /// A cached Deployment.
 pub type CachedDeployment = CachedWorkload<Deployment>;
@@ -27,15 +30,43 @@ pub type CachedStatefulSet = CachedWorkload<StatefulSet>;
 
 /// A Deployment or StatefulSet (`K`) as cached.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(from = "WireWorkload")]
 pub struct CachedWorkload<K> {
-    #[serde(deserialize_with = "slim_meta")]
+    /// Its labels are in `labels`, not here.
     pub metadata: ObjectMeta,
-    #[serde(default, deserialize_with = "or_default")]
+    /// Its labels, shared with the target planning sees (see [`Target::labels`]).
+    pub labels: Arc<BTreeMap<String, String>>,
     pub spec: WorkloadSpec,
-    #[serde(default, deserialize_with = "or_default")]
     pub status: WorkloadStatus,
-    #[serde(skip)]
     api: PhantomData<fn() -> K>,
+}
+
+/// A Deployment or StatefulSet as the API server sends it, as far as it is read.
+#[derive(Deserialize)]
+struct WireWorkload {
+    #[serde(deserialize_with = "slim_meta")]
+    metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "or_default")]
+    spec: WorkloadSpec,
+    #[serde(default, deserialize_with = "or_default")]
+    status: WorkloadStatus,
+}
+
+impl<K> From<WireWorkload> for CachedWorkload<K> {
+    fn from(wire: WireWorkload) -> Self {
+        let WireWorkload {
+            mut metadata,
+            spec,
+            status,
+        } = wire;
+        Self {
+            labels: Arc::new(metadata.labels.take().unwrap_or_default()),
+            metadata,
+            spec,
+            status,
+            api: PhantomData,
+        }
+    }
 }
 
 impl<K> CachedWorkload<K> {
@@ -223,7 +254,7 @@ pub struct ReportEntry {
 #[derive(Clone, Debug)]
 pub enum Reported {
     /// The agent's report.
-    Read(AgentReport),
+    Read(PodReport),
     /// Text that is no agent report (a hand edit, an agent of another version): its pod
     /// has reported nothing readable, and the text is kept so that a change to it still
     /// counts as one.
@@ -232,10 +263,38 @@ pub enum Reported {
 
 impl Reported {
     fn decode(text: String) -> Self {
-        match serde_json::from_str(&text) {
-            Ok(report) => Self::Read(report),
+        match serde_json::from_str::<AgentReport>(&text) {
+            Ok(report) => Self::Read(PodReport::from(report)),
             Err(_) => Self::Unreadable(text),
         }
+    }
+}
+
+/// What the controller keeps of an agent's report: all but its counts by queue, which
+/// only the agent's own metrics show (a map of them is over 500 bytes a pod).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodReport {
+    pub hash: String,
+    pub after: Option<AfterIncident>,
+    pub queue: Option<QueueLoad>,
+    pub drift: Option<DriftReport>,
+}
+
+impl From<AgentReport> for PodReport {
+    fn from(report: AgentReport) -> Self {
+        Self {
+            queue: report.queue.as_ref().map(QueueLoad::from),
+            hash: report.hash,
+            after: report.after,
+            drift: report.drift,
+        }
+    }
+}
+
+impl PodReport {
+    /// See [`AgentReport::released`].
+    pub fn released(&self) -> bool {
+        mode_document::released(&self.hash, self.after)
     }
 }
 
@@ -258,7 +317,7 @@ impl CachedConfigMap {
     }
 
     /// What the agent of `pod` reported, when it is readable.
-    pub fn report_of(&self, pod: &str) -> Option<&AgentReport> {
+    pub fn report_of(&self, pod: &str) -> Option<&PodReport> {
         match &self
             .entries()
             .iter()
@@ -516,7 +575,8 @@ mod tests {
         assert_eq!(meta.namespace.as_deref(), Some("mail"));
         assert_eq!(meta.resource_version.as_deref(), Some("42"));
         assert_eq!(meta.generation, Some(3));
-        assert_eq!(meta.labels, Some([("app".into(), "mta".into())].into()));
+        assert_eq!(*cached.labels, [("app".into(), "mta".into())].into());
+        assert_eq!(meta.labels, None, "kept once, shared with planning");
         assert_eq!(
             meta.annotations,
             Some([("mailops.dev/mta".into(), "exim".into())].into()),
@@ -693,13 +753,21 @@ mod tests {
                 "mx-1": "{\"hash\": \"h1\", \"after\": \"Releasing\", \"queue\": {\"messages\": 3, \"byQueue\": {\"deferred\": 3}, \"oldestAgeSeconds\": 60}, \"drift\": {\"count\": 2, \"what\": \"mode file\", \"since\": 100}}",
                 "mx-2": "{}",
                 "mx-3": "not json",
+                "mx-4": "{\"hash\": \"h4\", \"queue\": {\"messages\": 1, \"byQueue\": {\"deferred\": -1}, \"oldestAgeSeconds\": 1}}",
             },
         }))
         .expect("a report decodes whatever its entries hold");
         let read = report.report_of("mx-1").expect("mx-1's report");
         assert_eq!(read.hash, "h1");
         assert_eq!(read.after, Some(mode_document::AfterIncident::Releasing));
-        assert_eq!(read.queue.as_ref().map(|q| q.messages), Some(3));
+        assert_eq!(
+            read.queue,
+            Some(QueueLoad {
+                messages: 3,
+                oldest_age_seconds: 60
+            }),
+            "the queue's load is kept, its counts by queue are not"
+        );
         assert_eq!(
             read.drift.as_ref().map(|d| (d.count, d.since)),
             Some((2, Some(100)))
@@ -712,7 +780,12 @@ mod tests {
                 Reported::Read(_) => None,
             })
             .collect();
-        assert_eq!(unreadable, [("mx-2", "{}"), ("mx-3", "not json")]);
+        assert_eq!(
+            unreadable.iter().map(|(pod, _)| *pod).collect::<Vec<_>>(),
+            ["mx-2", "mx-3", "mx-4"],
+            "what the agent's own report type refuses (here a negative count by queue) is unreadable"
+        );
+        assert_eq!(unreadable[1], ("mx-3", "not json"), "kept as written");
         assert_eq!(report.report_of("mx-2"), None, "nothing readable reported");
     }
 }

@@ -17,7 +17,7 @@
 //! ```
 
 use super::{
-    cache::Caches,
+    cache::{Caches, Slim},
     cached::{CachedConfigMap, CachedDeployment, CachedStatefulSet},
     field_manager::FIELD_MANAGER,
 };
@@ -485,11 +485,13 @@ impl FilledCaches {
     }
 }
 
+/// Caches `object` as a watch does: decoded, then slimmed.
 fn cache<K>(writer: &mut Writer<K>, object: Value)
 where
-    K: kube::Resource<DynamicType = ()> + DeserializeOwned + Clone + 'static,
+    K: kube::Resource<DynamicType = ()> + Slim + DeserializeOwned + Clone + 'static,
 {
-    let object: K = serde_json::from_value(object).expect("a cached object decodes");
+    let mut object: K = serde_json::from_value(object).expect("a cached object decodes");
+    object.slim();
     writer.apply_watcher_event(&watcher::Event::Apply(object));
 }
 

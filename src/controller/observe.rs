@@ -3,8 +3,8 @@
 use super::{
     cache::Caches,
     cached::{
-        CachedConfigMap, CachedDeployment, CachedStatefulSet, ClaimTemplate, ContainerMounts,
-        PodSelector, PodTemplate, WorkloadSpec, changed_by, owner_uids,
+        CachedConfigMap, CachedDeployment, CachedStatefulSet, CachedWorkload, ClaimTemplate,
+        ContainerMounts, PodReport, PodSelector, PodTemplate, changed_by, owner_uids,
     },
     versions::Versions,
 };
@@ -12,9 +12,9 @@ use crate::{
     api::{
         MtaKind,
         mode_document::{
-            AgentReport, DELIVERY_ANNOTATION, INCIDENT_ANNOTATION, MODE_DOCUMENT_KEY,
-            MODE_HASH_ANNOTATION, MTA_ANNOTATION, MTA_CONTAINER_ANNOTATION, QUEUE_PATH_ANNOTATION,
-            document_name, report_name,
+            DELIVERY_ANNOTATION, INCIDENT_ANNOTATION, MODE_DOCUMENT_KEY, MODE_HASH_ANNOTATION,
+            MTA_ANNOTATION, MTA_CONTAINER_ANNOTATION, QUEUE_PATH_ANNOTATION, document_name,
+            report_name,
         },
     },
     plan::{Delivery, QueueStorage, Target, TargetRef, WorkloadKind},
@@ -23,7 +23,7 @@ use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectM
 use kube::{
     ResourceExt,
     core::{PartialObjectMeta, SelectorExt},
-    runtime::reflector::ObjectRef,
+    runtime::reflector::{ObjectRef, Store},
 };
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -34,6 +34,7 @@ use std::{
 struct Workload<'a> {
     kind: WorkloadKind,
     meta: &'a ObjectMeta,
+    labels: &'a Arc<BTreeMap<String, String>>,
     selector: &'a PodSelector,
     replicas: i32,
     template: &'a PodTemplate,
@@ -80,12 +81,10 @@ pub fn observe(caches: &Caches, namespace: &str, previous: &mut Observations) ->
     let in_ns = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(namespace);
     let deployments = caches.deployments.state_filter(|d| in_ns(&d.metadata));
     let statefulsets = caches.statefulsets.state_filter(|s| in_ns(&s.metadata));
-    let config_maps: BTreeMap<String, Arc<CachedConfigMap>> = caches
-        .config_maps
-        .state_filter(|c| in_ns(&c.metadata))
-        .into_iter()
-        .map(|c| (c.name_any(), c))
-        .collect();
+    let config_maps = ConfigMapsIn {
+        store: &caches.config_maps,
+        namespace,
+    };
     let pods = caches
         .pods
         .state_filter(|p| in_ns(&p.metadata) && p.metadata.deletion_timestamp.is_none());
@@ -152,7 +151,9 @@ pub fn observe(caches: &Caches, namespace: &str, previous: &mut Observations) ->
                 document: seen.document.clone(),
                 report: seen.report.clone(),
                 live_pods,
-                departed: report.map(|r| departed(r, &pod_exists)).unwrap_or_default(),
+                departed: report
+                    .map(|r| departed(&r, &pod_exists))
+                    .unwrap_or_default(),
             };
             let target = match previous.targets.remove(&target_ref) {
                 Some((before, target)) if before == inputs => target,
@@ -173,8 +174,10 @@ pub fn observe(caches: &Caches, namespace: &str, previous: &mut Observations) ->
         .collect();
     previous.targets = built;
     targets.sort_by(|a, b| a.target.cmp(&b.target));
-    let orphans: BTreeSet<TargetRef> = config_maps
-        .values()
+    let orphans: BTreeSet<TargetRef> = caches
+        .config_maps
+        .state_filter(|c| in_ns(&c.metadata))
+        .iter()
         .filter_map(|c| TargetRef::parse(c.workload.as_deref()?))
         .filter(|workload| !versions.contains_key(workload))
         .collect();
@@ -189,11 +192,21 @@ pub fn observe(caches: &Caches, namespace: &str, previous: &mut Observations) ->
     }
 }
 
+/// Our ConfigMaps of one namespace, looked up by name in the cache itself: a map of
+/// them by name, built at every sync, cost a copy of every name.
+struct ConfigMapsIn<'a> {
+    store: &'a Store<CachedConfigMap>,
+    namespace: &'a str,
+}
+
+impl ConfigMapsIn<'_> {
+    fn get(&self, name: &str) -> Option<Arc<CachedConfigMap>> {
+        self.store.get(&ObjectRef::new(name).within(self.namespace))
+    }
+}
+
 /// The versions of `target`'s document and report, as cached.
-fn versions_of_documents(
-    config_maps: &BTreeMap<String, Arc<CachedConfigMap>>,
-    target: &TargetRef,
-) -> Versions {
+fn versions_of_documents(config_maps: &ConfigMapsIn<'_>, target: &TargetRef) -> Versions {
     let name = document_name(target.kind.as_str(), &target.name);
     let version_of = |name: &str| config_maps.get(name)?.metadata.resource_version.clone();
     Versions {
@@ -212,8 +225,7 @@ fn deployment(d: &CachedDeployment) -> Workload<'_> {
         && status.available_replicas.unwrap_or(0) == replicas;
     workload(
         WorkloadKind::Deployment,
-        &d.metadata,
-        spec,
+        d,
         rollout_complete,
         status.ready_replicas,
     )
@@ -228,23 +240,23 @@ fn statefulset(s: &CachedStatefulSet) -> Workload<'_> {
         && status.ready_replicas.unwrap_or(0) == replicas;
     workload(
         WorkloadKind::StatefulSet,
-        &s.metadata,
-        spec,
+        s,
         rollout_complete,
         status.ready_replicas,
     )
 }
 
-fn workload<'a>(
+fn workload<K>(
     kind: WorkloadKind,
-    meta: &'a ObjectMeta,
-    spec: &'a WorkloadSpec,
+    cached: &CachedWorkload<K>,
     rollout_complete: bool,
     ready_replicas: Option<i32>,
-) -> Workload<'a> {
+) -> Workload<'_> {
+    let spec = &cached.spec;
     Workload {
         kind,
-        meta,
+        meta: &cached.metadata,
+        labels: &cached.labels,
         selector: &spec.selector,
         replicas: spec.replicas.unwrap_or(1),
         template: &spec.template,
@@ -266,22 +278,24 @@ fn departed(report: &CachedConfigMap, pod_exists: &dyn Fn(&str) -> bool) -> Vec<
 
 fn target(
     w: &Workload<'_>,
-    config_maps: &BTreeMap<String, Arc<CachedConfigMap>>,
+    config_maps: &ConfigMapsIn<'_>,
     live_pods: &[String],
     departed_reports: &[String],
 ) -> Target {
     let name = w.meta.name.clone().unwrap_or_default();
-    let annotations = w.meta.annotations.clone().unwrap_or_default();
-    let annotation = |key: &str| annotations.get(key).map(String::as_str);
+    let annotation = |key: &str| w.meta.annotations.as_ref()?.get(key).map(String::as_str);
     let mta = annotation(MTA_ANNOTATION).and_then(parse_mta);
     let delivery = match annotation(DELIVERY_ANNOTATION) {
         Some(value) if value.eq_ignore_ascii_case("restart") => Delivery::Restart,
         _ => Delivery::Reload,
     };
     let document_name = document_name(w.kind.as_str(), &name);
-    let document = config_maps.get(&document_name);
-    let report = config_maps.get(&report_name(&document_name));
-    let reports: Vec<Option<&AgentReport>> =
+    let (document, report) = (
+        config_maps.get(&document_name),
+        config_maps.get(&report_name(&document_name)),
+    );
+    let (document, report) = (document.as_deref(), report.as_deref());
+    let reports: Vec<Option<&PodReport>> =
         live_pods.iter().map(|pod| report?.report_of(pod)).collect();
     let drifts = live_pods
         .iter()
@@ -311,7 +325,7 @@ fn target(
         .unwrap_or_default();
     Target {
         target: TargetRef { kind: w.kind, name },
-        labels: w.meta.labels.clone().unwrap_or_default(),
+        labels: w.labels.clone(),
         delivery,
         mta,
         document_hash: document.map(|d| d.content_hash().unwrap_or_default().to_string()),
@@ -350,7 +364,7 @@ fn target(
         queues: reports
             .into_iter()
             .flatten()
-            .filter_map(|r| r.queue.clone())
+            .filter_map(|r| r.queue)
             .collect(),
         replicas: w.replicas,
         ready_replicas: w.ready_replicas,
@@ -580,7 +594,7 @@ mod tests {
         };
         assert_eq!(target.target, mx());
         assert_eq!(
-            target.labels,
+            *target.labels,
             [("app".to_string(), "mta".to_string())].into()
         );
         assert_eq!(target.delivery, Delivery::Reload);

@@ -6,7 +6,6 @@ use super::{tests::World, *};
 use crate::api::{
     Escalation, HardRejectSettings, LabelOperator, LabelRequirement, MailIncidentSpec, MtaKind,
     QueueLifetimes, Release, Scope, SmtpReply, Targets, TimeSpan,
-    mode_document::QueueFigures,
     validation::{
         MAX_INCIDENT_DURATION, MAX_OLDEST_MESSAGE_AGE, MAX_QUEUE_LIFETIME, MAX_QUEUED_MESSAGES,
         RELEASE_CONCURRENCY, latest_expiry, validate,
@@ -226,12 +225,10 @@ fn target() -> impl Strategy<Value = Target> {
         select(vec!["incident-0", "incident-1", "other"]).prop_map(String::from),
         0..3,
     );
-    let queue =
-        (any::<u64>(), any::<u64>()).prop_map(|(messages, oldest_age_seconds)| QueueFigures {
-            messages,
-            by_queue: BTreeMap::new(),
-            oldest_age_seconds,
-        });
+    let queue = (any::<u64>(), any::<u64>()).prop_map(|(messages, oldest_age_seconds)| QueueLoad {
+        messages,
+        oldest_age_seconds,
+    });
     let storage = select(vec![
         QueueStorage::Persistent,
         QueueStorage::EmptyDir {
@@ -269,7 +266,7 @@ fn target() -> impl Strategy<Value = Target> {
                     kind: WorkloadKind::Deployment,
                     name: String::new(),
                 },
-                labels,
+                labels: Arc::new(labels),
                 delivery,
                 mta: None,
                 document_hash,

@@ -8,14 +8,14 @@ mod status;
 mod target;
 
 pub use conditions::{ConditionType, set_conditions};
-pub use target::{Delivery, QueueStorage, Target, TargetRef, Uptake, WorkloadKind};
+pub use target::{Delivery, QueueLoad, QueueStorage, Target, TargetRef, Uptake, WorkloadKind};
 
 use crate::api::{
     MailIncident, MailIncidentSpec, MailIncidentStatus, Mode, MtaKind, TimeSpan, Transition,
     admission::{self, Admitted, NotAdmitted, SigningKey},
     mode_document::{
         DELIVERY_ANNOTATION, DocumentIncident, DocumentQueue, DocumentRelease, DriftReport,
-        MODE_DOCUMENT_KEY, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION, ModeDocument, QueueFigures,
+        MODE_DOCUMENT_KEY, MODE_DOCUMENT_KIND, MODE_DOCUMENT_VERSION, ModeDocument,
         RESTART_ENV_PREFIX, Rule, document_name, report_name,
     },
     scope::DomainPattern,
@@ -185,7 +185,7 @@ pub struct QueuePeak {
 }
 
 impl QueuePeak {
-    fn of<'a>(queues: impl Iterator<Item = &'a QueueFigures>) -> Self {
+    fn of<'a>(queues: impl Iterator<Item = &'a QueueLoad>) -> Self {
         queues.fold(Self::default(), |peak, queue| Self {
             messages: peak.messages.max(queue.messages),
             oldest_age_seconds: peak.oldest_age_seconds.max(queue.oldest_age_seconds),

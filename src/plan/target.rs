@@ -5,7 +5,7 @@ use crate::api::{
     mode_document::{DriftReport, QueueFigures},
     validation::EscalationLimits,
 };
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 /// The kinds of workload an incident can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -92,11 +92,29 @@ impl QueueStorage {
     }
 }
 
+/// How full one MTA's queue is, as its agent last reported: what escalation and the
+/// queue watch read of the report's figures (not its counts by queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueLoad {
+    pub messages: u64,
+    pub oldest_age_seconds: u64,
+}
+
+impl From<&QueueFigures> for QueueLoad {
+    fn from(figures: &QueueFigures) -> Self {
+        Self {
+            messages: figures.messages,
+            oldest_age_seconds: figures.oldest_age_seconds,
+        }
+    }
+}
+
 /// One workload of the namespace: what it is, and what the cluster shows of its mode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub target: TargetRef,
-    pub labels: BTreeMap<String, String>,
+    /// Shared with the cached workload: a map is over 500 bytes, however few its labels.
+    pub labels: Arc<BTreeMap<String, String>>,
     pub delivery: Delivery,
     /// The MTA software, from annotation `mailops.dev/mta`.
     pub mta: Option<MtaKind>,
@@ -132,7 +150,7 @@ pub struct Target {
     /// For each live pod, the mode document hash its agent reports applied.
     pub pod_reports: Vec<Option<String>>,
     /// The queues the agents of live pods last reported.
-    pub queues: Vec<QueueFigures>,
+    pub queues: Vec<QueueLoad>,
     /// Desired replicas.
     pub replicas: i32,
     /// Replicas whose pods are ready (their MTA and agent answer their probes).

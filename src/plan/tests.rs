@@ -4,7 +4,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::{SignedDuration, Timestamp},
 };
-use std::cell::RefCell;
+use std::{cell::RefCell, sync::Arc};
 
 const CREATED: &str = "2026-01-22T08:00:00Z";
 
@@ -33,10 +33,12 @@ fn target(kind: WorkloadKind, name: &str, labels: &[(&str, &str)]) -> Target {
             kind,
             name: name.into(),
         },
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        labels: Arc::new(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
         delivery: Delivery::Reload,
         mta: None,
         document_hash: None,
@@ -1013,10 +1015,9 @@ fn a_queue_past_the_limit_switches_accept_and_queue_to_temp_fail() {
     let spec = "mode: AcceptAndQueue\nreason: INC-9 hold\ntargets: {matchLabels: {app: mta}}\nescalation: {maxQueuedMessages: 100, maxOldestMessageAge: 2d}";
     let mut world = World::new(vec![incident("hold", 0, 1, spec)], fleet());
     world.settle(at(0), true);
-    let figures = |messages, oldest_age_seconds| crate::api::mode_document::QueueFigures {
+    let figures = |messages, oldest_age_seconds| QueueLoad {
         messages,
         oldest_age_seconds,
-        ..Default::default()
     };
     world.targets[0].queues = vec![figures(50, 60), figures(101, 60)];
     world.targets[2].queues = vec![figures(3, 3 * 86_400)];
@@ -1092,10 +1093,9 @@ fn the_queue_watch_peaks_over_the_targets_an_incident_decides_and_apart_over_tho
         fleet(),
     );
     world.settle(at(5), true);
-    let figures = |messages, oldest_age_seconds| crate::api::mode_document::QueueFigures {
+    let figures = |messages, oldest_age_seconds| QueueLoad {
         messages,
         oldest_age_seconds,
-        ..Default::default()
     };
     world.targets[0].queues = vec![figures(40, 600), figures(90, 60)];
     // postfix-b is decided by the HardReject incident: its queue is not the hold's.
