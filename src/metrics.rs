@@ -3,6 +3,7 @@
 //! incidents, not the size of the fleet.
 
 use crate::{
+    agent::state::MtaState,
     api::{EffectiveMode, TimeSpan},
     plan::Decision,
 };
@@ -15,25 +16,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-const MODES: [EffectiveMode; 4] = [
-    EffectiveMode::Normal,
-    EffectiveMode::AcceptAndQueue,
-    EffectiveMode::TempFail,
-    EffectiveMode::HardReject,
-];
-
 /// The `figure` label values of the queue gauges.
 const MESSAGES: &str = "messages";
 const OLDEST_MESSAGE_AGE: &str = "oldest_message_age_seconds";
-
-fn mode_name(mode: EffectiveMode) -> &'static str {
-    match mode {
-        EffectiveMode::Normal => "Normal",
-        EffectiveMode::AcceptAndQueue => "AcceptAndQueue",
-        EffectiveMode::TempFail => "TempFail",
-        EffectiveMode::HardReject => "HardReject",
-    }
-}
 
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -316,8 +301,8 @@ impl Metrics {
                 accepting.map(saturating_i64),
             );
         }
-        for mode in MODES {
-            let labels = [namespace, incident, mode_name(mode)];
+        for &mode in EffectiveMode::ALL {
+            let labels = [namespace, incident, mode.as_str()];
             set_or_remove(
                 &self.mode,
                 &labels,
@@ -373,8 +358,8 @@ impl Metrics {
             .with_label_values(&[
                 namespace,
                 incident,
-                from.map_or("None", mode_name),
-                mode_name(to),
+                from.map_or("None", EffectiveMode::as_str),
+                to.as_str(),
             ])
             .inc();
     }
@@ -414,16 +399,16 @@ impl Metrics {
                     .ok();
             }
         }
-        for mode in MODES {
+        for &mode in EffectiveMode::ALL {
             self.mode
-                .remove_label_values(&[namespace, incident, mode_name(mode)])
+                .remove_label_values(&[namespace, incident, mode.as_str()])
                 .ok();
         }
-        for from in MODES.map(Some).into_iter().chain([None]) {
-            for to in MODES {
-                let from = from.map_or("None", mode_name);
+        for from in EffectiveMode::ALL.iter().copied().map(Some).chain([None]) {
+            for &to in EffectiveMode::ALL {
+                let from = from.map_or("None", EffectiveMode::as_str);
                 self.transitions
-                    .remove_label_values(&[namespace, incident, from, mode_name(to)])
+                    .remove_label_values(&[namespace, incident, from, to.as_str()])
                     .ok();
             }
         }
@@ -434,10 +419,10 @@ impl Metrics {
     }
 
     fn count_modes(&self, modes: &HashMap<(String, String), EffectiveMode>) {
-        for mode in MODES {
+        for &mode in EffectiveMode::ALL {
             let count = modes.values().filter(|m| **m == mode).count();
             self.incidents_by_mode
-                .with_label_values(&[mode_name(mode)])
+                .with_label_values(&[mode.as_str()])
                 .set(count as i64);
         }
     }
@@ -606,17 +591,11 @@ impl AgentMetrics {
     }
 
     /// Records the state now applied: Normal, an incident mode, or Releasing.
-    pub fn set_mode(&self, current: &str) {
-        for name in [
-            "Normal",
-            "AcceptAndQueue",
-            "TempFail",
-            "HardReject",
-            "Releasing",
-        ] {
+    pub fn set_mode(&self, current: MtaState) {
+        for &state in MtaState::ALL {
             self.mode
-                .with_label_values(&[name])
-                .set(i64::from(name == current));
+                .with_label_values(&[state.as_str()])
+                .set(i64::from(state == current));
         }
     }
 
@@ -706,6 +685,7 @@ mod tests {
             events: vec![],
             transition: None,
             escalations: 0,
+            newly_applied: false,
             queue_watch: watch,
             scheduled_start: None,
             scope_domains: None,

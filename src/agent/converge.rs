@@ -166,9 +166,9 @@ impl Loop {
                     applying = None;
                     match apply_outcome(outcome) {
                         Ok(held) => {
-                            info!(state = %held.label(), hash = held.hash().as_deref().unwrap_or("-"), "applied");
+                            info!(state = %held.state(), hash = held.hash().as_deref().unwrap_or("-"), "applied");
                             self.metrics.applies.inc();
-                            self.metrics.set_mode(&held.label());
+                            self.metrics.set_mode(held.state());
                             self.metrics.set_queue_lifetime(held.queue_lifetime());
                             // While putting back a drift, the backoff goes on until a
                             // read-back finds the MTA equal: an edit made again and again
@@ -344,7 +344,7 @@ impl Loop {
         differences.extend(heard);
         let was_drifting = is_drifting(drift);
         *drift = after_read_back(drift.take(), &differences, Timestamp::now().as_second());
-        let state = read.held.label();
+        let state = read.held.state();
         if !differences.is_empty() {
             let what = drift.as_ref().map_or("", |d| d.what.as_str());
             let apply_in = if was_drifting {
@@ -391,7 +391,7 @@ impl Loop {
         if next == *intent {
             return;
         }
-        info!(from = %intent.label(), to = %next.label(), "new intent");
+        info!(from = %intent.state(), to = %next.state(), "new intent");
         *intent = next;
         self.intents.send_replace(intent.clone());
     }
@@ -527,7 +527,7 @@ fn apply_outcome(
 ) -> Result<Held, (String, AgentError)> {
     match outcome {
         Ok((held, Ok(()))) => Ok(held),
-        Ok((held, Err(error))) => Err((held.label(), error)),
+        Ok((held, Err(error))) => Err((held.state().to_string(), error)),
         // The apply panicked: what it did is unknown, so the intent is applied again.
         Err(error) => Err(("unknown".into(), AgentError::Task(error))),
     }
@@ -558,7 +558,7 @@ fn save_state(path: &std::path::Path, held: &Held) -> Result<(), AgentError> {
 mod tests {
     use super::*;
     use crate::{
-        agent::fixtures::document,
+        agent::{fixtures::document, state::MtaState},
         api::{Mode, mode_document::QueueFigures},
     };
     use futures::channel::mpsc;
@@ -725,7 +725,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .iter()
-                .map(Held::label)
+                .map(|held| held.state().to_string())
                 .collect()
         }
 
@@ -1034,7 +1034,7 @@ mod tests {
             .await;
         // Held mail is still queued: the release goes on.
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(agent.last_applied().unwrap().label(), "Releasing");
+        assert_eq!(agent.last_applied().unwrap().state(), MtaState::Releasing);
         *agent.mta.queue.lock().unwrap() = QueueFigures::default();
         agent
             .settles_on("Normal", |held| *held == Held::Normal)
@@ -1056,7 +1056,11 @@ mod tests {
         // Measured every 50 ms with nothing delivered: Releasing is applied again.
         eventually("applied the stalled release again", || {
             let applied = agent.mta.applied.lock().unwrap();
-            applied.iter().filter(|h| h.label() == "Releasing").count() >= 2
+            applied
+                .iter()
+                .filter(|h| h.state() == MtaState::Releasing)
+                .count()
+                >= 2
         })
         .await;
         agent.stop().await;

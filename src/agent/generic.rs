@@ -33,7 +33,7 @@ impl Mta for Generic {
             Command::new("sh")
                 .arg("-c")
                 .arg(&self.hook)
-                .env("MAIL_INCIDENT_STATE", held.label())
+                .env("MAIL_INCIDENT_STATE", held.state().as_str())
                 .env("MAIL_INCIDENT_FILE", &self.mode_file),
         )?;
         Ok(())

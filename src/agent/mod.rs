@@ -23,8 +23,11 @@ pub mod state;
 
 use crate::{
     Error, Result,
-    api::mode_document::{
-        MODE_DOCUMENT_KEY, ModeDocument, QueueFigures, document_name, report_name,
+    api::{
+        MtaKind,
+        mode_document::{
+            MODE_DOCUMENT_KEY, ModeDocument, QueueFigures, document_name, report_name,
+        },
     },
     http::{self, Readiness},
     metrics::AgentMetrics,
@@ -148,12 +151,9 @@ fn shown(value: Option<&str>) -> String {
     }
 }
 
-/// The MTA software next to the agent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Software {
-    Postfix,
-    Exim,
-    Generic,
+/// The MTA a document names when it is not the one the agent drives (`drives`).
+fn other_mta(document: &ModeDocument, drives: MtaKind) -> Option<MtaKind> {
+    document.mta.filter(|named| *named != drives)
 }
 
 /// Command-line settings of `mail-incident-operator agent`.
@@ -171,9 +171,15 @@ pub struct Settings {
     #[arg(long, env = "POD_NAME")]
     pub pod: String,
 
-    /// The MTA software.
-    #[arg(long, value_enum, env = "MAIL_INCIDENT_MTA", default_value = "postfix")]
-    pub mta: Software,
+    /// The MTA software, in any case (`postfix`, `Postfix`).
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        env = "MAIL_INCIDENT_MTA",
+        default_value = "postfix"
+    )]
+    pub mta: MtaKind,
 
     /// Where the agent keeps its state and the MTA's baseline: keep it on the queue's
     /// volume, so that it lives exactly as long as the mail it is about.
@@ -255,7 +261,7 @@ pub struct Settings {
 fn open_mta(settings: &Settings, saved: &Held) -> Result<Arc<dyn Mta>> {
     let failed = |e: AgentError| Error::Agent(e.to_string());
     Ok(match settings.mta {
-        Software::Postfix => Arc::new(
+        MtaKind::Postfix => Arc::new(
             postfix::Postfix::open(
                 &settings.postfix,
                 &settings.state_dir.join(POSTFIX_BASELINE_FILE),
@@ -263,8 +269,8 @@ fn open_mta(settings: &Settings, saved: &Held) -> Result<Arc<dyn Mta>> {
             )
             .map_err(failed)?,
         ),
-        Software::Exim => Arc::new(exim::Exim::new(&settings.exim)),
-        Software::Generic => Arc::new(generic::Generic {
+        MtaKind::Exim => Arc::new(exim::Exim::new(&settings.exim)),
+        MtaKind::Generic => Arc::new(generic::Generic {
             mode_file: settings.mode_file.clone(),
             hook: settings
                 .hook
@@ -322,7 +328,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let http = http::Server::start(settings.listen, metrics.registry(), readiness.clone()).await?;
     let (intents, intents_rx) = watch::channel(saved.clone());
     let policy = match settings.mta {
-        Software::Postfix => {
+        MtaKind::Postfix => {
             let address = settings.postfix.postfix_policy_listen;
             let service = policy::PolicyService::bind(address)
                 .await
@@ -344,11 +350,19 @@ pub async fn run(settings: Settings) -> Result<()> {
         metrics.clone(),
         retry_max,
     ));
-    info!(%document, pod = %settings.pod, mta = ?settings.mta, state = %saved.label(), "agent started");
+    info!(%document, pod = %settings.pod, mta = %settings.mta, state = %saved.state(), "agent started");
+    let drives = settings.mta;
     let documents = document_updates(watcher(
         config_maps,
         watcher::Config::default().fields(&format!("metadata.name={document}")),
-    ));
+    ))
+    .inspect(move |update| {
+        // The document's MTA comes from the workload's annotation or the incident: a
+        // mismatch is a misconfiguration the agent cannot fix, only report.
+        if let Some(named) = update.as_ref().and_then(|d| other_mta(d, drives)) {
+            warn!(%named, %drives, "the mode document names another MTA than the one this agent drives (--mta); applying it to the MTA driven");
+        }
+    });
     converge::Loop {
         mta,
         state_file,
@@ -502,6 +516,42 @@ mod tests {
     use super::*;
     use crate::api::Mode;
     use futures::stream;
+
+    #[test]
+    fn a_document_naming_another_mta_than_the_one_driven_is_told_apart() {
+        let mut document = fixtures::document(Mode::TempFail, 452, "4.3.1");
+        document.mta = None;
+        assert_eq!(other_mta(&document, MtaKind::Exim), None);
+        document.mta = Some(MtaKind::Exim);
+        assert_eq!(other_mta(&document, MtaKind::Exim), None);
+        assert_eq!(other_mta(&document, MtaKind::Postfix), Some(MtaKind::Exim));
+    }
+
+    #[test]
+    fn the_mta_flag_takes_the_spec_spelling_in_any_case() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Command {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let parsed = |mta: &[&str]| {
+            let arguments = [
+                "agent",
+                "--workload",
+                "Deployment/mta",
+                "--namespace",
+                "mail",
+                "--pod",
+                "mta-0",
+            ];
+            Command::try_parse_from(arguments.iter().chain(mta)).map(|c| c.settings.mta)
+        };
+        assert_eq!(parsed(&[]).unwrap(), MtaKind::Postfix);
+        assert_eq!(parsed(&["--mta", "exim"]).unwrap(), MtaKind::Exim);
+        assert_eq!(parsed(&["--mta", "Generic"]).unwrap(), MtaKind::Generic);
+        assert!(parsed(&["--mta", "sendmail"]).is_err());
+    }
 
     fn config_map(document: Option<&ModeDocument>) -> ConfigMap {
         let mut object = ConfigMap::default();

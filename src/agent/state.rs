@@ -13,7 +13,7 @@
 //! for other domains that happens to be queued.
 
 use crate::api::{
-    TimeSpan,
+    Mode, TimeSpan,
     mode_document::{ModeDocument, QueueFigures},
     scope::{DomainPattern, recipient_domain},
 };
@@ -219,15 +219,36 @@ impl Held {
         lifetime.parse().ok()
     }
 
-    /// The name shown in the agent's `mail_incident_agent_mode` metric and logs.
-    pub fn label(&self) -> String {
+    /// What it runs, as the agent's `mail_incident_agent_mode` metric and logs name it.
+    pub fn state(&self) -> MtaState {
         match self {
-            Held::Normal => "Normal".into(),
-            Held::Incident { document } => format!("{:?}", document.headline().mode),
-            Held::Releasing { .. } => "Releasing".into(),
+            Held::Normal => MtaState::Normal,
+            Held::Incident { document } => match document.headline().mode {
+                Mode::AcceptAndQueue => MtaState::AcceptAndQueue,
+                Mode::TempFail => MtaState::TempFail,
+                Mode::HardReject => MtaState::HardReject,
+            },
+            Held::Releasing { .. } => MtaState::Releasing,
         }
     }
 }
+
+/// What an MTA runs: its own configuration, an incident's mode (the most severe rule's),
+/// or the release after one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtaState {
+    Normal,
+    AcceptAndQueue,
+    TempFail,
+    HardReject,
+    Releasing,
+}
+
+crate::api::names::named_variants!(
+    MtaState,
+    "MTA state",
+    [Normal, AcceptAndQueue, TempFail, HardReject, Releasing]
+);
 
 #[cfg(test)]
 mod tests {
@@ -266,7 +287,7 @@ mod tests {
     #[test]
     fn an_ended_incident_releases_with_its_own_lifetimes_and_concurrency() {
         let held = Held::Normal.next(Some(&document(Mode::AcceptAndQueue)), 100);
-        assert_eq!(held.label(), "AcceptAndQueue");
+        assert_eq!(held.state(), MtaState::AcceptAndQueue);
         let released = held.next(None, 1000);
         assert_eq!(
             released,
@@ -283,8 +304,8 @@ mod tests {
         // The document staying away changes nothing; a new incident holds mail again.
         assert_eq!(released.next(None, 2000), released);
         assert_eq!(
-            released.next(Some(&document(Mode::TempFail)), 2000).label(),
-            "TempFail"
+            released.next(Some(&document(Mode::TempFail)), 2000).state(),
+            MtaState::TempFail
         );
     }
 

@@ -1,5 +1,6 @@
 //! The `MailIncident` custom resource: what an SRE declares, and what the controller reports.
 
+use super::names::named_variants;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -244,7 +245,11 @@ pub enum Mode {
 }
 
 /// The MTA software a target runs, when its workload does not say.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+// Also the agent's and the plugin's `--mta`, spelled as here.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, clap::ValueEnum,
+)]
+#[value(rename_all = "verbatim")]
 pub enum MtaKind {
     /// Postfix, reconfigured with postconf and postfix reload.
     Postfix,
@@ -253,6 +258,9 @@ pub enum MtaKind {
     /// Any other MTA: the mode document is written to a file and a hook command runs.
     Generic,
 }
+
+named_variants!(Mode, "mode", [AcceptAndQueue, TempFail, HardReject]);
+named_variants!(MtaKind, "MTA", [Postfix, Exim, Generic]);
 
 /// A label selector over the Deployments and StatefulSets in the incident's namespace.
 /// At least one of matchLabels and matchExpressions must be set, so that an incident
@@ -497,6 +505,12 @@ pub enum EffectiveMode {
     /// See Mode.HardReject.
     HardReject,
 }
+
+named_variants!(
+    EffectiveMode,
+    "mode",
+    [Normal, AcceptAndQueue, TempFail, HardReject]
+);
 
 impl From<Mode> for EffectiveMode {
     fn from(mode: Mode) -> Self {

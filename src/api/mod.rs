@@ -3,6 +3,7 @@
 pub mod admission;
 mod incident;
 pub mod mode_document;
+pub mod names;
 pub mod scope;
 mod time_span;
 pub mod validation;

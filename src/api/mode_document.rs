@@ -335,7 +335,7 @@ impl ModeDocument {
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let rule = self.headline();
         vec![
-            ("MAIL_INCIDENT_MODE", format!("{:?}", rule.mode)),
+            ("MAIL_INCIDENT_MODE", rule.mode.to_string()),
             ("MAIL_INCIDENT_REPLY_CODE", rule.reply.code.to_string()),
             (
                 "MAIL_INCIDENT_REPLY_ENHANCED_CODE",

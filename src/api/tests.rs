@@ -702,3 +702,35 @@ fn a_scope_lists_valid_distinct_domains_and_names_every_problem() {
         "{errors:?}"
     );
 }
+
+/// Each variant's name is the one the API stores, and reads back in any case.
+fn assert_names_round_trip<T>(all: &[T])
+where
+    T: Copy + PartialEq + std::fmt::Debug + std::fmt::Display + serde::Serialize,
+    T: std::str::FromStr<Err = super::names::UnknownName>,
+{
+    for &value in all {
+        let name = value.to_string();
+        assert_eq!(
+            serde_json::to_value(value).unwrap(),
+            Value::from(name.clone())
+        );
+        assert_eq!(name.parse::<T>(), Ok(value));
+        assert_eq!(name.to_ascii_lowercase().parse::<T>(), Ok(value));
+    }
+}
+
+#[test]
+fn modes_and_mtas_are_written_and_read_as_the_api_spells_them() {
+    use super::{EffectiveMode, MtaKind};
+    assert_names_round_trip(Mode::ALL);
+    assert_names_round_trip(EffectiveMode::ALL);
+    assert_names_round_trip(MtaKind::ALL);
+    assert_eq!(EffectiveMode::AcceptAndQueue.as_str(), "AcceptAndQueue");
+    assert_eq!("EXIM".parse(), Ok(MtaKind::Exim));
+    let unknown = "sendmail".parse::<MtaKind>().unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        r#""sendmail" names no MTA: expected one of Postfix, Exim, Generic"#
+    );
+}

@@ -433,7 +433,7 @@ fn reply_of(spec: &MailIncidentSpec, fail: &mut impl FnMut(&'static str, String)
             fail(
                 "spec.smtpReply.code",
                 format!(
-                    "{code} is not allowed for mode {:?}; use one of {codes:?}",
+                    "{code} is not allowed for mode {}; use one of {codes:?}",
                     spec.mode
                 ),
             );

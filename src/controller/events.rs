@@ -52,7 +52,7 @@ impl Events {
                 ..ObjectMeta::default()
             },
             action: Some("Reconcile".into()),
-            reason: Some(note.reason.into()),
+            reason: Some(note.reason.to_string()),
             note: Some(truncate(&note.message, NOTE_LIMIT_BYTES)),
             event_time: Some(MicroTime(now)),
             regarding: Some(reference),
@@ -68,10 +68,10 @@ impl Events {
             Ok(_) => {}
             // Deleting the object, or its whole namespace: no one will read it.
             Err(error) if object.meta().deletion_timestamp.is_some() => {
-                debug!(%error, object = %name, reason = note.reason, "event not recorded on a deleted object");
+                debug!(%error, object = %name, reason = %note.reason, "event not recorded on a deleted object");
             }
             Err(error) => {
-                warn!(%error, object = %name, reason = note.reason, "cannot record event");
+                warn!(%error, object = %name, reason = %note.reason, "cannot record event");
             }
         }
     }
@@ -101,7 +101,7 @@ mod tests {
     fn note(warning: bool, message: &str) -> plan::Note {
         plan::Note {
             warning,
-            reason: "Applied",
+            reason: plan::EventReason::Applied,
             message: message.into(),
         }
     }

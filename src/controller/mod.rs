@@ -561,13 +561,7 @@ fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision)
     let since = context.namespace_state(&namespace, |state| {
         state.generation_first_seen(&name, generation, Instant::now())
     });
-    let applied = decision.status.conditions.iter().any(|c| {
-        c.type_ == "Ready"
-            && c.status == "True"
-            && c.reason == "Applied"
-            && c.observed_generation == Some(generation)
-    });
-    if applied && decision.events.iter().any(|e| e.reason == "Applied") {
+    if decision.newly_applied {
         metrics
             .apply_duration
             .observe(since.elapsed().as_secs_f64());

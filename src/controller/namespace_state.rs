@@ -124,7 +124,7 @@ impl NamespaceState {
 fn drift_note(d: &plan::AgentDrift) -> plan::Note {
     plan::Note {
         warning: true,
-        reason: "MtaDrifted",
+        reason: plan::EventReason::MtaDrifted,
         message: format!(
             "The MTA of pod {} ({}) differed from its mode: {}; {} (drift {} of this agent)",
             d.pod,
@@ -170,7 +170,10 @@ mod tests {
         notes
             .iter()
             .map(|n| {
-                assert!(n.warning && n.reason == "MtaDrifted", "{n:?}");
+                assert!(
+                    n.warning && n.reason == plan::EventReason::MtaDrifted,
+                    "{n:?}"
+                );
                 n.message
                     .strip_prefix("The MTA of pod ")
                     .and_then(|rest| rest.split(' ').next())

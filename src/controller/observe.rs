@@ -284,7 +284,7 @@ fn target(
 ) -> Target {
     let name = w.meta.name.clone().unwrap_or_default();
     let annotation = |key: &str| w.meta.annotations.as_ref()?.get(key).map(String::as_str);
-    let mta = annotation(MTA_ANNOTATION).and_then(parse_mta);
+    let mta = annotation(MTA_ANNOTATION).and_then(|value| value.parse().ok());
     let delivery = match annotation(DELIVERY_ANNOTATION) {
         Some(value) if value.eq_ignore_ascii_case("restart") => Delivery::Restart,
         _ => Delivery::Reload,
@@ -377,12 +377,6 @@ fn target(
             annotation(QUEUE_PATH_ANNOTATION),
         ),
     }
-}
-
-fn parse_mta(value: &str) -> Option<MtaKind> {
-    [MtaKind::Postfix, MtaKind::Exim, MtaKind::Generic]
-        .into_iter()
-        .find(|kind| format!("{kind:?}").eq_ignore_ascii_case(value))
 }
 
 /// The MTA container's name: the one the annotation names, else the first.

@@ -7,7 +7,12 @@
 //! someone allowed to bounce mail applied it again.)
 
 use super::{cached::changed_by, events::Events};
-use crate::{Error, Result, api::admission::SigningKey, plan::Note, retry::retry_delays};
+use crate::{
+    Error, Result,
+    api::admission::SigningKey,
+    plan::{EventReason, Note},
+    retry::retry_delays,
+};
 use futures::{StreamExt, future::BoxFuture};
 use k8s_openapi::{
     ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -208,7 +213,7 @@ impl Keeper {
                         &restored,
                         &Note {
                             warning: true,
-                            reason: "SigningKeyRestored",
+                            reason: EventReason::SigningKeyRestored,
                             message: format!(
                                 "The signing key of admission records was {how}; the key in use was put back (a new key would stop every approved HardReject)"
                             ),

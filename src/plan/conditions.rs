@@ -2,6 +2,7 @@
 //! lastTransitionTime moves only when its status does, so rewriting an unchanged status is
 //! a no-op and the controller does not wake itself up.
 
+use super::ConditionReason;
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
@@ -31,7 +32,7 @@ impl ConditionType {
 }
 
 /// One condition to set: its type, status (None means Unknown), reason and message.
-pub type ConditionUpdate<'a> = (ConditionType, Option<bool>, &'a str, &'a str);
+pub type ConditionUpdate<'a> = (ConditionType, Option<bool>, ConditionReason, &'a str);
 
 /// Sets each condition of `updates`, stamped with `generation`.
 pub fn set_conditions(
@@ -49,7 +50,7 @@ fn set_condition(
     conditions: &mut Vec<Condition>,
     kind: ConditionType,
     status: Option<bool>,
-    reason: &str,
+    reason: ConditionReason,
     message: &str,
     generation: Option<i64>,
     now: Timestamp,
@@ -67,7 +68,7 @@ fn set_condition(
     let condition = Condition {
         type_: kind.as_str().to_string(),
         status: status.to_string(),
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         message: message.to_string(),
         observed_generation: generation,
         last_transition_time,

@@ -4,10 +4,12 @@
 //! talks to Kubernetes; tests build every input by hand.
 
 mod conditions;
+mod reasons;
 mod status;
 mod target;
 
 pub use conditions::{ConditionType, set_conditions};
+pub use reasons::{ConditionReason, EventReason};
 pub use target::{Delivery, QueueLoad, QueueStorage, Target, TargetRef, Uptake, WorkloadKind};
 
 use crate::api::{
@@ -153,6 +155,9 @@ pub struct Decision {
     pub transition: Option<Transition>,
     /// Targets this decision newly switches from AcceptAndQueue to TempFail.
     pub escalations: u32,
+    /// Whether every target it decides answers in its mode since this decision (it
+    /// announces Applied): the time its generation took to apply ends here.
+    pub newly_applied: bool,
     /// The queue figures the incident is watched by, while its spec is valid.
     pub queue_watch: Option<QueueWatch>,
     /// When it takes effect, while it is scheduled.
@@ -197,7 +202,7 @@ impl QueuePeak {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
     pub warning: bool,
-    pub reason: &'static str,
+    pub reason: EventReason,
     pub message: String,
 }
 
@@ -229,11 +234,19 @@ enum Invalidity {
 }
 
 impl Invalidity {
-    /// The reason of its conditions and event.
-    fn reason(self) -> &'static str {
+    /// The reason of its conditions.
+    fn condition_reason(self) -> ConditionReason {
         match self {
-            Self::Spec => "InvalidSpec",
-            Self::BounceNotApproved => "BounceNotApproved",
+            Self::Spec => ConditionReason::InvalidSpec,
+            Self::BounceNotApproved => ConditionReason::BounceNotApproved,
+        }
+    }
+
+    /// The reason of its event.
+    fn event_reason(self) -> EventReason {
+        match self {
+            Self::Spec => EventReason::InvalidSpec,
+            Self::BounceNotApproved => EventReason::BounceNotApproved,
         }
     }
 
@@ -984,7 +997,7 @@ impl Restoration {
         };
         Note {
             warning: true,
-            reason: "Restored",
+            reason: EventReason::Restored,
             message: format!(
                 "{kind} {} was changed by {by} ({}); {put_back}",
                 self.name, self.how

@@ -1,8 +1,8 @@
 //! One incident's status and events, from the plan of its namespace.
 
 use super::{
-    ConditionType, Decision, HISTORY_LIMIT, Invalidity, LISTED_TARGETS_LIMIT, Namespace, Note,
-    Phase, Standing, TargetOutcome, Uptake, set_conditions,
+    ConditionReason, ConditionType, Decision, EventReason, HISTORY_LIMIT, Invalidity,
+    LISTED_TARGETS_LIMIT, Namespace, Note, Phase, Standing, TargetOutcome, Uptake, set_conditions,
 };
 use crate::api::{
     EffectiveMode, MailIncident, MailIncidentStatus, Supersession, TargetCounts, TargetProblem,
@@ -46,13 +46,15 @@ pub(super) fn decide(
             // and Argo CD read "in progress" rather than "no status".
             let mut status = previous;
             let message = "The controller has seen this incident and is evaluating it";
-            let updates = ConditionType::ALL.map(|kind| (kind, None, "Initializing", message));
+            let updates =
+                ConditionType::ALL.map(|kind| (kind, None, ConditionReason::Initializing, message));
             set_conditions(&mut status.conditions, &updates, generation, ns.now);
             Decision {
                 status,
                 events: vec![],
                 transition: None,
                 escalations: 0,
+                newly_applied: false,
                 queue_watch: None,
                 scheduled_start: None,
                 scope_domains: None,
@@ -86,9 +88,9 @@ pub(super) fn decide(
                 let by = builder.by_author();
                 builder.note(
                     false,
-                    "Accepted",
+                    EventReason::Accepted,
                     format!(
-                        "Generation {}{by} accepted: {:?} for targets {}, {}{start}, reply {} ({})",
+                        "Generation {}{by} accepted: {} for targets {}, {}{start}, reply {} ({})",
                         generation.unwrap_or_default(),
                         spec.mode,
                         spec.selector,
@@ -200,7 +202,7 @@ fn invalid(
             )
         }
     };
-    let reason = cause.reason();
+    let reason = cause.condition_reason();
     set_conditions(
         &mut builder.status.conditions,
         &[
@@ -212,7 +214,7 @@ fn invalid(
         ns.now,
     );
     if newly_seen {
-        builder.note(true, reason, message);
+        builder.note(true, cause.event_reason(), message);
     }
     builder.finish()
 }
@@ -224,6 +226,8 @@ struct Builder<'a> {
     events: Vec<Note>,
     transition: Option<Transition>,
     escalations: u32,
+    /// Whether this decision announces that every target it decides applied its mode.
+    newly_applied: bool,
     now: Timestamp,
     /// The user whose change of the spec this decision answers, if known.
     author: Option<String>,
@@ -247,6 +251,7 @@ impl<'a> Builder<'a> {
             events: vec![],
             transition: None,
             escalations: 0,
+            newly_applied: false,
             now,
             author,
         }
@@ -260,7 +265,7 @@ impl<'a> Builder<'a> {
             .unwrap_or_default()
     }
 
-    fn note(&mut self, warning: bool, reason: &'static str, message: String) {
+    fn note(&mut self, warning: bool, reason: EventReason, message: String) {
         self.events.push(Note {
             warning,
             reason,
@@ -274,12 +279,12 @@ impl<'a> Builder<'a> {
         if from == Some(effective) {
             return;
         }
-        let from_name = from.map_or_else(|| "(none)".to_string(), |m| format!("{m:?}"));
+        let from_name = from.map_or("(none)", EffectiveMode::as_str);
         let by = self.by_author();
         self.note(
             false,
-            "ModeChanged",
-            format!("{from_name} -> {effective:?}{by}: {why}"),
+            EventReason::ModeChanged,
+            format!("{from_name} -> {effective}{by}: {why}"),
         );
         let transition = Transition {
             from,
@@ -316,7 +321,7 @@ impl<'a> Builder<'a> {
         if let Some(before) = previous_matched.filter(|m| *m != matched) {
             self.note(
                 false,
-                "TargetsChanged",
+                EventReason::TargetsChanged,
                 format!("Targets matched: {before} -> {matched}"),
             );
         }
@@ -408,7 +413,7 @@ impl<'a> Builder<'a> {
                 .take(5)
                 .map(|f| format!("{}: {}", f.target, f.reason))
                 .collect();
-            self.note(true, "TargetFailed", listed.join("; "));
+            self.note(true, EventReason::TargetFailed, listed.join("; "));
         }
         failures.truncate(LISTED_TARGETS_LIMIT);
         self.status.failed_targets = failures;
@@ -444,7 +449,7 @@ impl<'a> Builder<'a> {
                     )
                 })
                 .collect();
-            self.note(false, "Superseded", by.join("; "));
+            self.note(false, EventReason::Superseded, by.join("; "));
         }
         self.status.superseded_by = supersessions;
 
@@ -454,13 +459,13 @@ impl<'a> Builder<'a> {
             0 => String::new(),
             n => format!("; {n} scaled to zero (no MTA to answer)"),
         };
-        let mode = format!("{effective:?}");
+        let mode = effective;
         let (ready, reconciling, stalled, reason, message) = if matched.is_empty() {
             (
                 false,
                 false,
                 false,
-                "NoTargets",
+                ConditionReason::NoTargets,
                 format!(
                     "spec.targets matches no Deployment or StatefulSet in namespace {}",
                     ns.name
@@ -471,7 +476,7 @@ impl<'a> Builder<'a> {
                 true,
                 false,
                 false,
-                "Superseded",
+                ConditionReason::Superseded,
                 "Every target follows a more severe or older incident".to_string(),
             )
         } else if applied as usize == owned {
@@ -479,7 +484,7 @@ impl<'a> Builder<'a> {
                 true,
                 false,
                 false,
-                "Applied",
+                ConditionReason::Applied,
                 format!("{applied}/{owned} targets answer {mode}{idle_note}"),
             )
         } else if pending > 0 {
@@ -487,7 +492,7 @@ impl<'a> Builder<'a> {
                 false,
                 true,
                 false,
-                "Applying",
+                ConditionReason::Applying,
                 format!("{applied}/{owned} targets answer {mode}; {failed} failed{idle_note}"),
             )
         } else {
@@ -495,18 +500,19 @@ impl<'a> Builder<'a> {
                 false,
                 false,
                 true,
-                "TargetsFailed",
+                ConditionReason::TargetsFailed,
                 format!(
                     "{applied}/{owned} targets answer {mode}; {failed} cannot be delivered{idle_note}"
                 ),
             )
         };
-        if reason == "Applied" && !self.was_ready_because("Applied") {
-            self.note(false, "Applied", message.clone());
+        if reason == ConditionReason::Applied && !self.was_ready_because(ConditionReason::Applied) {
+            self.note(false, EventReason::Applied, message.clone());
+            self.newly_applied = true;
         }
-        if reason == "NoTargets" && !self.was_because("NoTargets") {
+        if reason == ConditionReason::NoTargets && !self.was_because(ConditionReason::NoTargets) {
             // Most often a typo in spec.targets: the incident protects nothing.
-            self.note(true, "NoTargets", message.clone());
+            self.note(true, EventReason::NoTargets, message.clone());
         }
         self.set(ready, reconciling, stalled, reason, &message);
     }
@@ -545,10 +551,10 @@ impl<'a> Builder<'a> {
                 total - unready
             )
         };
-        if matched.is_empty() && !self.was_because("Scheduled") {
-            self.note(true, "NoTargets", message.clone());
+        if matched.is_empty() && !self.was_because(ConditionReason::Scheduled) {
+            self.note(true, EventReason::NoTargets, message.clone());
         }
-        self.set(true, false, false, "Scheduled", &message);
+        self.set(true, false, false, ConditionReason::Scheduled, &message);
     }
 
     /// An ended incident is done once no target runs its mode any more.
@@ -564,11 +570,11 @@ impl<'a> Builder<'a> {
         self.status.superseded_by.clear();
         self.status.escalated_targets.clear();
         let ended_by = if self.incident.metadata.deletion_timestamp.is_some() {
-            "Deleted"
+            ConditionReason::Deleted
         } else if resolved {
-            "Resolved"
+            ConditionReason::Resolved
         } else {
-            "Expired"
+            ConditionReason::Expired
         };
         self.status.failed_targets = still
             .iter()
@@ -586,7 +592,7 @@ impl<'a> Builder<'a> {
         if still.is_empty() {
             let message = format!("{ended_by}: no target runs this incident's mode any more");
             if !self.was_ready_because(ended_by) {
-                self.note(false, "Restored", message.clone());
+                self.note(false, EventReason::Restored, message.clone());
             }
             self.set(true, false, false, ended_by, &message);
         } else {
@@ -600,22 +606,34 @@ impl<'a> Builder<'a> {
     }
 
     /// Whether the last status gave `reason` for Ready, whatever its value.
-    fn was_because(&self, reason: &str) -> bool {
+    fn was_because(&self, reason: ConditionReason) -> bool {
         self.previous
             .conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && c.reason == reason)
+            .any(|c| c.type_ == ConditionType::Ready.as_str() && c.reason == reason.as_str())
     }
 
-    fn was_ready_because(&self, reason: &str) -> bool {
-        self.previous
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == reason)
+    fn was_ready_because(&self, reason: ConditionReason) -> bool {
+        self.previous.conditions.iter().any(|c| {
+            c.type_ == ConditionType::Ready.as_str()
+                && c.status == "True"
+                && c.reason == reason.as_str()
+        })
     }
 
-    fn set(&mut self, ready: bool, reconciling: bool, stalled: bool, reason: &str, message: &str) {
-        let stalled_reason = if stalled { reason } else { "SpecValid" };
+    fn set(
+        &mut self,
+        ready: bool,
+        reconciling: bool,
+        stalled: bool,
+        reason: ConditionReason,
+        message: &str,
+    ) {
+        let stalled_reason = if stalled {
+            reason
+        } else {
+            ConditionReason::SpecValid
+        };
         let stalled_message = if stalled {
             message
         } else {
@@ -649,6 +667,7 @@ impl<'a> Builder<'a> {
             events: self.events,
             transition: self.transition,
             escalations: self.escalations,
+            newly_applied: self.newly_applied,
             queue_watch: None,
             scheduled_start: None,
             scope_domains: None,
@@ -681,7 +700,7 @@ impl<'a> Builder<'a> {
                 new.len(),
                 listed.join("; ")
             );
-            self.note(true, "Escalated", why.clone());
+            self.note(true, EventReason::Escalated, why.clone());
             self.push_history(Transition {
                 from: Some(EffectiveMode::AcceptAndQueue),
                 to: EffectiveMode::TempFail,

@@ -87,6 +87,8 @@ pub(super) struct World {
     pub(super) targets: Vec<Target>,
     pub(super) failures: BTreeMap<TargetRef, String>,
     events: Vec<(String, Note)>,
+    /// The incidents of the decisions that said every target newly applied their mode.
+    newly_applied: Vec<String>,
     /// The mode document last written for each target, by name.
     pub(super) documents: BTreeMap<String, ModeDocument>,
     /// The admission webhook is up: an incident without a record is planned as if a user
@@ -136,6 +138,7 @@ impl World {
             targets,
             failures: BTreeMap::new(),
             events: vec![],
+            newly_applied: vec![],
             documents: BTreeMap::new(),
             webhook_up: true,
             planner: RefCell::default(),
@@ -211,6 +214,9 @@ impl World {
                         .iter()
                         .map(|e| (incident.name_any(), e.clone())),
                 );
+                if decision.newly_applied {
+                    self.newly_applied.push(incident.name_any());
+                }
                 if incident.status.as_ref() != Some(&decision.status) {
                     incident.status = Some(decision.status.clone());
                     changed = true;
@@ -338,7 +344,7 @@ impl World {
         self.events
             .iter()
             .filter(|(i, _)| i == incident)
-            .map(|(_, e)| e.reason)
+            .map(|(_, e)| e.reason.as_str())
             .collect()
     }
 
@@ -408,6 +414,29 @@ fn a_mode_is_written_to_every_matched_target_and_ready_once_agents_ack() {
         world.event_reasons("outage"),
         ["Accepted", "ModeChanged", "Applied"]
     );
+}
+
+#[test]
+fn a_decision_says_when_every_target_newly_applied_each_generation() {
+    let mut world = World::new(vec![incident("outage", 0, 1, TEMP_FAIL)], fleet());
+    world.settle(at(0), false);
+    assert!(world.newly_applied.is_empty());
+    world.settle(at(1), true);
+    assert_eq!(world.newly_applied, ["outage"]);
+    // Still applied: nothing new to time.
+    world.settle(at(2), true);
+    assert_eq!(world.newly_applied, ["outage"]);
+    // A new generation is timed again once its mode is applied.
+    world.replace(incident(
+        "outage",
+        0,
+        2,
+        &format!("{TEMP_FAIL}\nsmtpReply: {{code: 451}}"),
+    ));
+    world.settle(at(3), false);
+    assert_eq!(world.newly_applied, ["outage"]);
+    world.settle(at(4), true);
+    assert_eq!(world.newly_applied, ["outage", "outage"]);
 }
 
 #[test]
@@ -1068,7 +1097,7 @@ fn a_queue_past_the_limit_switches_accept_and_queue_to_temp_fail() {
     let escalations: Vec<_> = world
         .events
         .iter()
-        .filter(|(_, e)| e.reason == "Escalated")
+        .filter(|(_, e)| e.reason == EventReason::Escalated)
         .collect();
     assert_eq!(
         escalations.len(),
@@ -1213,7 +1242,7 @@ fn a_hand_edited_document_is_written_back_naming_who_changed_it() {
     let note = decision
         .events
         .iter()
-        .find(|e| e.reason == "Restored")
+        .find(|e| e.reason == EventReason::Restored)
         .expect("a Restored event");
     assert!(note.warning);
     assert!(
@@ -1250,7 +1279,7 @@ fn a_mode_change_of_our_own_is_no_restoration() {
         !plan.incidents[0]
             .events
             .iter()
-            .any(|e| e.reason == "Restored")
+            .any(|e| e.reason == EventReason::Restored)
     );
 }
 
@@ -1422,7 +1451,7 @@ fn a_scoped_incident_carries_its_domains_and_shows_its_scope() {
     let accepted = world
         .events
         .iter()
-        .find(|(_, e)| e.reason == "Accepted")
+        .find(|(_, e)| e.reason == EventReason::Accepted)
         .unwrap();
     assert!(
         accepted
@@ -1838,7 +1867,7 @@ fn transitions_name_who_declared_changed_and_resolved_and_time_names_nobody() {
     let messages: Vec<&str> = world
         .events
         .iter()
-        .filter(|(_, e)| e.reason == "ModeChanged" || e.reason == "Accepted")
+        .filter(|(_, e)| e.reason == EventReason::ModeChanged || e.reason == EventReason::Accepted)
         .map(|(_, e)| e.message.as_str())
         .collect();
     assert!(

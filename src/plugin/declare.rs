@@ -64,7 +64,7 @@ pub struct DeclareArgs {
     pub until: Option<String>,
     /// The MTA software of workloads without a mailops.dev/mta annotation.
     #[arg(long, value_enum)]
-    pub mta: Option<MtaArg>,
+    pub mta: Option<MtaKind>,
     /// The SMTP reply for TempFail and HardReject: `CODE [ENHANCED] [TEXT]`, e.g. `452
     /// 4.3.1 Mailbox storage down, try later`.
     #[arg(long, value_name = "REPLY")]
@@ -116,27 +116,6 @@ impl From<ModeArg> for Mode {
             ModeArg::AcceptAndQueue => Self::AcceptAndQueue,
             ModeArg::TempFail => Self::TempFail,
             ModeArg::HardReject => Self::HardReject,
-        }
-    }
-}
-
-/// `--mta`, spelled as in the spec.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MtaArg {
-    #[value(name = "Postfix")]
-    Postfix,
-    #[value(name = "Exim")]
-    Exim,
-    #[value(name = "Generic")]
-    Generic,
-}
-
-impl From<MtaArg> for MtaKind {
-    fn from(mta: MtaArg) -> Self {
-        match mta {
-            MtaArg::Postfix => Self::Postfix,
-            MtaArg::Exim => Self::Exim,
-            MtaArg::Generic => Self::Generic,
         }
     }
 }
@@ -220,7 +199,7 @@ pub fn build_spec(args: &DeclareArgs) -> Result<MailIncidentSpec, PluginError> {
     let mode = Mode::from(args.mode);
     let mut targets = parse_selector(&args.targets)
         .map_err(|why| PluginError::Refused(format!("--targets {:?}: {why}", args.targets)))?;
-    targets.mta = args.mta.map(MtaKind::from);
+    targets.mta = args.mta;
     let smtp_reply = args
         .reply
         .as_deref()
@@ -418,7 +397,7 @@ async fn selected_workloads(
         replicas,
     } in found
     {
-        let annotated = annotations.get(MTA_ANNOTATION).and_then(|m| mta_named(m));
+        let annotated = annotations.get(MTA_ANNOTATION).and_then(|m| m.parse().ok());
         let report = config_maps
             .get_opt(&report_name(&document_name(kind, &name)))
             .await
@@ -436,16 +415,6 @@ async fn selected_workloads(
         });
     }
     Ok(workloads)
-}
-
-/// The MTA an annotation names (as the agent reads it, in any case).
-fn mta_named(text: &str) -> Option<MtaKind> {
-    match text.to_ascii_lowercase().as_str() {
-        "postfix" => Some(MtaKind::Postfix),
-        "exim" => Some(MtaKind::Exim),
-        "generic" => Some(MtaKind::Generic),
-        _ => None,
-    }
 }
 
 /// The dry run's table: one line per selected workload.
@@ -467,9 +436,9 @@ pub fn dry_run_table(
             (_, Some(n)) => format!("{n}/{} pods reporting", w.replicas),
         };
         let mta = if w.mta_annotated {
-            format!("{:?}", w.mta)
+            w.mta.to_string()
         } else {
-            format!("{:?} (default)", w.mta)
+            format!("{} (default)", w.mta)
         };
         table.push(vec![
             w.target.clone(),
@@ -524,7 +493,7 @@ fn declared_table(stored: &MailIncident, selector: &str, valid: &ValidIncident) 
         .and_then(|v| v.expires_at);
     table.push(vec![
         stored.name_any(),
-        format!("{:?}", stored.spec.mode),
+        stored.spec.mode.to_string(),
         selector.to_string(),
         valid
             .starts_at

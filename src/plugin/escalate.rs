@@ -89,7 +89,7 @@ pub fn escalate(
 ) -> Result<Escalation, String> {
     if severity(to) <= severity(spec.mode) {
         return Err(format!(
-            "the incident is in {:?} already; escalate goes to a more severe mode only (AcceptAndQueue, then TempFail, then HardReject)",
+            "the incident is in {} already; escalate goes to a more severe mode only (AcceptAndQueue, then TempFail, then HardReject)",
             spec.mode
         ));
     }
@@ -122,7 +122,7 @@ pub fn escalate(
             next.smtp_reply = None;
             patch["smtpReply"] = serde_json::Value::Null;
             notes.push(format!(
-                "spec.smtpReply dropped: a {}xx reply cannot answer {to:?}; MTAs answer the default {}",
+                "spec.smtpReply dropped: a {}xx reply cannot answer {to}; MTAs answer the default {}",
                 if class == '5' { '4' } else { '5' },
                 Reply::default_for(to)
             ));
@@ -182,7 +182,7 @@ pub async fn run(connection: &ConnectionArgs, args: &EscalateArgs) -> Result<(),
     print_written(
         &stored,
         &format!(
-            "MailIncident {:?} escalated from {:?} to {:?}; MTAs answer {}.",
+            "MailIncident {:?} escalated from {} to {}; MTAs answer {}.",
             stored.name_any(),
             incident.spec.mode,
             stored.spec.mode,

@@ -49,8 +49,14 @@ pub enum EntryKind {
     Warning,
 }
 
+crate::api::names::named_variants!(
+    EntryKind,
+    "history entry kind",
+    [Transition, Normal, Warning]
+);
+
 fn mode_name(mode: Option<EffectiveMode>) -> String {
-    mode.map_or_else(|| "nothing".into(), |m| format!("{m:?}"))
+    mode.map_or_else(|| "nothing".into(), |m| m.to_string())
 }
 
 /// The transitions and events of an incident, oldest first; at one instant a transition
@@ -106,7 +112,7 @@ pub fn table(entries: &[Entry]) -> Table {
                 .time
                 .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
                 .unwrap_or_default(),
-            format!("{:?}", entry.kind),
+            entry.kind.to_string(),
             entry.by.clone().unwrap_or_default(),
             entry.reason.clone(),
             message,

@@ -75,7 +75,7 @@ pub fn table(incidents: &[MailIncident], namespaces: bool, wide: bool, now: Time
             incident.name_any(),
             status
                 .effective_mode
-                .map(|m| format!("{m:?}"))
+                .map(|m| m.to_string())
                 .unwrap_or_default(),
             status.scope.clone().unwrap_or_default(),
             ready,

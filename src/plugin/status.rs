@@ -181,17 +181,17 @@ pub fn target_view(incident: &MailIncident, facts: &TargetFacts) -> TargetView {
         .escalated_targets
         .iter()
         .any(|t| t.target == workload);
-    let spec_mta = incident.spec.targets.mta.map(|m| format!("{m:?}"));
+    let spec_mta = incident.spec.targets.mta.map(|m| m.to_string());
     match document {
         Some((document, _)) => {
             let headline = document.headline();
             TargetView {
                 mta: document
                     .mta
-                    .map(|m| format!("{m:?}"))
+                    .map(|m| m.to_string())
                     .or(facts.mta_annotation.clone())
                     .or(spec_mta),
-                mode: format!("{:?}", headline.mode),
+                mode: headline.mode.to_string(),
                 domains: headline.recipient_domains.as_ref().map(Vec::len),
                 from: Some(headline.incident.name.clone()),
                 incidents: document
@@ -302,10 +302,10 @@ pub fn incident_view(incident: &MailIncident, targets: &[TargetFacts]) -> Incide
     IncidentView {
         namespace: incident.namespace().unwrap_or_default(),
         name: incident.name_any(),
-        mode: format!("{:?}", incident.spec.mode),
+        mode: incident.spec.mode.to_string(),
         effective_mode: status
             .effective_mode
-            .map_or_else(|| "Unknown".into(), |m| format!("{m:?}")),
+            .map_or_else(|| "Unknown".into(), |m| m.to_string()),
         applied: status.targets.map(|t| t.summary).unwrap_or_default(),
         targets: targets.iter().map(|t| target_view(incident, t)).collect(),
         conditions: status
