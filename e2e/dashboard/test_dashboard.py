@@ -1,6 +1,7 @@
 """The Grafana dashboard's structure, checked without Grafana: it imports alone, its panels
 have unique ids and tile the grid, every query goes to the `datasource` variable, and every
-expression parses and names only metrics the operator and its agents export (src/metrics.rs)
+expression parses and names only metrics the operator and its agents export
+(src/controller/metrics.rs, src/agent/metrics.rs)
 or Prometheus and the process collector provide. Whether each query returns data is proven
 against a real Prometheus on the real node (e2e/node/dashboard.rs)."""
 
@@ -15,7 +16,10 @@ import unittest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "charts/mail-incident-operator/files/grafana/mail-incident-operator.json"
-METRICS_RS = REPO / "src/metrics.rs"
+METRICS_RS = [REPO / "src/controller/metrics.rs", REPO / "src/agent/metrics.rs"]
+# Where the modes the mode gauges one-hot are named: the incident's and the agent's.
+INCIDENT_MODES_RS = REPO / "src/api/incident.rs"
+AGENT_MODES_RS = REPO / "src/agent/state.rs"
 GRID_WIDTH = 24
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 ROWS = ["Incidents", "Per MTA (agents)", "Release", "Operator"]
@@ -46,10 +50,21 @@ GRAFANA_VARIABLES = {
 }
 
 
-def exported_metrics(source):
-    """The metric names src/metrics.rs registers (its string literals that are metric
-    names, outside its tests), histograms as the series Prometheus stores for them."""
-    code = source.split("#[cfg(test)]")[0]
+def metrics_source():
+    """The metrics modules' code, outside their tests."""
+    return "".join(path.read_text().split("#[cfg(test)]")[0] for path in METRICS_RS)
+
+
+def named_variants(path, enum):
+    """The variants of `enum` as `named_variants!` in `path` writes them."""
+    listed = re.search(r"named_variants!\(\s*" + enum + r',\s*"[^"]*",\s*\[([^\]]+)\]',
+                       path.read_text()).group(1)
+    return set(listed.replace(",", " ").split())
+
+
+def exported_metrics(code):
+    """The metric names the metrics modules register (their string literals that are
+    metric names), histograms as the series Prometheus stores for them."""
     names = set(re.findall(r'"(mail_incident_[a-z0-9_]+)"', code))
     histograms = set(re.findall(r'HistogramOpts::new\(\s*"(mail_incident_[a-z0-9_]+)"', code))
     if not histograms <= names:
@@ -314,7 +329,7 @@ class Dashboard(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dashboard = load()
-        cls.known = exported_metrics(METRICS_RS.read_text()) | STANDARD_METRICS
+        cls.known = exported_metrics(metrics_source()) | STANDARD_METRICS
 
     def test_it_imports_alone_into_any_grafana(self):
         self.assertNotIn("__inputs", self.dashboard)
@@ -373,10 +388,8 @@ class Dashboard(unittest.TestCase):
         """The one-hot mode gauges become one code per incident or pod (`mode="X"} * n`);
         each code's mapping must name that mode, every mode the operator and the agents
         export must have one, and the colours must say how bad it is."""
-        source = METRICS_RS.read_text()
-        incident_modes = set(re.findall(r'EffectiveMode::\w+ => "(\w+)"', source))
-        agent_modes = set(re.search(r"for name in \[([^\]]+)\]", source).group(1)
-                          .replace('"', "").replace(",", " ").split())
+        incident_modes = named_variants(INCIDENT_MODES_RS, "EffectiveMode")
+        agent_modes = named_variants(AGENT_MODES_RS, "MtaState")
         colours = {"Normal": "green", "AcceptAndQueue": "blue", "TempFail": "orange",
                    "HardReject": "red", "Releasing": "purple"}
         timelines = {"Mode of each incident": incident_modes, "Mode each agent reports": agent_modes}
@@ -412,7 +425,7 @@ class Dashboard(unittest.TestCase):
 class TheChecksCanFail(unittest.TestCase):
     """Each check above, shown a broken dashboard or expression, says so."""
 
-    known = exported_metrics(METRICS_RS.read_text()) | STANDARD_METRICS
+    known = exported_metrics(metrics_source()) | STANDARD_METRICS
 
     def test_a_misspelt_metric_is_reported(self):
         broken = load()

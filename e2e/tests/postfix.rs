@@ -18,6 +18,7 @@ use mail_incident_e2e_support::{
     support::{apply_incident, eventually_within, ready_because, summary, wait_for},
     world::{Scene, http_get},
 };
+use mail_incident_operator::agent::metrics::AgentMetrics;
 use mail_incident_operator::agent::{
     policy::PolicyService,
     postfix::{Baseline, Target, apply_edits, render},
@@ -31,7 +32,6 @@ use mail_incident_operator::api::{
         MODE_DOCUMENT_VERSION, ModeDocument, Rule,
     },
 };
-use mail_incident_operator::metrics::AgentMetrics;
 use std::{
     process::Command,
     time::{Duration, Instant},

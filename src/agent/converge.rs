@@ -21,13 +21,13 @@ use super::{
     Action, Difference, Mta,
     error::AgentError,
     files,
+    metrics::AgentMetrics,
     probe::{self, Probe},
     state::{Held, ReleasePass},
 };
 use crate::{
     api::mode_document::{AfterIncident, AgentReport, DriftReport, ModeDocument, QueueFigures},
     http::Readiness,
-    metrics::AgentMetrics,
 };
 use backon::ExponentialBackoff;
 use futures::{Stream, StreamExt};

@@ -14,6 +14,7 @@ pub mod exim;
 mod files;
 pub mod generic;
 mod install;
+pub mod metrics;
 pub mod policy;
 pub mod postfix;
 mod postfix_queue;
@@ -30,7 +31,6 @@ use crate::{
         },
     },
     http::{self, Readiness},
-    metrics::AgentMetrics,
     telemetry::LogFormat,
 };
 pub use error::{AgentError, FileAction};
@@ -44,6 +44,7 @@ use kube::{
         watcher::{self, Event, watcher},
     },
 };
+use metrics::AgentMetrics;
 use state::Held;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use tokio::sync::watch;

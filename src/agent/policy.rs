@@ -29,11 +29,8 @@
 //! the agent. A scoped TempFail or HardReject thus turns into a hold while the agent is
 //! down, and nothing is lost.
 
-use super::state::Held;
-use crate::{
-    api::{Mode, mode_document::Rule, scope::recipient_domain},
-    metrics::AgentMetrics,
-};
+use super::{metrics::AgentMetrics, state::Held};
+use crate::api::{Mode, mode_document::Rule, scope::recipient_domain};
 use std::net::SocketAddr;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},

@@ -4,8 +4,8 @@
 //! replaces it. A missing report object is not retried on a timer: the controller
 //! re-creates it, and the next measurement brings a new entry to write.
 
-use super::Action;
-use crate::{api::mode_document::AgentReport, metrics::AgentMetrics};
+use super::{Action, metrics::AgentMetrics};
+use crate::api::mode_document::AgentReport;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{

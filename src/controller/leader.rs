@@ -13,9 +13,9 @@
 //! Expiry compares the holder's `renewTime` (its wall clock) with ours, so clocks of the
 //! replicas must roughly agree; the margin covers skew of that order.
 
+use super::metrics::Metrics;
 use crate::{
     Error, Result,
-    metrics::Metrics,
     retry::{WatchBackoff, retry_delays},
 };
 use futures::{Stream, StreamExt, stream};

@@ -15,6 +15,7 @@ mod finalizers;
 #[cfg(test)]
 mod fixtures;
 mod leader;
+mod metrics;
 mod namespace_state;
 mod observe;
 mod report_pacing;
@@ -30,7 +31,6 @@ use crate::{
     Error, Result,
     api::{MailIncident, MailIncidentStatus, admission::SigningKey},
     http::{self, Readiness},
-    metrics::Metrics,
     plan::{self, TargetRef, Write},
     shutdown,
     telemetry::LogFormat,
@@ -52,6 +52,7 @@ use kube::{
     },
 };
 use leader::Leadership;
+use metrics::Metrics;
 use namespace_state::NamespaceState;
 use std::{
     any::Any,
@@ -521,16 +522,13 @@ fn next_sync(wake_at: Option<Timestamp>, now: Timestamp) -> Action {
 /// Updates the metrics an incident's decision affects.
 fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision) {
     // A sync that outlived this replica's claim leaves the incident series to the leader
-    // (Metrics::set_leading dropped them here).
+    // (Metrics::set_leading forgot them here).
     if !context.leadership.holds() {
         return;
     }
     let metrics = &context.metrics;
     let namespace = incident.namespace().unwrap_or_default();
     let name = incident.name_any();
-    if let Some(t) = &decision.transition {
-        metrics.count_transition(&namespace, &name, t.from, t.to);
-    }
     for restored in &decision.restored {
         metrics
             .restored
@@ -548,13 +546,7 @@ fn record(context: &Context, incident: &MailIncident, decision: &plan::Decision)
         .creation_timestamp
         .as_ref()
         .map(|at| at.0.as_second());
-    metrics.observe_incident(&namespace, &name, created, decision);
-    if decision.escalations > 0 {
-        metrics
-            .escalations
-            .with_label_values(&[namespace.as_str(), name.as_str()])
-            .inc_by(decision.escalations.into());
-    }
+    metrics.record_decision(&namespace, &name, created, decision);
 
     // Time from a generation's first sight to every target applying it.
     let generation = incident.metadata.generation.unwrap_or_default();
