@@ -823,8 +823,12 @@ mod tests {
             };
         });
         agent.send(Some(tempfail()));
-        // The document goes away while TempFail is being applied.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // The document goes away while TempFail is being applied (a fixed sleep instead
+        // could end before a loaded machine started the apply at all).
+        eventually("applying TempFail", || {
+            !agent.mta.saved_at_apply.lock().unwrap().is_empty()
+        })
+        .await;
         agent.send(None);
         agent
             .settles_on("Releasing", |h| matches!(h, Held::Releasing { .. }))
