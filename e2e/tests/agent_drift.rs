@@ -56,6 +56,12 @@ async fn drift_total(agent: &AgentProcess) -> u64 {
         .sum()
 }
 
+/// The last `lines` lines of `log`.
+fn log_tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// This pod's drift as its report entry shows it.
 async fn reported_drift(config_maps: &Api<ConfigMap>, pod: &str) -> Option<DriftReport> {
     let report = config_maps.get(REPORT).await.ok()?;
@@ -116,18 +122,26 @@ impl Outage {
     /// Waits until the agent's metric and report entry have counted a drift past
     /// `before`, the report naming `named`.
     async fn drift_seen(&self, agent: &AgentProcess, before: u64, named: &str) {
-        eventually_within(
-            RESTORE_BOUND,
-            &format!("a drift of {named} counted and reported"),
-            || async {
-                let counted = drift_total(agent).await > before;
-                let reported = reported_drift(&self.config_maps, &self.pod)
-                    .await
-                    .is_some_and(|drift| drift.count > before && drift.what.contains(named));
-                (counted && reported).then_some(())
-            },
-        )
-        .await;
+        let deadline = Instant::now() + RESTORE_BOUND;
+        loop {
+            let counted = drift_total(agent).await;
+            let reported = reported_drift(&self.config_maps, &self.pod).await;
+            if counted > before
+                && reported
+                    .as_ref()
+                    .is_some_and(|drift| drift.count > before && drift.what.contains(named))
+            {
+                return;
+            }
+            // What the agent counted, reported and said is what tells a lost drift from
+            // a slow report.
+            assert!(
+                Instant::now() < deadline,
+                "no drift of {named} counted and reported within {RESTORE_BOUND:?}: counted {counted} (before {before}), reported {reported:?}; the agent's log ends:\n{}",
+                log_tail(&agent.log(), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
