@@ -138,33 +138,27 @@ pub fn observe(caches: &Caches, namespace: &str, previous: &mut Observations) ->
                 kind: w.kind,
                 name: w.meta.name.clone().unwrap_or_default(),
             };
+            let documents = config_maps.of(&target_ref);
             let seen = Versions {
                 workload: w.meta.resource_version.clone(),
-                ..versions_of_documents(&config_maps, &target_ref)
+                ..documents.versions()
             };
-            let report = config_maps.get(&report_name(&document_name(
-                w.kind.as_str(),
-                &target_ref.name,
-            )));
             let inputs = Inputs {
                 workload: seen.workload.clone(),
                 document: seen.document.clone(),
                 report: seen.report.clone(),
                 live_pods,
-                departed: report
-                    .map(|r| departed(&r, &pod_exists))
+                departed: documents
+                    .report
+                    .as_deref()
+                    .map(|r| departed(r, &pod_exists))
                     .unwrap_or_default(),
             };
             let target = match previous.targets.remove(&target_ref) {
                 Some((before, target)) if before == inputs => target,
                 _ => {
                     rebuilt += 1;
-                    Arc::new(target(
-                        &w,
-                        &config_maps,
-                        &inputs.live_pods,
-                        &inputs.departed,
-                    ))
+                    Arc::new(target(&w, &documents, &inputs.live_pods, &inputs.departed))
                 }
             };
             versions.insert(target_ref.clone(), seen);
@@ -182,7 +176,7 @@ pub fn observe(caches: &Caches, namespace: &str, previous: &mut Observations) ->
         .filter(|workload| !versions.contains_key(workload))
         .collect();
     for orphan in &orphans {
-        versions.insert(orphan.clone(), versions_of_documents(&config_maps, orphan));
+        versions.insert(orphan.clone(), config_maps.of(orphan).versions());
     }
     Observed {
         targets,
@@ -200,19 +194,34 @@ struct ConfigMapsIn<'a> {
 }
 
 impl ConfigMapsIn<'_> {
-    fn get(&self, name: &str) -> Option<Arc<CachedConfigMap>> {
-        self.store.get(&ObjectRef::new(name).within(self.namespace))
+    /// `target`'s document and report, looked up once for all a sync reads of them.
+    fn of(&self, target: &TargetRef) -> Documents {
+        let get = |name: &str| self.store.get(&ObjectRef::new(name).within(self.namespace));
+        let name = document_name(target.kind.as_str(), &target.name);
+        Documents {
+            document: get(&name),
+            report: get(&report_name(&name)),
+        }
     }
 }
 
-/// The versions of `target`'s document and report, as cached.
-fn versions_of_documents(config_maps: &ConfigMapsIn<'_>, target: &TargetRef) -> Versions {
-    let name = document_name(target.kind.as_str(), &target.name);
-    let version_of = |name: &str| config_maps.get(name)?.metadata.resource_version.clone();
-    Versions {
-        document: version_of(&name),
-        report: version_of(&report_name(&name)),
-        workload: None,
+/// A target's mode document and report, as cached.
+struct Documents {
+    document: Option<Arc<CachedConfigMap>>,
+    report: Option<Arc<CachedConfigMap>>,
+}
+
+impl Documents {
+    /// Their resource versions (none: absent).
+    fn versions(&self) -> Versions {
+        let version_of = |cached: &Option<Arc<CachedConfigMap>>| {
+            cached.as_ref()?.metadata.resource_version.clone()
+        };
+        Versions {
+            document: version_of(&self.document),
+            report: version_of(&self.report),
+            workload: None,
+        }
     }
 }
 
@@ -278,7 +287,7 @@ fn departed(report: &CachedConfigMap, pod_exists: &dyn Fn(&str) -> bool) -> Vec<
 
 fn target(
     w: &Workload<'_>,
-    config_maps: &ConfigMapsIn<'_>,
+    documents: &Documents,
     live_pods: &[String],
     departed_reports: &[String],
 ) -> Target {
@@ -289,12 +298,7 @@ fn target(
         Some(value) if value.eq_ignore_ascii_case("restart") => Delivery::Restart,
         _ => Delivery::Reload,
     };
-    let document_name = document_name(w.kind.as_str(), &name);
-    let (document, report) = (
-        config_maps.get(&document_name),
-        config_maps.get(&report_name(&document_name)),
-    );
-    let (document, report) = (document.as_deref(), report.as_deref());
+    let (document, report) = (documents.document.as_deref(), documents.report.as_deref());
     let reports: Vec<Option<&PodReport>> =
         live_pods.iter().map(|pod| report?.report_of(pod)).collect();
     let drifts = live_pods
