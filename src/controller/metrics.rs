@@ -506,7 +506,7 @@ mod tests {
     use crate::{
         api::{MailIncidentStatus, Transition, validation::EscalationLimits},
         metrics::tests::{exposition, series},
-        plan::QueuePeak,
+        plan::QueueLoad,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -601,11 +601,11 @@ mod tests {
                 max_queued_messages: Some(1_000),
                 max_oldest_message_age: None,
             }),
-            peak: QueuePeak {
+            peak: QueueLoad {
                 messages: 250,
                 oldest_age_seconds: 3_600,
             },
-            accepting_peak: QueuePeak {
+            accepting_peak: QueueLoad {
                 messages: 120,
                 oldest_age_seconds: 600,
             },

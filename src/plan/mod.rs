@@ -172,30 +172,12 @@ pub struct Decision {
 pub struct QueueWatch {
     pub lifetime: TimeSpan,
     pub escalation: Option<EscalationLimits>,
-    /// Over every target it decides, escalated ones included: their held mail still
-    /// ages towards the lifetime.
-    pub peak: QueuePeak,
-    /// Over the targets it keeps in AcceptAndQueue (not escalated): the ones the
+    /// The peak (see [`QueueLoad::peak_of`]) over every target it decides, escalated
+    /// ones included: their held mail still ages towards the lifetime.
+    pub peak: QueueLoad,
+    /// The peak over the targets it keeps in AcceptAndQueue (not escalated): the ones the
     /// escalation limits can still switch.
-    pub accepting_peak: QueuePeak,
-}
-
-/// The fullest queue among some targets' MTAs, as their agents report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct QueuePeak {
-    /// The most messages one MTA reported queued.
-    pub messages: u64,
-    /// The age of the oldest message any MTA reported.
-    pub oldest_age_seconds: u64,
-}
-
-impl QueuePeak {
-    fn of<'a>(queues: impl Iterator<Item = &'a QueueLoad>) -> Self {
-        queues.fold(Self::default(), |peak, queue| Self {
-            messages: peak.messages.max(queue.messages),
-            oldest_age_seconds: peak.oldest_age_seconds.max(queue.oldest_age_seconds),
-        })
-    }
+    pub accepting_peak: QueueLoad,
 }
 
 /// An event to record on an incident.
@@ -766,8 +748,8 @@ fn queue_watch(
     QueueWatch {
         lifetime: spec.queue_lifetime,
         escalation: spec.escalation,
-        peak: QueuePeak::of(governed().flat_map(|(target, _)| &target.queues)),
-        accepting_peak: QueuePeak::of(
+        peak: QueueLoad::peak_of(governed().flat_map(|(target, _)| &target.queues)),
+        accepting_peak: QueueLoad::peak_of(
             governed()
                 .filter(|(_, outcome)| !outcome.escalated.contains_key(&index))
                 .flat_map(|(target, _)| &target.queues),

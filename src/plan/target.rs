@@ -100,6 +100,17 @@ pub struct QueueLoad {
     pub oldest_age_seconds: u64,
 }
 
+impl QueueLoad {
+    /// The fullest of `loads`: the most messages one MTA reported queued, and the age of
+    /// the oldest message any reported (none: zero).
+    pub fn peak_of<'a>(loads: impl IntoIterator<Item = &'a QueueLoad>) -> Self {
+        loads.into_iter().fold(Self::default(), |peak, load| Self {
+            messages: peak.messages.max(load.messages),
+            oldest_age_seconds: peak.oldest_age_seconds.max(load.oldest_age_seconds),
+        })
+    }
+}
+
 impl From<&QueueFigures> for QueueLoad {
     fn from(figures: &QueueFigures) -> Self {
         Self {
@@ -165,13 +176,10 @@ pub struct Target {
 impl Target {
     /// Why the target's queue has passed the escalation limits, if it has.
     pub fn escalation(&self, limits: &EscalationLimits) -> Option<String> {
-        let most = self.queues.iter().map(|q| q.messages).max().unwrap_or(0);
-        let oldest = self
-            .queues
-            .iter()
-            .map(|q| q.oldest_age_seconds)
-            .max()
-            .unwrap_or(0);
+        let QueueLoad {
+            messages: most,
+            oldest_age_seconds: oldest,
+        } = QueueLoad::peak_of(&self.queues);
         if let Some(max) = limits.max_queued_messages.filter(|max| most > *max) {
             return Some(format!(
                 "queue holds {most} messages, over the limit of {max}"

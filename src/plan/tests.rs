@@ -1141,7 +1141,7 @@ fn the_queue_watch_peaks_over_the_targets_an_incident_decides_and_apart_over_tho
         watch.escalation.and_then(|e| e.max_queued_messages),
         Some(500)
     );
-    let peak = |messages, oldest_age_seconds| QueuePeak {
+    let peak = |messages, oldest_age_seconds| QueueLoad {
         messages,
         oldest_age_seconds,
     };
