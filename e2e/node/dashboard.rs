@@ -104,8 +104,7 @@ impl Prometheus {
     fn log_tail(&self) -> String {
         let log =
             std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        mail_incident_e2e_support::support::last_lines(&log, 30)
     }
 
     async fn ready(&self) {

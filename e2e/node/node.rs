@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{Api, Client, ResourceExt, api::ListParams};
-use mail_incident_e2e_support::world::World;
+use mail_incident_e2e_support::{support::last_lines, world::World};
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -262,12 +262,7 @@ pub fn pod_logs(pod: &Pod) -> String {
         .iter()
         .map(|file| {
             let text = std::fs::read_to_string(file).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            format!(
-                "--- {}\n{}\n",
-                file.display(),
-                lines[lines.len().saturating_sub(20)..].join("\n")
-            )
+            format!("--- {}\n{}\n", file.display(), last_lines(&text, 20))
         })
         .collect()
 }

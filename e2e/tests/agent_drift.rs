@@ -56,12 +56,6 @@ async fn drift_total(agent: &AgentProcess) -> u64 {
         .sum()
 }
 
-/// The last `lines` lines of `log`.
-fn log_tail(log: &str, lines: usize) -> String {
-    let all: Vec<&str> = log.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// This pod's drift as its report entry shows it.
 async fn reported_drift(config_maps: &Api<ConfigMap>, pod: &str) -> Option<DriftReport> {
     let report = config_maps.get(REPORT).await.ok()?;
@@ -138,7 +132,7 @@ impl Outage {
             assert!(
                 Instant::now() < deadline,
                 "no drift of {named} counted and reported within {RESTORE_BOUND:?}: counted {counted} (before {before}), reported {reported:?}; the agent's log ends:\n{}",
-                log_tail(&agent.log(), 40)
+                agent.log_tail(40)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -22,7 +22,10 @@ use mail_incident_e2e_support::{
     exim::EximInstance,
     mta::{AgentProcess, Smtp, maildir_count, mta_with_agent_rbac, run},
     postfix::PostfixInstance,
-    support::{apply_incident, eventually_within, mode_document, ready_because, summary, wait_for},
+    support::{
+        apply_incident, eventually_within, last_lines, mode_document, ready_because, summary,
+        wait_for,
+    },
     world::{Scene, http_get},
 };
 use std::{
@@ -188,9 +191,7 @@ impl Mta for EximInstance {
 
 /// The last `lines` lines of a file.
 fn tail(path: &std::path::Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    last_lines(&std::fs::read_to_string(path).unwrap_or_default(), lines)
 }
 
 /// The RCPT answer once it starts with `code` (at most 10 s); otherwise the last
@@ -282,13 +283,6 @@ async fn settles(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The last `lines` lines of the agent's log.
-fn log_tail(agent: &AgentProcess, lines: usize) -> String {
-    let log = agent.log();
-    let all: Vec<&str> = log.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The state the agent last started from (its `agent started` log line).
@@ -447,7 +441,7 @@ async fn end_incidents_in_a_loop(
                         let stuck = format!(
                             "{what}: not back to normal within {SETTLE:?}: {why}; 60 s later: \
                              {extra:?}\n--- agent log (tail)\n{}",
-                            log_tail(agent, 40)
+                            agent.log_tail(40)
                         );
                         eprintln!("STUCK {stuck}");
                         tally.stuck.push(stuck);
@@ -595,7 +589,7 @@ async fn incidents_ended_while_the_agent_is_down<M: Mta>(
                     "{} {mode:?} ended by {ending:?} while the agent was down, agent \
                      restarted: not back to normal: {why}\n--- agent log (tail)\n{}",
                     mta.label(),
-                    log_tail(&agent, 40)
+                    agent.log_tail(40)
                 )
             });
             assert_eq!(
@@ -704,7 +698,7 @@ async fn held_mail_is_delivered_despite_a_kill_during_the_release<M: Mta>(
                 assert!(
                     Instant::now() < deadline,
                     "{what} never came:\n{}",
-                    log_tail(&agent, 20)
+                    agent.log_tail(20)
                 );
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -770,7 +764,7 @@ async fn held_mail_is_delivered_despite_a_kill_during_the_release<M: Mta>(
             // queue_run_delay, 300 s by default).
             let (delivered_now, queued) = (mta.delivered(), mta.queued());
             let mta_log = mta.log_tail();
-            let agent_log = log_tail(&agent, 30);
+            let agent_log = agent.log_tail(30);
             let later = all_delivered(Duration::from_secs(330)).await;
             panic!(
                 "{} release #{n}, agent killed {kill:?} (it had seen (Releasing intent, \
@@ -797,7 +791,7 @@ async fn held_mail_is_delivered_despite_a_kill_during_the_release<M: Mta>(
             panic!(
                 "{} release #{n} ({kill:?}): not back to normal: {why}\n--- agent log (tail)\n{}",
                 mta.label(),
-                log_tail(&agent, 40)
+                agent.log_tail(40)
             )
         });
     }
@@ -929,7 +923,7 @@ async fn api_server_lost_for_30_seconds(outage: Outage, prefix: &str) {
         panic!(
             "API server {outage:?} for 30 s: not back to normal 60 s after the restore: {why}\n\
              --- agent log (tail)\n{}",
-            log_tail(&agent, 40)
+            agent.log_tail(40)
         )
     });
     assert!(

@@ -345,6 +345,11 @@ impl AgentProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        crate::support::last_lines(&self.log(), lines)
+    }
 }
 
 impl Drop for AgentProcess {

@@ -90,6 +90,12 @@ pub async fn mode_document(
     Some(serde_json::from_str(&text).expect("a stored mode document parses"))
 }
 
+/// The last `lines` lines of `text` (a process's log, say).
+pub fn last_lines(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 pub fn status(incident: &MailIncident) -> &MailIncidentStatus {
     incident.status.as_ref().expect("incident has a status")
 }

@@ -343,9 +343,7 @@ impl Operator {
 
     /// The last `lines` lines of its log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::support::last_lines(&self.log(), lines)
     }
 }
 
